@@ -1,0 +1,28 @@
+# Two commands do all set-up: `make demo` and `make test`.
+# Each creates .venv if missing and installs gradfit with the CPU build of torch.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.gradfit-installed
+TORCH  := torch==2.13.0
+
+.PHONY: demo test bench install clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check "$(TORCH)" -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/gradfit demo thermometer --out-dir demo-output
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/thermometer.py
+
+clean:
+	rm -rf $(VENV) demo-output build *.egg-info src/*.egg-info

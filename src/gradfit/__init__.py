@@ -1,0 +1,1 @@
+"""gradfit: learning as parameter estimation."""
