@@ -15,6 +15,8 @@ __all__ = [
     "FitError",
     "DivergenceError",
     "NotFittedError",
+    "OutputError",
+    "OptionError",
 ]
 
 
@@ -61,3 +63,11 @@ class DivergenceError(FitError):
 
 class NotFittedError(GradfitError, AttributeError):
     """A fitted attribute or method was used before ``fit`` was called."""
+
+
+class OutputError(GradfitError, OSError):
+    """An output file cannot be written (directory missing, no permission...)."""
+
+
+class OptionError(GradfitError, ValueError):
+    """A solver, optimizer or fit option is unknown or has a bad value."""

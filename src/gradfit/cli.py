@@ -1,0 +1,138 @@
+"""The ``gradfit`` command: a thin shell over the library.
+
+Arguments, files and formulas are checked before torch is imported, so mistakes are answered at
+once. Library errors are caught only here and printed as one line ``Name: message`` with exit code 2
+(``--debug`` shows the traceback instead).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+
+from gradfit.errors import GradfitError
+
+app = typer.Typer(
+    name="gradfit",
+    help="Learning as parameter estimation: fit any differentiable model to data with PyTorch autograd.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+console = Console()
+errors = Console(stderr=True)
+
+EXIT_USAGE = 2
+_state = {"debug": False}
+
+
+def _guarded(action: Callable[[], Any]) -> Any:
+    """Run ``action``; turn gradfit errors into one line and exit code 2, Ctrl-C into 130."""
+    try:
+        return action()
+    except GradfitError as exc:
+        if _state["debug"]:
+            raise
+        errors.print(f"[bold red]{type(exc).__name__}[/]: {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_USAGE) from None
+    except KeyboardInterrupt:
+        errors.print("interrupted")
+        raise typer.Exit(130) from None
+
+
+@app.callback()
+def _main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False) -> None:
+    _state["debug"] = debug
+
+
+DataArg = Annotated[Path, typer.Argument(help="Data file: CSV, TSV, Parquet or NDJSON.", show_default=False)]
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Formula, e.g. 'w*t_u + b'. Data columns are inputs, other names parameters.")]
+YOpt = Annotated[str, typer.Option("--y", "-y", help="Target column.")]
+
+
+@app.command()
+def fit(
+    data: DataArg,
+    model: ModelOpt,
+    y: YOpt,
+    sigma: Annotated[Optional[str], typer.Option(help="Column of standard deviations of y (weighted fit).")] = None,
+    init: Annotated[str, typer.Option(help="Starting values, e.g. 'w=1,b=0'.")] = "",
+    params: Annotated[str, typer.Option("--params", help="Names to treat as parameters even if a column has that name, e.g. 'w,b'.")] = "",
+    solver: Annotated[str, typer.Option(help="auto | linear | lm | gn | gradient.")] = "auto",
+    optimizer: Annotated[Optional[str], typer.Option(help="Any torch.optim optimizer: sgd, adam, adamw, rmsprop, adagrad, lbfgs, ...")] = None,
+    opt: Annotated[str, typer.Option("--opt", help="Optimizer keyword arguments, e.g. 'lr=1e-2,momentum=0.9'.")] = "",
+    loss: Annotated[str, typer.Option(help="mse | mae | huber | soft_l1 | cauchy.")] = "mse",
+    epochs: Annotated[int, typer.Option(help="Maximum epochs of a gradient solver.")] = 1000,
+    batch_size: Annotated[Optional[int], typer.Option(help="Minibatch size (default: full batch).")] = None,
+    val: Annotated[float, typer.Option(help="Fraction of rows held out for validation.")] = 0.0,
+    val_data: Annotated[Optional[Path], typer.Option(help="Validation data file (instead of --val).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the split and minibatch order.")] = 0,
+    target: Annotated[Optional[float], typer.Option(help="Stop when validation loss reaches this value.")] = None,
+    patience: Annotated[Optional[int], typer.Option(help="Early stopping: epochs without improvement.")] = None,
+    plateau: Annotated[Optional[int], typer.Option(help="Halve the learning rate after this many epochs without improvement.")] = None,
+    scale: Annotated[bool, typer.Option("--scale/--no-scale", help="Standardise before solving (parameters are reported in your units).")] = True,
+    dtype: Annotated[str, typer.Option(help="float64 | float32.")] = "float64",
+    nan: Annotated[str, typer.Option("--nan", help="raise | omit rows with missing or non-finite values.")] = "raise",
+    absolute_sigma: Annotated[bool, typer.Option(help="Treat sigma as absolute (as curve_fit's absolute_sigma).")] = False,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the result as JSON.")] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="Write data and fitted curve to this image.")] = None,
+    plot_history: Annotated[Optional[Path], typer.Option(help="Write train/validation loss per epoch to this image.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
+) -> None:
+    """Fit a model to a data file and report the parameters."""
+    from gradfit.cli_fit import FitCommand
+
+    command = FitCommand(**locals())
+    _guarded(command.run)
+
+
+@app.command()
+def predict(
+    result: Annotated[Path, typer.Argument(help="Result JSON written by 'gradfit fit --out'.")],
+    data: DataArg,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the data with a prediction column (CSV or Parquet).")] = None,
+    column: Annotated[str, typer.Option(help="Name of the prediction column.")] = "prediction",
+) -> None:
+    """Apply a saved fit to new data."""
+    from gradfit.cli_fit import run_predict
+
+    _guarded(lambda: run_predict(result, data, out, column, console))
+
+
+@app.command()
+def explain(
+    data: DataArg,
+    model: ModelOpt,
+    y: YOpt,
+    init: Annotated[str, typer.Option(help="Point at which to take the gradients, e.g. 'w=1,b=0'.")] = "",
+) -> None:
+    """Show dL/dparam by the chain rule, by autograd and by finite differences."""
+    from gradfit.cli_fit import run_explain
+
+    _guarded(lambda: run_explain(data, model, y, init, console))
+
+
+@app.command()
+def demo(
+    name: Annotated[str, typer.Argument(help="Which demo: thermometer.")] = "thermometer",
+    out_dir: Annotated[Path, typer.Option(help="Folder for the figures.")] = Path("demo-output"),
+) -> None:
+    """Run a bundled demonstration (the chapter's thermometer)."""
+    from gradfit.cli_demo import run_demo
+
+    _guarded(lambda: run_demo(name, out_dir, console))
+
+
+def main() -> None:
+    """Entry point of the ``gradfit`` console script."""
+    app(prog_name="gradfit")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

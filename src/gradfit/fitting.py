@@ -1,0 +1,297 @@
+"""``fit``: the one pipeline every fit runs through.
+
+data -> split -> model -> solver (scaled inside) -> statistics -> FitResult
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from gradfit.config import FitOptions
+from gradfit.data import Dataset, as_dataset, check_enough_rows, holdout_split
+from gradfit.model import ModuleModel, Parameter, ParametricModel, make_model
+from gradfit.result import FitResult
+
+if TYPE_CHECKING:
+    import torch
+
+    from gradfit.objective import Split
+    from gradfit.solvers.base import Problem, SolveOutcome
+
+__all__ = ["fit", "fit_dataset", "prepare", "split_dataset"]
+
+
+def fit(
+    model: Any,
+    x: Any,
+    y: Any = None,
+    *,
+    sigma: Any = None,
+    inputs: Sequence[str] | None = None,
+    params: Sequence[Parameter] | Mapping[str, Any] | None = None,
+    val_data: tuple[Any, Any] | None = None,
+    **options: Any,
+) -> FitResult:
+    """Estimate a model's parameters from input/output pairs.
+
+    Parameters
+    ----------
+    model
+        A formula string (``"w*t_u + b"``), a Python function ``f(x, w, b)`` of torch tensors, or a
+        ``torch.nn.Module``. In a formula, names that are data columns are inputs and the others are
+        parameters.
+    x
+        Inputs: an array ``(n,)`` (named ``x``) or ``(n, d)`` (``x0``...), a mapping of column name to
+        array, a polars or pandas frame, or a tensor.
+    y
+        Targets (array-like), or the name of the target column when ``x`` is a frame or mapping.
+    sigma
+        Standard deviations of ``y`` (array or column name) for a weighted fit.
+    inputs
+        Which columns of a frame are inputs of a network (default: all but ``y`` and ``sigma``).
+    params
+        Starting values ``{"w": 1.0}``, or :class:`~gradfit.model.Parameter` objects with bounds and
+        fixed flags.
+    val_data
+        ``(x_val, y_val)``: an explicit validation set, instead of a random ``val`` fraction.
+    **options
+        Any field of :class:`~gradfit.config.FitOptions`: ``solver`` ("auto", "linear", "lm", "gn",
+        "gradient"), ``optimizer`` (a ``torch.optim`` name or class), ``optimizer_options``, ``loss``,
+        ``epochs``, ``batch_size``, ``val`` (fraction held out, seeded by ``seed``), ``target``,
+        ``patience``, ``plateau``, ``scale`` (standardise before solving, default True), ``dtype``,
+        ``absolute_sigma``, ``confidence``, ``nan_policy``, ``callback``.
+
+    Returns
+    -------
+    FitResult
+        Parameters with standard errors, losses, history, status and statistics.
+
+    Examples
+    --------
+    >>> import gradfit
+    >>> result = gradfit.fit("w*x + b", [1.0, 2.0, 3.0], [2.0, 4.1, 5.9])
+    >>> round(result.params["w"], 2)
+    1.95
+    """
+    settings = FitOptions(**options)
+    built, dataset = prepare(model, x, y, sigma=sigma, inputs=inputs, params=params, nan_policy=settings.nan_policy)
+    validation = None
+    if val_data is not None:
+        _, validation = prepare(built, val_data[0], val_data[1], sigma=None, inputs=built.input_names, nan_policy=settings.nan_policy)
+    return fit_dataset(built, dataset, settings, validation)
+
+
+def prepare(
+    model: Any,
+    x: Any,
+    y: Any,
+    *,
+    sigma: Any = None,
+    inputs: Sequence[str] | None = None,
+    params: Sequence[Parameter] | Mapping[str, Any] | None = None,
+    as_parameters: Sequence[str] = (),
+    nan_policy: str = "raise",
+) -> tuple[ParametricModel | ModuleModel, Dataset]:
+    """Build the model and the dataset it reads, taking as inputs only the columns the model uses."""
+    if isinstance(y, str) or _is_table(x):
+        roles = {v for v in (y, sigma) if isinstance(v, str)}
+        columns = [c for c in _column_names(x) if c not in roles]
+        built = make_model(model, columns, params, as_parameters)
+        names = inputs or built.input_names or columns
+        dataset = as_dataset(x, y, input_names=list(names), sigma=sigma, nan_policy=nan_policy)
+        if isinstance(built, ModuleModel) and not built.input_names:
+            built = replace(built, input_names=dataset.input_names)
+        return built, dataset
+    dataset = as_dataset(_as_array(x), _as_array(y), input_names=inputs, sigma=_as_array(sigma), nan_policy=nan_policy)
+    built = make_model(model, dataset.input_names, params, as_parameters)
+    if isinstance(built, ModuleModel) and not built.input_names:
+        built = replace(built, input_names=dataset.input_names)
+    return built, dataset
+
+
+def _is_table(x: Any) -> bool:
+    return isinstance(x, Mapping) or (hasattr(x, "columns") and not hasattr(x, "dim"))
+
+
+def _column_names(x: Any) -> list[str]:
+    return [str(c) for c in (x.keys() if isinstance(x, Mapping) else x.columns)]
+
+
+def _as_array(values: Any) -> Any:
+    return np.asarray(values) if isinstance(values, (list, tuple)) else values
+
+
+def fit_dataset(
+    model: ParametricModel | ModuleModel,
+    dataset: Dataset,
+    options: FitOptions,
+    validation: Dataset | None = None,
+) -> FitResult:
+    """Fit a built model to a :class:`~gradfit.data.Dataset` (the CLI enters here).
+
+    Parameters
+    ----------
+    model
+        A model from :func:`gradfit.model.make_model`.
+    dataset
+        The data; split into training and validation parts by ``options.val`` unless
+        ``validation`` is given.
+    options
+        The fit's settings.
+    validation
+        An explicit validation set.
+    """
+    from gradfit.solvers import choose_solver, get_solver
+
+    train_set, val_set = split_dataset(dataset, options, validation)
+    if isinstance(model, ParametricModel):
+        check_enough_rows(train_set.n_rows, sum(not p.fixed for p in model.parameters))
+    problem = _problem(model, train_set, val_set, options)
+    name, reason = choose_solver(model, options, problem.bounded)
+    started = time.perf_counter()
+    outcome = get_solver(name)(problem, options)
+    elapsed = time.perf_counter() - started
+    return _assemble(problem, outcome, options, name, reason, elapsed, dataset)
+
+
+def split_dataset(
+    dataset: Dataset, options: FitOptions, validation: Dataset | None = None
+) -> tuple[Dataset, Dataset | None]:
+    """Training and validation parts: ``validation`` if given, else a seeded ``options.val`` holdout."""
+    if validation is not None:
+        return dataset, validation
+    if options.val <= 0:
+        return dataset, None
+    train_idx, val_idx = holdout_split(dataset.n_rows, options.val, options.seed)
+    return dataset.subset(train_idx), dataset.subset(val_idx)
+
+
+def _tensors(dataset: Dataset, dtype: torch.dtype, device: str) -> Split:
+    import torch
+
+    from gradfit.objective import Split
+
+    def tensor(values: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(values, dtype=dtype, device=device)
+
+    weights = None if dataset.sigma is None else tensor(1.0 / dataset.sigma)
+    return Split({k: tensor(v) for k, v in dataset.inputs.items()}, tensor(dataset.y), weights)
+
+
+def _problem(
+    model: ParametricModel | ModuleModel, train: Dataset, val: Dataset | None, options: FitOptions
+) -> Problem:
+    import torch
+
+    from gradfit.solvers.base import Problem
+
+    dtype = getattr(torch, options.dtype)
+    train_split = _tensors(train, dtype, options.device)
+    val_split = None if val is None else _tensors(val, dtype, options.device)
+    if isinstance(model, ModuleModel):
+        model.module.to(dtype=dtype, device=options.device)
+        return Problem(model, train_split, val_split, options.loss, options.loss_scale)
+
+    def vector(values: list[float]) -> torch.Tensor:
+        return torch.tensor(values, dtype=dtype, device=options.device)
+
+    params = model.parameters
+    return Problem(
+        model,
+        train_split,
+        val_split,
+        options.loss,
+        options.loss_scale,
+        theta0=vector([p.start for p in params]),
+        free=torch.tensor([not p.fixed for p in params], device=options.device),
+        lower=vector([p.lower for p in params]),
+        upper=vector([p.upper for p in params]),
+    )
+
+
+def _assemble(
+    problem: Problem,
+    outcome: SolveOutcome,
+    options: FitOptions,
+    solver: str,
+    reason: str,
+    elapsed: float,
+    dataset: Dataset,
+) -> FitResult:
+    from gradfit.summary import summarize
+
+    summary = summarize(problem, outcome, options)
+    model = problem.model
+    return FitResult(
+        model=model.description,
+        model_kind=_kind(model),
+        input_names=tuple(model.input_names),
+        y_name=dataset.y_name,
+        parameters=summary.parameters,
+        solver=solver,
+        solver_reason=reason,
+        status=outcome.status,
+        message=outcome.message,
+        success=outcome.success,
+        iterations=outcome.iterations,
+        loss=options.loss,
+        train_loss=summary.train_loss,
+        val_loss=summary.val_loss,
+        n_train=problem.train.n_rows,
+        n_val=0 if problem.val is None else problem.val.n_rows,
+        covariance=summary.covariance,
+        statistics=summary.statistics,
+        history=outcome.history,
+        settings=_settings_record(options, dataset),
+        warnings=summary.warnings,
+        elapsed=elapsed,
+        predictor=summary.predictor,
+    )
+
+
+def _kind(model: Any) -> str:
+    from gradfit.model import CallableModel, FormulaModel
+
+    if isinstance(model, FormulaModel):
+        return "formula"
+    if isinstance(model, CallableModel):
+        return "callable"
+    return "module"
+
+
+def _settings_record(options: FitOptions, dataset: Dataset) -> dict[str, Any]:
+    import torch
+
+    optimizer = options.optimizer
+    return {
+        "solver": options.solver,
+        "optimizer": optimizer if optimizer is None or isinstance(optimizer, str) else getattr(optimizer, "__name__", str(optimizer)),
+        "optimizer_options": {k: v if isinstance(v, (int, float, str, bool)) or v is None else list(v) for k, v in options.optimizer_options.items()},
+        "epochs": options.epochs,
+        "batch_size": options.batch_size,
+        "val": options.val,
+        "seed": options.seed,
+        "scale": options.scale,
+        "dtype": options.dtype,
+        "absolute_sigma": options.absolute_sigma,
+        "confidence": options.confidence,
+        "rows_dropped": int(getattr(dataset, "n_dropped", 0)),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "gradfit": _version(),
+    }
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("gradfit")
+    except PackageNotFoundError:
+        return "unknown"
+

@@ -1,0 +1,64 @@
+"""Losses: residual vector to scalar.
+
+Least-squares losses follow ``scipy.optimize.least_squares``: with ``z = (r / s)**2`` and a scale
+``s``, the loss is ``mean(s**2 * rho(z))`` where ``rho`` is ``z`` (``mse``), ``2*(sqrt(1+z)-1)``
+(``soft_l1``), ``z`` or ``2*sqrt(z)-1`` (``huber``) and ``log1p(z)`` (``cauchy``). ``mae`` is the
+mean absolute residual. The least-squares solvers minimise the same objective through ``rho``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from gradfit.errors import OptionError
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["LOSSES", "LEAST_SQUARES_LOSSES", "get_loss", "check_loss"]
+
+LEAST_SQUARES_LOSSES = ("mse", "soft_l1", "huber", "cauchy")
+LOSSES = (*LEAST_SQUARES_LOSSES, "mae")
+
+#: gradfit's loss name -> the ``loss`` argument of the least-squares solver
+SOLVER_LOSS = {"mse": "linear", "soft_l1": "soft_l1", "huber": "huber", "cauchy": "cauchy"}
+
+
+def check_loss(name: str) -> str:
+    """Return ``name`` if it is a known loss, else raise :class:`OptionError`."""
+    if name not in LOSSES:
+        raise OptionError(f"unknown loss '{name}' — choose one of {', '.join(LOSSES)}")
+    return name
+
+
+def _rho(name: str, z: torch.Tensor) -> torch.Tensor:
+    import torch
+
+    if name == "soft_l1":
+        return 2.0 * (torch.sqrt(1.0 + z) - 1.0)
+    if name == "huber":
+        return torch.where(z <= 1.0, z, 2.0 * torch.sqrt(z) - 1.0)
+    if name == "cauchy":
+        return torch.log1p(z)
+    return z
+
+
+def get_loss(name: str = "mse", scale: float = 1.0) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Return the loss function ``residual -> scalar`` named ``name``.
+
+    Parameters
+    ----------
+    name
+        One of :data:`LOSSES`.
+    scale
+        Residual scale ``s`` of the robust losses (``f_scale`` in scipy); ignored by ``mse`` and
+        ``mae``.
+    """
+    check_loss(name)
+    if name == "mse":
+        return lambda r: (r**2).mean()
+    if name == "mae":
+        return lambda r: r.abs().mean()
+    s2 = float(scale) ** 2
+    return lambda r: (s2 * _rho(name, r**2 / s2)).mean()

@@ -1,0 +1,440 @@
+"""Models: an ordered list of parameters and a forward function built from torch ops.
+
+A model is built from a formula string, a Python callable, or a ``torch.nn.Module``. Parametric models
+(formula and callable) evaluate ``predict(inputs, theta)`` where ``theta`` has shape ``(..., p)``: a
+leading batch dimension ``(K, p)`` with inputs of shape ``(K, n)`` evaluates K groups at once by
+broadcasting. Module models own their parameters and evaluate ``predict(inputs)``.
+
+This module imports torch only inside functions, so that building a formula model (and finding its
+errors) costs no torch import.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from gradfit.errors import ModelError
+
+if TYPE_CHECKING:
+    import torch
+
+    from gradfit.formula import Formula
+
+__all__ = [
+    "Parameter",
+    "ParametricModel",
+    "FormulaModel",
+    "CallableModel",
+    "ModuleModel",
+    "make_model",
+    "parse_assignments",
+]
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One parameter of a parametric model.
+
+    Parameters
+    ----------
+    name
+        The parameter's name, as it appears in the formula or the function signature.
+    init
+        Starting value; ``None`` lets gradfit choose (1.0 unless a guess is available).
+    lower, upper
+        Bounds; infinite when unbounded.
+    fixed
+        Keep the parameter at ``init`` instead of estimating it.
+    """
+
+    name: str
+    init: float | None = None
+    lower: float = -math.inf
+    upper: float = math.inf
+    fixed: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.lower <= self.upper:
+            raise ModelError(
+                f"parameter '{self.name}' has lower bound {self.lower} above upper bound "
+                f"{self.upper} — swap or widen the bounds"
+            )
+        if self.fixed and self.init is None:
+            raise ModelError(f"parameter '{self.name}' is fixed but has no value — give it one")
+
+    @property
+    def start(self) -> float:
+        """The starting value: ``init``, moved inside the bounds if needed."""
+        value = 1.0 if self.init is None else float(self.init)
+        if value < self.lower or value > self.upper:
+            value = _inside(self.lower, self.upper)
+        return value
+
+    @property
+    def bounded(self) -> bool:
+        """Whether either bound is finite."""
+        return math.isfinite(self.lower) or math.isfinite(self.upper)
+
+
+def _inside(lower: float, upper: float) -> float:
+    if math.isfinite(lower) and math.isfinite(upper):
+        return 0.5 * (lower + upper)
+    if math.isfinite(lower):
+        return lower + 1.0
+    return upper - 1.0
+
+
+@dataclass(frozen=True)
+class ParametricModel:
+    """Base class of models whose parameters form one vector ``theta``.
+
+    Attributes
+    ----------
+    input_names
+        Names of the data columns the model reads, in order.
+    parameters
+        The model's parameters, in the order of ``theta``'s last axis.
+    """
+
+    input_names: tuple[str, ...]
+    parameters: tuple[Parameter, ...]
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        """Names of the parameters, in the order of ``theta``."""
+        return tuple(p.name for p in self.parameters)
+
+    @property
+    def n_params(self) -> int:
+        """Number of parameters, fixed ones included."""
+        return len(self.parameters)
+
+    @property
+    def is_linear(self) -> bool:
+        """Whether the model is known to be linear in its parameters."""
+        return False
+
+    @property
+    def description(self) -> str:
+        """A short human-readable description of the model."""
+        raise NotImplementedError
+
+    def predict(self, inputs: Mapping[str, torch.Tensor], theta: torch.Tensor) -> torch.Tensor:
+        """Evaluate the model.
+
+        Parameters
+        ----------
+        inputs
+            Input columns, each of shape ``(n,)`` or ``(K, n)``.
+        theta
+            Parameters of shape ``(p,)`` or ``(K, p)``.
+
+        Returns
+        -------
+        torch.Tensor
+            Predictions broadcast from the inputs' and parameters' shapes.
+        """
+        raise NotImplementedError
+
+    def jacobian(
+        self, inputs: Mapping[str, torch.Tensor], theta: torch.Tensor
+    ) -> torch.Tensor | None:
+        """Closed-form Jacobian ``d predict / d theta`` of shape ``(..., n, p)``, or ``None``."""
+        return None
+
+    def with_parameters(self, overrides: Mapping[str, Mapping[str, Any]]) -> ParametricModel:
+        """Return a copy whose named parameters have the given fields replaced.
+
+        Parameters
+        ----------
+        overrides
+            ``{name: {"init": 1.0, "lower": 0.0, "fixed": True, ...}}``.
+        """
+        unknown = set(overrides) - set(self.param_names)
+        if unknown:
+            name = sorted(unknown)[0]
+            raise ModelError(
+                f"'{name}' is not a parameter of the model — its parameters are "
+                f"{', '.join(self.param_names)}"
+            )
+        params = tuple(
+            replace(p, **overrides[p.name]) if p.name in overrides else p for p in self.parameters
+        )
+        return replace(self, parameters=params)
+
+
+def _param_slices(theta: torch.Tensor, count: int) -> list[torch.Tensor]:
+    """Split ``theta (..., p)`` into p tensors of shape ``(..., 1)`` that broadcast against inputs."""
+    return list(theta.unsqueeze(-1).unbind(-2)) if count else []
+
+
+@dataclass(frozen=True)
+class FormulaModel(ParametricModel):
+    """A model given as a formula such as ``"w2*x**2 + w1*x + b"``.
+
+    Names in the formula that are data columns are inputs; the others are parameters. The formula is
+    parsed into an expression tree and compiled to torch operations; it is never evaluated as Python.
+    """
+
+    formula: Formula | None = None
+    _compiled: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def text(self) -> str:
+        """The formula's text."""
+        assert self.formula is not None
+        return self.formula.text
+
+    @property
+    def description(self) -> str:
+        return self.text
+
+    @property
+    def is_linear(self) -> bool:
+        from gradfit.symbolic import is_linear_in
+
+        free = [p.name for p in self.parameters]
+        return is_linear_in(self.formula.tree, free)
+
+    def _program(self, name: str, build: Callable[[], Any]) -> Any:
+        if name not in self._compiled:
+            self._compiled[name] = build()
+        return self._compiled[name]
+
+    def _env(self, inputs: Mapping[str, torch.Tensor], theta: torch.Tensor) -> dict[str, Any]:
+        env: dict[str, Any] = dict(inputs)
+        env.update(zip(self.param_names, _param_slices(theta, self.n_params)))
+        return env
+
+    def predict(self, inputs: Mapping[str, torch.Tensor], theta: torch.Tensor) -> torch.Tensor:
+        from gradfit.evaluate import compile_torch
+
+        program = self._program("f", lambda: compile_torch([self.formula.tree]))
+        (out,) = program(self._env(inputs, theta))
+        return _broadcast_to_inputs(out, inputs, theta)
+
+    def derivative_trees(self) -> list[Any]:
+        """Symbolic partial derivatives of the formula, one per parameter."""
+        from gradfit.symbolic import diff
+
+        return [diff(self.formula.tree, name) for name in self.param_names]
+
+    def predict_and_jacobian(
+        self, inputs: Mapping[str, torch.Tensor], theta: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predictions ``(..., n)`` and the symbolic Jacobian ``(..., n, p)`` in one pass."""
+        import torch
+
+        from gradfit.evaluate import compile_torch
+
+        program = self._program(
+            "fj", lambda: compile_torch([self.formula.tree, *self.derivative_trees()])
+        )
+        out, *columns = program(self._env(inputs, theta))
+        pred = _broadcast_to_inputs(out, inputs, theta)
+        jac = torch.stack([torch.broadcast_to(c, pred.shape) for c in columns], dim=-1)
+        return pred, jac
+
+    def jacobian(self, inputs: Mapping[str, torch.Tensor], theta: torch.Tensor) -> torch.Tensor:
+        return self.predict_and_jacobian(inputs, theta)[1]
+
+
+def _broadcast_to_inputs(
+    out: torch.Tensor | float, inputs: Mapping[str, torch.Tensor], theta: torch.Tensor
+) -> torch.Tensor:
+    """Give a prediction the full ``(..., n)`` shape even when the formula ignores some inputs."""
+    import torch
+
+    out = torch.as_tensor(out, dtype=theta.dtype, device=theta.device)
+    shapes = [out.shape, theta.shape[:-1] + (1,)] + [t.shape for t in inputs.values()]
+    return torch.broadcast_to(out, torch.broadcast_shapes(*shapes))
+
+
+@dataclass(frozen=True)
+class CallableModel(ParametricModel):
+    """A model given as a Python function ``f(x, a, b, ...)`` of torch tensors.
+
+    Arguments named after data columns are inputs; if none is, the first argument is the input (as
+    in lmfit and ``scipy.optimize.curve_fit``). The remaining arguments are the parameters; their
+    default values, when numbers, are the starting values.
+    """
+
+    function: Callable[..., Any] | None = None
+    argument_names: tuple[str, ...] = ()
+    input_arguments: tuple[str, ...] = ()
+
+    @property
+    def description(self) -> str:
+        name = getattr(self.function, "__name__", "function")
+        return f"{name}({', '.join(self.argument_names)})"
+
+    def predict(self, inputs: Mapping[str, torch.Tensor], theta: torch.Tensor) -> torch.Tensor:
+        values = dict(zip(self.param_names, _param_slices(theta, self.n_params)))
+        values.update({arg: inputs[col] for arg, col in zip(self.input_arguments, self.input_names)})
+        out = self.function(**{name: values[name] for name in self.argument_names})
+        return _broadcast_to_inputs(out, inputs, theta)
+
+
+@dataclass(frozen=True)
+class ModuleModel:
+    """A ``torch.nn.Module`` whose input is the stacked input columns ``(n, d)``.
+
+    The module's own tensors are its parameters; they are trained in place by the gradient solvers.
+    """
+
+    module: Any
+    input_names: tuple[str, ...]
+
+    @property
+    def description(self) -> str:
+        return type(self.module).__name__
+
+    @property
+    def n_params(self) -> int:
+        """Number of scalar trainable parameters."""
+        return sum(p.numel() for p in self.module.parameters() if p.requires_grad)
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        """Names of the module's parameter tensors."""
+        return tuple(name for name, p in self.module.named_parameters() if p.requires_grad)
+
+    def stack_inputs(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Stack input columns into the ``(n, d)`` matrix the module consumes."""
+        import torch
+
+        return torch.stack([inputs[name] for name in self.input_names], dim=-1)
+
+    def predict(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Evaluate the module on the input columns; returns shape ``(n,)``."""
+        out = self.module(self.stack_inputs(inputs))
+        return out.reshape(out.shape[0], -1)[:, 0] if out.dim() > 1 else out
+
+
+def make_model(
+    spec: Any,
+    input_names: Collection[str] | None = None,
+    params: Sequence[Parameter] | Mapping[str, Any] | None = None,
+    as_parameters: Collection[str] = (),
+) -> ParametricModel | ModuleModel:
+    """Build a model from a formula string, a callable, a ``torch.nn.Module`` or a model.
+
+    Parameters
+    ----------
+    spec
+        ``"w*x + b"``, ``def f(x, w, b): ...``, an ``nn.Module``, or an existing model.
+    input_names
+        Names of the available data columns. Formula names found here are inputs.
+    params
+        Overrides for parameters: a sequence of :class:`Parameter` or a mapping of
+        name to starting value (or to a dict of Parameter fields).
+    as_parameters
+        Formula names to treat as parameters even where a data column has the same name.
+
+    Returns
+    -------
+    ParametricModel or ModuleModel
+    """
+    columns = tuple(c for c in input_names or () if c not in set(as_parameters))
+    if isinstance(spec, str):
+        model: ParametricModel | ModuleModel = _formula_model(spec, columns)
+    elif isinstance(spec, (ParametricModel, ModuleModel)):
+        model = spec
+    elif _is_module(spec):
+        model = ModuleModel(spec, columns)
+    elif callable(spec):
+        model = _callable_model(spec, columns)
+    else:
+        raise ModelError(
+            f"cannot build a model from {type(spec).__name__} — give a formula string, a "
+            "function or a torch.nn.Module"
+        )
+    if params and isinstance(model, ParametricModel):
+        model = model.with_parameters(_overrides(params))
+    return model
+
+
+def _is_module(obj: Any) -> bool:
+    return any(cls.__name__ == "Module" and cls.__module__.startswith("torch.nn") for cls in type(obj).__mro__)
+
+
+def _formula_model(text: str, columns: tuple[str, ...]) -> FormulaModel:
+    from gradfit.formula import parse
+
+    formula = parse(text)
+    inputs = tuple(name for name in formula.names if name in columns)
+    names = tuple(name for name in formula.names if name not in columns)
+    if not names:
+        raise ModelError(
+            f"the formula '{text}' has no parameters: every name in it is a data column "
+            f"({', '.join(inputs) or 'none'}) — add a parameter such as 'w*x + b'"
+        )
+    if columns and not inputs:
+        raise ModelError(
+            f"the formula '{text}' uses no data column — columns are {', '.join(columns)}"
+        )
+    return FormulaModel(inputs, tuple(Parameter(n) for n in names), formula)
+
+
+def _callable_model(function: Callable[..., Any], columns: tuple[str, ...]) -> CallableModel:
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"cannot read the signature of {function!r} — pass a plain function") from exc
+    arguments = [
+        a
+        for a in signature.parameters.values()
+        if a.kind in (a.POSITIONAL_ONLY, a.POSITIONAL_OR_KEYWORD, a.KEYWORD_ONLY)
+    ]
+    names = tuple(a.name for a in arguments)
+    inputs = tuple(n for n in names if n in columns) or names[:1]
+    feeding = inputs if set(inputs) <= set(columns) or len(columns) != 1 else columns
+    params = tuple(
+        Parameter(a.name, a.default if isinstance(a.default, (int, float)) else None)
+        for a in arguments
+        if a.name not in inputs
+    )
+    if not params:
+        raise ModelError(
+            f"{getattr(function, '__name__', 'the function')} has no parameters besides its inputs "
+            "— add arguments for the parameters, e.g. f(x, w, b)"
+        )
+    return CallableModel(feeding, params, function, names, inputs)
+
+
+def _overrides(params: Sequence[Parameter] | Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    if isinstance(params, Mapping):
+        return {
+            name: dict(value) if isinstance(value, Mapping) else {"init": float(value)}
+            for name, value in params.items()
+        }
+    return {
+        p.name: {"init": p.init, "lower": p.lower, "upper": p.upper, "fixed": p.fixed} for p in params
+    }
+
+
+def parse_assignments(text: str, option: str = "--init") -> dict[str, float]:
+    """Parse ``"w=1, b=0"`` into ``{"w": 1.0, "b": 0.0}``.
+
+    Parameters
+    ----------
+    text
+        Comma-separated ``name=value`` pairs.
+    option
+        The option the text came from, named in error messages.
+    """
+    values: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, raw = item.partition("=")
+        name = name.strip()
+        if not sep or not name.isidentifier():
+            raise ModelError(f"{option} expects name=value pairs such as 'w=1,b=0', got '{item}'")
+        try:
+            values[name] = float(raw)
+        except ValueError:
+            raise ModelError(f"{option}: '{raw.strip()}' is not a number (in '{item}')") from None
+    return values

@@ -1,0 +1,137 @@
+"""Figures: data with the fitted curve in the data's units, and loss per epoch.
+
+One style for every figure (:func:`figure`); files are written atomically. matplotlib is imported
+only when a figure is drawn, with the non-interactive Agg backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from gradfit.io import atomic_path
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    from gradfit.data import Dataset
+    from gradfit.result import FitResult
+
+__all__ = ["figure", "save_figure", "plot_fit", "plot_history", "draw_fit", "draw_history"]
+
+STYLE = {
+    "font.size": 10,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "figure.dpi": 110,
+    "savefig.dpi": 150,
+    "legend.frameon": False,
+}
+TRAIN_COLOR, VAL_COLOR, CURVE_COLOR = "#1f77b4", "#ff7f0e", "#d62728"
+
+
+def figure(ncols: int = 1, width: float = 6.0, height: float = 4.0) -> tuple[Figure, Any]:
+    """A new figure in gradfit's style with ``ncols`` axes side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(1, ncols, figsize=(width * ncols, height), squeeze=False)
+    for ax in axes[0]:
+        for key, value in STYLE.items():
+            if key.startswith("axes.spines."):
+                ax.spines[key.rsplit(".", 1)[1]].set_visible(value)
+        ax.grid(True, alpha=STYLE["grid.alpha"])
+    return fig, axes[0]
+
+
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Save ``fig`` atomically (format from the extension) and close it."""
+    import matplotlib.pyplot as plt
+
+    target = Path(path)
+    fig.tight_layout()
+    with atomic_path(target) as temporary:
+        fig.savefig(temporary, format=target.suffix.lstrip(".") or "png")
+    plt.close(fig)
+    return target
+
+
+def draw_fit(
+    ax: Axes,
+    result: FitResult,
+    train: Dataset,
+    val: Dataset | None = None,
+    label: str | None = None,
+    color: str = CURVE_COLOR,
+) -> None:
+    """Draw data and the fitted curve (one input) or observed vs predicted (several inputs)."""
+    if len(result.input_names) == 1:
+        _draw_curve(ax, result, train, val, label, color)
+    else:
+        _draw_parity(ax, result, train, val)
+
+
+def _draw_curve(ax: Axes, result: FitResult, train: Dataset, val: Dataset | None, label: str | None, color: str) -> None:
+    name = result.input_names[0]
+    points = [train.inputs[name]] + ([val.inputs[name]] if val is not None else [])
+    low, high = min(p.min() for p in points), max(p.max() for p in points)
+    pad = 0.05 * (high - low or 1.0)
+    grid = np.linspace(low - pad, high + pad, 300)
+    ax.scatter(train.inputs[name], train.y, s=22, color=TRAIN_COLOR, label="training data", zorder=3)
+    if val is not None:
+        ax.scatter(val.inputs[name], val.y, s=26, marker="s", color=VAL_COLOR, label="validation data", zorder=3)
+    ax.plot(grid, result.predict({name: grid}), color=color, lw=1.8, label=label or f"fit: {result.model}")
+    ax.set_xlabel(name)
+    ax.set_ylabel(result.y_name)
+    ax.legend()
+
+
+def _draw_parity(ax: Axes, result: FitResult, train: Dataset, val: Dataset | None) -> None:
+    parts = [("training data", train, TRAIN_COLOR)] + ([("validation data", val, VAL_COLOR)] if val is not None else [])
+    for label, part, color in parts:
+        ax.scatter(part.y, result.predict(part.inputs), s=22, color=color, label=label)
+    everything = np.concatenate([p.y for _, p, _ in parts])
+    ax.plot([everything.min(), everything.max()], [everything.min(), everything.max()], color="grey", lw=1)
+    ax.set_xlabel(f"observed {result.y_name}")
+    ax.set_ylabel(f"predicted {result.y_name}")
+    ax.legend()
+
+
+def draw_history(ax: Axes, histories: Mapping[str, Sequence[float]], title: str = "") -> None:
+    """Draw loss curves (log scale when positive) against the epoch."""
+    for label, values in histories.items():
+        if len(values):
+            ax.plot(np.arange(1, len(values) + 1), values, lw=1.5, label=label)
+    if all(min(v, default=1.0) > 0 for v in histories.values()):
+        ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    if title:
+        ax.set_title(title)
+    ax.legend()
+
+
+def plot_fit(result: FitResult, train: Dataset, path: str | Path, val: Dataset | None = None) -> Path:
+    """Write the data-and-fit figure to ``path``."""
+    fig, (ax,) = figure()
+    draw_fit(ax, result, train, val)
+    ax.set_title(f"{result.y_name} = {result.model}")
+    return save_figure(fig, path)
+
+
+def plot_history(result: FitResult, path: str | Path) -> Path:
+    """Write the training and validation loss per epoch to ``path``."""
+    fig, (ax,) = figure()
+    draw_history(ax, {"training loss": result.history.train, "validation loss": result.history.val}, f"{result.loss} loss per epoch")
+    if not result.history.train:
+        ax.text(0.5, 0.5, f"{result.solver} solver: no epochs to show", ha="center", transform=ax.transAxes)
+    return save_figure(fig, path)

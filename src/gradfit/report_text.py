@@ -1,0 +1,108 @@
+"""The plain-text fit report, in sections as lmfit prints them."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gradfit.result import FitResult, ParameterEstimate
+
+__all__ = ["format_report", "format_number"]
+
+#: correlations whose magnitude is below this are left out of the report
+CORRELATION_THRESHOLD = 0.1
+
+_STATISTIC_LABELS = {
+    "r2": "R-squared",
+    "rmse": "RMS error",
+    "chisqr": "chi-square",
+    "redchi": "reduced chi-square",
+    "aic": "Akaike info crit",
+    "bic": "Bayesian info crit",
+    "dof": "degrees of freedom",
+    "condition": "condition number of JᵀJ",
+}
+
+
+def format_number(value: float | None, digits: int = 7) -> str:
+    """A number with ``digits`` significant digits, or ``-`` when missing."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.{digits}g}"
+
+
+def format_report(result: FitResult) -> str:
+    """Render ``result`` as a sectioned text report."""
+    sections = [
+        _section("Fit", _fit_lines(result)),
+        _section("Statistics", _statistics_lines(result)),
+        _section("Parameters", [_parameter_line(p, result) for p in result.parameters]),
+        _section("Correlations", _correlation_lines(result)),
+        _section("Validation", _validation_lines(result)),
+        _section("Warnings", list(result.warnings)),
+    ]
+    return "\n".join(s for s in sections if s)
+
+
+def _section(title: str, lines: list[str]) -> str:
+    if not lines:
+        return ""
+    return "\n".join([f"[[{title}]]", *("    " + line for line in lines)])
+
+
+def _fit_lines(r: FitResult) -> list[str]:
+    return [
+        f"model        = {r.model}",
+        f"solver       = {r.solver} ({r.solver_reason})",
+        f"status       = {r.status}: {r.message}",
+        f"data points  = {r.n_train} training, {r.n_val} validation",
+        f"iterations   = {r.iterations}",
+        f"train loss   = {format_number(r.train_loss)} ({r.loss})",
+    ]
+
+
+def _statistics_lines(r: FitResult) -> list[str]:
+    return [
+        f"{label:<24} = {format_number(r.statistics[key])}"
+        for key, label in _STATISTIC_LABELS.items()
+        if key in r.statistics
+    ]
+
+
+def _parameter_line(p: ParameterEstimate, r: FitResult) -> str:
+    text = f"{p.name:<10} = {format_number(p.value, 10)}"
+    if p.fixed:
+        return text + " (fixed)"
+    if p.stderr is not None and math.isfinite(p.stderr):
+        relative = abs(p.stderr / p.value) * 100 if p.value else math.inf
+        text += f" +/- {format_number(p.stderr, 4)} ({relative:.2f}%)"
+    if p.ci_low is not None and p.ci_high is not None:
+        level = r.settings.get("confidence", 0.95)
+        text += f"  {level:.0%} CI [{format_number(p.ci_low, 6)}, {format_number(p.ci_high, 6)}]"
+    if p.at_bound:
+        text += "  (at bound)"
+    return text
+
+
+def _correlation_lines(r: FitResult) -> list[str]:
+    corr = r.correlation()
+    if corr is None:
+        return []
+    names = r.param_names
+    pairs = [
+        (abs(corr[i, j]), f"C({names[i]}, {names[j]}) = {corr[i, j]:+.4f}")
+        for i in range(len(names))
+        for j in range(i + 1, len(names))
+        if math.isfinite(corr[i, j]) and abs(corr[i, j]) >= CORRELATION_THRESHOLD
+    ]
+    return [line for _, line in sorted(pairs, reverse=True)]
+
+
+def _validation_lines(r: FitResult) -> list[str]:
+    if r.val_loss is None:
+        return []
+    lines = [f"validation loss = {format_number(r.val_loss)} ({r.n_val} points)"]
+    if r.train_loss > 0:
+        lines.append(f"validation / train = {r.val_loss / r.train_loss:.3g}")
+    return lines

@@ -1,0 +1,239 @@
+"""FitResult: everything a fit found, as a frozen record with a text report and a JSON round trip."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gradfit.errors import DataError, NotFittedError
+
+__all__ = ["FitResult", "History", "ParameterEstimate"]
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class History:
+    """Training and validation loss per epoch (gradient solvers) or per iteration."""
+
+    train: tuple[float, ...] = ()
+    val: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class ParameterEstimate:
+    """One fitted parameter with its uncertainty."""
+
+    name: str
+    value: float
+    stderr: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    fixed: bool = False
+    at_bound: bool = False
+    lower: float = -math.inf
+    upper: float = math.inf
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """The outcome of :func:`gradfit.fit`.
+
+    Attributes
+    ----------
+    model
+        The model's text (formula) or description.
+    model_kind
+        ``"formula"``, ``"callable"`` or ``"module"``.
+    input_names, y_name
+        Data columns used as inputs and as target.
+    parameters
+        The estimates, in model order.
+    covariance
+        Covariance matrix of the parameters (``None`` when not available).
+    solver, solver_reason
+        The solver used and why it was chosen.
+    status
+        Short machine-readable status (``converged``, ``max_epochs``, ``early_stopped``, ...).
+    message
+        What happened, in words.
+    success
+        Whether the fit reached a proper stopping point.
+    iterations
+        Epochs (gradient) or iterations (least squares) run.
+    loss
+        Name of the loss.
+    train_loss, val_loss
+        Final losses at the returned parameters, in the data's units.
+    n_train, n_val
+        Number of training and validation points.
+    statistics
+        Fit statistics (r2, rmse, chisqr, redchi, aic, bic, dof, condition number...).
+    history
+        Loss per epoch.
+    settings
+        Options that produced the fit (seed, dtype, optimizer...), for the record.
+    warnings
+        Plain-language warnings (ill-conditioning, parameters at bounds...).
+    elapsed
+        Wall time of the solve in seconds.
+    """
+
+    model: str
+    model_kind: str
+    input_names: tuple[str, ...]
+    y_name: str
+    parameters: tuple[ParameterEstimate, ...]
+    solver: str
+    solver_reason: str
+    status: str
+    message: str
+    success: bool
+    iterations: int
+    loss: str
+    train_loss: float
+    val_loss: float | None
+    n_train: int
+    n_val: int
+    covariance: tuple[tuple[float, ...], ...] | None = None
+    statistics: Mapping[str, float] = field(default_factory=dict)
+    history: History = field(default_factory=History)
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+    elapsed: float = 0.0
+    predictor: Callable[[Mapping[str, np.ndarray]], np.ndarray] | None = field(
+        default=None, compare=False, repr=False
+    )
+
+    @property
+    def params(self) -> dict[str, float]:
+        """Parameter values by name."""
+        return {p.name: p.value for p in self.parameters}
+
+    @property
+    def stderr(self) -> dict[str, float | None]:
+        """Standard errors by name."""
+        return {p.name: p.stderr for p in self.parameters}
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        """Parameter names in model order."""
+        return tuple(p.name for p in self.parameters)
+
+    @property
+    def values(self) -> np.ndarray:
+        """Parameter values as an array in model order."""
+        return np.array([p.value for p in self.parameters])
+
+    def correlation(self) -> np.ndarray | None:
+        """Correlation matrix of the parameters, or ``None`` without a covariance."""
+        if self.covariance is None:
+            return None
+        cov = np.asarray(self.covariance, dtype=float)
+        sd = np.sqrt(np.clip(np.diag(cov), 0.0, None))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return cov / np.outer(sd, sd)
+
+    def predict(self, x: Any) -> np.ndarray:
+        """Evaluate the fitted model on new inputs.
+
+        Parameters
+        ----------
+        x
+            A mapping or data frame with the input columns, or an array for a single input.
+
+        Returns
+        -------
+        numpy.ndarray
+        """
+        from gradfit.predict import predict_columns
+
+        return predict_columns(self, x)
+
+    # -- serialisation ---------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dictionary (non-finite numbers become ``None``)."""
+        record = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "predictor"}
+        record["parameters"] = [asdict(p) for p in self.parameters]
+        record["history"] = asdict(self.history)
+        record["format_version"] = FORMAT_VERSION
+        return _json_safe(record)
+
+    def to_json(self, indent: int = 2) -> str:
+        """The result as JSON text."""
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, record: Mapping[str, Any]) -> FitResult:
+        """Rebuild a result from :meth:`to_dict` output."""
+        try:
+            data = {f.name: record[f.name] for f in fields(cls) if f.name in record}
+            data["parameters"] = tuple(
+                ParameterEstimate(**_restore_infinities(p)) for p in record["parameters"]
+            )
+            data["history"] = History(**{k: tuple(v) for k, v in record["history"].items()})
+            data["input_names"] = tuple(record["input_names"])
+            data["warnings"] = tuple(record.get("warnings", ()))
+            if record.get("covariance") is not None:
+                data["covariance"] = tuple(
+                    tuple(math.nan if v is None else v for v in row) for row in record["covariance"]
+                )
+            return cls(**data)
+        except (KeyError, TypeError) as exc:
+            raise DataError(f"not a gradfit result file (missing or bad field {exc}) — fit again") from None
+
+    @classmethod
+    def from_json(cls, text: str) -> FitResult:
+        """Rebuild a result from :meth:`to_json` text."""
+        try:
+            return cls.from_dict(json.loads(text))
+        except json.JSONDecodeError as exc:
+            raise DataError(f"not a gradfit result file: invalid JSON ({exc.msg} at line {exc.lineno})") from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> FitResult:
+        """Read a result written with ``--out`` or :meth:`to_json`."""
+        try:
+            return cls.from_json(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise DataError(f"cannot read result file '{path}': {exc.strerror} — check the path") from None
+
+    def report(self) -> str:
+        """A text report with sections: fit, statistics, parameters, correlations, validation."""
+        from gradfit.report_text import format_report
+
+        return format_report(self)
+
+    def __str__(self) -> str:
+        return self.report()
+
+    def require_predictor(self) -> Callable[[Mapping[str, np.ndarray]], np.ndarray]:
+        """The in-memory predictor, or an error saying why there is none."""
+        if self.predictor is None:
+            raise NotFittedError("this result has no model attached — refit, or load a formula result")
+        return self.predictor
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        return _json_safe(value.item())
+    return value
+
+
+def _restore_infinities(record: Mapping[str, Any]) -> dict[str, Any]:
+    data = dict(record)
+    data["lower"] = -math.inf if data.get("lower") is None else data["lower"]
+    data["upper"] = math.inf if data.get("upper") is None else data["upper"]
+    return data

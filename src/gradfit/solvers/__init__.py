@@ -1,0 +1,83 @@
+"""Solvers: one protocol (:mod:`gradfit.solvers.base`), two families, and the automatic choice.
+
+Add a solver by writing ``solve_x(problem, options) -> SolveOutcome`` and registering it in
+:data:`SOLVERS`; :func:`choose_solver` decides when ``solver="auto"`` picks it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from gradfit.errors import OptionError
+
+if TYPE_CHECKING:
+    from gradfit.config import FitOptions
+    from gradfit.solvers.base import Problem, SolveOutcome
+
+__all__ = ["choose_solver", "get_solver", "SOLVER_FAMILIES"]
+
+#: solver name -> "module:function", imported when used
+SOLVER_FAMILIES = {
+    "linear": "gradfit.solvers.linear:solve_linear",
+    "lm": "gradfit.solvers.lsq:solve_lm",
+    "gn": "gradfit.solvers.lsq:solve_gn",
+    "gradient": "gradfit.solvers.gradient:solve_gradient",
+}
+
+
+def get_solver(name: str) -> Callable[[Problem, Any], SolveOutcome]:
+    """The solve function registered under ``name``."""
+    import importlib
+
+    module, _, function = SOLVER_FAMILIES[name].partition(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def choose_solver(model: Any, options: FitOptions, bounded: bool) -> tuple[str, str]:
+    """Pick the solver for a fit and say why.
+
+    Parameters
+    ----------
+    model
+        The model to fit.
+    options
+        The fit's options (solver, optimizer, loss).
+    bounded
+        Whether any parameter has a finite bound.
+
+    Returns
+    -------
+    (name, reason)
+        A key of :data:`SOLVER_FAMILIES` and a sentence for the report.
+    """
+    from gradfit.losses import LEAST_SQUARES_LOSSES
+    from gradfit.model import ModuleModel
+
+    parametric = not isinstance(model, ModuleModel)
+    if options.uses_optimizer:
+        name = options.optimizer if isinstance(options.optimizer, str) else "adam"
+        return "gradient", f"gradient descent with {name}, as asked"
+    if options.solver != "auto":
+        _check_explicit(options.solver, model, options, parametric)
+        return options.solver, "as asked"
+    if not parametric:
+        return "gradient", "neural networks are trained by gradient descent (Adam)"
+    if options.loss not in LEAST_SQUARES_LOSSES:
+        return "gradient", f"the {options.loss} loss is not a sum of squares: gradient descent (Adam)"
+    if options.loss == "mse" and not bounded and getattr(model, "formula", None) and model.is_linear:
+        return "linear", "the model is linear in its parameters: one exact least-squares solve"
+    return "lm", "a parametric least-squares fit: Levenberg-Marquardt with autograd Jacobians"
+
+
+def _check_explicit(name: str, model: Any, options: FitOptions, parametric: bool) -> None:
+    from gradfit.losses import LEAST_SQUARES_LOSSES
+
+    if not parametric:
+        raise OptionError(f"solver '{name}' needs a parametric model — use an optimizer for networks")
+    if name == "linear" and not (getattr(model, "formula", None) and model.is_linear):
+        raise OptionError("solver 'linear' needs a formula that is linear in its parameters — use 'lm'")
+    if name == "linear" and options.loss != "mse":
+        raise OptionError("solver 'linear' minimises squared errors only — use 'lm' for robust losses")
+    if options.loss not in LEAST_SQUARES_LOSSES:
+        raise OptionError(f"solver '{name}' needs a least-squares loss — use an optimizer for {options.loss}")

@@ -1,0 +1,188 @@
+"""Gradient-family solvers: any ``torch.optim`` optimizer, by name or as an instance.
+
+Names are matched case-insensitively against the classes in ``torch.optim`` (``sgd``, ``adam``,
+``adamw``, ``rmsprop``, ``adagrad``, ``lbfgs``...). Keyword arguments go to the constructor
+unchanged, except that a learning rate is supplied when none is given (see :data:`DEFAULT_LR`).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from gradfit.config import FitOptions
+from gradfit.errors import OptionError
+from gradfit.model import ModuleModel
+from gradfit.objective import ModuleObjective, ParametricObjective
+from gradfit.result import History
+from gradfit.solvers.base import Problem, SolveOutcome
+from gradfit.train import StopReason, TrainConfig, TrainOutcome, run_training
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["optimizer_names", "make_optimizer", "make_plateau_scheduler", "solve_gradient", "DEFAULT_LR"]
+
+#: learning rate used when none is given: the chapter's 1e-2 (LBFGS keeps its own default of 1)
+DEFAULT_LR = 1e-2
+
+_NEEDS_SPECIAL_PARAMETERS = {
+    "sparseadam": "needs sparse gradients (embedding layers with sparse=True)",
+    "muon": "only optimises 2-D weight matrices",
+}
+
+
+def _optimizer_classes() -> dict[str, type]:
+    import torch.optim
+
+    return {
+        name.lower(): cls
+        for name, cls in vars(torch.optim).items()
+        if inspect.isclass(cls) and issubclass(cls, torch.optim.Optimizer) and cls is not torch.optim.Optimizer
+    }
+
+
+def optimizer_names(plain_parameters_only: bool = True) -> list[str]:
+    """Lower-case names of the ``torch.optim`` optimizers.
+
+    Parameters
+    ----------
+    plain_parameters_only
+        Leave out optimizers that cannot optimise a plain list of dense parameters
+        (``SparseAdam``, ``Muon``).
+    """
+    names = sorted(_optimizer_classes())
+    if plain_parameters_only:
+        names = [n for n in names if n not in _NEEDS_SPECIAL_PARAMETERS]
+    return names
+
+
+def make_optimizer(
+    spec: Any, params: Iterable[torch.Tensor], options: Mapping[str, Any] | None = None
+) -> torch.optim.Optimizer:
+    """Construct the optimizer ``spec`` over ``params``.
+
+    Parameters
+    ----------
+    spec
+        An optimizer name (``"adam"``), a ``torch.optim.Optimizer`` subclass, or a factory
+        ``params -> Optimizer``.
+    params
+        The tensors to optimise.
+    options
+        Keyword arguments for the constructor.
+
+    Returns
+    -------
+    torch.optim.Optimizer
+    """
+    cls = _resolve(spec) if isinstance(spec, str) else spec
+    kwargs = dict(options or {})
+    accepted = _keyword_names(cls)
+    unknown = sorted(set(kwargs) - accepted) if accepted is not None else []
+    if unknown:
+        raise OptionError(
+            f"{cls.__name__} has no option '{unknown[0]}' — it accepts "
+            f"{', '.join(sorted(accepted - {'params'}))}"
+        )
+    if accepted is not None and "lr" in accepted and "lr" not in kwargs and cls.__name__ != "LBFGS":
+        kwargs["lr"] = DEFAULT_LR
+    if cls.__name__ == "LBFGS":
+        kwargs.setdefault("line_search_fn", "strong_wolfe")
+    try:
+        return cls(list(params), **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise OptionError(f"cannot build {getattr(cls, '__name__', cls)}: {exc}") from None
+
+
+def _resolve(name: str) -> type:
+    classes = _optimizer_classes()
+    key = name.lower().replace("-", "").replace("_", "")
+    if key in _NEEDS_SPECIAL_PARAMETERS:
+        raise OptionError(f"optimizer '{name}' {_NEEDS_SPECIAL_PARAMETERS[key]} — choose another")
+    if key not in classes:
+        raise OptionError(
+            f"unknown optimizer '{name}' — choose one of {', '.join(optimizer_names())}"
+        )
+    return classes[key]
+
+
+def _keyword_names(factory: Any) -> set[str] | None:
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
+        return None
+    return set(signature.parameters)
+
+
+def make_plateau_scheduler(
+    optimizer: torch.optim.Optimizer, patience: int = 10, factor: float = 0.5
+) -> Any:
+    """A reduce-on-plateau learning-rate schedule stepped with the monitored loss."""
+    from torch.optim.lr_scheduler import ReduceLROnPlateau
+
+    return ReduceLROnPlateau(optimizer, mode="min", factor=factor, patience=patience)
+
+
+def solve_gradient(problem: Problem, options: FitOptions) -> SolveOutcome:
+    """Fit by gradient descent with a ``torch.optim`` optimizer inside the training loop.
+
+    Parameters
+    ----------
+    problem
+        The fit; module models are trained in place.
+    options
+        Optimizer (default Adam), its keyword arguments, scaling and the loop's stop rules.
+    """
+    objective = _objective(problem, options.scale)
+    optimizer = make_optimizer(options.optimizer or "adam", objective.tensors, options.optimizer_options)
+    config = TrainConfig(
+        epochs=options.epochs,
+        batch_size=options.batch_size,
+        target=options.target,
+        patience=options.patience,
+        seed=options.seed,
+        plateau_patience=options.plateau,
+    )
+    outcome = run_training(objective, optimizer, config, options.callback)
+    success = outcome.stop not in (StopReason.DIVERGED, StopReason.INTERRUPTED)
+    theta = objective.result_theta() if isinstance(objective, ParametricObjective) else None
+    predict = objective.predict if isinstance(objective, ModuleObjective) else None
+    return SolveOutcome(
+        theta,
+        outcome.stop.name.lower(),
+        _stop_message(outcome),
+        success,
+        outcome.epochs,
+        History(tuple(outcome.train_history), tuple(outcome.val_history)),
+        predict=predict,
+    )
+
+
+def _objective(problem: Problem, scale: bool) -> ParametricObjective | ModuleObjective:
+    from gradfit.losses import get_loss
+
+    loss_fn = get_loss(problem.loss, problem.loss_scale)
+    if isinstance(problem.model, ModuleModel):
+        return ModuleObjective(problem.model, problem.train, problem.val, loss_fn, scale)
+    return ParametricObjective(
+        problem.model,
+        problem.train,
+        problem.val,
+        loss_fn,
+        problem.theta0,
+        problem.free,
+        problem.lower,
+        problem.upper,
+        scale,
+    )
+
+
+def _stop_message(outcome: TrainOutcome) -> str:
+    message = outcome.stop.value
+    if outcome.stop in (StopReason.EARLY_STOPPED, StopReason.DIVERGED, StopReason.INTERRUPTED):
+        message += f" (epoch {outcome.best_epoch} of {outcome.epochs})"
+    return message
