@@ -1,0 +1,46 @@
+"""Every torch.optim optimizer, by name, with keyword arguments, and as an instance."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gradfit
+from gradfit.errors import OptionError
+from gradfit.solvers.gradient import make_optimizer, optimizer_names
+
+
+def test_every_plain_optimizer_is_listed():
+    import torch.optim
+
+    expected = {"sgd", "adam", "adamw", "rmsprop", "adagrad", "lbfgs", "adadelta", "adamax", "nadam", "radam", "asgd", "rprop"}
+    assert expected <= set(optimizer_names())
+    assert "sparseadam" not in optimizer_names()
+    assert len(optimizer_names()) >= len([n for n in dir(torch.optim) if n[0].isupper()]) - 4
+
+
+@pytest.mark.parametrize("name", optimizer_names())
+def test_each_optimizer_lowers_the_loss(name, thermometer):
+    t_u, t_c = thermometer
+    result = gradfit.fit("w*t_u + b", {"t_u": t_u}, t_c, optimizer=name, epochs=60, params={"w": 1.0, "b": 0.0})
+    assert result.success, result.message
+    assert result.train_loss < result.history.train[0]
+
+
+def test_unknown_optimizer_and_option_are_clear_errors():
+    import torch
+
+    params = [torch.zeros(2, requires_grad=True)]
+    with pytest.raises(OptionError, match="unknown optimizer 'sgdd'"):
+        make_optimizer("sgdd", params)
+    with pytest.raises(OptionError, match="SGD has no option 'momentom'"):
+        make_optimizer("sgd", params, {"momentom": 0.9})
+
+
+def test_optimizer_class_and_options_pass_through(thermometer):
+    import torch
+
+    t_u, t_c = thermometer
+    result = gradfit.fit("w*t_u + b", {"t_u": t_u}, t_c, optimizer=torch.optim.SGD, optimizer_options={"lr": 0.1, "momentum": 0.5}, epochs=500)
+    w, b = np.polyfit(t_u, t_c, 1)
+    np.testing.assert_allclose(result.params["w"], w, rtol=1e-6)

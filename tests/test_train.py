@@ -1,0 +1,79 @@
+"""The training loop: the book's numbers, stop rules, and the no-graph validation pass."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gradfit
+from gradfit.demo import BOOK_RECIPE
+
+#: the chapter's printed training losses every 500 epochs (SGD lr 1e-2 on 0.1-scaled input)
+BOOK_LOSSES = [7.860118, 3.828538, 3.092191, 2.957697, 2.933134, 2.928648, 2.927830, 2.927680, 2.927651, 2.927648]
+
+
+def test_book_recipe_reproduces_printed_losses_and_parameters(thermometer):
+    t_u, t_c = thermometer
+    result = gradfit.fit("w*t_un + b", {"t_un": 0.1 * t_u}, t_c, params={"w": 1.0, "b": 0.0}, **BOOK_RECIPE)
+    printed = [result.history.train[epoch - 1] for epoch in range(500, 5001, 500)]
+    np.testing.assert_allclose(printed, BOOK_LOSSES, rtol=1e-5)
+    np.testing.assert_allclose([result.params["w"], result.params["b"]], [5.3671, -17.3012], atol=5e-5)
+    assert result.status == "max_epochs" and result.iterations == 5000
+
+
+def test_raw_readings_diverge_without_scaling_and_converge_with_it(thermometer):
+    t_u, t_c = thermometer
+    common = dict(optimizer="sgd", optimizer_options={"lr": 1e-2}, epochs=3000, params={"w": 1.0, "b": 0.0})
+    raw = gradfit.fit("w*t_u + b", {"t_u": t_u}, t_c, scale=False, **common)
+    assert raw.status == "diverged" and not raw.success
+    assert "learning rate" in raw.message
+    assert np.isfinite(raw.params["w"]) and np.isfinite(raw.params["b"])
+    scaled = gradfit.fit("w*t_u + b", {"t_u": t_u}, t_c, **common)
+    w, b = np.polyfit(t_u, t_c, 1)
+    np.testing.assert_allclose([scaled.params["w"], scaled.params["b"]], [w, b], rtol=1e-8)
+
+
+def test_early_stopping_restores_best_validation_parameters():
+    rng = np.random.default_rng(3)
+    x = np.linspace(-1, 1, 40)
+    y = np.sin(3 * x) + 0.3 * rng.standard_normal(40)
+    model = " + ".join(f"c{k}*x**{k}" for k in range(1, 10)) + " + c0"
+    result = gradfit.fit(model, x, y, optimizer="adam", optimizer_options={"lr": 0.05}, epochs=4000, val=0.3, seed=1, patience=50)
+    assert result.status == "early_stopped"
+    best = int(np.argmin(result.history.val))
+    # the returned parameters are those of the best validation epoch: their validation loss is the minimum
+    assert result.val_loss == pytest.approx(min(result.history.val), rel=1e-9)
+    assert result.iterations - (best + 1) >= 50
+
+
+def test_target_stops_the_run(thermometer):
+    t_u, t_c = thermometer
+    result = gradfit.fit("w*t_u + b", {"t_u": t_u}, t_c, optimizer="adam", epochs=5000, target=3.5)
+    assert result.status == "target"
+    assert result.history.train[-1] <= 3.5 < result.history.train[0]
+
+
+def test_validation_pass_builds_no_graph(thermometer):
+    import torch
+
+    from gradfit.model import make_model
+    from gradfit.objective import ParametricObjective, Split
+
+    t_u, t_c = (torch.as_tensor(v) for v in thermometer)
+    model = make_model("w*t_u + b", ["t_u"])
+    part = Split({"t_u": t_u}, t_c)
+    objective = ParametricObjective(
+        model, part, part, lambda r: (r**2).mean(), torch.tensor([1.0, 0.0], dtype=torch.float64),
+        torch.tensor([True, True]), torch.full((2,), -np.inf, dtype=torch.float64), torch.full((2,), np.inf, dtype=torch.float64), True,
+    )
+    assert objective.train_loss().requires_grad
+    val = objective.val_loss()
+    assert not val.requires_grad and val.grad_fn is None
+
+
+def test_minibatches_are_seeded_and_converge(thermometer):
+    t_u, t_c = thermometer
+    runs = [gradfit.fit("w*t_u + b", {"t_u": t_u}, t_c, optimizer="sgd", batch_size=4, epochs=400, seed=7) for _ in range(2)]
+    assert runs[0].history.train == runs[1].history.train
+    w, b = np.polyfit(t_u, t_c, 1)
+    np.testing.assert_allclose(runs[0].params["w"], w, rtol=0.05)
