@@ -738,7 +738,7 @@ def _column_to_float(raw: object, name: str, table: _Table) -> np.ndarray:
 def _series_to_float(series: pl.Series, name: str, table: _Table) -> np.ndarray:
     dtype = series.dtype
     if dtype.is_numeric() or dtype == pl.Boolean or dtype == pl.Null:
-        return series.cast(pl.Float64).to_numpy().astype(np.float64, copy=False)
+        return np.array(series.cast(pl.Float64).to_numpy(), dtype=np.float64)  # own, writable copy
     if dtype in (pl.String, pl.Categorical) or isinstance(dtype, pl.Enum):
         return _parse_values(series.cast(pl.String).to_list(), name, table)
     raise table.error(_type_message(name, str(dtype)))

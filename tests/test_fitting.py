@@ -1,0 +1,126 @@
+"""gradfit.fit end to end against independent references: numpy lstsq/polyfit and scipy curve_fit."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+import gradfit
+from gradfit.errors import DataError, ModelError
+
+
+def test_default_linear_fit_is_the_least_squares_solution(thermometer):
+    t_u, t_c = thermometer
+    result = gradfit.fit("w*t_u + b", {"t_u": t_u}, t_c)
+    expected, *_ = np.linalg.lstsq(np.column_stack([t_u, np.ones_like(t_u)]), t_c, rcond=None)
+    np.testing.assert_allclose(result.values, expected, rtol=1e-8)
+    assert result.solver == "linear" and "linear in its parameters" in result.solver_reason
+    assert result.success and result.status == "converged"
+
+
+def test_default_polynomial_fit_equals_polyfit():
+    rng = np.random.default_rng(0)
+    x = np.linspace(-2, 3, 30)
+    y = 0.5 * x**3 - x**2 + 2 * x - 1 + 0.1 * rng.standard_normal(x.size)
+    result = gradfit.fit("a3*x**3 + a2*x**2 + a1*x + a0", x, y)
+    np.testing.assert_allclose(result.values, np.polyfit(x, y, 3), rtol=1e-8)
+
+
+def test_multi_input_linear_model_from_a_polars_frame():
+    rng = np.random.default_rng(1)
+    frame = pl.DataFrame({"u": rng.normal(size=50), "v": rng.normal(size=50), "label": ["a"] * 50})
+    frame = frame.with_columns((2 * pl.col("u") - 3 * pl.col("v") + 0.5 + 0.01 * pl.Series(rng.normal(size=50))).alias("z"))
+    result = gradfit.fit("p*u + q*v + c", frame, "z")
+    design = np.column_stack([frame["u"].to_numpy(), frame["v"].to_numpy(), np.ones(50)])
+    expected, *_ = np.linalg.lstsq(design, frame["z"].to_numpy(), rcond=None)
+    np.testing.assert_allclose(result.values, expected, rtol=1e-8)
+    assert result.input_names == ("u", "v")
+
+
+def test_nonlinear_formula_matches_curve_fit():
+    from scipy.optimize import curve_fit
+
+    rng = np.random.default_rng(2)
+    t = np.linspace(0, 5, 40)
+    y = 3.0 * np.exp(-0.7 * t) + 0.5 + 0.02 * rng.standard_normal(t.size)
+    result = gradfit.fit("a*exp(-k*t) + c", {"t": t}, y, params={"a": 1.0, "k": 1.0, "c": 0.0})
+    popt, pcov = curve_fit(lambda t, a, k, c: a * np.exp(-k * t) + c, t, y, p0=[1.0, 1.0, 0.0])
+    np.testing.assert_allclose(result.values, popt, rtol=1e-7)
+    np.testing.assert_allclose([result.stderr[n] for n in "akc"], np.sqrt(np.diag(pcov)), rtol=1e-5)
+    assert result.solver == "lm"
+
+
+def test_python_callable_model_reads_parameters_from_signature():
+    import torch
+
+    x = np.linspace(0.1, 4, 30)
+    y = 2.0 * x / (0.8 + x)
+
+    def michaelis(s, vmax=1.0, km=1.0):
+        return vmax * s / (km + s)
+
+    result = gradfit.fit(michaelis, x, y)
+    assert result.param_names == ("vmax", "km")
+    np.testing.assert_allclose(result.values, [2.0, 0.8], rtol=1e-8)
+    np.testing.assert_allclose(result.predict(x), y, rtol=1e-8)
+    assert isinstance(michaelis(torch.ones(1), 1.0, 1.0), torch.Tensor)
+
+
+def test_torch_module_is_trained_by_gradient_descent():
+    import torch
+
+    torch.manual_seed(0)
+    x = np.linspace(-2, 2, 64)
+    y = np.tanh(2 * x)
+    net = torch.nn.Sequential(torch.nn.Linear(1, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    result = gradfit.fit(net, x, y, epochs=1500, optimizer_options={"lr": 0.02})
+    assert result.solver == "gradient" and result.model_kind == "module"
+    assert result.train_loss < 0.01 * np.var(y)
+    np.testing.assert_allclose(result.predict(x), y, atol=0.15)
+
+
+def test_tensor_inputs_and_float32():
+    import torch
+
+    x = torch.linspace(0, 1, 20)
+    y = 3 * x + 1
+    result = gradfit.fit("w*x + b", x, y, dtype="float32")
+    np.testing.assert_allclose(result.values, [3.0, 1.0], rtol=1e-5)
+
+
+def test_fixed_parameter_keeps_its_value(thermometer):
+    t_u, t_c = thermometer
+    params = [gradfit.Parameter("w", 0.5, fixed=True), gradfit.Parameter("b", 0.0)]
+    result = gradfit.fit("w*t_u + b", {"t_u": t_u}, t_c, params=params)
+    assert result.params["w"] == 0.5
+    assert result.params["b"] == pytest.approx(np.mean(t_c - 0.5 * t_u), rel=1e-10)
+
+
+def test_explicit_validation_set_and_predict(thermometer):
+    t_u, t_c = thermometer
+    result = gradfit.fit("w*t_u + b", {"t_u": t_u[:8]}, t_c[:8], val_data=({"t_u": t_u[8:]}, t_c[8:]))
+    assert result.n_train == 8 and result.n_val == 3
+    predicted = result.predict({"t_u": t_u[8:]})
+    assert result.val_loss == pytest.approx(np.mean((predicted - t_c[8:]) ** 2), rel=1e-12)
+
+
+def test_json_round_trip_predicts_without_the_model(thermometer):
+    t_u, t_c = thermometer
+    result = gradfit.fit("w*t_u + b", {"t_u": t_u}, t_c, val=0.2)
+    loaded = gradfit.FitResult.from_json(result.to_json())
+    np.testing.assert_allclose(loaded.predict({"t_u": t_u}), result.predict({"t_u": t_u}), rtol=1e-12)
+    assert loaded.params == result.params and loaded.history == result.history
+
+
+@pytest.mark.parametrize(
+    ("model", "error", "text"),
+    [
+        ("t_u + 1", ModelError, "no parameters"),
+        (" + ".join(f"p{k}*t_u**{k}" for k in range(12)), DataError, "11 training rows for 12 parameters"),
+    ],
+)
+def test_model_errors_are_clear(model, error, text, thermometer):
+    t_u, t_c = thermometer
+    with pytest.raises(error, match=text):
+        gradfit.fit(model, {"t_u": t_u}, t_c)
