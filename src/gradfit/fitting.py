@@ -16,6 +16,7 @@ from gradfit.config import FitOptions
 from gradfit.data import Dataset, as_dataset, check_enough_rows, holdout_split
 from gradfit.model import ModuleModel, Parameter, ParametricModel, make_model
 from gradfit.result import FitResult
+from gradfit.threads import SMALL_PROBLEM
 
 if TYPE_CHECKING:
     import torch
@@ -151,12 +152,16 @@ def fit_dataset(
     train_set, val_set = split_dataset(dataset, options, validation)
     if isinstance(model, ParametricModel):
         check_enough_rows(train_set.n_rows, sum(not p.fixed for p in model.parameters))
-    problem = _problem(model, train_set, val_set, options)
-    name, reason = choose_solver(model, options, problem.bounded)
-    started = time.perf_counter()
-    outcome = get_solver(name)(problem, options)
-    elapsed = time.perf_counter() - started
-    return _assemble(problem, outcome, options, name, reason, elapsed, dataset)
+    from gradfit.threads import threads_for
+
+    size = train_set.n_rows * max(1, len(getattr(model, "parameters", ())) if isinstance(model, ParametricModel) else 1)
+    with threads_for(size if isinstance(model, ParametricModel) else SMALL_PROBLEM):
+        problem = _problem(model, train_set, val_set, options)
+        name, reason = choose_solver(model, options, problem.bounded)
+        started = time.perf_counter()
+        outcome = get_solver(name)(problem, options)
+        elapsed = time.perf_counter() - started
+        return _assemble(problem, outcome, options, name, reason, elapsed, dataset)
 
 
 def split_dataset(
@@ -288,10 +293,7 @@ def _settings_record(options: FitOptions, dataset: Dataset) -> dict[str, Any]:
 
 
 def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+    from gradfit import __version__
 
-    try:
-        return version("gradfit")
-    except PackageNotFoundError:
-        return "unknown"
+    return __version__
 
