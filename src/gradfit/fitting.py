@@ -35,6 +35,8 @@ def fit(
     sigma: Any = None,
     inputs: Sequence[str] | None = None,
     params: Sequence[Parameter] | Mapping[str, Any] | None = None,
+    bounds: Mapping[str, tuple[float, float]] | str | None = None,
+    fix: Mapping[str, float] | None = None,
     val_data: tuple[Any, Any] | None = None,
     **options: Any,
 ) -> FitResult:
@@ -58,6 +60,10 @@ def fit(
     params
         Starting values ``{"w": 1.0}``, or :class:`~gradfit.model.Parameter` objects with bounds and
         fixed flags.
+    bounds
+        ``{"k": (0, 10)}`` or ``"b>=0, 0<k<10"``; fits that end on a bound are flagged.
+    fix
+        ``{"w": 1.0}``: hold these parameters at the given values.
     val_data
         ``(x_val, y_val)``: an explicit validation set, instead of a random ``val`` fraction.
     **options
@@ -80,11 +86,28 @@ def fit(
     1.95
     """
     settings = FitOptions(**options)
-    built, dataset = prepare(model, x, y, sigma=sigma, inputs=inputs, params=params, nan_policy=settings.nan_policy)
+    overrides = _merge_overrides(params, bounds, fix)
+    built, dataset = prepare(model, x, y, sigma=sigma, inputs=inputs, params=overrides, nan_policy=settings.nan_policy)
     validation = None
     if val_data is not None:
         _, validation = prepare(built, val_data[0], val_data[1], sigma=None, inputs=built.input_names, nan_policy=settings.nan_policy)
     return fit_dataset(built, dataset, settings, validation)
+
+
+def _merge_overrides(
+    params: Sequence[Parameter] | Mapping[str, Any] | None,
+    bounds: Mapping[str, tuple[float, float]] | str | None,
+    fix: Mapping[str, float] | None,
+) -> dict[str, dict[str, Any]]:
+    from gradfit.model import overrides_from, parameter_overrides, parse_bounds
+
+    merged = overrides_from(params) if params else {}
+    limits = parse_bounds(bounds) if isinstance(bounds, str) else {
+        name: {"lower": float(low), "upper": float(high)} for name, (low, high) in (bounds or {}).items()
+    }
+    for name, fields in parameter_overrides(None, limits, fix).items():
+        merged.setdefault(name, {}).update(fields)
+    return merged
 
 
 def prepare(

@@ -12,6 +12,7 @@ errors) costs no torch import.
 from __future__ import annotations
 
 import inspect
+import re
 import math
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -32,6 +33,9 @@ __all__ = [
     "ModuleModel",
     "make_model",
     "parse_assignments",
+    "parse_bounds",
+    "parameter_overrides",
+    "overrides_from",
 ]
 
 
@@ -354,7 +358,7 @@ def make_model(
             "function or a torch.nn.Module"
         )
     if params and isinstance(model, ParametricModel):
-        model = model.with_parameters(_overrides(params))
+        model = model.with_parameters(overrides_from(params))
     return model
 
 
@@ -406,7 +410,8 @@ def _callable_model(function: Callable[..., Any], columns: tuple[str, ...]) -> C
     return CallableModel(feeding, params, function, names, inputs)
 
 
-def _overrides(params: Sequence[Parameter] | Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+def overrides_from(params: Sequence[Parameter] | Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Parameter field overrides from Parameter objects or a mapping of names to values or fields."""
     if isinstance(params, Mapping):
         return {
             name: dict(value) if isinstance(value, Mapping) else {"init": float(value)}
@@ -438,3 +443,59 @@ def parse_assignments(text: str, option: str = "--init") -> dict[str, float]:
         except ValueError:
             raise ModelError(f"{option}: '{raw.strip()}' is not a number (in '{item}')") from None
     return values
+
+
+_COMPARISON = re.compile(r"\s*(<=|>=|<|>|=)\s*")
+
+
+def parse_bounds(text: str) -> dict[str, dict[str, float]]:
+    """Parse bounds such as ``"b>=0, 0<k<10, w<=5"`` into Parameter field overrides.
+
+    Parameters
+    ----------
+    text
+        Comma-separated comparisons between one parameter name and numbers; ``<`` and ``<=`` are
+        treated alike (bounds are closed).
+
+    Returns
+    -------
+    dict
+        ``{"k": {"lower": 0.0, "upper": 10.0}, ...}``.
+    """
+    bounds: dict[str, dict[str, float]] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        parts = _COMPARISON.split(item)
+        terms, operators = parts[0::2], parts[1::2]
+        names = [t for t in terms if t.isidentifier()]
+        if len(terms) < 2 or len(names) != 1 or "=" in operators:
+            raise ModelError(f"--bounds: cannot read '{item}' — write e.g. 'b>=0, 0<k<10'")
+        name = names[0]
+        field_values = bounds.setdefault(name, {})
+        for left, operator, right in zip(terms, operators, terms[1:]):
+            _bound_from(left, operator, right, name, item, field_values)
+    return bounds
+
+
+def _bound_from(left: str, operator: str, right: str, name: str, item: str, out: dict[str, float]) -> None:
+    number_side, below = (right, operator.startswith("<")) if left == name else (left, operator.startswith(">"))
+    try:
+        value = float(number_side)
+    except ValueError:
+        raise ModelError(f"--bounds: '{number_side}' is not a number (in '{item}')") from None
+    out["upper" if below else "lower"] = value
+
+
+def parameter_overrides(
+    init: Mapping[str, float] | None = None,
+    bounds: Mapping[str, Mapping[str, float]] | None = None,
+    fix: Mapping[str, float] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Merge starting values, bounds and fixed values into Parameter field overrides."""
+    merged: dict[str, dict[str, Any]] = {}
+    for name, value in (init or {}).items():
+        merged.setdefault(name, {})["init"] = float(value)
+    for name, limits in (bounds or {}).items():
+        merged.setdefault(name, {}).update(limits)
+    for name, value in (fix or {}).items():
+        merged.setdefault(name, {}).update(init=float(value), fixed=True)
+    return merged

@@ -1,0 +1,83 @@
+"""Models: parameters from formulas and signatures, overrides, bounds syntax."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import gradfit
+from gradfit.errors import ModelError
+from gradfit.model import Parameter, make_model, parse_assignments, parse_bounds
+
+
+def test_formula_names_split_into_inputs_and_parameters():
+    model = make_model("w2*t_u**2 + w1*t_u + b", ["t_u", "t_c"])
+    assert model.input_names == ("t_u",)
+    assert model.param_names == ("w2", "w1", "b")
+    assert model.is_linear
+    assert not make_model("a*exp(-k*t)", ["t"]).is_linear
+
+
+def test_as_parameters_overrides_a_column_of_the_same_name():
+    model = make_model("w*x + b", ["x", "b"], as_parameters=["b"])
+    assert model.param_names == ("w", "b")
+
+
+def test_callable_parameters_and_defaults_from_signature():
+    def decay(t, a=2.0, k=0.5):
+        return a * t * k
+
+    model = make_model(decay, ["time"])
+    assert model.param_names == ("a", "k")
+    assert [p.start for p in model.parameters] == [2.0, 0.5]
+    assert model.input_names == ("time",)
+
+
+def test_unknown_override_names_the_parameters():
+    with pytest.raises(ModelError, match="'q' is not a parameter of the model — its parameters are w, b"):
+        make_model("w*x + b", ["x"], {"q": 1.0})
+
+
+def test_parameter_checks_bounds_and_fixed():
+    with pytest.raises(ModelError, match="lower bound 2.0 above upper bound 1.0"):
+        Parameter("k", lower=2.0, upper=1.0)
+    with pytest.raises(ModelError, match="fixed but has no value"):
+        Parameter("k", fixed=True)
+    assert Parameter("k", init=-5.0, lower=0.0, upper=10.0).start == 5.0
+
+
+def test_parse_assignments_and_bounds():
+    assert parse_assignments("w=1, b=-0.5") == {"w": 1.0, "b": -0.5}
+    with pytest.raises(ModelError, match="not a number"):
+        parse_assignments("w=one")
+    assert parse_bounds("b>=0, 0<k<10, w<=5, 3 > z") == {
+        "b": {"lower": 0.0}, "k": {"lower": 0.0, "upper": 10.0}, "w": {"upper": 5.0}, "z": {"upper": 3.0},
+    }
+    for bad in ("b", "b=0", "0<1", "a<b", "k<ten"):
+        with pytest.raises(ModelError):
+            parse_bounds(bad)
+
+
+def test_bounds_are_respected_and_flagged():
+    from scipy.optimize import least_squares
+
+    t = np.linspace(0, 4, 30)
+    y = 2.0 * np.exp(-1.3 * t) + 0.05 * np.cos(7 * t)
+    result = gradfit.fit("a*exp(-k*t)", {"t": t}, y, bounds="k<=1", params={"a": 1.0, "k": 0.5})
+    reference = least_squares(lambda p: p[0] * np.exp(-p[1] * t) - y, [1.0, 0.5], bounds=([-np.inf, -np.inf], [np.inf, 1.0]), xtol=1e-15, ftol=1e-15, gtol=1e-15)
+    assert result.params["k"] <= 1.0
+    np.testing.assert_allclose(result.values, reference.x, rtol=1e-6)
+    flagged = {p.name: p.at_bound for p in result.parameters}
+    assert flagged == {"a": False, "k": True}
+    assert any("at a bound" in w for w in result.warnings)
+
+
+def test_fixed_parameter_in_a_nonlinear_fit():
+    t = np.linspace(0, 4, 30)
+    y = 2.0 * np.exp(-1.3 * t) + 0.5
+    result = gradfit.fit("a*exp(-k*t) + c", {"t": t}, y, fix={"c": 0.5}, params={"a": 1.0, "k": 1.0})
+    assert result.params["c"] == 0.5
+    np.testing.assert_allclose([result.params["a"], result.params["k"]], [2.0, 1.3], rtol=1e-9)
+    assert result.stderr["c"] is None or math.isnan(result.stderr["c"])
