@@ -1,0 +1,411 @@
+"""Evaluate expression trees: compiled for torch (fast, batched) and with numpy (reference).
+
+:func:`compile_torch` turns several trees into one straight-line program over "slots": every
+structurally distinct sub-expression gets one slot and is computed once per call, so a model and its
+symbolic Jacobian columns, which share most of their sub-expressions, cost one pass::
+
+    tree = parse("a * exp(-k * t) + c").tree
+    program = compile_torch([tree, *gradient(tree, ["a", "k", "c"])])
+    f, df_da, df_dk, df_dc = program({"t": t, "a": a, "k": k, "c": c})   # a, k, c: (K, 1); t: (n,)
+
+Constant sub-expressions are folded once, at compile time; at call time the program runs only the
+torch operations. Neither module import nor :func:`evaluate_numpy` imports torch.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from gradfit.errors import ModelError
+from gradfit.formula import Bin, Call, Expr, Formula, Neg, Num, Var, free_names
+
+__all__ = ["NUMPY_FUNCTIONS", "CompiledExpressions", "compile_torch", "evaluate_numpy"]
+
+_erf = np.vectorize(math.erf, otypes=[np.float64])
+
+#: Reference implementation of every whitelisted function with numpy.
+NUMPY_FUNCTIONS: dict[str, Callable[..., Any]] = {
+    "exp": np.exp,
+    "log": np.log,
+    "log10": np.log10,
+    "log2": np.log2,
+    "log1p": np.log1p,
+    "expm1": np.expm1,
+    "sqrt": np.sqrt,
+    "square": np.square,
+    "sin": np.sin,
+    "cos": np.cos,
+    "tan": np.tan,
+    "arcsin": np.arcsin,
+    "arccos": np.arccos,
+    "arctan": np.arctan,
+    "sinh": np.sinh,
+    "cosh": np.cosh,
+    "tanh": np.tanh,
+    "sigmoid": lambda x: 1.0 / (1.0 + np.exp(-x)),
+    "abs": np.abs,
+    "sign": np.sign,
+    "erf": _erf,
+    "arctan2": np.arctan2,
+}
+
+_BINARY = {
+    "+": operator.add,
+    "-": operator.sub,
+    "*": operator.mul,
+    "/": operator.truediv,
+    "**": operator.pow,
+}
+
+_TORCH_NAMES = {
+    "exp": "exp",
+    "log": "log",
+    "log10": "log10",
+    "log2": "log2",
+    "log1p": "log1p",
+    "expm1": "expm1",
+    "sqrt": "sqrt",
+    "square": "square",
+    "sin": "sin",
+    "cos": "cos",
+    "tan": "tan",
+    "arcsin": "asin",
+    "arccos": "acos",
+    "arctan": "atan",
+    "sinh": "sinh",
+    "cosh": "cosh",
+    "tanh": "tanh",
+    "sigmoid": "sigmoid",
+    "abs": "abs",
+    "sign": "sign",
+    "erf": "erf",
+    "arctan2": "atan2",
+}
+
+
+def _as_expr(expr: Expr | Formula) -> Expr:
+    return expr.tree if isinstance(expr, Formula) else expr
+
+
+def _missing(name: str, env: Mapping[str, Any]) -> ModelError:
+    have = ", ".join(sorted(env)) or "nothing"
+    return ModelError(f"no value for '{name}' (given: {have}); pass a value for every name")
+
+
+# --------------------------------------------------------------------------------------------------
+# numpy reference
+# --------------------------------------------------------------------------------------------------
+def evaluate_numpy(expr: Expr | Formula, env: Mapping[str, Any]) -> np.ndarray:
+    """Evaluate a tree with numpy in float64 (the reference evaluator).
+
+    Parameters
+    ----------
+    expr
+        Expression tree.
+    env
+        Name -> value (array-like or number); values broadcast like numpy arrays.
+
+    Returns
+    -------
+    numpy.ndarray
+        The value, float64; IEEE results (``inf``/``nan``) where the math is undefined, no warnings.
+
+    Raises
+    ------
+    ModelError
+        If a name of the tree has no value in ``env``.
+    """
+    memo: dict[Expr, np.ndarray] = {}
+
+    def rec(node: Expr) -> np.ndarray:
+        found = memo.get(node)
+        if found is not None:
+            return found
+        if isinstance(node, Num):
+            result = np.float64(node.value)
+        elif isinstance(node, Var):
+            if node.name not in env:
+                raise _missing(node.name, env)
+            result = np.asarray(env[node.name], dtype=np.float64)
+        elif isinstance(node, Neg):
+            result = -rec(node.arg)
+        elif isinstance(node, Bin):
+            result = _BINARY[node.op](rec(node.left), rec(node.right))
+        elif isinstance(node, Call):
+            result = NUMPY_FUNCTIONS[node.func](*(rec(arg) for arg in node.args))
+        else:
+            raise TypeError(f"not an expression node: {node!r}")
+        memo[node] = result
+        return result
+
+    with np.errstate(all="ignore"):
+        return np.asarray(rec(_as_expr(expr)), dtype=np.float64)
+
+
+# --------------------------------------------------------------------------------------------------
+# torch program
+# --------------------------------------------------------------------------------------------------
+class _Builder:
+    """Assigns one slot per distinct sub-expression and records the ops in topological order."""
+
+    def __init__(self, torch: Any) -> None:
+        self.torch = torch
+        self.slot_of: dict[Expr, int] = {}
+        self.constants: dict[int, float] = {}
+        self.inputs: dict[str, int] = {}
+        self.ops: list[tuple[Callable[..., Any], tuple[int, ...], int]] = []
+        self.count = 0
+
+    def new_slot(self) -> int:
+        self.count += 1
+        return self.count - 1
+
+    def constant(self, value: float) -> int:
+        slot = self.new_slot()
+        self.constants[slot] = float(value)
+        return slot
+
+    def visit(self, node: Expr) -> int:
+        found = self.slot_of.get(node)
+        if found is not None:
+            return found
+        if isinstance(node, Num):
+            slot = self.constant(node.value)
+        elif isinstance(node, Var):
+            slot = self.inputs.get(node.name)
+            if slot is None:
+                slot = self.inputs[node.name] = self.new_slot()
+        else:
+            slot = self.operation(node)
+        self.slot_of[node] = slot
+        return slot
+
+    def operation(self, node: Expr) -> int:
+        if isinstance(node, Neg):
+            name, args = "neg", (node.arg,)
+        elif isinstance(node, Bin):
+            name, args = node.op, (node.left, node.right)
+        elif isinstance(node, Call):
+            name, args = node.func, node.args
+        else:
+            raise TypeError(f"not an expression node: {node!r}")
+        arg_slots = tuple(self.visit(arg) for arg in args)
+        if all(slot in self.constants for slot in arg_slots):
+            return self.constant(_fold_numpy(name, [self.constants[s] for s in arg_slots]))
+        constant_mask = tuple(slot in self.constants for slot in arg_slots)
+        function = self.torch_function(name, constant_mask)
+        slot = self.new_slot()
+        self.ops.append((function, arg_slots, slot))
+        return slot
+
+    def torch_function(self, name: str, constant_mask: tuple[bool, ...]) -> Callable[..., Any]:
+        torch = self.torch
+        if name == "neg":
+            return torch.neg
+        if name in _BINARY:
+            return _BINARY[name]
+        function = getattr(torch, _TORCH_NAMES[name])
+        if len(constant_mask) == 2 and any(constant_mask):
+            return _with_tensor_constants(function, constant_mask)
+        return function
+
+
+def _fold_numpy(name: str, values: list[float]) -> float:
+    with np.errstate(all="ignore"):
+        if name == "neg":
+            return float(-values[0])
+        arrays = [np.float64(v) for v in values]
+        if name in _BINARY:
+            return float(_BINARY[name](*arrays))
+        return float(NUMPY_FUNCTIONS[name](*arrays))
+
+
+def _with_tensor_constants(
+    function: Callable[..., Any], constant_mask: tuple[bool, ...]
+) -> Callable[..., Any]:
+    """Wrap a torch function that needs tensors so a Python-float argument becomes a 0-d tensor."""
+    import torch
+
+    tensor_index = constant_mask.index(False)
+
+    def wrapped(*args: Any) -> Any:
+        like = args[tensor_index]
+        converted = [
+            torch.as_tensor(arg, dtype=like.dtype, device=like.device) if is_constant else arg
+            for arg, is_constant in zip(args, constant_mask)
+        ]
+        return function(*converted)
+
+    return wrapped
+
+
+def _release_plan(
+    ops: list[tuple[Callable[..., Any], tuple[int, ...], int]], keep: set[int]
+) -> list[tuple[Callable[..., Any], int, int, int, tuple[int, ...]]]:
+    """Flatten ops to ``(function, arg, arg2 or -1, out, slots to free after it)``.
+
+    A slot is freed right after its last use (unless it is an output), which bounds the memory of
+    large batched evaluations.
+    """
+    last_use: dict[int, int] = {}
+    for index, (_, args, _) in enumerate(ops):
+        for slot in args:
+            last_use[slot] = index
+    produced = {out for _, _, out in ops}
+    dead: list[list[int]] = [[] for _ in ops]
+    for slot, index in last_use.items():
+        if slot in produced and slot not in keep:
+            dead[index].append(slot)
+    return [
+        (fn, args[0], args[1] if len(args) > 1 else -1, out, tuple(dead[i]))
+        for i, (fn, args, out) in enumerate(ops)
+    ]
+
+
+class CompiledExpressions:
+    """A straight-line torch program evaluating several trees at once (see :func:`compile_torch`).
+
+    Attributes
+    ----------
+    names
+        Input names the program reads from the mapping it is called with.
+    n_ops
+        Number of torch operations per call (after sharing and constant folding).
+    n_outputs
+        Number of results per call.
+    """
+
+    def __init__(self, exprs: Sequence[Expr], broadcast: bool) -> None:
+        import torch
+
+        builder = _Builder(torch)
+        outputs = [builder.visit(expr) for expr in exprs]
+        self._torch = torch
+        self._template: list[Any] = [None] * builder.count
+        for slot, value in builder.constants.items():
+            self._template[slot] = value
+        self._inputs = tuple(builder.inputs.items())
+        self._ops = _release_plan(builder.ops, set(outputs))
+        self._outputs = tuple(outputs)
+        self._constant_outputs = {
+            slot: builder.constants[slot] for slot in outputs if slot in builder.constants
+        }
+        self._broadcast = broadcast
+        self._shapes: dict[tuple[Any, ...], Any] = {}
+        self._constants: dict[tuple[Any, ...], Any] = {}
+        self.names = tuple(dict.fromkeys(name for expr in exprs for name in free_names(expr)))
+        self.n_ops = len(builder.ops)
+        self.n_outputs = len(outputs)
+
+    def __call__(self, env: Mapping[str, Any]) -> list[Any]:
+        """Evaluate every expression.
+
+        Parameters
+        ----------
+        env
+            Name -> tensor for every name in :attr:`names`; shapes must broadcast together.
+
+        Returns
+        -------
+        list of torch.Tensor
+            One tensor per expression. With ``broadcast=True`` every result has the broadcast shape
+            of the input tensors the program reads (constant results always do, as expanded views,
+            not copies; when the program reads no input, every tensor in ``env`` counts).
+        """
+        slots = list(self._template)
+        try:
+            for name, slot in self._inputs:
+                slots[slot] = env[name]
+        except KeyError as error:
+            raise _missing(error.args[0], env) from None
+        for function, first, second, out, dead in self._ops:
+            if second < 0:
+                slots[out] = function(slots[first])
+            else:
+                slots[out] = function(slots[first], slots[second])
+            for slot in dead:
+                slots[slot] = None
+        results = [slots[slot] for slot in self._outputs]
+        if self._constant_outputs or self._broadcast:
+            tensors = [slots[slot] for _, slot in self._inputs]
+            if not tensors:  # constant expressions only: take shape/dtype from whatever was passed
+                tensors = [v for v in env.values() if isinstance(v, self._torch.Tensor)]
+            results = self._finish(results, tensors)
+        return results
+
+    def _finish(self, results: list[Any], tensors: list[Any]) -> list[Any]:
+        shape = self._broadcast_shape(tuple(t.shape for t in tensors))
+        finished = []
+        for slot, result in zip(self._outputs, results):
+            if slot in self._constant_outputs:
+                result = self._constant_tensor(result, tensors).expand(shape)
+            elif self._broadcast and result.shape != shape:
+                result = result.expand(shape)
+            finished.append(result)
+        return finished
+
+    def _broadcast_shape(self, shapes: tuple[Any, ...]) -> Any:
+        # torch.broadcast_shapes costs ~10 us; the shapes rarely change between calls
+        shape = self._shapes.get(shapes)
+        if shape is None:
+            if len(self._shapes) > 64:
+                self._shapes.clear()
+            shape = self._torch.broadcast_shapes(*shapes) if shapes else self._torch.Size()
+            self._shapes[shapes] = shape
+        return shape
+
+    def _constant_tensor(self, value: float, tensors: list[Any]) -> Any:
+        dtype, device = _common_dtype_device(self._torch, tensors)
+        key = (value, dtype, device)
+        tensor = self._constants.get(key)
+        if tensor is None:
+            if len(self._constants) > 64:
+                self._constants.clear()
+            tensor = self._torch.tensor(value, dtype=dtype, device=device)
+            self._constants[key] = tensor
+        return tensor
+
+    def __repr__(self) -> str:
+        return (
+            f"CompiledExpressions(names={self.names}, n_outputs={self.n_outputs},"
+            f" n_ops={self.n_ops})"
+        )
+
+
+def _common_dtype_device(torch: Any, tensors: list[Any]) -> tuple[Any, Any]:
+    if not tensors:
+        return torch.get_default_dtype(), torch.device("cpu")
+    dtype = tensors[0].dtype
+    for tensor in tensors[1:]:
+        dtype = torch.promote_types(dtype, tensor.dtype)
+    return dtype, tensors[0].device
+
+
+def compile_torch(
+    exprs: Sequence[Expr | Formula], *, broadcast: bool = True
+) -> CompiledExpressions:
+    """Compile trees into one torch program that shares common sub-expressions.
+
+    Parameters
+    ----------
+    exprs
+        Expression trees (or parsed formulas) to evaluate together, e.g. a model and its partial
+        derivatives from :func:`gradfit.symbolic.gradient`.
+    broadcast
+        If true (default), expand every result to the broadcast shape of all input tensors, so a
+        constant Jacobian column such as ``d(w*x + b)/db = 1`` comes back with the data's shape.
+
+    Returns
+    -------
+    CompiledExpressions
+        Callable ``program(env) -> list[Tensor]``, where ``env`` maps every name in
+        ``program.names`` to a tensor. Build it once and call it many times: a call runs only the
+        torch operations. Constants are Python floats, so they never change the inputs' dtype or
+        device; the results support autograd and ``torch.func`` transforms.
+    """
+    return CompiledExpressions([_as_expr(expr) for expr in exprs], broadcast)

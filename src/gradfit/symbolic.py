@@ -1,0 +1,575 @@
+"""Symbolic differentiation, simplification and printing of expression trees.
+
+This is the chapter's hand-derived chain rule, done by the computer: every function's derivative
+rule sits in :data:`DERIVATIVES` next to its numeric rule in :data:`FOLDERS`, and :func:`diff`
+applies the chain rule over the tree built by :func:`gradfit.formula.parse`. Trees are built
+through small "smart constructors" (:func:`add`, :func:`mul`, ...) that apply safe identities and
+fold constants, so derivatives come out readable.
+
+Standard library only (no numpy, no torch).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Collection, Mapping, Sequence
+
+from gradfit.errors import ModelError
+from gradfit.formula import Bin, Call, Expr, Formula, Neg, Num, Var, free_names, walk
+
+__all__ = [
+    "ZERO",
+    "ONE",
+    "add",
+    "sub",
+    "mul",
+    "div",
+    "power",
+    "neg",
+    "call",
+    "DERIVATIVES",
+    "FOLDERS",
+    "diff",
+    "gradient",
+    "simplify",
+    "substitute",
+    "to_text",
+    "is_linear_in",
+    "linear_design",
+]
+
+ZERO = Num(0.0)
+ONE = Num(1.0)
+TWO = Num(2.0)
+
+
+def _as_expr(expr: Expr | Formula) -> Expr:
+    return expr.tree if isinstance(expr, Formula) else expr
+
+
+def _is_num(node: Expr, value: float | None = None) -> bool:
+    return isinstance(node, Num) and (value is None or node.value == value)
+
+
+# --------------------------------------------------------------------------------------------------
+# Safe constant folding: fold only when the float result is finite (no overflow, no domain error).
+# --------------------------------------------------------------------------------------------------
+def _sigmoid(x: float) -> float:
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    z = math.exp(x)
+    return z / (1.0 + z)
+
+
+def _sign(x: float) -> float:
+    return float((x > 0) - (x < 0))
+
+
+#: Numeric rule of each function on Python floats (used for constant folding).
+FOLDERS: dict[str, Callable[..., float]] = {
+    "exp": math.exp,
+    "log": math.log,
+    "log10": math.log10,
+    "log2": math.log2,
+    "log1p": math.log1p,
+    "expm1": math.expm1,
+    "sqrt": math.sqrt,
+    "square": lambda x: x * x,
+    "sin": math.sin,
+    "cos": math.cos,
+    "tan": math.tan,
+    "arcsin": math.asin,
+    "arccos": math.acos,
+    "arctan": math.atan,
+    "sinh": math.sinh,
+    "cosh": math.cosh,
+    "tanh": math.tanh,
+    "sigmoid": _sigmoid,
+    "abs": abs,
+    "sign": _sign,
+    "erf": math.erf,
+    "arctan2": math.atan2,
+}
+
+_BINARY_FOLDERS: dict[str, Callable[[float, float], float]] = {
+    "+": lambda a, b: a + b,
+    "-": lambda a, b: a - b,
+    "*": lambda a, b: a * b,
+    "/": lambda a, b: a / b,
+    "**": math.pow,  # raises instead of returning complex or taking forever (9**9**9)
+}
+
+
+def _fold(function: Callable[..., float], *values: float) -> Num | None:
+    try:
+        result = function(*values)
+    except (OverflowError, ValueError, ZeroDivisionError):
+        return None
+    if isinstance(result, float) and math.isfinite(result):
+        return Num(result)
+    return None
+
+
+# --------------------------------------------------------------------------------------------------
+# Smart constructors
+# --------------------------------------------------------------------------------------------------
+def neg(a: Expr) -> Expr:
+    """Return ``-a``, simplified (``--x -> x``, ``-(2*x) -> -2*x``, constants folded)."""
+    if isinstance(a, Num):
+        return Num(-a.value)
+    if isinstance(a, Neg):
+        return a.arg
+    if isinstance(a, Bin) and a.op == "*" and isinstance(a.left, Num):
+        return mul(Num(-a.left.value), a.right)
+    return Neg(a)
+
+
+def add(a: Expr, b: Expr) -> Expr:
+    """Return ``a + b``, simplified (``x + 0 -> x``, ``x + -y -> x - y``, constants folded)."""
+    if isinstance(a, Num) and isinstance(b, Num):
+        folded = _fold(_BINARY_FOLDERS["+"], a.value, b.value)
+        if folded is not None:
+            return folded
+    if _is_num(a, 0.0):
+        return b
+    if _is_num(b, 0.0):
+        return a
+    if isinstance(b, Neg):
+        return sub(a, b.arg)
+    if isinstance(b, Num) and b.value < 0:
+        return sub(a, Num(-b.value))
+    if isinstance(a, Neg):
+        return sub(b, a.arg)
+    return Bin("+", a, b)
+
+
+def sub(a: Expr, b: Expr) -> Expr:
+    """Return ``a - b``, simplified (``x - 0 -> x``, ``0 - x -> -x``, ``x - x -> 0``...)."""
+    if isinstance(a, Num) and isinstance(b, Num):
+        folded = _fold(_BINARY_FOLDERS["-"], a.value, b.value)
+        if folded is not None:
+            return folded
+    if _is_num(b, 0.0):
+        return a
+    if _is_num(a, 0.0):
+        return neg(b)
+    if a == b:
+        return ZERO
+    if isinstance(b, Neg):
+        return add(a, b.arg)
+    if isinstance(b, Num) and b.value < 0:
+        return add(a, Num(-b.value))
+    return Bin("-", a, b)
+
+
+def mul(a: Expr, b: Expr) -> Expr:
+    """Return ``a * b``, simplified (``x*1 -> x``, ``x*0 -> 0``, constants first and merged).
+
+    Products are kept left-associated (``a*(b*c) -> a*b*c``); this may change the last bit of
+    a result, never more.
+    """
+    if isinstance(a, Num) and isinstance(b, Num):
+        folded = _fold(_BINARY_FOLDERS["*"], a.value, b.value)
+        if folded is not None:
+            return folded
+    if _is_num(a, 0.0) or _is_num(b, 0.0):
+        return ZERO
+    if _is_num(a, 1.0):
+        return b
+    if _is_num(b, 1.0):
+        return a
+    if _is_num(a, -1.0):
+        return neg(b)
+    if _is_num(b, -1.0):
+        return neg(a)
+    if isinstance(a, Neg) and isinstance(b, Neg):
+        return mul(a.arg, b.arg)
+    if isinstance(a, Neg):
+        return neg(mul(a.arg, b))
+    if isinstance(b, Neg):
+        return neg(mul(a, b.arg))
+    if isinstance(b, Num) and not isinstance(a, Num):
+        return mul(b, a)
+    if isinstance(a, Num) and isinstance(b, Bin) and b.op == "*" and isinstance(b.left, Num):
+        folded = _fold(_BINARY_FOLDERS["*"], a.value, b.left.value)
+        if folded is not None:
+            return mul(folded, b.right)
+    if isinstance(b, Bin) and b.op == "*" and not isinstance(b.left, Num):
+        return mul(mul(a, b.left), b.right)  # a*(b*c) -> a*b*c, reads left to right
+    return Bin("*", a, b)
+
+
+def div(a: Expr, b: Expr) -> Expr:
+    """Return ``a / b``, simplified (``x/1 -> x``, ``0/x -> 0``, constants folded)."""
+    if isinstance(a, Num) and isinstance(b, Num):
+        folded = _fold(_BINARY_FOLDERS["/"], a.value, b.value)
+        if folded is not None:
+            return folded
+    if _is_num(b, 1.0):
+        return a
+    if _is_num(b, -1.0):
+        return neg(a)
+    if _is_num(a, 0.0) and not _is_num(b, 0.0):
+        return ZERO
+    if isinstance(a, Neg):
+        return neg(div(a.arg, b))
+    if isinstance(b, Neg):
+        return neg(div(a, b.arg))
+    return Bin("/", a, b)
+
+
+def power(a: Expr, b: Expr) -> Expr:
+    """Return ``a ** b``, simplified (``x**1 -> x``, ``x**0 -> 1``, ``1**x -> 1``).
+
+    Constants are folded only when the float result is finite, so ``9**9**9`` stays symbolic.
+    """
+    if isinstance(a, Num) and isinstance(b, Num):
+        folded = _fold(_BINARY_FOLDERS["**"], a.value, b.value)
+        if folded is not None:
+            return folded
+    if _is_num(b, 0.0) or _is_num(a, 1.0):
+        return ONE
+    if _is_num(b, 1.0):
+        return a
+    return Bin("**", a, b)
+
+
+def call(func: str, *args: Expr) -> Expr:
+    """Return ``func(*args)``, folded to a constant when every argument is one and it is finite."""
+    if all(isinstance(arg, Num) for arg in args):
+        folded = _fold(FOLDERS[func], *(arg.value for arg in args))
+        if folded is not None:
+            return folded
+    return Call(func, tuple(args))
+
+
+_BUILDERS: dict[str, Callable[[Expr, Expr], Expr]] = {
+    "+": add,
+    "-": sub,
+    "*": mul,
+    "/": div,
+    "**": power,
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# Derivative rules: d f(u1, ..., uk) = sum_i partial_i(u1, ..., uk) * d u_i
+# --------------------------------------------------------------------------------------------------
+def _one_minus_square(u: Expr) -> Expr:
+    return sub(ONE, power(u, TWO))
+
+
+#: Partial derivatives of each function with respect to each of its arguments.
+DERIVATIVES: dict[str, Callable[..., tuple[Expr, ...]]] = {
+    "exp": lambda u: (call("exp", u),),
+    "log": lambda u: (div(ONE, u),),
+    "log10": lambda u: (div(ONE, mul(Num(math.log(10.0)), u)),),
+    "log2": lambda u: (div(ONE, mul(Num(math.log(2.0)), u)),),
+    "log1p": lambda u: (div(ONE, add(ONE, u)),),
+    "expm1": lambda u: (call("exp", u),),
+    "sqrt": lambda u: (div(Num(0.5), call("sqrt", u)),),
+    "square": lambda u: (mul(TWO, u),),
+    "sin": lambda u: (call("cos", u),),
+    "cos": lambda u: (neg(call("sin", u)),),
+    "tan": lambda u: (add(ONE, power(call("tan", u), TWO)),),
+    "arcsin": lambda u: (div(ONE, call("sqrt", _one_minus_square(u))),),
+    "arccos": lambda u: (neg(div(ONE, call("sqrt", _one_minus_square(u)))),),
+    "arctan": lambda u: (div(ONE, add(ONE, power(u, TWO))),),
+    "sinh": lambda u: (call("cosh", u),),
+    "cosh": lambda u: (call("sinh", u),),
+    "tanh": lambda u: (_one_minus_square(call("tanh", u)),),
+    "sigmoid": lambda u: (mul(call("sigmoid", u), sub(ONE, call("sigmoid", u))),),
+    "abs": lambda u: (call("sign", u),),
+    "sign": lambda u: (ZERO,),  # piecewise constant; see is_linear_in
+    "erf": lambda u: (mul(Num(2.0 / math.sqrt(math.pi)), call("exp", neg(power(u, TWO)))),),
+    "arctan2": lambda y, x: (
+        div(x, add(power(x, TWO), power(y, TWO))),
+        neg(div(y, add(power(x, TWO), power(y, TWO)))),
+    ),
+}
+
+#: Functions whose derivative is zero almost everywhere but which are not constant.
+_STEP_FUNCTIONS = frozenset({"sign"})
+
+
+def _diff_bin(node: Bin, dl: Expr, dr: Expr) -> Expr:
+    left, right = node.left, node.right
+    if node.op == "+":
+        return add(dl, dr)
+    if node.op == "-":
+        return sub(dl, dr)
+    if node.op == "*":
+        return add(mul(dl, right), mul(left, dr))
+    if node.op == "/":
+        return sub(div(dl, right), div(mul(left, dr), power(right, TWO)))
+    # power: d(l**r) = r*l**(r-1)*dl + l**r*log(l)*dr
+    base_part = mul(mul(right, power(left, sub(right, ONE))), dl)
+    if _is_num(dr, 0.0):
+        return base_part
+    exponent_part = mul(mul(node, call("log", left)), dr)
+    return add(base_part, exponent_part)
+
+
+def diff(expr: Expr | Formula, name: str) -> Expr:
+    """Differentiate a tree with respect to one name.
+
+    Parameters
+    ----------
+    expr
+        Expression tree (or a parsed :class:`~gradfit.formula.Formula`).
+    name
+        The variable to differentiate by.
+
+    Returns
+    -------
+    Expr
+        The simplified partial derivative; exactly ``Num(0.0)`` when ``expr`` does not depend on
+        ``name``.
+    """
+    memo: dict[Expr, Expr] = {}
+
+    def rec(node: Expr) -> Expr:
+        found = memo.get(node)
+        if found is not None:
+            return found
+        if isinstance(node, Num):
+            result: Expr = ZERO
+        elif isinstance(node, Var):
+            result = ONE if node.name == name else ZERO
+        elif isinstance(node, Neg):
+            result = neg(rec(node.arg))
+        elif isinstance(node, Bin):
+            result = _diff_bin(node, rec(node.left), rec(node.right))
+        elif isinstance(node, Call):
+            partials = DERIVATIVES[node.func](*node.args)
+            result = ZERO
+            for partial, arg in zip(partials, node.args):
+                result = add(result, mul(partial, rec(arg)))
+        else:
+            raise TypeError(f"not an expression node: {node!r}")
+        memo[node] = result
+        return result
+
+    return rec(_as_expr(expr))
+
+
+def gradient(expr: Expr | Formula, names: Sequence[str]) -> list[Expr]:
+    """Return the partial derivatives of ``expr`` with respect to each of ``names``, in order.
+
+    Parameters
+    ----------
+    expr
+        Expression tree.
+    names
+        Variables to differentiate by.
+
+    Returns
+    -------
+    list of Expr
+        ``[diff(expr, n) for n in names]``.
+    """
+    return [diff(expr, name) for name in names]
+
+
+# --------------------------------------------------------------------------------------------------
+# Rebuilding: simplification and substitution
+# --------------------------------------------------------------------------------------------------
+def _rebuild(expr: Expr, leaf: Callable[[Var], Expr]) -> Expr:
+    memo: dict[Expr, Expr] = {}
+
+    def rec(node: Expr) -> Expr:
+        found = memo.get(node)
+        if found is not None:
+            return found
+        if isinstance(node, Num):
+            result: Expr = node
+        elif isinstance(node, Var):
+            result = leaf(node)
+        elif isinstance(node, Neg):
+            result = neg(rec(node.arg))
+        elif isinstance(node, Bin):
+            result = _BUILDERS[node.op](rec(node.left), rec(node.right))
+        elif isinstance(node, Call):
+            result = call(node.func, *(rec(arg) for arg in node.args))
+        else:
+            raise TypeError(f"not an expression node: {node!r}")
+        memo[node] = result
+        return result
+
+    return rec(expr)
+
+
+def simplify(expr: Expr | Formula) -> Expr:
+    """Simplify a tree with safe identities and overflow-proof constant folding.
+
+    Applies ``x+0``, ``x*1``, ``x*0``, ``x**1``, ``x**0``, ``--x``, ``x-x`` and folds constant
+    sub-expressions only when the float result is finite (``9**9**9`` is left alone, instantly).
+
+    Parameters
+    ----------
+    expr
+        Expression tree.
+
+    Returns
+    -------
+    Expr
+        An equivalent tree (equal values wherever the original is finite).
+    """
+    current = _as_expr(expr)
+    for _ in range(8):
+        simpler = _rebuild(current, lambda var: var)
+        if simpler == current:
+            break
+        current = simpler
+    return current
+
+
+def substitute(expr: Expr | Formula, values: Mapping[str, Expr | float]) -> Expr:
+    """Replace names by expressions or numbers, then simplify.
+
+    Parameters
+    ----------
+    expr
+        Expression tree.
+    values
+        Name -> replacement (an :class:`Expr` or a finite number).
+
+    Returns
+    -------
+    Expr
+        The substituted, simplified tree.
+    """
+    replacement = {
+        name: value if isinstance(value, Expr) else Num(float(value))
+        for name, value in values.items()
+    }
+    return _rebuild(_as_expr(expr), lambda var: replacement.get(var.name, var))
+
+
+# --------------------------------------------------------------------------------------------------
+# Printing
+# --------------------------------------------------------------------------------------------------
+_ADD, _MUL, _UNARY, _POW, _ATOM = 1, 2, 3, 4, 5
+_PRECEDENCE = {"+": _ADD, "-": _ADD, "*": _MUL, "/": _MUL, "**": _POW}
+_SPACED = {"+": " + ", "-": " - ", "*": "*", "/": "/", "**": "**"}
+
+
+def _number_text(value: float) -> str:
+    if value == math.pi:
+        return "pi"
+    if value == math.e:
+        return "e"
+    if value.is_integer() and abs(value) < 1e16:
+        return str(int(value))
+    return repr(value)
+
+
+def _text(node: Expr) -> tuple[str, int]:
+    if isinstance(node, Num):
+        if node.value < 0:
+            return "-" + _number_text(-node.value), _UNARY
+        return _number_text(node.value), _ATOM
+    if isinstance(node, Var):
+        return node.name, _ATOM
+    if isinstance(node, Call):
+        return f"{node.func}({', '.join(_text(arg)[0] for arg in node.args)})", _ATOM
+    if isinstance(node, Neg):
+        return "-" + _wrap(_text(node.arg), _UNARY), _UNARY
+    if isinstance(node, Bin):
+        level = _PRECEDENCE[node.op]
+        if node.op == "**":
+            left = _wrap(_text(node.left), _ATOM)
+            right = _wrap(_text(node.right), _UNARY)
+        else:
+            left = _wrap(_text(node.left), level)
+            right = _wrap(_text(node.right), level + 1)
+        return f"{left}{_SPACED[node.op]}{right}", level
+    raise TypeError(f"not an expression node: {node!r}")
+
+
+def _wrap(text_and_level: tuple[str, int], needed: int) -> str:
+    text, level = text_and_level
+    return text if level >= needed else f"({text})"
+
+
+def to_text(expr: Expr | Formula) -> str:
+    """Print a tree as formula text with the fewest parentheses that keep its structure.
+
+    Parameters
+    ----------
+    expr
+        Expression tree.
+
+    Returns
+    -------
+    str
+        Text such that ``parse(to_text(expr)).tree`` has the same structure (and so the same values)
+        as ``expr``; ``pi`` and ``e`` are printed by name.
+    """
+    return _text(_as_expr(expr))[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# Linearity
+# --------------------------------------------------------------------------------------------------
+def is_linear_in(expr: Expr | Formula, params: Collection[str]) -> bool:
+    """Tell whether an expression is linear (affine) in the given parameters.
+
+    True when no parameter appears in any partial derivative with respect to the parameters (and
+    none sits inside a piecewise-constant function such as ``sign``). ``w2*x**2 + w1*x + b`` is
+    linear in ``w2, w1, b``; ``a*exp(-k*t)`` is not linear in ``a, k``.
+
+    Parameters
+    ----------
+    expr
+        Expression tree.
+    params
+        Parameter names; other names are treated as known inputs.
+
+    Returns
+    -------
+    bool
+    """
+    tree = _as_expr(expr)
+    wanted = set(params)
+    for node in walk(tree):
+        if isinstance(node, Call) and node.func in _STEP_FUNCTIONS:
+            if wanted & set(free_names(node)):
+                return False
+    for name in wanted:
+        if wanted & set(free_names(diff(tree, name))):
+            return False
+    return True
+
+
+def linear_design(expr: Expr | Formula, params: Sequence[str]) -> tuple[Expr, list[Expr]]:
+    """Split a linear model into an offset and one design column per parameter.
+
+    Parameters
+    ----------
+    expr
+        Expression tree, linear in ``params`` (see :func:`is_linear_in`).
+    params
+        Parameter names, in the order wanted for the columns.
+
+    Returns
+    -------
+    offset : Expr
+        ``expr`` with every parameter set to 0.
+    columns : list of Expr
+        ``d expr / d p`` for each parameter; ``expr == offset + sum(p * column)``.
+
+    Raises
+    ------
+    ModelError
+        If ``expr`` is not linear in ``params``.
+    """
+    tree = _as_expr(expr)
+    if not is_linear_in(tree, params):
+        raise ModelError(
+            f"formula {to_text(tree)!r} is not linear in {', '.join(params)};"
+            " use a nonlinear (least-squares or gradient) solver"
+        )
+    columns = gradient(tree, params)
+    offset = substitute(tree, {name: ZERO for name in params})
+    return offset, columns
