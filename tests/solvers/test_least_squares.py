@@ -1,0 +1,354 @@
+"""Batched LM / GN against independent references: numpy lstsq, scipy curve_fit and least_squares."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.optimize import curve_fit, least_squares
+
+from gradfit.errors import ModelError, OptionError
+from gradfit.solvers.least_squares import (
+    LeastSquaresOptions,
+    Status,
+    autograd_jacobian,
+    damped_coefficients,
+    decompose,
+    robust_system,
+    solve_least_squares,
+    step_from_coefficients,
+    trust_region_damping,
+    update_radius,
+)
+
+X = np.linspace(0.0, 4.0, 25)
+TRUE = np.array([2.5, 1.3, 0.4])
+NOISE = np.random.default_rng(0).normal(0.0, 0.05, X.size)
+Y = TRUE[0] * np.exp(-TRUE[1] * X) + TRUE[2] + NOISE
+
+
+def decay_residuals(x: np.ndarray, y: np.ndarray):
+    """Residual function for K exponential decays; ``x``, ``y`` are ``(n,)`` or ``(K, n)``."""
+    xt, yt = torch.as_tensor(x), torch.as_tensor(y)
+
+    def residual_fn(theta: torch.Tensor) -> torch.Tensor:
+        return theta[:, 0:1] * torch.exp(-theta[:, 1:2] * xt) + theta[:, 2:3] - yt
+
+    def jacobian_fn(theta: torch.Tensor) -> torch.Tensor:
+        e = torch.exp(-theta[:, 1:2] * xt) * torch.ones_like(yt)
+        return torch.stack([e, -theta[:, 0:1] * xt * e, torch.ones_like(e)], -1)
+
+    return residual_fn, jacobian_fn
+
+
+def decay_np(x, a, k, c):
+    return a * np.exp(-k * x) + c
+
+
+START = np.array([[1.0, 0.5, 0.0]])
+
+
+def test_linear_model_matches_numpy_lstsq():
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(40, 4))
+    b = rng.normal(size=40)
+    at, bt = torch.as_tensor(a), torch.as_tensor(b)
+    sol = solve_least_squares(lambda th: th @ at.T - bt, torch.zeros(1, 4, dtype=torch.float64))
+    expected = np.linalg.lstsq(a, b, rcond=None)[0]
+    np.testing.assert_allclose(sol.theta[0].numpy(), expected, rtol=1e-12, atol=1e-13)
+    assert sol.status[0].converged
+    np.testing.assert_allclose(2 * sol.cost[0].item(), np.sum((a @ expected - b) ** 2), rtol=1e-12)
+
+
+@pytest.mark.parametrize("use_jacobian", [False, True])
+def test_exponential_decay_matches_curve_fit(use_jacobian):
+    residual_fn, jacobian_fn = decay_residuals(X, Y)
+    sol = solve_least_squares(residual_fn, START, jacobian_fn=jacobian_fn if use_jacobian else None)
+    popt, _ = curve_fit(decay_np, X, Y, p0=START[0], xtol=1e-15, ftol=1e-15, gtol=1e-15, maxfev=10000)
+    np.testing.assert_allclose(sol.theta[0].numpy(), popt, rtol=1e-8)
+    assert sol.status[0].converged
+    assert sol.theta.dtype == torch.float64 and sol.theta.shape == (1, 3)
+    assert sol.residuals.shape == (1, X.size) and sol.jacobian.shape == (1, X.size, 3)
+    np.testing.assert_allclose(sol.residuals[0].numpy(), decay_np(X, *sol.theta[0].numpy()) - Y, atol=1e-13)
+
+
+def test_autograd_jacobian_equals_closed_form():
+    residual_fn, jacobian_fn = decay_residuals(X, np.stack([Y, 2 * Y]))
+    theta = torch.tensor([[2.0, 1.1, 0.3], [-1.0, 0.2, 4.0]], dtype=torch.float64)
+    res, jac = autograd_jacobian(residual_fn, theta)
+    torch.testing.assert_close(res, residual_fn(theta), rtol=0, atol=0)
+    torch.testing.assert_close(jac, jacobian_fn(theta), rtol=1e-14, atol=1e-14)
+
+
+def test_autograd_jacobian_of_parameter_free_and_unused_parameters_is_zero():
+    y = torch.ones(1, 5, dtype=torch.float64)
+    _, jac = autograd_jacobian(lambda th: y * 1.0 + 0 * th[:, :1].detach(), torch.ones(1, 2, dtype=torch.float64))
+    assert torch.all(jac == 0)
+    _, jac = autograd_jacobian(lambda th: th[:, :1] * y, torch.ones(1, 2, dtype=torch.float64))
+    assert torch.all(jac[..., 0] == 1) and torch.all(jac[..., 1] == 0)
+
+
+def test_batch_equals_single_solves():
+    rng = np.random.default_rng(2)
+    k = 6
+    truth = np.column_stack([rng.uniform(1, 3, k), rng.uniform(0.5, 2, k), rng.uniform(-1, 1, k)])
+    ys = np.array([decay_np(X, *t) + rng.normal(0, 0.05, X.size) for t in truth])
+    starts = np.tile(START, (k, 1))
+    batch = solve_least_squares(decay_residuals(X, ys)[0], starts)
+    for i in range(k):
+        single = solve_least_squares(decay_residuals(X, ys[i])[0], starts[i : i + 1])
+        np.testing.assert_allclose(batch.theta[i].numpy(), single.theta[0].numpy(), rtol=1e-10, atol=1e-12)
+        assert batch.status[i] == single.status[0]
+        assert int(batch.n_iter[i]) == int(single.n_iter[0])
+
+
+def test_a_nan_fit_does_not_disturb_the_others():
+    rng = np.random.default_rng(3)
+    ys = np.array([decay_np(X, 2.0, 1.0, 0.5) + rng.normal(0, 0.05, X.size) for _ in range(3)])
+    xt, yt = torch.as_tensor(X), torch.as_tensor(ys)
+
+    def residual_fn(theta):  # fit 1 is log of a negative number everywhere: NaN from the start
+        base = theta[:, 0:1] * torch.exp(-theta[:, 1:2] * xt) + theta[:, 2:3] - yt
+        poison = torch.log(torch.tensor([1.0, -1.0, 1.0], dtype=theta.dtype))[:, None]
+        return base + poison
+
+    starts = np.tile(START, (3, 1))
+    batch = solve_least_squares(residual_fn, starts)
+    assert batch.status[1] is Status.NON_FINITE and not batch.status[1].converged
+    assert "non-finite" in batch.status[1].value
+    for i in (0, 2):
+        alone = solve_least_squares(decay_residuals(X, ys[i])[0], START)
+        np.testing.assert_allclose(batch.theta[i].numpy(), alone.theta[0].numpy(), rtol=1e-10)
+        assert batch.status[i].converged
+    assert not batch.success
+
+
+def test_non_finite_trial_steps_are_rejected_not_accepted():
+    # sqrt(k) is NaN for k < 0: big steps that cross zero must be rejected, the fit still converges
+    xt = torch.as_tensor(X)
+    yt = torch.as_tensor(np.sqrt(0.05) * X + 1.0)
+
+    def residual_fn(theta):
+        return torch.sqrt(theta[:, 0:1]) * xt + theta[:, 1:2] - yt
+
+    sol = solve_least_squares(residual_fn, [[4.0, 0.0]])
+    assert sol.status[0].converged
+    np.testing.assert_allclose(sol.theta[0].numpy(), [0.05, 1.0], rtol=1e-9)
+    assert torch.isfinite(sol.residuals).all()
+
+
+def test_fixed_parameters_never_move():
+    residual_fn, _ = decay_residuals(X, Y)
+    start = np.array([[1.0, 0.5, 0.25]])
+    sol = solve_least_squares(residual_fn, start, fixed=[False, False, True])
+    assert sol.theta[0, 2].item() == 0.25
+    popt, _ = curve_fit(lambda x, a, k: decay_np(x, a, k, 0.25), X, Y, p0=[1.0, 0.5], xtol=1e-15, ftol=1e-15)
+    np.testing.assert_allclose(sol.theta[0, :2].numpy(), popt, rtol=1e-8)
+    assert sol.status[0].converged
+
+
+def test_all_parameters_fixed_is_converged_and_unchanged():
+    residual_fn, _ = decay_residuals(X, Y)
+    sol = solve_least_squares(residual_fn, START, fixed=True)
+    np.testing.assert_array_equal(sol.theta.numpy(), START)
+    assert sol.status[0].converged and int(sol.n_iter[0]) == 0
+
+
+@pytest.mark.parametrize(
+    ("lower", "upper"),
+    [([0.0, 1.5, -np.inf], [np.inf, 5.0, np.inf]), ([0.0, 0.0, 0.6], [2.0, 5.0, 1.0]), ([-10, -10, -10], [10, 10, 10])],
+)
+def test_bounds_match_scipy_trf(lower, upper):
+    residual_fn, jacobian_fn = decay_residuals(X, Y)
+    sol = solve_least_squares(residual_fn, [[1.0, 2.0, 0.7]], lower=lower, upper=upper)
+    ref = least_squares(
+        lambda p: decay_np(X, *p) - Y, [1.0, 2.0, 0.7], bounds=(lower, upper), method="trf", xtol=1e-15, ftol=1e-15, gtol=1e-15
+    )
+    assert sol.status[0].converged, sol.status[0]
+    theta = sol.theta[0].numpy()
+    assert np.all(theta >= np.array(lower)) and np.all(theta <= np.array(upper))
+    np.testing.assert_allclose(theta, ref.x, rtol=1e-7, atol=1e-9)
+    np.testing.assert_array_equal(sol.at_bound[0].numpy(), ref.active_mask != 0)
+    assert sol.cost[0].item() <= ref.cost * (1 + 1e-10)
+
+
+def test_start_outside_bounds_is_moved_inside():
+    residual_fn, _ = decay_residuals(X, Y)
+    sol = solve_least_squares(residual_fn, [[5.0, 9.0, 0.5]], lower=[0, 0, 0], upper=[3, 3, 3])
+    assert sol.status[0].converged
+    assert torch.all(sol.theta >= 0) and torch.all(sol.theta <= 3)
+
+
+@pytest.mark.parametrize("loss", ["huber", "soft_l1", "cauchy"])
+@pytest.mark.parametrize("f_scale", [0.1, 1.0])
+def test_robust_losses_match_scipy(loss, f_scale):
+    y = Y.copy()
+    y[[3, 11, 19]] += np.array([2.0, -1.5, 3.0])  # outliers
+    residual_fn, _ = decay_residuals(X, y)
+    sol = solve_least_squares(residual_fn, START, loss=loss, f_scale=f_scale)
+    ref = least_squares(
+        lambda p: decay_np(X, *p) - y, START[0], loss=loss, f_scale=f_scale, method="trf", xtol=1e-15, ftol=1e-15, gtol=1e-15
+    )
+    assert sol.status[0].converged
+    np.testing.assert_allclose(sol.theta[0].numpy(), ref.x, rtol=1e-7)
+    np.testing.assert_allclose(sol.cost[0].item(), ref.cost, rtol=1e-10)
+
+
+def test_robust_system_is_scipys_rescaling():
+    rng = np.random.default_rng(4)
+    r = rng.normal(size=(1, 7)) * 3
+    j = rng.normal(size=(1, 7, 2))
+    for loss in ("huber", "soft_l1", "cauchy"):
+        # scipy: cost = ½ Σ ρ, gradient = Jᵀ (ρ' r); the rescaled system must give the same gradient
+        r_t, j_t = robust_system(loss, r, j, 1.5)
+        z = (r / 1.5) ** 2
+        from gradfit.solvers.least_squares import robust_rho
+
+        rho1 = robust_rho(loss, z)[1]
+        np.testing.assert_allclose(np.swapaxes(j_t, 1, 2) @ r_t[..., None], np.swapaxes(j, 1, 2) @ (rho1 * r)[..., None], rtol=1e-13)
+
+
+def test_gauss_newton_method_matches_lm():
+    residual_fn, _ = decay_residuals(X, Y)
+    lm = solve_least_squares(residual_fn, START)
+    gn = solve_least_squares(residual_fn, START, method="gn")
+    assert gn.status[0].converged
+    np.testing.assert_allclose(gn.theta.numpy(), lm.theta.numpy(), rtol=1e-9)
+
+
+def test_iteration_limit_never_reports_convergence():
+    residual_fn, _ = decay_residuals(X, Y)
+    sol = solve_least_squares(residual_fn, [[1.0, 5.0, -3.0]], options=LeastSquaresOptions(max_iter=2, restarts=0))
+    assert sol.status[0] is Status.MAX_ITER
+    assert not sol.status[0].converged and not sol.success
+    assert "iteration limit" in sol.message[0] and "max_iter" in sol.message[0]
+    assert int(sol.n_iter[0]) == 2
+
+
+def test_model_independent_of_parameters_is_singular():
+    y = torch.ones(1, 5, dtype=torch.float64)
+    sol = solve_least_squares(lambda th: y - 2.0 + 0.0 * th[:, :1], [[1.0]], options=LeastSquaresOptions(restarts=0))
+    assert sol.status[0] is Status.SINGULAR and not sol.status[0].converged
+
+
+def test_exact_fit_reports_zero_residuals():
+    xt = torch.as_tensor(X)
+    sol = solve_least_squares(lambda th: th[:, 0:1] * xt - 2.0 * xt, [[2.0]])
+    assert sol.status[0] is Status.EXACT and sol.status[0].converged
+
+
+def test_restarts_rescue_a_far_start():
+    # BoxBOD-like: from b = (1, 100) exp(-b x) is flat at zero; restarts from jittered points recover
+    x = torch.tensor([1.0, 2.0, 3.0, 5.0, 7.0, 10.0], dtype=torch.float64)
+    y = torch.tensor([109.0, 149.0, 149.0, 191.0, 213.0, 224.0], dtype=torch.float64)
+    fn = lambda th: th[:, 0:1] * (1 - torch.exp(-th[:, 1:2] * x)) - y  # noqa: E731
+    without = solve_least_squares(fn, [[1.0, 100.0]], options=LeastSquaresOptions(restarts=0))
+    with_restarts = solve_least_squares(fn, [[1.0, 100.0]])
+    assert with_restarts.status[0].converged
+    np.testing.assert_allclose(with_restarts.theta[0].numpy(), [213.80940889, 0.54723748542], rtol=1e-8)
+    assert with_restarts.cost[0] < without.cost[0]
+
+
+def test_float32_is_respected():
+    residual_fn, _ = decay_residuals(X.astype(np.float32), Y.astype(np.float32))
+    sol = solve_least_squares(residual_fn, torch.tensor(START, dtype=torch.float32))
+    assert sol.theta.dtype == torch.float32 and sol.jacobian.dtype == torch.float32
+    popt, _ = curve_fit(decay_np, X, Y, p0=START[0])
+    np.testing.assert_allclose(sol.theta[0].numpy(), popt, rtol=2e-4)
+    assert sol.status[0].converged
+
+
+def test_vector_start_counts_as_one_fit():
+    residual_fn, _ = decay_residuals(X, Y)
+    sol = solve_least_squares(residual_fn, START[0])
+    assert sol.theta.shape == (1, 3)
+
+
+def test_bad_arguments_are_clear_errors():
+    residual_fn, _ = decay_residuals(X, Y)
+    with pytest.raises(OptionError, match="loss"):
+        solve_least_squares(residual_fn, START, loss="l1")
+    with pytest.raises(OptionError, match="method"):
+        solve_least_squares(residual_fn, START, method="bfgs")
+    with pytest.raises(OptionError, match="f_scale"):
+        solve_least_squares(residual_fn, START, f_scale=0.0)
+    with pytest.raises(ModelError, match="lower bound"):
+        solve_least_squares(residual_fn, START, lower=[1, 1, 1], upper=[0, 0, 0])
+    with pytest.raises(ModelError, match="broadcast"):
+        solve_least_squares(residual_fn, START, lower=[1, 1])
+    with pytest.raises(ModelError, match=r"\(K, n\)"):
+        solve_least_squares(lambda th: th.sum(), START)
+    with pytest.raises(ModelError, match=r"\(K, n, p\)"):
+        solve_least_squares(residual_fn, START, jacobian_fn=lambda th: th)
+    with pytest.raises(ModelError, match="theta0"):
+        solve_least_squares(residual_fn, np.zeros((0, 3)))
+    with pytest.raises(OptionError, match="max_iter"):
+        LeastSquaresOptions(max_iter=0)
+    with pytest.raises(OptionError, match="ftol"):
+        LeastSquaresOptions(ftol=-1.0)
+
+
+def test_status_values_are_messages_and_codes_are_stable():
+    assert Status.CONVERGED.value.startswith("converged")
+    assert all(not s.value.startswith("converged") for s in Status if not s.converged)
+    assert [s.code for s in Status] == list(range(len(Status)))
+
+
+# ------------------------------------------------------------------------------ pure functions
+
+
+def _random_decomposition(rng, k=3, n=9, p=4):
+    jac = rng.normal(size=(k, n, p)) * np.array([1.0, 10.0, 0.01, 3.0])
+    res = rng.normal(size=(k, n))
+    return jac, res, decompose(jac, res, np.zeros((k, p)))
+
+
+def test_damped_step_solves_the_regularised_normal_equations():
+    rng = np.random.default_rng(5)
+    jac, res, dec = _random_decomposition(rng)
+    lam = np.array([0.0, 0.3, 7.0])
+    step = step_from_coefficients(dec, damped_coefficients(dec, lam))
+    for i in range(3):
+        d2 = np.diag(dec.d[i] ** 2)
+        expected = np.linalg.solve(jac[i].T @ jac[i] + lam[i] * d2, -jac[i].T @ res[i])
+        np.testing.assert_allclose(step[i], expected, rtol=1e-9)
+
+
+def test_trust_region_damping_hits_the_radius():
+    rng = np.random.default_rng(6)
+    _, _, dec = _random_decomposition(rng)
+    radius = 0.05 * dec.gn_norm
+    lam = trust_region_damping(dec, radius, np.zeros(3))
+    norm = np.linalg.norm(damped_coefficients(dec, lam), axis=-1)
+    np.testing.assert_allclose(norm, radius, rtol=0.1)
+    big = trust_region_damping(dec, 10 * dec.gn_norm, np.ones(3))
+    assert np.all(big == 0)
+
+
+def test_radius_update_rules():
+    radius, norm = np.array([1.0, 1.0, 1.0, 1.0]), np.array([0.5, 0.5, 1.0, 1.0])
+    ratio = np.array([0.1, -np.inf, 0.9, 0.5])
+    out = update_radius(radius, norm, ratio, np.array([1.0, 1.0, 1.0, 1.0]))
+    np.testing.assert_allclose(out, [0.25, 0.25, 2.0, 1.0])
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    a=st.floats(0.5, 5.0),
+    k=st.floats(0.2, 3.0),
+    c=st.floats(-2.0, 2.0),
+    seed=st.integers(0, 10_000),
+)
+def test_never_worse_than_scipy_on_random_decays(a, k, c, seed):
+    rng = np.random.default_rng(seed)
+    y = decay_np(X, a, k, c) + rng.normal(0, 0.1, X.size)
+    residual_fn, _ = decay_residuals(X, y)
+    sol = solve_least_squares(residual_fn, START)
+    ref = least_squares(lambda p: decay_np(X, *p) - y, START[0], method="lm", xtol=1e-15, ftol=1e-15, gtol=1e-15)
+    assert sol.status[0].converged
+    assert sol.cost[0].item() <= ref.cost * (1 + 1e-9) + 1e-300
+    assert math.isfinite(sol.cost[0].item())
