@@ -11,11 +11,12 @@ errors) costs no torch import.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import re
 import math
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from gradfit.errors import ModelError
@@ -185,7 +186,6 @@ class FormulaModel(ParametricModel):
     """
 
     formula: Formula | None = None
-    _compiled: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def text(self) -> str:
@@ -201,13 +201,7 @@ class FormulaModel(ParametricModel):
     def is_linear(self) -> bool:
         from gradfit.symbolic import is_linear_in
 
-        free = [p.name for p in self.parameters]
-        return is_linear_in(self.formula.tree, free)
-
-    def _program(self, name: str, build: Callable[[], Any]) -> Any:
-        if name not in self._compiled:
-            self._compiled[name] = build()
-        return self._compiled[name]
+        return is_linear_in(self.formula.tree, list(self.param_names))
 
     def _env(self, inputs: Mapping[str, torch.Tensor], theta: torch.Tensor) -> dict[str, Any]:
         env: dict[str, Any] = dict(inputs)
@@ -215,17 +209,12 @@ class FormulaModel(ParametricModel):
         return env
 
     def predict(self, inputs: Mapping[str, torch.Tensor], theta: torch.Tensor) -> torch.Tensor:
-        from gradfit.evaluate import compile_torch
+        (out,) = _compiled((self.formula.tree,))(self._env(inputs, theta))
+        return out
 
-        program = self._program("f", lambda: compile_torch([self.formula.tree]))
-        (out,) = program(self._env(inputs, theta))
-        return _broadcast_to_inputs(out, inputs, theta)
-
-    def derivative_trees(self) -> list[Any]:
+    def derivative_trees(self) -> tuple[Any, ...]:
         """Symbolic partial derivatives of the formula, one per parameter."""
-        from gradfit.symbolic import diff
-
-        return [diff(self.formula.tree, name) for name in self.param_names]
+        return _derivatives(self.formula.tree, self.param_names)
 
     def predict_and_jacobian(
         self, inputs: Mapping[str, torch.Tensor], theta: torch.Tensor
@@ -233,18 +222,52 @@ class FormulaModel(ParametricModel):
         """Predictions ``(..., n)`` and the symbolic Jacobian ``(..., n, p)`` in one pass."""
         import torch
 
-        from gradfit.evaluate import compile_torch
-
-        program = self._program(
-            "fj", lambda: compile_torch([self.formula.tree, *self.derivative_trees()])
-        )
-        out, *columns = program(self._env(inputs, theta))
-        pred = _broadcast_to_inputs(out, inputs, theta)
-        jac = torch.stack([torch.broadcast_to(c, pred.shape) for c in columns], dim=-1)
-        return pred, jac
+        out, *columns = _compiled((self.formula.tree, *self.derivative_trees()))(self._env(inputs, theta))
+        return out, torch.stack(columns, dim=-1)
 
     def jacobian(self, inputs: Mapping[str, torch.Tensor], theta: torch.Tensor) -> torch.Tensor:
         return self.predict_and_jacobian(inputs, theta)[1]
+
+    def design(self, inputs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """For a model linear in its parameters: ``offset (n,)`` and design matrix ``A (n, p)``.
+
+        The model equals ``offset + A @ theta``.
+        """
+        import torch
+
+        offset, *columns = _compiled(_linear_trees(self.formula.tree, self.param_names))(dict(inputs))
+        shape = torch.broadcast_shapes(offset.shape, *(c.shape for c in columns))
+        return offset.expand(shape), torch.stack([c.expand(shape) for c in columns], dim=-1)
+
+
+@functools.lru_cache(maxsize=256)
+def _linear_trees(tree: Any, names: tuple[str, ...]) -> tuple[Any, ...]:
+    from gradfit.symbolic import linear_design
+
+    offset, columns = linear_design(tree, list(names))
+    return (offset, *columns)
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(trees: tuple[Any, ...]) -> Any:
+    """One compiled torch program per set of trees, shared by every model built from them."""
+    from gradfit.evaluate import compile_torch
+
+    return compile_torch(list(trees))
+
+
+@functools.lru_cache(maxsize=256)
+def _derivatives(tree: Any, names: tuple[str, ...]) -> tuple[Any, ...]:
+    from gradfit.symbolic import gradient
+
+    return tuple(gradient(tree, list(names)))
+
+
+@functools.lru_cache(maxsize=256)
+def _parse(text: str) -> Formula:
+    from gradfit.formula import parse
+
+    return parse(text)
 
 
 def _broadcast_to_inputs(
@@ -367,9 +390,7 @@ def _is_module(obj: Any) -> bool:
 
 
 def _formula_model(text: str, columns: tuple[str, ...]) -> FormulaModel:
-    from gradfit.formula import parse
-
-    formula = parse(text)
+    formula = _parse(text)
     inputs = tuple(name for name in formula.names if name in columns)
     names = tuple(name for name in formula.names if name not in columns)
     if not names:

@@ -22,24 +22,15 @@ REFINEMENT_STEPS = 2
 
 
 def design_matrix(problem: Problem) -> tuple[torch.Tensor, torch.Tensor]:
-    """Design matrix ``A (n, p)`` and right-hand side ``b (n,)`` of a linear formula model, weighted.
+    """Weighted design matrix ``A (n, p)`` and right-hand side ``b (n,)`` of a linear formula model.
 
-    Fixed parameters' columns are moved into ``b``; ``A`` keeps every column so that indices match
-    ``theta``, and the solver uses the free ones only.
+    ``A`` keeps every column so that indices match ``theta``; the solver uses the free ones.
     """
-    import torch
-
-    from gradfit.evaluate import compile_torch
-    from gradfit.symbolic import linear_design
-
-    model = problem.model
-    offset, columns = linear_design(model.formula.tree, list(model.param_names))
-    values = compile_torch([offset, *columns])(problem.train.inputs)
-    y = problem.train.y
-    a = torch.stack([torch.broadcast_to(torch.as_tensor(v, dtype=y.dtype), y.shape) for v in values[1:]], -1)
-    b = y - torch.broadcast_to(torch.as_tensor(values[0], dtype=y.dtype), y.shape)
-    if problem.train.weights is not None:
-        a, b = a * problem.train.weights[:, None], b * problem.train.weights
+    train = problem.train
+    offset, a = problem.model.design(train.inputs)
+    b = train.y - offset
+    if train.weights is not None:
+        a, b = a * train.weights[:, None], b * train.weights
     return a, b
 
 
