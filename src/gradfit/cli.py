@@ -2,18 +2,20 @@
 
 Arguments, files and formulas are checked before torch is imported, so mistakes are answered at
 once. Library errors are caught only here and printed as one line ``Name: message`` with exit code 2
-(``--debug`` shows the traceback instead).
+(``--debug`` shows the traceback instead); bad command lines (missing option, unknown command) are
+answered the same way, in one line.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from gradfit.errors import GradfitError
 
@@ -39,7 +41,7 @@ def _guarded(action: Callable[[], Any]) -> Any:
     except GradfitError as exc:
         if _state["debug"]:
             raise
-        errors.print(f"[bold red]{type(exc).__name__}[/]: {exc}", highlight=False, soft_wrap=True)
+        errors.print(f"[bold red]{type(exc).__name__}[/]: {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_USAGE) from None
     except KeyboardInterrupt:
         errors.print("interrupted")
@@ -86,9 +88,10 @@ def fit(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
 ) -> None:
     """Fit a model to a data file and report the parameters."""
+    arguments = dict(locals())  # first statement: only the command's parameters are local yet
     from gradfit.cli_fit import FitCommand
 
-    command = FitCommand(**locals())
+    command = FitCommand(**arguments)
     _guarded(command.run)
 
 
@@ -96,7 +99,7 @@ def fit(
 def predict(
     result: Annotated[Path, typer.Argument(help="Result JSON written by 'gradfit fit --out'.")],
     data: DataArg,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the data with a prediction column (CSV or Parquet).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the data with a prediction column (CSV, Parquet or NDJSON by extension; default: CSV on stdout).")] = None,
     column: Annotated[str, typer.Option(help="Name of the prediction column.")] = "prediction",
 ) -> None:
     """Apply a saved fit to new data."""
@@ -111,11 +114,13 @@ def explain(
     model: ModelOpt,
     y: YOpt,
     init: Annotated[str, typer.Option(help="Point at which to take the gradients, e.g. 'w=1,b=0'.")] = "",
+    params: Annotated[str, typer.Option("--params", help="Names to treat as parameters even if a column has that name, e.g. 'w,b'.")] = "",
+    nan: Annotated[str, typer.Option("--nan", help="raise | omit rows with missing or non-finite values.")] = "raise",
 ) -> None:
     """Show dL/dparam by the chain rule, by autograd and by finite differences."""
     from gradfit.cli_fit import run_explain
 
-    _guarded(lambda: run_explain(data, model, y, init, console))
+    _guarded(lambda: run_explain(data, model, y, init, console, params=params, nan=nan))
 
 
 @app.command()
@@ -129,10 +134,45 @@ def demo(
     _guarded(lambda: run_demo(name, out_dir, console))
 
 
-def main() -> None:
-    """Entry point of the ``gradfit`` console script."""
-    app(prog_name="gradfit")
+def _usage_error_types() -> tuple[type[Exception], ...]:
+    """Exceptions typer/click raise for bad command lines (typer >= 0.20 vendors click)."""
+    found: list[type[Exception]] = []
+    try:
+        from click import ClickException
+
+        found.append(ClickException)
+    except ImportError:
+        pass
+    vendored = getattr(typer, "TyperException", None)
+    if vendored is not None:
+        found.append(vendored)
+    return tuple(found)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the ``gradfit`` console script.
+
+    Usage errors (missing option, bad value, unknown command) become one line on stderr with exit
+    code 2, like every other error, instead of click's framed multi-line message.
+
+    Parameters
+    ----------
+    argv
+        Arguments without the program name (default: ``sys.argv[1:]``).
+    """
+    try:
+        code = app(args=argv, prog_name="gradfit", standalone_mode=False)
+    except _usage_error_types() as exc:
+        code = getattr(exc, "exit_code", EXIT_USAGE)
+        if type(exc).__name__ != "NoArgsIsHelpError":  # that one has already shown the help
+            context = getattr(exc, "ctx", None)
+            hint = f" — see '{context.command_path} --help'" if context is not None else ""
+            errors.print(f"[bold red]Error[/]: {escape(exc.format_message())}{escape(hint)}", highlight=False, soft_wrap=True)
+    except typer.Abort:
+        errors.print("Aborted!")
+        code = 1
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

@@ -1,22 +1,29 @@
 """What the ``fit``, ``predict`` and ``explain`` commands do, kept apart from argument declarations.
 
-Everything that can be wrong with the user's input is checked before :func:`gradfit.fitting.fit_dataset`
-imports torch.
+Everything that can be wrong with the user's input (options, output paths, data files, formulas,
+optimizer names and keywords) is checked before :func:`gradfit.fitting.fit_dataset` imports torch, so
+mistakes are answered at once. Outputs are written only after a successful fit, all together, each
+atomically: a failed command leaves no file behind.
 """
 
 from __future__ import annotations
 
+import ast
+import difflib
+import importlib.util
 import sys
-from dataclasses import dataclass
+from contextlib import ExitStack
+from dataclasses import dataclass, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from gradfit.errors import OptionError
+from gradfit.errors import DivergenceError, OptionError
 
-__all__ = ["FitCommand", "run_predict", "run_explain", "result_table"]
+__all__ = ["FitCommand", "run_predict", "run_explain", "result_table", "check_optimizer"]
 
 #: runs with at least this many epochs show a progress bar on a terminal
 PROGRESS_MIN_EPOCHS = 200
@@ -53,20 +60,23 @@ class FitCommand:
     plot_history: Path | None
     quiet: bool
 
-    def options(self) -> dict[str, Any]:
-        """Keyword arguments of :class:`~gradfit.config.FitOptions`."""
+    def settings(self) -> Any:
+        """The validated :class:`~gradfit.config.FitOptions` of this command."""
+        from gradfit.config import FitOptions
         from gradfit.options import parse_options
 
         if self.opt and not self.optimizer:
             raise OptionError("--opt needs --optimizer — e.g. --optimizer sgd --opt lr=1e-2")
-        return dict(
+        if self.val_data is not None and self.val > 0:
+            raise OptionError("give either --val or --val-data, not both")
+        return FitOptions(
             solver=self.solver,
             optimizer=self.optimizer,
             optimizer_options=parse_options(self.opt),
             loss=self.loss,
             epochs=self.epochs,
             batch_size=self.batch_size,
-            val=0.0 if self.val_data else self.val,
+            val=self.val,
             seed=self.seed,
             target=self.target,
             patience=self.patience,
@@ -79,17 +89,35 @@ class FitCommand:
 
     def run(self) -> None:
         """Check everything, fit, print and write the outputs."""
-        from gradfit.config import FitOptions
-        from gradfit.data import read_table
-        from gradfit.fitting import fit_dataset, prepare, split_dataset
+        from gradfit.fitting import fit_dataset, split_dataset
         from gradfit.io import ensure_writable
+
+        settings = self.settings()
+        for path in (self.out, self.plot, self.plot_history):
+            if path is not None:
+                ensure_writable(path)
+        model, dataset, explicit_val = self._prepare(settings)
+        for path, option in ((self.plot, "--plot"), (self.plot_history, "--plot-history")):
+            if path is not None:
+                check_image_path(path, option)
+        if settings.uses_optimizer:
+            check_optimizer(settings.optimizer or "adam", settings.optimizer_options)
+        train, val = split_dataset(dataset, settings, explicit_val)
+        with _progress(settings, self.quiet) as callback:
+            result = fit_dataset(model, train, replace(settings, callback=callback), val)
+        if result.status == "diverged":
+            raise DivergenceError(self._divergence_message(result))
+        if not self.quiet:
+            _print_result(result)
+        self._write(result, train, val)
+
+    def _prepare(self, settings: Any) -> tuple[Any, Any, Any]:
+        """Read the data files and build the model: every data and formula error surfaces here."""
+        from gradfit.data import read_table
+        from gradfit.fitting import prepare
         from gradfit.model import parse_assignments
 
-        outputs = [p for p in (self.out, self.plot, self.plot_history) if p is not None]
-        for path in outputs:
-            ensure_writable(path)
-        settings = FitOptions(**self.options())
-        names = [n.strip() for n in self.params.split(",") if n.strip()]
+        names = _names(self.params)
         model, dataset = prepare(
             self.model,
             read_table(self.data),
@@ -99,28 +127,136 @@ class FitCommand:
             as_parameters=names,
             nan_policy=settings.nan_policy,
         )
+        _check_as_parameters(names, model)
         explicit_val = None
         if self.val_data is not None:
-            _, explicit_val = prepare(model, read_table(self.val_data), self.y, sigma=self.sigma, nan_policy=settings.nan_policy)
-        train, val = split_dataset(dataset, settings, explicit_val)
-        with _progress(settings, self.quiet) as callback:
-            result = fit_dataset(model, train, settings.__class__(**{**self.options(), "callback": callback}), val)
-        if not self.quiet:
-            _print_result(result)
-        self._write(result, train, val)
+            _, explicit_val = prepare(
+                model, read_table(self.val_data), self.y, sigma=self.sigma, nan_policy=settings.nan_policy
+            )
+        return model, dataset, explicit_val
+
+    def _divergence_message(self, result: Any) -> str:
+        fixes = "lower the learning rate (--opt lr=...)" + ("" if self.scale else " or drop --no-scale")
+        return (
+            f"the fit diverged: the loss became non-finite or exploded within {result.iterations} "
+            f"epochs — {fixes}; nothing was written"
+        )
 
     def _write(self, result: Any, train: Any, val: Any) -> None:
-        from gradfit.io import atomic_write_text
+        """Write every requested output; each lands atomically, and none if any fails."""
+        from gradfit.io import atomic_path
 
-        if self.out is not None:
-            atomic_write_text(self.out, result.to_json() + "\n")
-        if self.plot is not None or self.plot_history is not None:
-            from gradfit import plot
+        with ExitStack() as stack:
+            if self.out is not None:
+                temporary = stack.enter_context(atomic_path(self.out))
+                temporary.write_text(result.to_json() + "\n", encoding="utf-8")
+            if self.plot is not None or self.plot_history is not None:
+                from gradfit import plot
 
-            if self.plot is not None:
-                plot.plot_fit(result, train, self.plot, val)
-            if self.plot_history is not None:
-                plot.plot_history(result, self.plot_history)
+                if self.plot is not None:
+                    plot.plot_fit(result, train, stack.enter_context(atomic_path(self.plot)), val)
+                if self.plot_history is not None:
+                    plot.plot_history(result, stack.enter_context(atomic_path(self.plot_history)))
+
+
+def _names(text: str) -> list[str]:
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
+def _check_as_parameters(names: list[str], model: Any) -> None:
+    unknown = [n for n in names if n not in model.param_names]
+    if unknown:
+        raise OptionError(
+            f"--params: '{unknown[0]}' is not a name in the formula '{model.description}' — its "
+            f"parameters are {', '.join(model.param_names)}"
+        )
+
+
+def check_image_path(path: Path, option: str) -> None:
+    """Raise :class:`OptionError` if matplotlib cannot write an image with ``path``'s extension."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = FigureCanvasBase.get_supported_filetypes()
+    suffix = path.suffix.lower().lstrip(".")
+    if not suffix:
+        raise OptionError(f"{option}: '{path}' has no extension to choose the image format — e.g. {path}.png")
+    if suffix not in formats:
+        raise OptionError(
+            f"{option}: cannot write a '.{suffix}' image — use .png, .pdf or .svg "
+            f"(any of {', '.join(sorted(formats))})"
+        )
+
+
+# -- optimizer names and keywords, read from torch's source without importing torch ---------------
+@lru_cache(maxsize=1)
+def _static_optimizers() -> dict[str, tuple[str, frozenset[str] | None]] | None:
+    """``{lower-case name: (class name, keyword names or None)}`` of ``torch.optim``, or ``None``.
+
+    ``import torch`` takes seconds; reading ``torch/optim/*.py`` with :mod:`ast` takes milliseconds.
+    ``None`` (any surprise in torch's layout) means: leave the check to the library.
+    """
+    try:
+        spec = importlib.util.find_spec("torch")
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        optim = Path(list(spec.submodule_search_locations)[0]) / "optim"
+        tree = ast.parse((optim / "__init__.py").read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, ValueError, ImportError):
+        return None
+    found: dict[str, tuple[str, frozenset[str] | None]] = {}
+    for node in tree.body:
+        if not isinstance(node, ast.ImportFrom) or not node.module:
+            continue
+        module = node.module.removeprefix("torch.optim").lstrip(".")
+        for alias in node.names:
+            name = alias.asname or alias.name
+            if module and name[:1].isupper() and name != "Optimizer":
+                found[name.lower()] = (name, _init_keywords(optim / f"{module.replace('.', '/')}.py", alias.name))
+    return found or None
+
+
+def _init_keywords(source: Path, class_name: str) -> frozenset[str] | None:
+    """Keyword names of ``class_name.__init__`` in ``source`` (``None`` if unknown or ``**kwargs``)."""
+    try:
+        tree = ast.parse(source.read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, ValueError):
+        return None
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == class_name:
+            for item in node.body:
+                if isinstance(item, ast.FunctionDef) and item.name == "__init__":
+                    args = item.args
+                    if args.kwarg is not None:
+                        return None
+                    names = [a.arg for a in args.posonlyargs + args.args + args.kwonlyargs]
+                    return frozenset(names[1:]) - {"params"}
+    return None
+
+
+def check_optimizer(name: Any, options: dict[str, Any]) -> None:
+    """Reject an unknown ``torch.optim`` optimizer name or keyword before torch is imported.
+
+    Names and keywords are read from torch's source; where that is not possible, or the name is
+    a class rather than a string, the library checks them when it builds the optimizer.
+    """
+    table = _static_optimizers() if isinstance(name, str) else None
+    if table is None:
+        return
+    key = name.lower().replace("-", "").replace("_", "")
+    if key not in table:
+        from gradfit.solvers import gradient
+
+        special = getattr(gradient, "_NEEDS_SPECIAL_PARAMETERS", {})
+        choices = sorted(k for k in table if k not in special)
+        close = difflib.get_close_matches(key, choices, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise OptionError(f"unknown optimizer '{name}' — {hint}choose one of {', '.join(choices)}")
+    class_name, accepted = table[key]
+    unknown = sorted(set(options) - accepted) if accepted is not None else []
+    if unknown:
+        raise OptionError(
+            f"{class_name} has no option '{unknown[0]}' — it accepts {', '.join(sorted(accepted))}"
+        )
 
 
 class _progress:
@@ -138,7 +274,14 @@ class _progress:
             return None
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-        self.bar = Progress(TextColumn("epoch {task.completed}/{task.total}"), BarColumn(), TextColumn("{task.fields[loss]}"), TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+        self.bar = Progress(
+            TextColumn("epoch {task.completed}/{task.total}"),
+            BarColumn(),
+            TextColumn("{task.fields[loss]}"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        )
         self.bar.start()
         task = self.bar.add_task("fit", total=self.epochs, loss="")
 
@@ -158,8 +301,9 @@ def result_table(result: Any) -> Table:
     """The parameters of a result as a rich table."""
     from gradfit.report_text import format_number
 
+    confidence = result.settings.get("confidence", 0.95)
     table = Table(title=f"{result.y_name} = {result.model}", title_justify="left")
-    for header in ("parameter", "value", "std. error", "95% CI" if result.settings.get("confidence", 0.95) == 0.95 else "CI"):
+    for header in ("parameter", "value", "std. error", f"{confidence:.0%} CI"):
         table.add_column(header, justify="right" if header != "parameter" else "left")
     for p in result.parameters:
         ci = "" if p.ci_low is None else f"[{format_number(p.ci_low, 6)}, {format_number(p.ci_high, 6)}]"
@@ -169,8 +313,6 @@ def result_table(result: Any) -> Table:
 
 
 def _print_result(result: Any) -> None:
-    from rich.console import Console
-
     from gradfit.report_text import format_number
 
     console = Console()
@@ -185,13 +327,24 @@ def _print_result(result: Any) -> None:
         ("solver", f"{result.solver} — {result.solver_reason}"),
     ]
     for label, text in lines:
-        console.print(f"[bold]{label:>16}[/]  {text}", highlight=False)
+        console.print(f"[bold]{label:>16}[/]  {_escape(text)}", highlight=False, soft_wrap=True)
     for warning in result.warnings:
-        console.print(f"[yellow]warning[/]: {warning}", highlight=False)
+        console.print(f"[yellow]warning[/]: {_escape(warning)}", highlight=False, soft_wrap=True)
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
 
 
 def run_predict(result_path: Path, data: Path, out: Path | None, column: str, console: Console) -> None:
-    """``gradfit predict``: apply a saved formula fit to a data file."""
+    """``gradfit predict``: apply a saved formula fit to a data file.
+
+    Without ``out`` the data with the prediction column are written to stdout as CSV, every row.
+    """
+    import polars as pl
+
     from gradfit.data import read_table
     from gradfit.io import atomic_path, ensure_writable
     from gradfit.result import FitResult
@@ -200,32 +353,39 @@ def run_predict(result_path: Path, data: Path, out: Path | None, column: str, co
         ensure_writable(out)
     result = FitResult.load(result_path)
     table = read_table(data)
-    values = result.predict(table)
-    import polars as pl
-
-    table = table.with_columns(pl.Series(column, values))
+    table = table.with_columns(pl.Series(column, result.predict(table)))
     if out is None:
-        console.print(str(table), highlight=False)
+        sys.stdout.write(table.write_csv())
         return
+    suffix = out.suffix.lower()
     with atomic_path(out) as temporary:
-        if out.suffix.lower() in (".parquet", ".pq"):
+        if suffix in (".parquet", ".pq"):
             table.write_parquet(temporary)
+        elif suffix in (".ndjson", ".jsonl"):
+            table.write_ndjson(temporary)
         else:
             table.write_csv(temporary)
+    console.print(f"predictions written: {out}", highlight=False, soft_wrap=True)
 
 
-def run_explain(data: Path, model_text: str, y: str, init: str, console: Console) -> None:
+def run_explain(
+    data: Path, model_text: str, y: str, init: str, console: Console, *, params: str = "", nan: str = "raise"
+) -> None:
     """``gradfit explain``: the backward pass, by hand and by autograd, at the starting point."""
-    from gradfit.data import make_dataset, read_table
-    from gradfit.model import make_model, parse_assignments
-
-    table = read_table(data)
-    columns = [c for c in table.columns if c != y]
-    model = make_model(model_text, columns, parse_assignments(init))
-    dataset = make_dataset(table, inputs=list(model.input_names), y=y)
-    from gradfit.explain import explain
-
     from gradfit.cli_render import render_explanation
+    from gradfit.data import read_table
+    from gradfit.explain import explain
+    from gradfit.fitting import prepare
+    from gradfit.model import parse_assignments
 
-    explanation = explain(model.formula, dataset.inputs, dataset.y, {p.name: p.start for p in model.parameters})
+    if nan not in ("raise", "omit"):
+        raise OptionError(f"unknown nan_policy '{nan}' — choose one of raise, omit")
+    names = _names(params)
+    model, dataset = prepare(
+        model_text, read_table(data), y, params=parse_assignments(init), as_parameters=names, nan_policy=nan
+    )
+    _check_as_parameters(names, model)
+    # writable copies: torch warns when it wraps the dataset's read-only arrays
+    inputs = {name: column.copy() for name, column in dataset.inputs.items()}
+    explanation = explain(model.formula, inputs, dataset.y.copy(), {p.name: p.start for p in model.parameters})
     render_explanation(explanation, console)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from gradfit.report_text import format_number
@@ -14,15 +15,16 @@ __all__ = ["render_explanation", "loss_table"]
 
 def render_explanation(explanation: Any, console: Console) -> None:
     """Print the backward pass: model, loss, and each gradient three ways."""
-    console.print(f"[bold]model[/]  f = {explanation.model}", highlight=False)
+    console.print(f"[bold]model[/]  {escape(explanation.model)}", highlight=False, soft_wrap=True)
     console.print(
         f"[bold]loss[/]   {explanation.loss_text} = {format_number(explanation.loss, 8)} "
         f"on {explanation.n_points} points",
         highlight=False,
+        soft_wrap=True,
     )
     for row in explanation.rows:
-        console.print(f"  d f/d{row.parameter} = {row.derivative}", highlight=False)
-        console.print(f"  {row.chain_rule}", highlight=False)
+        console.print(f"  df/d{row.parameter} = {escape(row.derivative)}", highlight=False, soft_wrap=True)
+        console.print(f"  {escape(row.chain_rule)}", highlight=False, soft_wrap=True)
     table = Table(title="gradient of the loss at the starting point", title_justify="left")
     for header in ("parameter", "value", "chain rule (hand)", "autograd", "finite diff.", "rel. diff"):
         table.add_column(header, justify="left" if header == "parameter" else "right")
