@@ -1,0 +1,215 @@
+"""Fit statistics against independent references: scipy curve_fit's pcov, numpy formulas, scipy t."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats as sps
+from scipy.optimize import OptimizeWarning, curve_fit
+
+from gradfit import stats
+
+X = np.linspace(0.0, 4.0, 30)
+SIGMA = 0.02 + 0.03 * X
+Y = 2.5 * np.exp(-1.3 * X) + 0.4 + np.random.default_rng(0).normal(0.0, 1.0, X.size) * SIGMA
+
+
+def decay(x, a, k, c):
+    return a * np.exp(-k * x) + c
+
+
+def jacobian(x, a, k, c):
+    e = np.exp(-k * x)
+    return np.column_stack([e, -a * x * e, np.ones_like(x)])
+
+
+def weighted_system(popt, sigma=None):
+    w = np.ones_like(X) if sigma is None else 1.0 / sigma
+    res = (decay(X, *popt) - Y) * w
+    jac = jacobian(X, *popt) * w[:, None]
+    return torch.as_tensor(jac), torch.as_tensor(res)
+
+
+def fit(sigma=None, absolute_sigma=False):
+    popt, pcov = curve_fit(
+        decay, X, Y, p0=[1, 1, 0], sigma=sigma, absolute_sigma=absolute_sigma, jac=jacobian, xtol=1e-15, ftol=1e-15
+    )
+    return popt, pcov
+
+
+@pytest.mark.parametrize("use_sigma", [False, True])
+@pytest.mark.parametrize("absolute_sigma", [False, True])
+def test_covariance_equals_curve_fit(use_sigma, absolute_sigma):
+    sigma = SIGMA if use_sigma else None
+    popt, pcov = fit(sigma, absolute_sigma)
+    jac, res = weighted_system(popt, sigma)
+    cov = stats.covariance(jac, res, absolute_sigma=absolute_sigma)
+    np.testing.assert_allclose(cov.numpy(), pcov, rtol=1e-8)
+    np.testing.assert_allclose(stats.standard_errors(cov).numpy(), np.sqrt(np.diag(pcov)), rtol=1e-8)
+
+
+def test_batched_equals_single_and_ragged_mask():
+    popt, _ = fit()
+    jac, res = weighted_system(popt)
+    single = stats.covariance(jac, res)
+    # second fit: first 20 points only, padded with zeros to n = 30
+    popt2, pcov2 = curve_fit(decay, X[:20], Y[:20], p0=[1, 1, 0], jac=jacobian, xtol=1e-15, ftol=1e-15)
+    jac2 = np.zeros((30, 3))
+    res2 = np.zeros(30)
+    jac2[:20] = jacobian(X[:20], *popt2)
+    res2[:20] = decay(X[:20], *popt2) - Y[:20]
+    mask = torch.ones(2, 30, dtype=torch.bool)
+    mask[1, 20:] = False
+    batch = stats.covariance(torch.stack([jac, torch.as_tensor(jac2)]), torch.stack([res, torch.as_tensor(res2)]), mask=mask)
+    np.testing.assert_allclose(batch[0].numpy(), single.numpy(), rtol=1e-12)
+    expected = np.linalg.inv(jac2[:20].T @ jac2[:20]) * (res2 @ res2) / (20 - 3)  # same point as ours
+    np.testing.assert_allclose(batch[1].numpy(), expected, rtol=1e-10)
+    np.testing.assert_allclose(batch[1].numpy(), pcov2, rtol=1e-6)  # scipy's fjac is from a nearby point
+
+
+def test_fixed_parameters_have_nan_rows_and_do_not_count_in_dof():
+    c_fixed = 0.4
+    popt, pcov = curve_fit(
+        lambda x, a, k: decay(x, a, k, c_fixed),
+        X,
+        Y,
+        p0=[1, 1],
+        jac=lambda x, a, k: jacobian(x, a, k, c_fixed)[:, :2],
+        xtol=1e-15,
+        ftol=1e-15,
+    )
+    theta = np.array([popt[0], popt[1], c_fixed])
+    jac, res = weighted_system(theta)
+    cov = stats.covariance(jac, res, free=[True, True, False])
+    np.testing.assert_allclose(cov[:2, :2].numpy(), pcov, rtol=1e-8)
+    assert torch.isnan(cov[2]).all() and torch.isnan(cov[:, 2]).all()
+    report = stats.fit_report(jac, res, torch.as_tensor(Y), free=[True, True, False])
+    assert report.statistics["dof"] == X.size - 2
+    assert math.isnan(float(report.stderr[2]))
+
+
+def test_non_identifiable_parameters_get_infinite_errors_and_a_warning():
+    # y = a*b*x: only the product is determined
+    x = np.linspace(1, 5, 10)
+    a, b = 2.0, 3.0
+    jac = torch.as_tensor(np.column_stack([b * x, a * x, np.ones_like(x)]))
+    res = torch.as_tensor(np.random.default_rng(1).normal(size=x.size))
+    report = stats.fit_report(jac, res, torch.as_tensor(a * b * x), param_names=["a", "b", "c"])
+    assert torch.isinf(report.stderr[:2]).all() and torch.isfinite(report.stderr[2])
+    assert report.identifiable.tolist() == [False, False, True]
+    assert any("a, b cannot be determined" in w for w in report.warnings)
+    assert torch.isnan(report.correlation[0, 1])
+
+
+def test_correlation_and_confidence_intervals():
+    popt, pcov = fit()
+    jac, res = weighted_system(popt)
+    report = stats.fit_report(jac, res, torch.as_tensor(Y), confidence=0.9)
+    se = np.sqrt(np.diag(pcov))
+    np.testing.assert_allclose(report.correlation.numpy(), pcov / np.outer(se, se), rtol=1e-8)
+    np.testing.assert_allclose(torch.diagonal(report.correlation).numpy(), 1.0, rtol=1e-14)
+    t = sps.t.ppf(0.95, X.size - 3)
+    np.testing.assert_allclose(report.ci_half_width.numpy(), t * se, rtol=1e-8)
+    lower, upper = stats.confidence_intervals(torch.as_tensor(popt), report.stderr, X.size - 3, 0.9)
+    np.testing.assert_allclose(upper.numpy() - lower.numpy(), 2 * t * se, rtol=1e-8)
+
+
+@pytest.mark.parametrize("use_sigma", [False, True])
+def test_fit_statistics_match_numpy_formulas(use_sigma):
+    sigma = SIGMA if use_sigma else None
+    popt, _ = fit(sigma)
+    jac, res = weighted_system(popt, sigma)
+    weights = None if sigma is None else torch.as_tensor(1.0 / sigma)
+    report = stats.fit_report(jac, res, torch.as_tensor(Y), weights=weights)
+    s = report.statistics
+    w2 = np.ones_like(X) if sigma is None else 1.0 / sigma**2
+    raw = decay(X, *popt) - Y
+    chisqr = np.sum(w2 * raw**2)
+    mean = np.sum(w2 * Y) / np.sum(w2)
+    n, p = X.size, 3
+    assert s["chisqr"] == pytest.approx(chisqr, rel=1e-12)
+    assert s["r2"] == pytest.approx(1 - chisqr / np.sum(w2 * (Y - mean) ** 2), rel=1e-12)
+    assert s["redchi"] == pytest.approx(chisqr / (n - p), rel=1e-12)
+    assert s["rmse"] == pytest.approx(np.sqrt(np.mean(raw**2)), rel=1e-12)
+    assert s["aic"] == pytest.approx(n * np.log(chisqr / n) + 2 * p, rel=1e-12)
+    assert s["bic"] == pytest.approx(n * np.log(chisqr / n) + np.log(n) * p, rel=1e-12)
+    assert s["dof"] == n - p
+    j = jac.numpy()
+    assert s["condition"] == pytest.approx(np.linalg.cond(j.T @ j), rel=1e-6)
+    js = j / np.linalg.norm(j, axis=0)
+    assert s["condition_scaled"] == pytest.approx(np.linalg.cond(js.T @ js), rel=1e-6)
+    assert report.warnings == []
+
+
+def test_ill_conditioned_fit_is_flagged():
+    x = np.linspace(0, 1, 50)
+    jac = torch.as_tensor(np.column_stack([x**k for k in range(9)]))
+    res = torch.as_tensor(np.random.default_rng(2).normal(size=x.size) * 1e-3)
+    report = stats.fit_report(jac, res, torch.as_tensor(x))
+    assert report.statistics["condition_scaled"] > stats.ILL_CONDITIONED
+    assert any("ill-conditioned" in w for w in report.warnings)
+    assert all(report.identifiable.tolist())
+
+
+def test_bands_match_the_linear_regression_formulas():
+    rng = np.random.default_rng(3)
+    x = np.linspace(0, 10, 25)
+    y = 1.5 + 0.7 * x + rng.normal(0, 0.5, x.size)
+    a = np.column_stack([np.ones_like(x), x])
+    beta, *_ = np.linalg.lstsq(a, y, rcond=None)
+    res = a @ beta - y
+    s2 = res @ res / (x.size - 2)
+    cov = stats.covariance(torch.as_tensor(a), torch.as_tensor(res))
+    x0 = np.array([[1.0, -1.0], [1.0, 5.0], [1.0, 12.0]])
+    t = sps.t.ppf(0.975, x.size - 2)
+    xtx_inv = np.linalg.inv(a.T @ a)
+    expected_conf = t * np.sqrt(s2 * np.einsum("mi,ij,mj->m", x0, xtx_inv, x0))
+    expected_pred = t * np.sqrt(s2 * (1 + np.einsum("mi,ij,mj->m", x0, xtx_inv, x0)))
+    conf = stats.confidence_band(torch.as_tensor(x0), cov, x.size - 2)
+    pred = stats.prediction_band(torch.as_tensor(x0), cov, x.size - 2, noise_variance=s2)
+    np.testing.assert_allclose(conf.numpy(), expected_conf, rtol=1e-10)
+    np.testing.assert_allclose(pred.numpy(), expected_pred, rtol=1e-10)
+
+
+def test_no_degrees_of_freedom():
+    jac = torch.eye(3, dtype=torch.float64)
+    res = torch.zeros(3, dtype=torch.float64)
+    report = stats.fit_report(jac, res, torch.ones(3, dtype=torch.float64))
+    assert torch.isinf(report.stderr).all()
+    assert any("degrees of freedom" in w for w in report.warnings)
+    assert math.isnan(report.statistics["redchi"])
+
+
+def test_absolute_sigma_ignores_the_residual_scale():
+    popt, _ = fit(SIGMA, True)
+    jac, res = weighted_system(popt, SIGMA)
+    a = stats.covariance(jac, res, absolute_sigma=True)
+    b = stats.covariance(jac, 10 * res, absolute_sigma=True)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_t_quantile_validates_confidence():
+    assert stats.t_quantile(0.95, 10) == pytest.approx(sps.t.ppf(0.975, 10), rel=1e-12)
+    assert stats.t_quantile(0.95, 0) == math.inf
+    with pytest.raises(ValueError, match="confidence"):
+        stats.t_quantile(1.5, 10)
+
+
+def test_no_scipy_import_at_runtime():
+    import subprocess
+    import sys
+
+    code = "import sys, gradfit.stats, gradfit.tdist; print('scipy' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "False"
+
+
+def test_curve_fit_warning_free_reference():
+    # the references above must not come from a fit scipy itself distrusts
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", OptimizeWarning)
+        fit()
