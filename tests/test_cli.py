@@ -11,7 +11,6 @@ mostly start-up and torch import), and every test then checks its own scenario's
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
 import os
@@ -47,38 +46,6 @@ finally:
         handle.write(str("torch" in sys.modules))
 """
 
-# Until src/gradfit/stats.py exists, a stand-in from /tmp/shimdir is imported when gradfit.stats is
-# first imported (lazily: the stand-in imports torch, which must not spoil the torch checks).
-SHIM_DIR = "/tmp/shimdir"
-SHIM = """
-import importlib.abc, importlib.util, sys
-
-class _StatsShim(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    def find_spec(self, name, path, target=None):
-        return importlib.util.spec_from_loader(name, self) if name == "gradfit.stats" else None
-
-    def create_module(self, spec):
-        import statshim
-        return sys.modules["gradfit.stats"]
-
-    def exec_module(self, module):
-        pass
-
-sys.meta_path.insert(0, _StatsShim())
-"""
-
-
-def _stats_module_exists() -> bool:
-    try:
-        spec = importlib.util.find_spec("gradfit.stats")
-    except ValueError:  # a stand-in without a spec is already in sys.modules
-        return False
-    return spec is not None and spec.origin is not None
-
-
-USE_SHIM = not _stats_module_exists()
-
-
 # -- running the command ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Run:
@@ -98,12 +65,8 @@ def gradfit(*args: object, cwd: Path) -> Run:
     """Run ``gradfit ARGS`` in a fresh interpreter in ``cwd``."""
     flag = cwd / ".torch-imported"
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "FORCE_COLOR", "PYTHONWARNINGS")}
-    code = RUNNER
-    if USE_SHIM:
-        code = SHIM + RUNNER
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [SHIM_DIR, env.get("PYTHONPATH")]))
     completed = subprocess.run(
-        [sys.executable, "-c", code, str(flag), *map(str, args)],
+        [sys.executable, "-c", RUNNER, str(flag), *map(str, args)],
         cwd=cwd,
         env=env,
         capture_output=True,
