@@ -196,13 +196,13 @@ def _autograd(
 ) -> dict[str, float]:
     import torch
 
-    env = {name: torch.as_tensor(column, dtype=torch.float64) for name, column in data.items()}
+    env = {name: torch.tensor(np.array(column, dtype=np.float64)) for name, column in data.items()}
     leaves = {
         name: torch.tensor(value, dtype=torch.float64, requires_grad=True)
         for name, value in values.items()
     }
     (prediction,) = compile_torch([tree])({**env, **leaves})
-    loss = torch.mean((prediction - torch.as_tensor(y, dtype=torch.float64)) ** 2)
+    loss = torch.mean((prediction - torch.tensor(np.array(y, dtype=np.float64))) ** 2)
     grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
     return {name: 0.0 if g is None else float(g) for name, g in zip(leaves, grads)}
 

@@ -399,10 +399,18 @@ def _formula_model(text: str, columns: tuple[str, ...]) -> FormulaModel:
             f"({', '.join(inputs) or 'none'}) — add a parameter such as 'w*x + b'"
         )
     if columns and not inputs:
-        raise ModelError(
-            f"the formula '{text}' uses no data column — columns are {', '.join(columns)}"
-        )
+        raise ModelError(f"the formula '{text}' uses no data column{_typo_hint(names, columns)} — columns are {', '.join(columns)}")
     return FormulaModel(inputs, tuple(Parameter(n) for n in names), formula)
+
+
+def _typo_hint(names: Sequence[str], columns: Sequence[str]) -> str:
+    import difflib
+
+    for name in names:
+        close = difflib.get_close_matches(name, columns, n=1)
+        if close:
+            return f"; did you mean '{close[0]}' instead of '{name}'?"
+    return ""
 
 
 def _callable_model(function: Callable[..., Any], columns: tuple[str, ...]) -> CallableModel:

@@ -117,7 +117,8 @@ def draw_history(ax: Axes, histories: Mapping[str, Sequence[float]], title: str 
     ax.set_ylabel("loss")
     if title:
         ax.set_title(title)
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
 
 
 def plot_fit(result: FitResult, train: Dataset, path: str | Path, val: Dataset | None = None) -> Path:

@@ -99,18 +99,17 @@ def _parametric_summary(
     train = problem.train
     jac = _weighted(model_jacobian(problem.model, train.inputs, theta).detach(), train)
     residuals = train.residuals(predict(train.inputs)).detach()
-    free = problem.free
     report = stats.fit_report(
-        jac[:, free],
+        jac,
         residuals,
         train.y,
         weights=train.weights,
         absolute_sigma=options.absolute_sigma,
         confidence=options.confidence,
+        free=problem.free,
+        param_names=problem.model.param_names,
     )
-    covariance = _embed(report.covariance, free)
-    stderr = _embed_vector(report.stderr, free)
-    half = _embed_vector(report.ci_half_width, free)
+    covariance, stderr, half = report.covariance.cpu(), report.stderr.cpu(), report.ci_half_width.cpu()
     at_bound = outcome.at_bound or _at_bound(problem, theta)
     estimates = tuple(
         ParameterEstimate(
@@ -144,24 +143,6 @@ def _parametric_summary(
 
 def _weighted(jac: torch.Tensor, train: Split) -> torch.Tensor:
     return jac if train.weights is None else jac * train.weights[:, None]
-
-
-def _embed(matrix: torch.Tensor, free: torch.Tensor) -> torch.Tensor:
-    import torch
-
-    p = free.numel()
-    full = torch.full((p, p), float("nan"), dtype=matrix.dtype)
-    index = torch.nonzero(free).flatten()
-    full[index[:, None], index[None, :]] = matrix.cpu()
-    return full
-
-
-def _embed_vector(vector: torch.Tensor, free: torch.Tensor) -> torch.Tensor:
-    import torch
-
-    full = torch.full((free.numel(),), float("nan"), dtype=vector.dtype)
-    full[torch.nonzero(free).flatten()] = vector.cpu()
-    return full
 
 
 def _at_bound(problem: Problem, theta: torch.Tensor) -> list[bool]:
