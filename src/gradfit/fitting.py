@@ -295,10 +295,12 @@ def _kind(model: Any) -> str:
 def _settings_record(options: FitOptions, dataset: Dataset) -> dict[str, Any]:
     import torch
 
+    from gradfit.solvers import optimizer_label
+
     optimizer = options.optimizer
     return {
         "solver": options.solver,
-        "optimizer": optimizer if optimizer is None or isinstance(optimizer, str) else getattr(optimizer, "__name__", str(optimizer)),
+        "optimizer": None if optimizer is None else optimizer_label(optimizer),
         "optimizer_options": {k: v if isinstance(v, (int, float, str, bool)) or v is None else list(v) for k, v in options.optimizer_options.items()},
         "epochs": options.epochs,
         "batch_size": options.batch_size,

@@ -44,3 +44,18 @@ def test_optimizer_class_and_options_pass_through(thermometer):
     result = gradfit.fit("w*t_u + b", {"t_u": t_u}, t_c, optimizer=torch.optim.SGD, optimizer_options={"lr": 0.1, "momentum": 0.5}, epochs=500)
     w, b = np.polyfit(t_u, t_c, 1)
     np.testing.assert_allclose(result.params["w"], w, rtol=1e-6)
+
+
+def test_optimizer_instance_is_used_or_rebuilt_with_its_settings(thermometer):
+    import torch
+
+    t_u, t_c = thermometer
+    template = torch.optim.RMSprop([torch.zeros(1, requires_grad=True)], lr=0.05, alpha=0.9)
+    rebuilt = make_optimizer(template, [torch.zeros(2, requires_grad=True)])
+    assert type(rebuilt) is torch.optim.RMSprop and rebuilt.defaults["alpha"] == 0.9 and rebuilt.defaults["lr"] == 0.05
+    net = torch.nn.Linear(1, 1).double()
+    own = torch.optim.Adam(net.parameters(), lr=0.05)
+    assert make_optimizer(own, list(net.parameters())) is own
+    result = gradfit.fit(net, t_u, t_c, optimizer=own, epochs=800)
+    w, b = np.polyfit(t_u, t_c, 1)
+    np.testing.assert_allclose(result.predict(np.array([50.0])), [50 * w + b], rtol=1e-3)

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from gradfit.config import FitOptions
     from gradfit.solvers.base import Problem, SolveOutcome
 
-__all__ = ["choose_solver", "get_solver", "SOLVER_FAMILIES"]
+__all__ = ["choose_solver", "get_solver", "optimizer_label", "SOLVER_FAMILIES"]
 
 #: solver name -> "module:function", imported when used
 SOLVER_FAMILIES = {
@@ -56,8 +56,7 @@ def choose_solver(model: Any, options: FitOptions, bounded: bool) -> tuple[str, 
 
     parametric = not isinstance(model, ModuleModel)
     if options.uses_optimizer:
-        name = options.optimizer if isinstance(options.optimizer, str) else "adam"
-        return "gradient", f"gradient descent with {name}, as asked"
+        return "gradient", f"gradient descent with {optimizer_label(options.optimizer)}, as asked"
     if options.solver != "auto":
         _check_explicit(options.solver, model, options, parametric)
         return options.solver, "as asked"
@@ -68,6 +67,15 @@ def choose_solver(model: Any, options: FitOptions, bounded: bool) -> tuple[str, 
     if options.loss == "mse" and not bounded and getattr(model, "formula", None) and model.is_linear:
         return "linear", "the model is linear in its parameters: one exact least-squares solve"
     return "lm", "a parametric least-squares fit: Levenberg-Marquardt with autograd Jacobians"
+
+
+def optimizer_label(optimizer: Any) -> str:
+    """A readable name for an optimizer given by name, class, factory or instance (None: Adam)."""
+    if optimizer is None:
+        return "adam"
+    if isinstance(optimizer, str):
+        return optimizer
+    return getattr(optimizer, "__name__", type(optimizer).__name__)
 
 
 def _check_explicit(name: str, model: Any, options: FitOptions, parametric: bool) -> None:

@@ -66,8 +66,9 @@ def make_optimizer(
     Parameters
     ----------
     spec
-        An optimizer name (``"adam"``), a ``torch.optim.Optimizer`` subclass, or a factory
-        ``params -> Optimizer``.
+        An optimizer name (``"adam"``), a ``torch.optim.Optimizer`` subclass, a factory
+        ``params -> Optimizer``, or an optimizer instance: used as it is when it already holds
+        exactly ``params`` (a module's parameters), else rebuilt over ``params`` with its settings.
     params
         The tensors to optimise.
     options
@@ -77,6 +78,11 @@ def make_optimizer(
     -------
     torch.optim.Optimizer
     """
+    import torch
+
+    params = list(params)
+    if isinstance(spec, torch.optim.Optimizer):
+        return _adopt(spec, params, options)
     cls = _resolve(spec) if isinstance(spec, str) else spec
     kwargs = dict(options or {})
     accepted = _keyword_names(cls)
@@ -91,9 +97,20 @@ def make_optimizer(
     if cls.__name__ == "LBFGS":
         kwargs.setdefault("line_search_fn", "strong_wolfe")
     try:
-        return cls(list(params), **kwargs)
+        return cls(params, **kwargs)
     except (TypeError, ValueError) as exc:
         raise OptionError(f"cannot build {getattr(cls, '__name__', cls)}: {exc}") from None
+
+
+def _adopt(optimizer: torch.optim.Optimizer, params: list[torch.Tensor], options: Mapping[str, Any] | None) -> torch.optim.Optimizer:
+    held = [p for group in optimizer.param_groups for p in group["params"]]
+    if len(held) == len(params) and all(a is b for a, b in zip(held, params)) and not options:
+        return optimizer
+    settings = {**optimizer.defaults, **(options or {})}
+    accepted = _keyword_names(type(optimizer))
+    if accepted is not None:
+        settings = {k: v for k, v in settings.items() if k in accepted}
+    return type(optimizer)(params, **settings)
 
 
 def _resolve(name: str) -> type:
