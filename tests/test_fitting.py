@@ -124,3 +124,17 @@ def test_model_errors_are_clear(model, error, text, thermometer):
     t_u, t_c = thermometer
     with pytest.raises(error, match=text):
         gradfit.fit(model, {"t_u": t_u}, t_c)
+
+
+def test_multistart_finds_the_global_optimum_from_a_poor_start():
+    from scipy.optimize import curve_fit
+
+    t = np.sort(np.random.default_rng(0).uniform(0, 10, 60))  # irregular: no aliased frequencies
+    y = 2.0 * np.sin(1.7 * t) + 0.01 * np.cos(5 * t)
+    single = gradfit.fit("a*sin(w*t)", {"t": t}, y, params={"a": 1.0, "w": 0.5}, starts=1)
+    multi = gradfit.fit("a*sin(w*t)", {"t": t}, y, params={"a": 1.0, "w": 0.5}, starts=32)
+    assert multi.train_loss <= single.train_loss
+    popt, _ = curve_fit(lambda t, a, w: a * np.sin(w * t), t, y, p0=[2.1, 1.69])
+    assert single.train_loss > 100 * multi.train_loss  # the single start stops in a local minimum
+    np.testing.assert_allclose(np.abs(multi.values), np.abs(popt), rtol=1e-6)
+    assert "best of 32 starting points" in multi.message

@@ -66,10 +66,14 @@ def fit(
     sigma: Annotated[Optional[str], typer.Option(help="Column of standard deviations of y (weighted fit).")] = None,
     init: Annotated[str, typer.Option(help="Starting values, e.g. 'w=1,b=0'.")] = "",
     params: Annotated[str, typer.Option("--params", help="Names to treat as parameters even if a column has that name, e.g. 'w,b'.")] = "",
+    bounds: Annotated[str, typer.Option(help="Parameter bounds, e.g. 'b>=0, 0<k<10'.")] = "",
+    fix: Annotated[str, typer.Option(help="Hold parameters at values, e.g. 'w=1'.")] = "",
+    starts: Annotated[int, typer.Option(help="Least squares: solve from this many starting points at once, keep the best.")] = 1,
     solver: Annotated[str, typer.Option(help="auto | linear | lm | gn | gradient.")] = "auto",
     optimizer: Annotated[Optional[str], typer.Option(help="Any torch.optim optimizer: sgd, adam, adamw, rmsprop, adagrad, lbfgs, ...")] = None,
     opt: Annotated[str, typer.Option("--opt", help="Optimizer keyword arguments, e.g. 'lr=1e-2,momentum=0.9'.")] = "",
     loss: Annotated[str, typer.Option(help="mse | mae | huber | soft_l1 | cauchy.")] = "mse",
+    loss_scale: Annotated[float, typer.Option(help="Residual scale of the robust losses (scipy's f_scale).")] = 1.0,
     epochs: Annotated[int, typer.Option(help="Maximum epochs of a gradient solver.")] = 1000,
     batch_size: Annotated[Optional[int], typer.Option(help="Minibatch size (default: full batch).")] = None,
     val: Annotated[float, typer.Option(help="Fraction of rows held out for validation.")] = 0.0,
@@ -85,6 +89,7 @@ def fit(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the result as JSON.")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Write data and fitted curve to this image.")] = None,
     plot_history: Annotated[Optional[Path], typer.Option(help="Write train/validation loss per epoch to this image.")] = None,
+    report: Annotated[bool, typer.Option("--report", help="Print the full sectioned fit report.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
 ) -> None:
     """Fit a model to a data file and report the parameters."""
@@ -115,6 +120,9 @@ def explain(
     y: YOpt,
     init: Annotated[str, typer.Option(help="Point at which to take the gradients, e.g. 'w=1,b=0'.")] = "",
     params: Annotated[str, typer.Option("--params", help="Names to treat as parameters even if a column has that name, e.g. 'w,b'.")] = "",
+    bounds: Annotated[str, typer.Option(help="Parameter bounds, e.g. 'b>=0, 0<k<10'.")] = "",
+    fix: Annotated[str, typer.Option(help="Hold parameters at values, e.g. 'w=1'.")] = "",
+    starts: Annotated[int, typer.Option(help="Least squares: solve from this many starting points at once, keep the best.")] = 1,
     nan: Annotated[str, typer.Option("--nan", help="raise | omit rows with missing or non-finite values.")] = "raise",
 ) -> None:
     """Show dL/dparam by the chain rule, by autograd and by finite differences."""

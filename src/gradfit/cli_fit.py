@@ -39,10 +39,14 @@ class FitCommand:
     sigma: str | None
     init: str
     params: str
+    bounds: str
+    fix: str
+    starts: int
     solver: str
     optimizer: str | None
     opt: str
     loss: str
+    loss_scale: float
     epochs: int
     batch_size: int | None
     val: float
@@ -58,6 +62,7 @@ class FitCommand:
     out: Path | None
     plot: Path | None
     plot_history: Path | None
+    report: bool
     quiet: bool
 
     def settings(self) -> Any:
@@ -74,6 +79,8 @@ class FitCommand:
             optimizer=self.optimizer,
             optimizer_options=parse_options(self.opt),
             loss=self.loss,
+            loss_scale=self.loss_scale,
+            starts=self.starts,
             epochs=self.epochs,
             batch_size=self.batch_size,
             val=self.val,
@@ -107,7 +114,9 @@ class FitCommand:
             result = fit_dataset(model, train, replace(settings, callback=callback), val)
         if result.status == "diverged":
             raise DivergenceError(self._divergence_message(result))
-        if not self.quiet:
+        if self.report and not self.quiet:
+            Console(soft_wrap=True).print(result.report(), highlight=False, markup=False)
+        elif not self.quiet:
             _print_result(result)
         self._write(result, train, val)
 
@@ -115,15 +124,18 @@ class FitCommand:
         """Read the data files and build the model: every data and formula error surfaces here."""
         from gradfit.data import read_table
         from gradfit.fitting import prepare
-        from gradfit.model import parse_assignments
+        from gradfit.model import parameter_overrides, parse_assignments, parse_bounds
 
         names = _names(self.params)
+        overrides = parameter_overrides(
+            parse_assignments(self.init), parse_bounds(self.bounds), parse_assignments(self.fix, "--fix")
+        )
         model, dataset = prepare(
             self.model,
             read_table(self.data),
             self.y,
             sigma=self.sigma,
-            params=parse_assignments(self.init),
+            params=overrides,
             as_parameters=names,
             nan_policy=settings.nan_policy,
         )

@@ -36,6 +36,7 @@ class FitOptions:
     device: str = "cpu"
     absolute_sigma: bool = False
     max_iter: int | None = None
+    starts: int = 1
     confidence: float = 0.95
     nan_policy: str = "raise"
     callback: Callable[[int, float, float | None], None] | None = field(default=None, compare=False)
@@ -55,6 +56,8 @@ class FitOptions:
             raise OptionError(f"patience must be at least 1, got {self.patience}")
         if not 0.0 < self.confidence < 1.0:
             raise OptionError(f"confidence must be in (0, 1), got {self.confidence} — e.g. 0.95")
+        if self.starts < 1:
+            raise OptionError(f"starts must be at least 1, got {self.starts}")
         if self.loss_scale <= 0:
             raise OptionError(f"loss scale must be positive, got {self.loss_scale}")
 

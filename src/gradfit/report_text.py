@@ -55,7 +55,7 @@ def _fit_lines(r: FitResult) -> list[str]:
     return [
         f"model        = {r.model}",
         f"solver       = {r.solver} ({r.solver_reason})",
-        f"status       = {r.status}: {r.message}",
+        f"status       = {r.message}",
         f"data points  = {r.n_train} training, {r.n_val} validation",
         f"iterations   = {r.iterations}",
         f"train loss   = {format_number(r.train_loss)} ({r.loss})",

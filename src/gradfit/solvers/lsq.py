@@ -43,9 +43,10 @@ def _solve(problem: Problem, options: FitOptions, method: str) -> SolveOutcome:
 
     residual_fn, jacobian_fn = residual_functions(problem)
     settings = LeastSquaresOptions(max_iter=options.max_iter) if options.max_iter else None
+    starts = starting_points(problem.theta0, problem.free, options.starts, options.seed)
     solution = solve_least_squares(
         residual_fn,
-        problem.theta0[None, :],
+        starts,
         jacobian_fn=jacobian_fn,
         lower=problem.lower,
         upper=problem.upper,
@@ -55,15 +56,44 @@ def _solve(problem: Problem, options: FitOptions, method: str) -> SolveOutcome:
         method=method,
         options=settings,
     )
-    status = solution.status[0]
+    best = _best_start(solution)
+    status = solution.status[best]
+    message = status.value + (f" (best of {len(starts)} starting points)" if len(starts) > 1 else "")
     return SolveOutcome(
-        theta=solution.theta[0],
+        theta=solution.theta[best],
         status="converged" if status.converged else status.name.lower(),
-        message=status.value,
+        message=message,
         success=status.converged,
-        iterations=int(solution.n_iter[0]),
-        at_bound=tuple(bool(b) for b in solution.at_bound[0].tolist()),
+        iterations=int(solution.n_iter[best]),
+        at_bound=tuple(bool(b) for b in solution.at_bound[best].tolist()),
     )
+
+
+def starting_points(theta0: torch.Tensor, free: torch.Tensor, count: int, seed: int = 0) -> torch.Tensor:
+    """``count`` starting points ``(count, p)``: ``theta0`` first, then jittered copies of it.
+
+    Free parameters are multiplied by log-uniform factors in [0.1, 10]; parameters starting at zero
+    get values of either sign and magnitude in [0.01, 1]. Fixed parameters keep their values.
+    """
+    import torch
+
+    if count == 1:
+        return theta0[None, :]
+    generator = torch.Generator().manual_seed(seed)
+    shape = (count - 1, theta0.numel())
+    factors = torch.pow(10.0, 2.0 * torch.rand(shape, generator=generator, dtype=theta0.dtype) - 1.0)
+    signs = torch.where(torch.rand(shape, generator=generator, dtype=theta0.dtype) < 0.5, -1.0, 1.0)
+    jittered = torch.where(theta0 != 0, theta0 * factors, 0.1 * signs * factors)
+    return torch.cat([theta0[None, :], torch.where(free, jittered, theta0)])
+
+
+def _best_start(solution: Any) -> int:
+    """Index of the best start: converged before not converged, then the lowest cost."""
+    import torch
+
+    cost = torch.where(torch.isfinite(solution.cost), solution.cost, torch.inf)
+    rank = cost + torch.where(solution.converged.to(cost.device), 0.0, torch.inf)
+    return int(torch.argmin(rank if torch.isfinite(rank).any() else cost))
 
 
 def solve_lm(problem: Problem, options: FitOptions) -> SolveOutcome:
