@@ -129,7 +129,7 @@ def write_demo_figures(demo: ThermometerDemo, out_dir: Path) -> list[Path]:
     data = thermometer()
     train, val = split_dataset(data, FitOptions(val=demo.val_fraction, seed=demo.seed))
     fig, (left, right) = figure(ncols=2)
-    draw_fit(left, demo.linear, train, val, label=f"linear: {LINEAR}", color="#d62728")
+    draw_fit(left, demo.linear, train, val, label=f"linear: {LINEAR}", color="#d62728", show_bands=False)
     grid = np.linspace(data.inputs["t_u"].min() - 3, data.inputs["t_u"].max() + 3, 300)
     left.plot(grid, demo.quadratic.predict({"t_u": grid}), color="#2ca02c", lw=1.5, label=f"quadratic: {QUADRATIC}")
     left.plot(grid, TRUE_SLOPE * grid + TRUE_INTERCEPT, color="black", lw=1, ls="--", label="true °F → °C")

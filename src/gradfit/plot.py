@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from gradfit.io import atomic_path
+from gradfit.predict import prediction_bands
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -72,15 +73,21 @@ def draw_fit(
     val: Dataset | None = None,
     label: str | None = None,
     color: str = CURVE_COLOR,
+    show_bands: bool = True,
 ) -> None:
-    """Draw data and the fitted curve (one input) or observed vs predicted (several inputs)."""
+    """Draw data and the fitted curve (one input) or observed vs predicted (several inputs).
+
+    With one input, the curve's confidence and prediction bands are shaded when available.
+    """
     if len(result.input_names) == 1:
-        _draw_curve(ax, result, train, val, label, color)
+        _draw_curve(ax, result, train, val, label, color, show_bands)
     else:
         _draw_parity(ax, result, train, val)
 
 
-def _draw_curve(ax: Axes, result: FitResult, train: Dataset, val: Dataset | None, label: str | None, color: str) -> None:
+def _draw_curve(
+    ax: Axes, result: FitResult, train: Dataset, val: Dataset | None, label: str | None, color: str, show_bands: bool
+) -> None:
     name = result.input_names[0]
     points = [train.inputs[name]] + ([val.inputs[name]] if val is not None else [])
     low, high = min(p.min() for p in points), max(p.max() for p in points)
@@ -89,6 +96,12 @@ def _draw_curve(ax: Axes, result: FitResult, train: Dataset, val: Dataset | None
     ax.scatter(train.inputs[name], train.y, s=22, color=TRAIN_COLOR, label="training data", zorder=3)
     if val is not None:
         ax.scatter(val.inputs[name], val.y, s=26, marker="s", color=VAL_COLOR, label="validation data", zorder=3)
+    bands = prediction_bands(result, {name: grid}) if show_bands else None
+    if bands is not None:
+        curve, confidence, prediction = bands
+        level = result.settings.get("confidence", 0.95)
+        ax.fill_between(grid, curve - prediction, curve + prediction, color=color, alpha=0.08, lw=0, label=f"{level:.0%} prediction band")
+        ax.fill_between(grid, curve - confidence, curve + confidence, color=color, alpha=0.22, lw=0, label=f"{level:.0%} confidence band")
     ax.plot(grid, result.predict({name: grid}), color=color, lw=1.8, label=label or f"fit: {result.model}")
     ax.set_xlabel(name)
     ax.set_ylabel(result.y_name)

@@ -12,7 +12,7 @@ from gradfit.errors import DataError, ModelError
 if TYPE_CHECKING:
     from gradfit.result import FitResult
 
-__all__ = ["predict_columns", "input_columns"]
+__all__ = ["predict_columns", "input_columns", "prediction_bands"]
 
 
 def input_columns(result: FitResult, x: Any) -> dict[str, np.ndarray]:
@@ -65,3 +65,35 @@ def predict_columns(result: FitResult, x: Any) -> np.ndarray:
         values = np.asarray(evaluate_numpy(parse(result.model).tree, env), dtype=float)
     n = len(next(iter(columns.values()))) if columns else 1
     return np.broadcast_to(values, (n,)).copy()
+
+
+def prediction_bands(result: FitResult, x: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Fitted curve and half-widths of its confidence and prediction bands at ``x``.
+
+    Available for formula models with a covariance (in memory or loaded from JSON); ``None``
+    otherwise. The prediction band adds the residual variance of one new observation (the reduced
+    chi-square, or 1 with ``absolute_sigma``).
+
+    Returns
+    -------
+    (prediction, confidence half-width, prediction half-width) or None
+    """
+    if result.model_kind != "formula" or result.covariance is None or not result.statistics.get("dof"):
+        return None
+    import torch
+
+    from gradfit import stats
+    from gradfit.model import make_model
+
+    columns = input_columns(result, x)
+    model = make_model(result.model, result.input_names)
+    inputs = {k: torch.tensor(v, dtype=torch.float64) for k, v in columns.items()}
+    theta = torch.tensor(result.values, dtype=torch.float64)
+    with torch.no_grad():
+        prediction, jacobian = model.predict_and_jacobian(inputs, theta)
+    cov = torch.tensor(np.nan_to_num(np.asarray(result.covariance, dtype=float)), dtype=torch.float64)
+    dof, level = float(result.statistics["dof"]), float(result.settings.get("confidence", 0.95))
+    noise = 1.0 if result.settings.get("absolute_sigma") else float(result.statistics.get("redchi", 0.0))
+    confidence = stats.confidence_band(jacobian, cov, dof, level)
+    prediction_half = stats.prediction_band(jacobian, cov, dof, noise, level)
+    return prediction.numpy(), confidence.numpy(), prediction_half.numpy()
