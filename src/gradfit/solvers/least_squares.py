@@ -124,6 +124,8 @@ _NOISE_REGION = 1e-10
 _NOISE_SLACK = 1e-9
 #: a Jacobian column this much smaller than at the start counts as vanished (see `degenerate`)
 _VANISHED = 1e-8
+#: iteration budget of each restart (a fit that needs more from a random start rarely gets there)
+_RESTART_ITER = 200
 
 
 @dataclass(frozen=True)
@@ -299,12 +301,10 @@ def robust_rho(loss: str, z: Array) -> tuple[Array, Array, Array]:
 
 
 def robust_cost(loss: str, residuals: Array, f_scale: float) -> Array:
-    """Cost per fit ``½ Σ s² ρ((r/s)²)`` ``(K,)``; ``inf`` where residuals are not finite."""
+    """Cost per fit ``½ Σ s² ρ((r/s)²)`` ``(K,)``; NaN or ``inf`` where residuals are not finite."""
     if loss == "linear":
-        cost = 0.5 * np.einsum("kn,kn->k", residuals, residuals)
-    else:
-        cost = (0.5 * f_scale**2) * robust_rho(loss, (residuals / f_scale) ** 2)[0].sum(-1)
-    return np.where(np.isfinite(cost), cost, np.inf)
+        return 0.5 * np.einsum("kn,kn->k", residuals, residuals)
+    return (0.5 * f_scale**2) * robust_rho(loss, (residuals / f_scale) ** 2)[0].sum(-1)
 
 
 def robust_system(loss: str, residuals: Array, jacobian: Array, f_scale: float) -> tuple[Array, Array]:
@@ -348,13 +348,17 @@ def decompose(jac: Array, res: Array, d_prev: Array) -> Decomposition:
     """Update the scaling and factor the scaled Jacobian (pure)."""
     col_norms = np.sqrt(np.einsum("knp,knp->kp", jac, jac))
     d = np.maximum(d_prev, col_norms)
-    d = np.where(d > 0, d, 1.0)
+    d[d == 0] = 1.0
     u, s, vh = np.linalg.svd(jac / d[:, None, :], full_matrices=False)
-    g = (np.swapaxes(u, 1, 2) @ res[..., None])[..., 0]
+    g = np.einsum("knq,kn->kq", u, res)
     n, p = jac.shape[1:]
     rank = s > s[:, :1] * (max(n, p) * np.finfo(s.dtype).eps)
-    gn_coef = np.where(rank, -g / np.where(rank, s, 1.0), 0.0)
-    g_rank = np.where(rank, g, 0.0)
+    if rank.all():
+        gn_coef = -g / s
+        g_rank = g
+    else:
+        gn_coef = np.where(rank, -g / np.where(rank, s, 1.0), 0.0)
+        g_rank = np.where(rank, g, 0.0)
     return Decomposition(
         d=d,
         vt=np.swapaxes(vh, 1, 2),
@@ -381,7 +385,7 @@ def damped_coefficients(dec: Decomposition, damping: Array) -> Array:
 
 def step_from_coefficients(dec: Decomposition, coef: Array) -> Array:
     """Parameter step ``δ = D⁻¹ V coef`` (pure)."""
-    return (dec.vt @ coef[..., None])[..., 0] / dec.d
+    return np.einsum("kpq,kq->kp", dec.vt, coef) / dec.d
 
 
 def trust_region_damping(dec: Decomposition, radius: Array, start: Array, iterations: int = 10) -> Array:
@@ -392,7 +396,7 @@ def trust_region_damping(dec: Decomposition, radius: Array, start: Array, iterat
     0; convergence is monotone from below). Stops once every length is within 10% of ``Δ``.
     """
     need = dec.gn_norm > 1.1 * radius
-    if not np.any(need):
+    if not need.any():
         return np.zeros_like(radius)
     lam = np.where(need, start, 0.0)
     for _ in range(iterations):
@@ -400,7 +404,7 @@ def trust_region_damping(dec: Decomposition, radius: Array, start: Array, iterat
         coef = np.where(dec.rank | (lam[:, None] > 0), dec.sg / np.where(denom > 0, denom, 1.0), 0.0)
         norm2 = np.einsum("kq,kq->k", coef, coef)
         norm = np.sqrt(norm2)
-        if not np.any(need & (np.abs(norm - radius) > 0.1 * radius)):
+        if not (need & (np.abs(norm - radius) > 0.1 * radius)).any():
             break
         slope = np.einsum("kq,kq->k", coef * coef, 1.0 / np.where(denom > 0, denom, np.inf))
         newton = lam + (norm / radius - 1.0) * norm2 / np.where(slope > 0, slope, 1.0)
@@ -420,9 +424,9 @@ def coefficients_of_step(dec: Decomposition, step: Array) -> Array:
 
 
 def gain_ratio(cost: Array, trial_cost: Array, predicted: Array) -> Array:
-    """Actual over predicted reduction; ``-inf`` for non-finite trials (pure)."""
-    ratio = (cost - trial_cost) / np.maximum(predicted, np.finfo(cost.dtype).tiny)
-    return np.where(np.isfinite(trial_cost), ratio, -np.inf)
+    """Actual over predicted reduction (pure); NaN or ``-inf`` for non-finite trials, which every
+    test below treats as a failed step (comparisons with NaN are false)."""
+    return (cost - trial_cost) / np.maximum(predicted, np.finfo(cost.dtype).tiny)
 
 
 def update_radius(radius: Array, step_norm: Array, ratio: Array, damping: Array) -> Array:
@@ -433,7 +437,7 @@ def update_radius(radius: Array, step_norm: Array, ratio: Array, damping: Array)
     """
     poor = ~(ratio >= 0.25)
     good = (ratio > 0.75) | ((damping == 0) & ~poor)
-    return np.where(poor, 0.5 * np.minimum(radius, step_norm), np.where(good, np.maximum(radius, 2.0 * step_norm), radius))
+    return np.select([poor, good], [0.5 * np.minimum(radius, step_norm), np.maximum(radius, 2.0 * step_norm)], radius)
 
 
 def convergence_code(dec: Decomposition, theta: Array, cost: Array, options: LeastSquaresOptions) -> Array:
@@ -442,12 +446,13 @@ def convergence_code(dec: Decomposition, theta: Array, cost: Array, options: Lea
     Precedence: exact fit (zero cost), ``ftol``, ``xtol``, ``gtol`` (see the module notes).
     """
     gn_step = step_from_coefficients(dec, dec.gn_coef)
-    x_ok = np.all(np.abs(gn_step) <= options.xtol * (np.abs(theta) + options.xtol), axis=-1)
+    x_ok = (np.abs(gn_step) <= options.xtol * (np.abs(theta) + options.xtol)).all(-1)
     # cosine_j = |J̃_jᵀ r̃| / (‖J̃_j‖ ‖r̃‖), with J̃ᵀ r̃ = D V (s g)
-    gradient = np.abs(dec.d * (dec.vt @ dec.sg[..., None])[..., 0])
-    g_ok = np.all(gradient <= options.gtol * dec.col_norms * np.sqrt(dec.res_norm2)[:, None], axis=-1)
-    code = np.where(dec.gn_gain <= options.ftol * cost, _FTOL, np.where(x_ok, _XTOL, np.where(g_ok, _GTOL, _RUN)))
-    return np.where(cost <= 0, _EXACT, code)
+    gradient = np.abs(dec.d * np.einsum("kpq,kq->kp", dec.vt, dec.sg))
+    g_ok = (gradient <= options.gtol * dec.col_norms * np.sqrt(dec.res_norm2)[:, None]).all(-1)
+    return np.select(
+        [cost <= 0, dec.gn_gain <= options.ftol * cost, x_ok, g_ok], [_EXACT, _FTOL, _XTOL, _GTOL], _RUN
+    )
 
 
 def active_set(theta: Array, gradient: Array, lower: Array, upper: Array) -> Array:
@@ -496,33 +501,52 @@ def effective_options(options: LeastSquaresOptions, dtype: np.dtype[Any]) -> Lea
 class _Evaluator:
     """The torch boundary: residuals at trial points, the Jacobian only when asked for."""
 
-    def __init__(self, residual_fn: ResidualFn, jacobian_fn: JacobianFn | None, like: Tensor) -> None:
+    def __init__(
+        self,
+        residual_fn: ResidualFn | None,
+        jacobian_fn: JacobianFn | None,
+        combined_fn: Callable[[Tensor], tuple[Tensor, Tensor]] | None,
+        like: Tensor,
+    ) -> None:
         self.residual_fn = residual_fn
         self.jacobian_fn = jacobian_fn
+        self.combined_fn = combined_fn
         self.dtype = like.dtype
         self.device = like.device
 
     def residuals(self, theta: Array) -> tuple[Array, Any]:
-        point = torch.from_numpy(theta).to(device=self.device, dtype=self.dtype)
+        point = self._tensor(theta)
+        k = theta.shape[0]
+        if self.combined_fn is not None:
+            with torch.no_grad():
+                res, jac = self.combined_fn(point)
+            return _to_numpy(self._check(res, k), theta.dtype), (point, jac)
         if self.jacobian_fn is not None:
             with torch.no_grad():
-                return _to_numpy(self._check(self.residual_fn(point), theta.shape[0]), theta.dtype), point
+                return _to_numpy(self._check(self.residual_fn(point), k), theta.dtype), (point, None)  # type: ignore[misc]
         with torch.enable_grad():
             point.requires_grad_(True)
-            res = self._check(self.residual_fn(point), theta.shape[0])
-        return _to_numpy(res.detach(), theta.dtype), (res, point)
+            res = self._check(self.residual_fn(point), k)  # type: ignore[misc]
+        return _to_numpy(res.detach(), theta.dtype), (point, res)
 
     def jacobian(self, handle: Any, np_dtype: np.dtype[Any]) -> Array:
-        if self.jacobian_fn is None:
-            res, point = handle
-            return _to_numpy(_jacobian_from_graph(res, point).detach(), np_dtype)
-        with torch.no_grad():
-            jac = self.jacobian_fn(handle)
-        k, p = handle.shape
-        if not isinstance(jac, Tensor) or jac.ndim != 3 or jac.shape[0] != k or jac.shape[2] != p:
-            got = tuple(jac.shape) if isinstance(jac, Tensor) else type(jac).__name__
-            raise ModelError(f"jacobian_fn must return a tensor of shape (K, n, p) = ({k}, n, {p}), got {got}")
-        return _to_numpy(jac, np_dtype)
+        point, extra = handle
+        if self.combined_fn is None and self.jacobian_fn is None:
+            return _to_numpy(_jacobian_from_graph(extra, point).detach(), np_dtype)
+        if self.combined_fn is None:
+            with torch.no_grad():
+                extra = self.jacobian_fn(point)  # type: ignore[misc]
+        k, p = point.shape
+        if not isinstance(extra, Tensor) or extra.ndim != 3 or extra.shape[0] != k or extra.shape[2] != p:
+            got = tuple(extra.shape) if isinstance(extra, Tensor) else type(extra).__name__
+            raise ModelError(f"the Jacobian must be a tensor of shape (K, n, p) = ({k}, n, {p}), got {got}")
+        return _to_numpy(extra, np_dtype)
+
+    def _tensor(self, theta: Array) -> Tensor:
+        point = torch.from_numpy(theta)
+        if point.dtype != self.dtype or self.device.type != "cpu":
+            point = point.to(device=self.device, dtype=self.dtype)
+        return point
 
     @staticmethod
     def _check(res: Any, k: int) -> Tensor:
@@ -533,7 +557,10 @@ class _Evaluator:
 
 
 def _to_numpy(tensor: Tensor, dtype: np.dtype[Any]) -> Array:
-    return tensor.detach().to("cpu").numpy().astype(dtype, copy=False)
+    if tensor.device.type != "cpu":
+        tensor = tensor.cpu()
+    array = tensor.detach().numpy()
+    return array if array.dtype == dtype else array.astype(dtype)
 
 
 @dataclass(frozen=True)
@@ -630,7 +657,7 @@ def _trial(prob: _Problem, state: _State) -> tuple[Array, Array, Array]:
         coef = state.radius[:, None] * dec.gn_coef
     else:
         state.damping = trust_region_damping(dec, state.radius, state.damping)
-        coef = damped_coefficients(dec, state.damping) if np.any(state.damping) else dec.gn_coef
+        coef = damped_coefficients(dec, state.damping) if state.damping.any() else dec.gn_coef
     step = step_from_coefficients(dec, coef)
     trial = state.theta + (step if prob.all_free else step * prob.free)
     if prob.bounded:
@@ -648,21 +675,21 @@ def _iterate(prob: _Problem, state: _State) -> None:
     res_t, handle = prob.evaluator.residuals(trial)
     cost_t = robust_cost(prob.loss, res_t, prob.f_scale)
     ratio = gain_ratio(state.cost, cost_t, predicted)
-    # where cost differences are rounding noise, take any step that does not clearly raise the cost
-    ratio = np.where(state.noisy & (cost_t <= state.cost * (1.0 + _NOISE_SLACK)) & ~(ratio >= 0.25), 1.0, ratio)
+    if state.noisy.any():  # cost differences are rounding noise: take steps that do not clearly raise it
+        ratio = np.where(state.noisy & (cost_t <= state.cost * (1.0 + _NOISE_SLACK)) & ~(ratio >= 0.25), 1.0, ratio)
     accepted = running & (ratio > (0.0 if prob.method == "gn" else 1e-4))
     state.n_iter += running
     step_norm = np.sqrt(np.einsum("kq,kq->k", coef, coef))
-    if np.any(accepted):
+    if accepted.any():
         jac_t = prob.evaluator.jacobian(handle, prob.dtype)
         accepted &= np.isfinite(jac_t.sum(axis=(1, 2))) & np.isfinite(res_t.sum(axis=-1))
-        if np.any(accepted):
+        if accepted.any():
             _accept(prob, state, accepted, trial, res_t, cost_t, jac_t)
     _update_step_control(prob, state, step_norm, ratio, accepted, running)
 
 
 def _accept(prob: _Problem, state: _State, accepted: Array, trial: Array, res_t: Array, cost_t: Array, jac_t: Array) -> None:
-    if np.all(accepted):
+    if accepted.all():
         state.theta, state.res, state.cost, state.jac = trial, res_t, cost_t, jac_t
     else:
         state.theta = np.where(accepted[:, None], trial, state.theta)
@@ -682,10 +709,13 @@ def _update_step_control(prob: _Problem, state: _State, step_norm: Array, ratio:
         stalled = radius < 2.0**-40
     else:
         radius = update_radius(state.radius, step_norm, ratio, state.damping)
-        scaled = state.dec.d * state.theta
-        stalled = radius * radius <= np.finfo(radius.dtype).eps ** 2 * np.einsum("kp,kp->k", scaled, scaled)
+        if accepted.all():
+            stalled = np.zeros_like(accepted)
+        else:
+            scaled = state.dec.d * state.theta
+            stalled = radius * radius <= np.finfo(radius.dtype).eps ** 2 * np.einsum("kp,kp->k", scaled, scaled)
     state.radius = np.where(running, radius, state.radius)
-    if np.any(stalled):
+    if stalled.any():
         state.code = np.where(running & stalled & (state.code == _RUN), _STALL, state.code)
 
 
@@ -695,7 +725,7 @@ def _run(prob: _Problem, theta0: Array, active: Array | None = None) -> _State:
     if active is not None:
         state.code = np.where(active, state.code, _FTOL)
     for _ in range(prob.options.max_iter):
-        if not np.any(state.code == _RUN):
+        if not (state.code == _RUN).any():
             break
         _iterate(prob, state)
     state.code = np.where(state.code == _RUN, _MAXIT, state.code)
@@ -712,11 +742,13 @@ def _good(prob: _Problem, state: _State, start_norms: Array) -> Array:
 
 
 def _better(candidate: _State, current: _State) -> Array:
-    """Whether a restart's result replaces the current one: converged beats not, then lower cost."""
+    """Whether a restart's result replaces the current one (pure): a lower cost wins; at equal cost
+    (1e-12 relative) a converged result beats one that is not."""
     cand_ok = (candidate.code >= _FTOL) & (candidate.code <= _EXACT)
     curr_ok = (current.code >= _FTOL) & (current.code <= _EXACT)
-    lower = candidate.cost < current.cost * (1.0 - 1e-12)
-    return (cand_ok & ~curr_ok) | ((cand_ok == curr_ok) & lower)
+    lower = (candidate.cost < current.cost * (1.0 - 1e-12)) | (np.isfinite(candidate.cost) & ~np.isfinite(current.cost))
+    tie = np.abs(candidate.cost - current.cost) <= 1e-12 * np.abs(current.cost)
+    return lower | (tie & cand_ok & ~curr_ok)
 
 
 def _take(take: Array, candidate: _State, current: _State) -> None:
@@ -734,12 +766,12 @@ def _solve_with_restarts(prob: _Problem, start: Array) -> _State:
     need = ~_good(prob, state, start_norms)
     rng = np.random.default_rng(prob.options.restart_seed)
     for round_ in range(prob.options.restarts):
-        if not np.any(need):
+        if not need.any():
             break
         points = restart_points(start, prob.free, rng, spread=1.0 + 0.5 * round_)
         if prob.bounded:
             points = np.clip(points, prob.lower, prob.upper)
-        candidate = _run(prob, points, active=need)
+        candidate = _run(replace(prob, options=replace(prob.options, max_iter=min(prob.options.max_iter, _RESTART_ITER))), points, active=need)
         state.n_iter += np.where(need, candidate.n_iter + 1, 0)
         _take(need & _better(candidate, state), candidate, state)
         need &= ~_good(prob, state, start_norms)
@@ -750,10 +782,11 @@ def _solve_with_restarts(prob: _Problem, start: Array) -> _State:
 
 
 def solve_least_squares(
-    residual_fn: ResidualFn,
+    residual_fn: ResidualFn | None,
     theta0: Tensor,
     *,
     jacobian_fn: JacobianFn | None = None,
+    residual_and_jacobian_fn: Callable[[Tensor], tuple[Tensor, Tensor]] | None = None,
     lower: Tensor | None = None,
     upper: Tensor | None = None,
     fixed: Tensor | None = None,
@@ -775,6 +808,10 @@ def solve_least_squares(
     jacobian_fn
         ``theta (K, p) -> (K, n, p)``, the Jacobian of ``residual_fn`` (e.g. a formula's symbolic
         derivatives). Default: exact autograd (:func:`autograd_jacobian`); never finite differences.
+    residual_and_jacobian_fn
+        ``theta -> (residuals (K, n), jacobian (K, n, p))`` in one pass, e.g. a compiled formula
+        whose model and derivatives share sub-expressions; it is called at every trial point and
+        replaces ``residual_fn`` (which may then be None) and ``jacobian_fn``.
     lower, upper
         Bounds broadcastable to ``(K, p)``; ``None`` means unbounded. Starting values outside the
         box are moved onto it.
@@ -803,7 +840,10 @@ def solve_least_squares(
     """
     options = options or LeastSquaresOptions()
     theta = _as_theta(theta0)
-    prob = _make_problem(residual_fn, jacobian_fn, theta, lower, upper, fixed, loss, f_scale, method, options)
+    if residual_fn is None and residual_and_jacobian_fn is None:
+        raise ModelError("give residual_fn (or residual_and_jacobian_fn)")
+    evaluator = _Evaluator(residual_fn, jacobian_fn, residual_and_jacobian_fn, theta)
+    prob = _make_problem(evaluator, theta, lower, upper, fixed, loss, f_scale, method, options)
     start = _to_numpy(theta, prob.dtype).copy()
     if prob.bounded:
         start = np.clip(start, prob.lower, prob.upper)
@@ -835,8 +875,7 @@ def _broadcast(value: Any, shape: tuple[int, ...], fill: float | bool, dtype: An
 
 
 def _make_problem(
-    residual_fn: ResidualFn,
-    jacobian_fn: JacobianFn | None,
+    evaluator: _Evaluator,
     theta: Tensor,
     lower: Any,
     upper: Any,
@@ -860,7 +899,7 @@ def _make_problem(
         raise ModelError("every lower bound must be <= its upper bound (and not NaN) — check the bounds")
     free = ~_broadcast(fixed, shape, False, bool, "fixed")
     return _Problem(
-        evaluator=_Evaluator(residual_fn, jacobian_fn, theta),
+        evaluator=evaluator,
         free=free,
         lower=lo,
         upper=hi,
