@@ -213,6 +213,12 @@ class FitResult:
     def __str__(self) -> str:
         return self.report()
 
+    def _repr_html_(self) -> str:
+        """Notebook display: parameters ± stderr, key statistics and a small figure."""
+        from gradfit.notebook import result_html
+
+        return result_html(self)
+
     def require_predictor(self) -> Callable[[Mapping[str, np.ndarray]], np.ndarray]:
         """The in-memory predictor, or an error saying why there is none."""
         if self.predictor is None:
