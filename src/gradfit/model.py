@@ -353,7 +353,9 @@ def make_model(
     Parameters
     ----------
     spec
-        ``"w*x + b"``, ``def f(x, w, b): ...``, an ``nn.Module``, or an existing model.
+        ``"w*x + b"``, ``def f(x, w, b): ...``, an ``nn.Module``, an existing model, or the name of
+        a built-in model (``"linear"``, ``"poly:2"``, ``"exp_decay"``, ``"mlp:8"``... see
+        :mod:`gradfit.builtin_models`).
     input_names
         Names of the available data columns. Formula names found here are inputs.
     params
@@ -367,8 +369,12 @@ def make_model(
     ParametricModel or ModuleModel
     """
     columns = tuple(c for c in input_names or () if c not in set(as_parameters))
-    if isinstance(spec, str):
-        model: ParametricModel | ModuleModel = _formula_model(spec, columns)
+    from gradfit.builtin_models import builtin_model, is_builtin
+
+    if is_builtin(spec):
+        model: ParametricModel | ModuleModel = builtin_model(spec, columns)
+    elif isinstance(spec, str):
+        model = _formula_model(spec, columns)
     elif isinstance(spec, (ParametricModel, ModuleModel)):
         model = spec
     elif _is_module(spec):
