@@ -89,6 +89,7 @@ def fit(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the result as JSON.")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Write data and fitted curve to this image.")] = None,
     plot_history: Annotated[Optional[Path], typer.Option(help="Write train/validation loss per epoch to this image.")] = None,
+    report_html: Annotated[Optional[Path], typer.Option("--report-html", help="Write a self-contained HTML report: figures with bands, residuals, parameters, statistics, provenance.")] = None,
     report: Annotated[bool, typer.Option("--report", help="Print the full sectioned fit report.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
 ) -> None:
@@ -140,6 +141,19 @@ def demo(
     from gradfit.cli_demo import run_demo
 
     _guarded(lambda: run_demo(name, out_dir, console))
+
+
+@app.command()
+def report(
+    result: Annotated[Path, typer.Argument(help="Result JSON written by 'gradfit fit --out'.")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="HTML file to write (default: the result's name with .html).")] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help="The fitted data file, to draw the points and residuals.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
+) -> None:
+    """Write a saved fit as one self-contained HTML report (open it in any browser)."""
+    from gradfit.cli_report import run_report
+
+    _guarded(lambda: run_report(result, out, data, console, quiet))
 
 
 def _usage_error_types() -> tuple[type[Exception], ...]:

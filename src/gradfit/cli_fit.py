@@ -64,6 +64,7 @@ class FitCommand:
     plot_history: Path | None
     report: bool
     quiet: bool
+    report_html: Path | None = None
 
     def settings(self) -> Any:
         """The validated :class:`~gradfit.config.FitOptions` of this command."""
@@ -100,6 +101,8 @@ class FitCommand:
         from gradfit.io import ensure_writable
 
         settings = self.settings()
+        if self.report_html is not None:
+            ensure_writable(self.report_html)
         for path in (self.out, self.plot, self.plot_history):
             if path is not None:
                 ensure_writable(path)
@@ -114,6 +117,9 @@ class FitCommand:
             result = fit_dataset(model, train, replace(settings, callback=callback), val)
         if result.status == "diverged":
             raise DivergenceError(self._divergence_message(result))
+        from gradfit.cli_report import record_run
+
+        result = record_run(result, train, val)  # data ranges and command line, for the reports
         if self.report and not self.quiet:
             Console(soft_wrap=True).print(result.report(), highlight=False, markup=False)
         elif not self.quiet:
@@ -169,6 +175,11 @@ class FitCommand:
                     plot.plot_fit(result, train, stack.enter_context(atomic_path(self.plot)), val)
                 if self.plot_history is not None:
                     plot.plot_history(result, stack.enter_context(atomic_path(self.plot_history)))
+            if self.report_html is not None:
+                from gradfit.report_html import render_report
+
+                html = render_report(result, (train, val))
+                stack.enter_context(atomic_path(self.report_html)).write_text(html, encoding="utf-8")
 
 
 def _names(text: str) -> list[str]:
