@@ -19,6 +19,7 @@ demo: $(STAMP)
 	$(BIN)/gradfit demo thermometer --out-dir demo-output
 
 test: $(STAMP)
+	command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
