@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from gradfit.cli_fit import InterruptedFit
 from gradfit.errors import GradfitError
 
 app = typer.Typer(
@@ -44,8 +45,11 @@ def _guarded(action: Callable[[], Any]) -> Any:
         errors.print(f"[bold red]{type(exc).__name__}[/]: {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_USAGE) from None
     except KeyboardInterrupt:
-        errors.print("interrupted")
+        errors.print("interrupted before a result was written")
         raise typer.Exit(130) from None
+    except InterruptedFit as stop:
+        errors.print("interrupted: the best parameters so far were written (status 'interrupted')")
+        raise typer.Exit(stop.exit_code) from None
 
 
 @app.callback()
@@ -90,6 +94,9 @@ def fit(
     plot: Annotated[Optional[Path], typer.Option(help="Write data and fitted curve to this image.")] = None,
     plot_history: Annotated[Optional[Path], typer.Option(help="Write train/validation loss per epoch to this image.")] = None,
     report_html: Annotated[Optional[Path], typer.Option("--report-html", help="Write a self-contained HTML report: figures with bands, residuals, parameters, statistics, provenance.")] = None,
+    checkpoint: Annotated[Optional[Path], typer.Option(help="Gradient solvers: save the run's state to this file periodically.")] = None,
+    checkpoint_every: Annotated[int, typer.Option(help="Epochs between checkpoints.")] = 100,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue a gradient run from a checkpoint file.")] = None,
     report: Annotated[bool, typer.Option("--report", help="Print the full sectioned fit report.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
 ) -> None:

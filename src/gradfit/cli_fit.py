@@ -62,6 +62,9 @@ class FitCommand:
     out: Path | None
     plot: Path | None
     plot_history: Path | None
+    checkpoint: Path | None
+    checkpoint_every: int
+    resume: Path | None
     report: bool
     quiet: bool
     report_html: Path | None = None
@@ -82,6 +85,9 @@ class FitCommand:
             loss=self.loss,
             loss_scale=self.loss_scale,
             starts=self.starts,
+            checkpoint=None if self.checkpoint is None else str(self.checkpoint),
+            checkpoint_every=self.checkpoint_every,
+            resume=None if self.resume is None else str(self.resume),
             epochs=self.epochs,
             batch_size=self.batch_size,
             val=self.val,
@@ -103,9 +109,11 @@ class FitCommand:
         settings = self.settings()
         if self.report_html is not None:
             ensure_writable(self.report_html)
-        for path in (self.out, self.plot, self.plot_history):
+        for path in (self.out, self.plot, self.plot_history, self.checkpoint):
             if path is not None:
                 ensure_writable(path)
+        if self.resume is not None and not self.resume.is_file():
+            raise OptionError(f"checkpoint '{self.resume}' not found — check the path or drop --resume")
         model, dataset, explicit_val = self._prepare(settings)
         for path, option in ((self.plot, "--plot"), (self.plot_history, "--plot-history")):
             if path is not None:
@@ -113,7 +121,7 @@ class FitCommand:
         if settings.uses_optimizer:
             check_optimizer(settings.optimizer or "adam", settings.optimizer_options)
         train, val = split_dataset(dataset, settings, explicit_val)
-        with _progress(settings, self.quiet) as callback:
+        with _progress(settings, self.quiet) as callback, interruptible() as signals:
             result = fit_dataset(model, train, replace(settings, callback=callback), val)
         if result.status == "diverged":
             raise DivergenceError(self._divergence_message(result))
@@ -125,6 +133,8 @@ class FitCommand:
         elif not self.quiet:
             _print_result(result)
         self._write(result, train, val)
+        if result.status == "interrupted":
+            raise InterruptedFit(signals.exit_code)
 
     def _prepare(self, settings: Any) -> tuple[Any, Any, Any]:
         """Read the data files and build the model: every data and formula error surfaces here."""
@@ -280,6 +290,44 @@ def check_optimizer(name: Any, options: dict[str, Any]) -> None:
         raise OptionError(
             f"{class_name} has no option '{unknown[0]}' — it accepts {', '.join(sorted(accepted))}"
         )
+
+
+class InterruptedFit(Exception):
+    """A fit stopped by SIGINT or SIGTERM after writing its best parameters; carries the exit code."""
+
+    def __init__(self, exit_code: int) -> None:
+        super().__init__(exit_code)
+        self.exit_code = exit_code
+
+
+class interruptible:
+    """Context manager: SIGINT and SIGTERM interrupt the fit; remembers which signal came.
+
+    The training loop turns the interruption into status ``interrupted`` with the best parameters
+    so far; the command then writes its outputs and exits 130 (SIGINT) or 143 (SIGTERM).
+    """
+
+    def __init__(self) -> None:
+        self.exit_code = 130
+        self._previous: Any = None
+
+    def _interrupt(self, signum: int, frame: Any) -> None:
+        import signal
+
+        self.exit_code = 143 if signum == signal.SIGTERM else 130
+        raise KeyboardInterrupt
+
+    def __enter__(self) -> interruptible:
+        import signal
+
+        self._previous = {sig: signal.signal(sig, self._interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 class _progress:

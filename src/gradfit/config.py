@@ -37,6 +37,9 @@ class FitOptions:
     absolute_sigma: bool = False
     max_iter: int | None = None
     starts: int = 1
+    checkpoint: str | None = None
+    checkpoint_every: int = 100
+    resume: str | None = None
     confidence: float = 0.95
     nan_policy: str = "raise"
     callback: Callable[[int, float, float | None], None] | None = field(default=None, compare=False)
@@ -56,6 +59,8 @@ class FitOptions:
             raise OptionError(f"patience must be at least 1, got {self.patience}")
         if not 0.0 < self.confidence < 1.0:
             raise OptionError(f"confidence must be in (0, 1), got {self.confidence} — e.g. 0.95")
+        if self.checkpoint_every < 1:
+            raise OptionError(f"checkpoint_every must be at least 1, got {self.checkpoint_every}")
         if self.starts < 1:
             raise OptionError(f"starts must be at least 1, got {self.starts}")
         if self.loss_scale <= 0:

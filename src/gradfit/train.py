@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -75,6 +75,8 @@ class TrainConfig:
         Seed of the minibatch shuffling.
     plateau_patience
         When set, halve the learning rate after this many epochs without improvement.
+    checkpoint_every
+        Epochs between two calls of the checkpoint callback.
     """
 
     epochs: int = 1000
@@ -85,6 +87,7 @@ class TrainConfig:
     explode_factor: float = 1e8
     seed: int = 0
     plateau_patience: int | None = None
+    checkpoint_every: int = 100
 
 
 @dataclass(frozen=True)
@@ -105,7 +108,19 @@ class _Best:
     state: Any = None
 
 
+@dataclass
+class _Progress:
+    """Everything the loop carries from one epoch to the next (what a checkpoint holds)."""
+
+    epoch: int = 0
+    train_history: list[float] = field(default_factory=list)
+    val_history: list[float] = field(default_factory=list)
+    best: _Best = field(default_factory=_Best)
+    first: float | None = None
+
+
 Callback = Callable[[int, float, "float | None"], None]
+Checkpoint = Callable[[dict[str, Any]], None]
 
 
 def run_training(
@@ -113,6 +128,8 @@ def run_training(
     optimizer: torch.optim.Optimizer,
     config: TrainConfig,
     callback: Callback | None = None,
+    checkpoint: Checkpoint | None = None,
+    resume: dict[str, Any] | None = None,
 ) -> TrainOutcome:
     """Run the training loop until a stop rule fires.
 
@@ -126,54 +143,99 @@ def run_training(
         Loop settings.
     callback
         Called after every epoch with ``(epoch, train_loss, val_loss)`` in the user's units.
+    checkpoint
+        Called every ``config.checkpoint_every`` epochs with the loop's complete state (a dict of
+        tensors and numbers, for ``torch.save``).
+    resume
+        A state from ``checkpoint``: the run continues after its epoch and ends exactly where an
+        uninterrupted run would.
 
     Returns
     -------
     TrainOutcome
         Histories, epochs run, best epoch and the stop reason. The objective is left at the
-        parameters the run returns (the best ones after early stopping or divergence).
+        parameters the run returns (the best ones after early stopping, divergence or interruption).
     """
     import torch
 
     scheduler = _scheduler(optimizer, config)
-    step = _full_batch_step if config.batch_size is None else _minibatch_epoch
     generator = torch.Generator().manual_seed(config.seed)
-    train_history: list[float] = []
-    val_history: list[float] = []
-    best, first = _Best(), None
+    progress = _restore(resume, objective, optimizer, scheduler, generator) if resume else _Progress()
     stop = StopReason.MAX_EPOCHS
-    epoch = 0
     try:
-        for epoch in range(1, config.epochs + 1):
-            state = objective.snapshot()
-            val = objective.val_loss()
-            train = step(objective, optimizer, config, generator) * objective.unit
-            val_value = None if val is None else float(val) * objective.unit
-            train_history.append(train)
-            if val_value is not None:
-                val_history.append(val_value)
-            monitored = train if val_value is None else val_value
-            first = train if first is None else first
-            if callback is not None:
-                callback(epoch, train, val_value)
-            if _diverged(train, monitored, first, config):
-                stop = StopReason.DIVERGED
+        while progress.epoch < config.epochs:
+            stop = _epoch(objective, optimizer, scheduler, generator, config, progress, callback)
+            if stop is not None:
                 break
-            if monitored < best.loss * (1.0 - config.min_delta) or best.state is None:
-                best = _Best(monitored, epoch, state)
-            if scheduler is not None:
-                scheduler.step(monitored)
-            if config.target is not None and monitored <= config.target:
-                stop = StopReason.TARGET
-                break
-            if config.patience is not None and epoch - best.epoch >= config.patience:
-                stop = StopReason.EARLY_STOPPED
-                break
+            if checkpoint is not None and progress.epoch % config.checkpoint_every == 0:
+                checkpoint(_state(progress, objective, optimizer, scheduler, generator))
+        else:
+            stop = StopReason.MAX_EPOCHS
     except KeyboardInterrupt:
         stop = StopReason.INTERRUPTED
-    if stop in (StopReason.DIVERGED, StopReason.EARLY_STOPPED, StopReason.INTERRUPTED) and best.state is not None:
-        objective.restore(best.state)
-    return TrainOutcome(train_history, val_history, epoch, best.epoch, stop)
+    if stop is not StopReason.MAX_EPOCHS and stop is not StopReason.TARGET and progress.best.state is not None:
+        objective.restore(progress.best.state)
+    return TrainOutcome(progress.train_history, progress.val_history, progress.epoch, progress.best.epoch, stop)
+
+
+def _epoch(
+    objective: Objective,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    generator: Any,
+    config: TrainConfig,
+    progress: _Progress,
+    callback: Callback | None,
+) -> StopReason | None:
+    """One epoch: validation loss at the current parameters, then the step(s); returns a stop reason."""
+    step = _full_batch_step if config.batch_size is None else _minibatch_epoch
+    state = objective.snapshot()
+    val = objective.val_loss()
+    train = step(objective, optimizer, config, generator) * objective.unit
+    val_value = None if val is None else float(val) * objective.unit
+    progress.epoch += 1
+    progress.train_history.append(train)
+    if val_value is not None:
+        progress.val_history.append(val_value)
+    monitored = train if val_value is None else val_value
+    progress.first = train if progress.first is None else progress.first
+    if callback is not None:
+        callback(progress.epoch, train, val_value)
+    if _diverged(train, monitored, progress.first, config):
+        return StopReason.DIVERGED
+    if monitored < progress.best.loss * (1.0 - config.min_delta) or progress.best.state is None:
+        progress.best = _Best(monitored, progress.epoch, state)
+    if scheduler is not None:
+        scheduler.step(monitored)
+    if config.target is not None and monitored <= config.target:
+        return StopReason.TARGET
+    if config.patience is not None and progress.epoch - progress.best.epoch >= config.patience:
+        return StopReason.EARLY_STOPPED
+    return None
+
+
+def _state(progress: _Progress, objective: Objective, optimizer: Any, scheduler: Any, generator: Any) -> dict[str, Any]:
+    return {
+        "epoch": progress.epoch,
+        "train_history": list(progress.train_history),
+        "val_history": list(progress.val_history),
+        "best": {"loss": progress.best.loss, "epoch": progress.best.epoch, "state": progress.best.state},
+        "first": progress.first,
+        "objective": objective.snapshot(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": None if scheduler is None else scheduler.state_dict(),
+        "generator": generator.get_state(),
+    }
+
+
+def _restore(state: dict[str, Any], objective: Objective, optimizer: Any, scheduler: Any, generator: Any) -> _Progress:
+    objective.restore(state["objective"])
+    optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and state.get("scheduler") is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    generator.set_state(state["generator"])
+    best = _Best(state["best"]["loss"], state["best"]["epoch"], state["best"]["state"])
+    return _Progress(state["epoch"], list(state["train_history"]), list(state["val_history"]), best, state["first"])
 
 
 def _diverged(train: float, monitored: float, first: float, config: TrainConfig) -> bool:

@@ -163,8 +163,12 @@ def solve_gradient(problem: Problem, options: FitOptions) -> SolveOutcome:
         patience=options.patience,
         seed=options.seed,
         plateau_patience=options.plateau,
+        checkpoint_every=options.checkpoint_every,
     )
-    outcome = run_training(objective, optimizer, config, options.callback)
+    fingerprint = _fingerprint(problem, optimizer, options)
+    resume = load_checkpoint(options.resume, fingerprint) if options.resume else None
+    save = _checkpoint_writer(options.checkpoint, fingerprint) if options.checkpoint else None
+    outcome = run_training(objective, optimizer, config, options.callback, save, resume)
     success = outcome.stop not in (StopReason.DIVERGED, StopReason.INTERRUPTED)
     theta = objective.result_theta() if isinstance(objective, ParametricObjective) else None
     predict = objective.predict if isinstance(objective, ModuleObjective) else None
@@ -177,6 +181,58 @@ def solve_gradient(problem: Problem, options: FitOptions) -> SolveOutcome:
         History(tuple(outcome.train_history), tuple(outcome.val_history)),
         predict=predict,
     )
+
+
+def _fingerprint(problem: Problem, optimizer: Any, options: FitOptions) -> dict[str, Any]:
+    """What must match between a checkpoint and the run that resumes it."""
+    return {
+        "model": problem.model.description,
+        "parameters": list(getattr(problem.model, "param_names", ())),
+        "n_train": problem.train.n_rows,
+        "optimizer": type(optimizer).__name__,
+        "seed": options.seed,
+        "batch_size": options.batch_size,
+    }
+
+
+def _checkpoint_writer(path: str, fingerprint: dict[str, Any]) -> Any:
+    """A callback that saves the loop's state atomically to ``path``."""
+    import torch
+
+    from gradfit.io import atomic_path
+
+    def save(state: dict[str, Any]) -> None:
+        with atomic_path(path) as temporary:
+            torch.save({"gradfit_checkpoint": 1, "fingerprint": fingerprint, "state": state}, temporary)
+
+    return save
+
+
+def load_checkpoint(path: str, fingerprint: dict[str, Any]) -> dict[str, Any]:
+    """Read a checkpoint written by ``checkpoint=`` and check it belongs to this fit.
+
+    Raises
+    ------
+    OptionError
+        If the file is missing, not a gradfit checkpoint, or was written for a different fit.
+    """
+    import torch
+
+    try:
+        record = torch.load(path, weights_only=True)
+    except FileNotFoundError:
+        raise OptionError(f"checkpoint '{path}' not found — check the path or drop --resume") from None
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
+        raise OptionError(f"'{path}' is not a gradfit checkpoint ({type(exc).__name__}) — drop --resume") from None
+    if not isinstance(record, dict) or record.get("gradfit_checkpoint") != 1:
+        raise OptionError(f"'{path}' is not a gradfit checkpoint — drop --resume")
+    different = [k for k, v in fingerprint.items() if record["fingerprint"].get(k) != v]
+    if different:
+        raise OptionError(
+            f"checkpoint '{path}' was written for a different fit ({different[0]}: "
+            f"{record['fingerprint'].get(different[0])!r} vs {fingerprint[different[0]]!r}) — resume with the same settings"
+        )
+    return record["state"]
 
 
 def _objective(problem: Problem, scale: bool) -> ParametricObjective | ModuleObjective:

@@ -1,0 +1,107 @@
+"""Interrupted and resumed runs: nothing lost, nothing half-written."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import gradfit
+from tests.conftest import T_C, T_U
+
+QUADRATIC = "w2*t_u**2 + w1*t_u + b"
+#: kills at random moments in the atomic-output test (each process also writes checkpoints)
+KILLS = 24
+
+
+def test_resume_from_checkpoint_ends_at_the_uninterrupted_result(tmp_path):
+    common = dict(optimizer="adam", optimizer_options={"lr": 0.05}, epochs=500, val=0.2, seed=3, batch_size=4)
+    full = gradfit.fit(QUADRATIC, {"t_u": T_U}, T_C, **common)
+    checkpoint = tmp_path / "run.ckpt"
+    gradfit.fit(QUADRATIC, {"t_u": T_U}, T_C, **{**common, "epochs": 230}, checkpoint=str(checkpoint), checkpoint_every=50)
+    resumed = gradfit.fit(QUADRATIC, {"t_u": T_U}, T_C, **common, resume=str(checkpoint))
+    assert resumed.values.tolist() == full.values.tolist()  # bit-identical
+    assert resumed.history == full.history
+
+
+def test_resume_refuses_a_checkpoint_of_another_fit(tmp_path):
+    checkpoint = tmp_path / "run.ckpt"
+    gradfit.fit(QUADRATIC, {"t_u": T_U}, T_C, optimizer="adam", epochs=20, checkpoint=str(checkpoint), checkpoint_every=10)
+    with pytest.raises(gradfit.OptionError, match="different fit"):
+        gradfit.fit("w*t_u + b", {"t_u": T_U}, T_C, optimizer="adam", epochs=40, resume=str(checkpoint))
+    (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(gradfit.OptionError, match="not a gradfit checkpoint"):
+        gradfit.fit(QUADRATIC, {"t_u": T_U}, T_C, optimizer="adam", epochs=40, resume=str(tmp_path / "junk.ckpt"))
+
+
+def _long_fit(folder: Path, *extra: str, stderr: int = subprocess.PIPE) -> subprocess.Popen:
+    data = folder / "data.csv"
+    rng = np.random.default_rng(0)
+    x = np.linspace(-3, 3, 200)
+    data.write_text("x,y\n" + "\n".join(f"{a},{np.sin(a) + 0.1 * rng.standard_normal()}" for a in x))
+    command = [
+        sys.executable, "-m", "gradfit.cli", "fit", str(data), "-m", "a*sin(w*x) + c", "-y", "y",
+        "--optimizer", "adam", "--epochs", "10000000", "--quiet", *extra,
+    ]
+    return subprocess.Popen(command, stderr=stderr, text=True)
+
+
+def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.stderr.read()
+        assert time.monotonic() < deadline, "the fit never started"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_writes_best_parameters_and_exits(tmp_path, sig, code):
+    out, checkpoint = tmp_path / "result.json", tmp_path / "run.ckpt"
+    process = _long_fit(tmp_path, "--out", str(out), "--checkpoint", str(checkpoint), "--checkpoint-every", "50")
+    _wait_for(checkpoint, process)
+    process.send_signal(sig)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == code, stderr
+    result = json.loads(out.read_text())
+    assert result["status"] == "interrupted" and "best parameters" in result["message"]
+    assert all(np.isfinite(p["value"]) for p in result["parameters"])
+    assert "Traceback" not in stderr
+
+
+def test_outputs_are_absent_or_complete_after_kills_at_random_moments(tmp_path):
+    import torch
+
+    rng = np.random.default_rng(11)
+    survivors = 0
+    for batch in range(KILLS // 4):
+        runs = []
+        for i in range(4):
+            folder = tmp_path / f"run{batch}_{i}"
+            folder.mkdir()
+            extra = ("--out", str(folder / "r.json"), "--checkpoint", str(folder / "c.ckpt"), "--checkpoint-every", "1", "--epochs", "400")
+            runs.append((folder, _long_fit(folder, *extra, stderr=subprocess.DEVNULL), rng.uniform(1.5, 5.0)))
+        start = time.monotonic()
+        for folder, process, delay in sorted(runs, key=lambda r: r[2]):
+            time.sleep(max(0.0, start + delay - time.monotonic()))
+            process.kill()
+            process.wait()
+            survivors += _check_outputs(folder, torch)
+    assert survivors == KILLS
+
+
+def _check_outputs(folder: Path, torch) -> int:
+    # SIGKILL allows no clean-up: a hidden temporary file may remain, but never a partial output
+    names = {p.name for p in folder.iterdir() if not p.name.startswith((".r.", ".c."))}
+    assert names <= {"data.csv", "r.json", "c.ckpt"}, f"unexpected files: {names}"
+    if "r.json" in names:
+        assert json.loads((folder / "r.json").read_text())["parameters"]
+    if "c.ckpt" in names:
+        assert torch.load(folder / "c.ckpt", weights_only=True)["gradfit_checkpoint"] == 1
+    return 1
