@@ -18,8 +18,9 @@ if TYPE_CHECKING:
 __all__ = ["solve_lm", "solve_gn", "residual_functions"]
 
 
-def residual_functions(problem: Problem) -> tuple[Any, Any]:
-    """``residual_fn (K, p) -> (K, n)`` and, for formula models, ``jacobian_fn (K, p) -> (K, n, p)``."""
+def residual_functions(problem: Problem) -> dict[str, Any]:
+    """Keyword arguments of the solver: ``residual_fn (K, p) -> (K, n)``, or for formula models
+    ``residual_and_jacobian_fn`` giving residuals and the symbolic Jacobian ``(K, n, p)`` in one pass."""
     from gradfit.model import FormulaModel
 
     model, train = problem.model, problem.train
@@ -28,26 +29,28 @@ def residual_functions(problem: Problem) -> tuple[Any, Any]:
         return train.residuals(model.predict(train.inputs, theta))
 
     if not isinstance(model, FormulaModel):
-        return residual_fn, None
+        return {"residual_fn": residual_fn}
 
-    def jacobian_fn(theta: torch.Tensor) -> torch.Tensor:
-        _, jac = model.predict_and_jacobian(train.inputs, theta)
-        return jac if train.weights is None else jac * train.weights[:, None]
+    def residual_and_jacobian_fn(theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        prediction, jac = model.predict_and_jacobian(train.inputs, theta)
+        if train.weights is not None:
+            jac = jac * train.weights[:, None]
+        return train.residuals(prediction), jac
 
-    return residual_fn, jacobian_fn
+    return {"residual_fn": residual_fn, "residual_and_jacobian_fn": residual_and_jacobian_fn}
 
 
 def _solve(problem: Problem, options: FitOptions, method: str) -> SolveOutcome:
     from gradfit.losses import SOLVER_LOSS
     from gradfit.solvers.least_squares import LeastSquaresOptions, solve_least_squares
 
-    residual_fn, jacobian_fn = residual_functions(problem)
     settings = LeastSquaresOptions(max_iter=options.max_iter) if options.max_iter else None
     starts = starting_points(problem.theta0, problem.free, options.starts, options.seed)
+    functions = residual_functions(problem)
     solution = solve_least_squares(
-        residual_fn,
+        functions.pop("residual_fn"),
         starts,
-        jacobian_fn=jacobian_fn,
+        **functions,
         lower=problem.lower,
         upper=problem.upper,
         fixed=~problem.free,
