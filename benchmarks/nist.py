@@ -8,8 +8,9 @@ For each of the 27 nonlinear problems and both starting points it times, alterna
   the route formula fits take;
 * ``gradfit-autograd``: the same solver with its default autograd Jacobian.
 
-Medians over repeats per fit, then the median over the 54 fits. Torch runs single-threaded (small
-problems; see docs). Accuracy is not the point here (see ``benchmarks/nist_accuracy.py``), but the
+Times are the calling thread's CPU time (``time.thread_time``): the machine this runs on is shared,
+and wall time there measures the neighbours. Medians over repeats per fit, then the median over the
+54 fits. Torch runs single-threaded (small problems; see docs). Accuracy is not the point here (see ``benchmarks/nist_accuracy.py``), but the
 LRE of each fit is printed so that a fast wrong answer shows.
 
 Run: ``.venv/bin/python benchmarks/nist.py [--repeats 15] [--threads 1] [--only NAME ...]``
@@ -61,9 +62,10 @@ def symbolic_functions(problem: NistProblem) -> Callable[[torch.Tensor], tuple[t
 
 
 def time_call(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
+    """CPU time of one call (the thread's, so that other processes on a busy machine do not count)."""
+    start = time.thread_time()
     fn()
-    return time.perf_counter() - start
+    return time.thread_time() - start
 
 
 def main() -> None:
