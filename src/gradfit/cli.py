@@ -163,6 +163,32 @@ def report(
     _guarded(lambda: run_report(result, out, data, console, quiet))
 
 
+@app.command()
+def compare(
+    data: DataArg,
+    y: YOpt,
+    model: Annotated[list[str], typer.Option("--model", "-m", help="A model to compare; repeat for each: a formula, or linear, poly:N, exp_decay, logistic, michaelis_menten, gaussian, mlp:H.")],
+    val: Annotated[float, typer.Option(help="Fraction of rows held out for validation (the same rows for every model).")] = 0.2,
+    seed: Annotated[int, typer.Option(help="Seed of the split, the folds and the networks' initial weights.")] = 0,
+    cv: Annotated[Optional[int], typer.Option("--cv", help="Also K-fold cross-validation; the verdict then uses the mean validation loss over the folds.")] = None,
+    inputs: Annotated[str, typer.Option(help="Candidate input columns, e.g. 'x1,x2' (default: all but --y and --sigma).")] = "",
+    sigma: Annotated[Optional[str], typer.Option(help="Column of standard deviations of y (weighted fits).")] = None,
+    loss: Annotated[str, typer.Option(help="mse | mae | huber | soft_l1 | cauchy.")] = "mse",
+    epochs: Annotated[int, typer.Option(help="Maximum epochs of gradient fits (networks).")] = 1000,
+    optimizer: Annotated[Optional[str], typer.Option(help="Fit every model with this torch.optim optimizer.")] = None,
+    opt: Annotated[str, typer.Option("--opt", help="Optimizer keyword arguments, e.g. 'lr=1e-2'.")] = "",
+    nan: Annotated[str, typer.Option("--nan", help="raise | omit rows with missing or non-finite values.")] = "raise",
+    plot: Annotated[Optional[Path], typer.Option(help="Write every fitted curve over the data to this image.")] = None,
+    plot_val: Annotated[Optional[Path], typer.Option("--plot-val", help="Write a bar chart of the losses per model to this image.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
+) -> None:
+    """Fit several models on the same split and say which generalises best."""
+    arguments = dict(locals())  # first statement: only the command's parameters are local yet
+    from gradfit.cli_compare import CompareCommand
+
+    _guarded(CompareCommand(**arguments).run)
+
+
 def _usage_error_types() -> tuple[type[Exception], ...]:
     """Exceptions typer/click raise for bad command lines (typer >= 0.20 vendors click)."""
     found: list[type[Exception]] = []
