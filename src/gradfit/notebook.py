@@ -16,6 +16,7 @@ import base64
 import html
 import io
 import math
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -40,7 +41,8 @@ __all__ = [
     "statistics_table",
     "key_statistics",
     "figure_png",
-    "figure_width_px",
+    "figure_html",
+    "png_size",
     "image_html",
     "input_range",
     "summary_figure",
@@ -259,24 +261,35 @@ def key_statistics(result: FitResult) -> list[tuple[str, str, float | str | None
 
 # -- figures ---------------------------------------------------------------------------------------
 def figure_png(fig: Figure, dpi: int = 150) -> bytes:
-    """``fig`` as PNG bytes (laid out tightly); the figure is closed."""
+    """``fig`` as PNG bytes, cropped to what it draws (long labels widen it); the figure is closed."""
     import matplotlib.pyplot as plt
 
     buffer = io.BytesIO()
     try:
-        fig.tight_layout()
-        fig.savefig(buffer, format="png", dpi=dpi, metadata={"Software": None})
+        with warnings.catch_warnings():  # labels too long for tight_layout: bbox_inches still fits them
+            warnings.filterwarnings("ignore", "Tight layout not applied", UserWarning)
+            fig.tight_layout()
+        fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight", pad_inches=0.05, metadata={"Software": None})
     finally:
         plt.close(fig)
     return buffer.getvalue()
 
 
-def figure_width_px(fig: Figure) -> int:
-    """The CSS width at which ``fig`` shows at its own size (96 CSS pixels per inch).
+def png_size(png: bytes) -> tuple[int, int]:
+    """Width and height in pixels of a PNG image (from its header)."""
+    if png[:8] != b"\x89PNG\r\n\x1a\n" or len(png) < 24:
+        raise ValueError("not a PNG image")
+    return int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
 
-    Its text then appears at the point size it was drawn with, whatever dpi the PNG has.
+
+def figure_html(fig: Figure, alt: str, *, dpi: int = 150, css: str = "figure") -> str:
+    """``fig`` as an embedded ``<img>`` shown at the size it was drawn (96 CSS pixels per inch).
+
+    Its text then appears at the point size it was drawn with; the PNG's ``dpi`` only sets how
+    sharp it is (150: sharp on high-density screens and in print). The figure is closed.
     """
-    return round(float(fig.get_figwidth()) * 96)
+    png = figure_png(fig, dpi)
+    return image_html(png, alt, width=round(png_size(png)[0] * 96 / dpi), css=css)
 
 
 def image_html(png: bytes, alt: str, *, width: int | None = None, css: str = "figure") -> str:
@@ -374,7 +387,7 @@ def draw_correlation(ax: Any, result: FitResult) -> None:
     corr = result.correlation()
     if corr is None:
         return
-    names = [mathtext_safe(n) for n in result.param_names]
+    names = [mathtext_safe(_shorten(n)) for n in result.param_names]
     shown = np.ma.masked_invalid(corr)
     image = ax.imshow(shown, cmap="RdBu_r", vmin=-1.0, vmax=1.0)
     ax.grid(False)
@@ -384,6 +397,10 @@ def draw_correlation(ax: Any, result: FitResult) -> None:
         text = "-" if not np.isfinite(value) else f"{value:+.2f}"
         ax.text(j, i, text, ha="center", va="center", fontsize="small", color="white" if abs(np.nan_to_num(value)) > 0.6 else "black")
     ax.figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="correlation")
+
+
+def _shorten(text: str, limit: int = 16) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 # -- the notebook display --------------------------------------------------------------------------
@@ -417,7 +434,6 @@ def result_html(result: FitResult, *, figure: bool = True) -> str:
     ]
     fig = summary_figure(result) if figure else None
     if fig is not None:
-        width = figure_width_px(fig)
-        row.append(image_html(figure_png(fig, dpi=144), f"figure of the fit {title}", width=width, css="gradfit-figure"))
+        row.append(figure_html(fig, f"figure of the fit {title}", dpi=144, css="gradfit-figure"))
     parts.append(f'<div class="gradfit-row">{"".join(row)}</div>')
     return f'<div class="gradfit">{"".join(parts)}</div>'

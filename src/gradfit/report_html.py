@@ -31,9 +31,7 @@ from gradfit.notebook import (
     draw_correlation,
     draw_curve,
     escape,
-    figure_png,
-    figure_width_px,
-    image_html,
+    figure_html,
     input_range,
     key_statistics,
     mathtext_safe,
@@ -69,7 +67,7 @@ body.gradfit { max-width: 1000px; margin: 1.5em auto; padding: 0 1.2em; backgrou
 .gradfit figcaption { font-size: 0.88em; color: #555; }
 .gradfit .note { color: #555; font-style: italic; }
 .gradfit .warnings li { color: #8a5300; }
-.gradfit pre { white-space: pre-wrap; word-break: break-all; background: #f6f8fa; padding: 0.6em 0.8em; border-radius: 4px; }
+.gradfit pre { white-space: pre-wrap; overflow-wrap: anywhere; background: #f6f8fa; padding: 0.6em 0.8em; border-radius: 4px; }
 .gradfit details summary { cursor: pointer; color: #444; }
 @media print { body.gradfit { max-width: none; margin: 0; } .gradfit h2 { break-after: avoid; }
   .gradfit table, .gradfit figure { break-inside: avoid; } }
@@ -208,7 +206,7 @@ def fit_figure(result: FitResult, data: ReportData | None) -> Figure | None:
             draw_curve(ax, result, span, show_range=data is None)
             for label, part, color in data.parts if data is not None else ():
                 ax.scatter(part.column(result.input_names[0]), part.y, s=22, color=color, label=label, zorder=3, marker="s" if label.startswith("valid") else "o")
-            ax.legend(fontsize="small")
+            ax.legend()
             ax.set_title(mathtext_safe(f"{result.y_name} = {result.model}"), fontsize="medium")
         return fig
     if data is None:
@@ -301,8 +299,7 @@ def _figure_html(build: Callable[[], Figure | None], alt: str, caption: str, mis
         return f'<p class="note">{escape(alt)}: could not be drawn — {escape(exc)}</p>'
     if fig is None:
         return f'<p class="note">{escape(missing)}</p>' if missing else ""
-    width = figure_width_px(fig)
-    return f"<figure>{image_html(figure_png(fig), alt, width=width)}<figcaption>{escape(caption)}</figcaption></figure>"
+    return f"<figure>{figure_html(fig, alt)}<figcaption>{escape(caption)}</figcaption></figure>"
 
 
 def _section(title: str, body: str, ident: str) -> str:
@@ -315,10 +312,14 @@ def _header(result: FitResult, generated: str) -> str:
         f"<header><h1>Fit of <code>{escape(result.y_name)} = {escape(result.model)}</code></h1>"
         f'<p><span class="{state[0]}">{escape(state[1])}</span> — {escape(result.message)}<br>'
         f"solver: {escape(result.solver)} ({escape(result.solver_reason)}); "
-        f"{escape(result.iterations)} {'epochs' if result.history.train else 'iterations'}; "
+        f"{escape(_count(result.iterations, 'epoch' if result.history.train else 'iteration'))}; "
         f"{escape(f'{result.elapsed:.3g}')} s</p>"
         f'<p class="muted">report generated {escape(generated)} by gradfit {escape(_version("gradfit"))}</p></header>'
     )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _figures_section(result: FitResult, data: ReportData | None) -> str:
