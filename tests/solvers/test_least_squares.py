@@ -367,3 +367,36 @@ def test_optimum_at_infinity_is_not_reported_as_converged():
     assert sol.cost[0].item() <= ref.cost * (1 + 1e-9)
     line = np.polyfit(X, y, 1)
     assert 2 * sol.cost[0].item() >= np.sum((np.polyval(line, X) - y) ** 2) * (1 - 1e-6)
+
+
+# --------------------------------------------------------------------------- linear least squares
+
+
+def test_linear_least_squares_matches_lstsq_and_batches():
+    from gradfit.solvers.least_squares import linear_least_squares
+
+    rng = np.random.default_rng(8)
+    a = rng.normal(size=(2, 30, 4)) * np.array([1.0, 1e3, 1e-3, 10.0])
+    b = rng.normal(size=(2, 30))
+    sol = linear_least_squares(torch.as_tensor(a), torch.as_tensor(b))
+    for k in range(2):
+        expected = np.linalg.lstsq(a[k], b[k], rcond=None)[0]
+        np.testing.assert_allclose(sol.theta[k].numpy(), expected, rtol=1e-10)
+        res = a[k] @ expected - b[k]
+        cov = np.linalg.inv(a[k].T @ a[k]) * (res @ res) / (30 - 4)
+        np.testing.assert_allclose(sol.covariance()[k].numpy(), cov, rtol=1e-9)
+    assert sol.rank.tolist() == [4, 4]
+
+
+def test_polynomial_least_squares_matches_weighted_polyfit():
+    from gradfit.solvers.least_squares import polynomial_least_squares
+
+    rng = np.random.default_rng(9)
+    x = np.linspace(-3.0, 5.0, 40)
+    sigma = 0.1 + 0.05 * np.abs(x)
+    y = 1 - 2 * x + 0.3 * x**2 + 0.01 * x**3 + rng.normal(0, 1, x.size) * sigma
+    sol = polynomial_least_squares(torch.as_tensor(x), torch.as_tensor(y), 3, weights=torch.as_tensor(1 / sigma))
+    coef, cov = np.polyfit(x, y, 3, w=1 / sigma, cov="unscaled")
+    np.testing.assert_allclose(sol.theta[0].numpy(), coef[::-1], rtol=1e-12)
+    np.testing.assert_allclose(sol.covariance(absolute_sigma=True)[0].numpy(), cov[::-1, ::-1], rtol=1e-10)
+    np.testing.assert_allclose(sol.residuals[0].numpy(), (np.polyval(coef, x) - y) / sigma, atol=1e-12)

@@ -1188,7 +1188,9 @@ def linear_least_squares(design: Tensor, target: Tensor, refinements: int = 1) -
     return LinearSolution(theta, residuals, factor, keep.sum(-1))
 
 
-def polynomial_least_squares(x: Tensor, target: Tensor, degree: int, refinements: int = 2) -> LinearSolution:
+def polynomial_least_squares(
+    x: Tensor, target: Tensor, degree: int, weights: Tensor | None = None, refinements: int = 2
+) -> LinearSolution:
     """Fit ``y = Σ_k θ_k x^k`` (k = 0..degree) for K problems, accurately even when ill-conditioned.
 
     The monomial design is badly conditioned (NIST's Filip: condition number 1e15), so the fit is
@@ -1204,20 +1206,24 @@ def polynomial_least_squares(x: Tensor, target: Tensor, degree: int, refinements
         ``(K, n)`` or ``(n,)`` each.
     degree
         Polynomial degree (``degree + 1`` coefficients, constant first).
+    weights
+        ``1/σ`` per point (broadcastable to ``x``), or None; the residuals returned are weighted.
     refinements
-        Refinement steps (0 keeps the centred solve alone).
+        Refinement steps (0 keeps the centred solve alone). Each sums ``Aᵀr`` exactly per fit with
+        ``math.fsum`` (a Python loop over K).
     """
     import math as _math
 
     xs = x[None] if x.ndim == 1 else x
     y = torch.broadcast_to(target[None] if target.ndim == 1 else target, xs.shape)
+    w = torch.ones_like(xs) if weights is None else torch.broadcast_to(torch.as_tensor(weights).to(xs), xs.shape)
     lo, hi = xs.min(-1).values, xs.max(-1).values
     centre = 0.5 * (lo + hi)
     half = 0.5 * (hi - lo)
     half = torch.where(half > 0, half, torch.ones_like(half))
     t = (xs - centre[:, None]) / half[:, None]
-    basis = torch.stack([t**k for k in range(degree + 1)], -1)
-    inner = linear_least_squares(basis, y)
+    basis = torch.stack([t**k for k in range(degree + 1)], -1) * w[..., None]
+    inner = linear_least_squares(basis, y * w)
     # θ_k = Σ_j c_j C(j, k) (-centre)^(j-k) / half^j   (j >= k)
     p = degree + 1
     mapping = torch.zeros(xs.shape[0], p, p, dtype=xs.dtype, device=xs.device)
@@ -1226,8 +1232,9 @@ def polynomial_least_squares(x: Tensor, target: Tensor, degree: int, refinements
             mapping[:, k, j] = _math.comb(j, k) * (-centre) ** (j - k) / half**j
     theta = (mapping @ inner.theta[..., None])[..., 0]
     if refinements and xs.dtype == torch.float64:
-        theta = _refine_polynomial(xs, y, theta, basis, mapping, refinements)
-    residuals = _dd_round(*_dd_polyval(xs.cpu().numpy(), theta.cpu().numpy())) - y.cpu().numpy()
+        theta = _refine_polynomial(xs, y, w, theta, basis, mapping, refinements)
+    fit_hi, fit_lo = _dd_polyval(xs.cpu().numpy(), theta.cpu().numpy())
+    residuals = _dd_round(*_dd_add(fit_hi, fit_lo, -y.cpu().numpy(), np.zeros(y.shape))) * w.cpu().numpy()
     return LinearSolution(theta, torch.from_numpy(residuals).to(y), mapping @ inner.inverse_factor, inner.rank)
 
 
@@ -1281,25 +1288,31 @@ def _dd_polyval(x: Array, theta: Array) -> tuple[Array, Array]:
     return acc_hi, acc_lo
 
 
-def _refine_polynomial(x: Tensor, y: Tensor, theta: Tensor, basis: Tensor, mapping: Tensor, steps: int) -> Tensor:
-    """Björck's refinement of ``r + Aθ = y, Aᵀr = 0`` with residuals in double-double."""
+def _refine_polynomial(x: Tensor, y: Tensor, w: Tensor, theta: Tensor, basis: Tensor, mapping: Tensor, steps: int) -> Tensor:
+    """Björck's refinement of ``r + WAθ = Wy, (WA)ᵀr = 0`` with residuals in double-double."""
     import math as _math
 
-    xn, yn = x.cpu().numpy(), y.cpu().numpy()
+    xn, yn, wn = x.cpu().numpy(), y.cpu().numpy(), w.cpu().numpy()
     th = theta.cpu().numpy().copy()
-    r = yn - _dd_round(*_dd_polyval(xn, th))
+
+    def weighted_misfit(theta_: Array) -> tuple[Array, Array]:  # W (y - Aθ) in double-double
+        fit_hi, fit_lo = _dd_polyval(xn, theta_)
+        hi, lo = _dd_add(yn, np.zeros_like(yn), -fit_hi, -fit_lo)
+        prod, err = _two_prod(hi, wn)
+        return _two_sum(prod, err + lo * wn)
+
+    r = _dd_round(*weighted_misfit(th))
     q, upper = torch.linalg.qr(basis)
     qn, rn, mn = q.cpu().numpy(), upper.cpu().numpy(), mapping.cpu().numpy()
     powers = _dd_powers(xn, th.shape[-1] - 1)
     for _ in range(steps):
-        fit_hi, fit_lo = _dd_polyval(xn, th)
-        f_hi, f_lo = _dd_add(yn, np.zeros_like(yn), -r, np.zeros_like(r))
-        f = _dd_round(*_dd_add(f_hi, f_lo, -fit_hi, -fit_lo))  # y - r - Aθ
-        g = np.empty_like(th)  # -Aᵀ r, each entry summed exactly
+        f = _dd_round(*_dd_add(*weighted_misfit(th), -r, np.zeros_like(r)))  # Wy - r - WAθ
+        g = np.empty_like(th)  # -(WA)ᵀ r, each entry summed exactly
+        wr = wn * r
         for k, (hi, lo) in enumerate(powers):
-            prod, err = _two_prod(hi, r)
+            prod, err = _two_prod(hi, wr)
             for i in range(xn.shape[0]):
-                g[i, k] = -_math.fsum(np.concatenate([prod[i], err[i], lo[i] * r[i]]))
+                g[i, k] = -_math.fsum(np.concatenate([prod[i], err[i], lo[i] * wr[i]]))
         g_t = np.einsum("kjt,kj->kt", mn, g)  # basis B = A M  =>  Bᵀ r = Mᵀ Aᵀ r
         a = np.linalg.solve(np.swapaxes(rn, 1, 2), g_t[..., None])[..., 0]
         qtf = np.einsum("knp,kn->kp", qn, f)
