@@ -45,7 +45,9 @@ __all__ = [
     "BuiltinModuleModel",
     "is_builtin",
     "builtin_model",
+    "check_builtin",
     "model_for",
+    "usable_name",
     "guess_exp_decay",
     "guess_logistic",
     "guess_michaelis_menten",
@@ -172,21 +174,32 @@ def builtin_model(spec: str, columns: Sequence[str] = (), *, seed: int = 0) -> P
         For an unknown name, a missing or bad ``:N``, or an input column that is missing,
         ambiguous or not usable as a name in a formula.
     """
+    name, arg, inputs = _resolve(spec, tuple(columns))
+    if name == "mlp":
+        return _mlp(spec.strip(), inputs, arg, seed)
+    text, roles = _template(name, arg, inputs)
+    return _formula(name, text, roles, inputs)
+
+
+def check_builtin(spec: str, columns: Sequence[str] = ()) -> None:
+    """Raise :class:`ModelError` if :func:`builtin_model` would refuse ``spec``; imports no torch."""
+    _resolve(spec, tuple(columns))
+
+
+def _resolve(spec: str, columns: tuple[str, ...]) -> tuple[str, int | None, tuple[str, ...]]:
+    """The built-in's name, its size and its input columns, all checked."""
     name, arg, column = _parse_spec(spec)
-    columns = tuple(columns)
     if name == "mlp":
         inputs = (column,) if column else columns or ("x",)
-        _check_columns(spec, inputs, columns)
-        return _mlp(spec.strip(), inputs, arg, seed)
-    if name == "linear" and not column and len(columns) > 1:
+    elif name == "linear" and not column and len(columns) > 1:
         inputs = columns
     else:
         inputs = (_single_input(spec, column, columns),)
     _check_columns(spec, inputs, columns)
-    for input_name in inputs:
-        _check_usable(input_name)
-    text, roles = _template(name, arg, inputs)
-    return _formula(name, text, roles, inputs)
+    if name != "mlp":
+        for input_name in inputs:
+            _check_usable(input_name)
+    return name, arg, inputs
 
 
 def model_for(
@@ -266,11 +279,16 @@ def _check_columns(spec: str, inputs: Sequence[str], columns: Sequence[str]) -> 
         raise ModelError(f"'{spec.strip()}': no data column '{missing[0]}' — columns are {', '.join(columns)}")
 
 
-def _check_usable(name: str) -> None:
+def usable_name(name: str) -> bool:
+    """Whether a column name can appear in a formula (an ASCII identifier, not a keyword, function or constant)."""
     from gradfit.formula import ALIASES, CONSTANTS, FUNCTIONS
 
     reserved = set(FUNCTIONS) | set(ALIASES) | set(CONSTANTS)
-    if not (name.isascii() and name.isidentifier()) or keyword.iskeyword(name) or name in reserved:
+    return name.isascii() and name.isidentifier() and not keyword.iskeyword(name) and name not in reserved
+
+
+def _check_usable(name: str) -> None:
+    if not usable_name(name):
         raise ModelError(
             f"column '{name}' cannot be used as a name in a formula — rename it to letters, "
             "digits and _ (not a function or constant name)"
@@ -376,14 +394,19 @@ def guess_exp_decay(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
     rates = np.geomspace(0.05, 50.0, 60) / span
     candidates = np.concatenate([rates, -rates[:20], _log_linear_rate(x, y)])
     shifted = x - x0
+    k, scale, offset = _best_rate(candidates, shifted, y)
+    k, scale, offset = _best_rate(k * np.geomspace(1 / 1.15, 1.15, 41), shifted, y)  # refine
     with np.errstate(all="ignore"):
-        features = np.exp(-candidates[:, None] * shifted[None, :])
+        a = float(scale * np.exp(k * x0))
+    return (a if np.isfinite(a) else scale), k, offset
+
+
+def _best_rate(rates: np.ndarray, shifted: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
+    with np.errstate(all="ignore"):
+        features = np.exp(-rates[:, None] * shifted[None, :])
     scale, offset, sse = _offset_fit(features, y)
     best = int(np.argmin(sse))
-    k = float(candidates[best])
-    with np.errstate(all="ignore"):
-        a = float(scale[best] * np.exp(k * x0))
-    return (a if np.isfinite(a) else float(scale[best])), k, float(offset[best])
+    return float(rates[best]), float(scale[best]), float(offset[best])
 
 
 def _log_linear_rate(x: np.ndarray, y: np.ndarray) -> np.ndarray:
