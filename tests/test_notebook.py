@@ -175,3 +175,11 @@ def test_dollar_signs_in_names_are_drawn_literally() -> None:
     with pytest.raises(ValueError):
         fig.canvas.draw()
     plt.close(fig)
+
+
+def test_fixed_parameters_are_marked_and_have_no_error() -> None:
+    result = gradfit.fit("w*t_u + b", DATA, "t_c", fix={"b": -17.0})
+    row = re.search(r'<tr data-param="b">(.*?)</tr>', result._repr_html_()).group(1)
+    assert 'data-field="note">fixed<' in row and 'data-field="stderr">-<' in row
+    free = gradfit.fit("w*t_u + b", DATA, "t_c")._repr_html_()
+    assert "note" not in free  # no empty notes column

@@ -179,7 +179,7 @@ def table_html(
 def parameter_table(
     parameters: Sequence[ParameterEstimate], confidence: float = 0.95, *, table_id: str = "parameters"
 ) -> str:
-    """Parameters with value, standard error, relative error and confidence interval.
+    """Parameters with value, standard error, relative error, confidence interval and notes (fixed, at bound).
 
     Parameters
     ----------
@@ -195,7 +195,10 @@ def parameter_table(
     str
     """
     headers = ["parameter", "value", "std. error", "relative", f"{confidence:.0%} CI low", f"{confidence:.0%} CI high", "note"]
-    return table_html(headers, [({"data-param": p.name}, _parameter_cells(p)) for p in parameters], table_id=table_id)
+    rows = [({"data-param": p.name}, _parameter_cells(p)) for p in parameters]
+    if not any(p.fixed or p.at_bound for p in parameters):  # no notes: no empty column
+        headers, rows = headers[:-1], [(attrs, cells[:-1]) for attrs, cells in rows]
+    return table_html(headers, rows, table_id=table_id)
 
 
 def _parameter_cells(p: ParameterEstimate) -> list[Cell]:
