@@ -15,7 +15,7 @@ from gradfit.solvers.base import Problem, SolveOutcome
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["solve_linear", "design_matrix", "least_squares_qr"]
+__all__ = ["solve_linear", "design_matrix", "least_squares_qr", "batched_least_squares"]
 
 #: refinement steps after the first QR solve
 REFINEMENT_STEPS = 2
@@ -34,34 +34,57 @@ def design_matrix(problem: Problem) -> tuple[torch.Tensor, torch.Tensor]:
     return a, b
 
 
-def least_squares_qr(a: torch.Tensor, b: torch.Tensor, steps: int = REFINEMENT_STEPS) -> torch.Tensor:
-    """Solve ``min ||a x - b||`` by column-scaled Householder QR with iterative refinement.
+def batched_least_squares(
+    a: torch.Tensor, b: torch.Tensor, steps: int = REFINEMENT_STEPS
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Solve ``min ||a x - b||`` for a batch by column-scaled Householder QR with refinement.
 
     Parameters
     ----------
     a
-        Matrix ``(n, p)`` of full column rank.
+        Matrices ``(..., n, p)``; rows of zeros (padding) do not change the solution.
     b
-        Right-hand side ``(n,)``.
+        Right-hand sides ``(..., n)``.
     steps
         Refinement steps: each solves for the correction from the current residual.
+
+    Returns
+    -------
+    (x, singular)
+        Solutions ``(..., p)`` (NaN where singular) and a ``(...,)`` mask of rank-deficient systems.
     """
     import torch
 
-    norms = torch.linalg.vector_norm(a, dim=0)
-    norms = torch.where(norms > 0, norms, torch.ones_like(norms))
-    q, r = torch.linalg.qr(a / norms)
-    diagonal = r.diagonal().abs()
-    if diagonal.numel() and (diagonal.min() <= diagonal.max() * torch.finfo(a.dtype).eps * a.shape[0]):
+    norms = torch.linalg.vector_norm(a, dim=-2, keepdim=True)
+    scaled = a / torch.where(norms > 0, norms, torch.ones_like(norms))
+    q, r = torch.linalg.qr(scaled)
+    diagonal = r.diagonal(dim1=-2, dim2=-1).abs()
+    tiny = diagonal.amax(-1) * torch.finfo(a.dtype).eps * a.shape[-2]
+    singular = (diagonal.amin(-1) <= tiny) if diagonal.shape[-1] else torch.zeros(diagonal.shape[:-1], dtype=torch.bool)
+    r = r + torch.diag_embed(torch.where(singular[..., None], 1.0, 0.0).expand_as(diagonal))
+    z = torch.linalg.solve_triangular(r, (q.mT @ b[..., None]), upper=True)
+    for _ in range(steps):
+        residual = b[..., None] - scaled @ z
+        z = z + torch.linalg.solve_triangular(r, q.mT @ residual, upper=True)
+    x = z[..., 0] / torch.where(norms > 0, norms, torch.ones_like(norms))[..., 0, :]
+    return torch.where(singular[..., None], torch.nan, x), singular
+
+
+def least_squares_qr(a: torch.Tensor, b: torch.Tensor, steps: int = REFINEMENT_STEPS) -> torch.Tensor:
+    """Solve one system ``min ||a x - b||`` (see :func:`batched_least_squares`).
+
+    Raises
+    ------
+    FitError
+        If ``a`` does not have full column rank.
+    """
+    x, singular = batched_least_squares(a, b, steps)
+    if bool(singular):
         raise FitError(
             "the design matrix is singular: some parameters cannot be told apart by the data — "
             "remove a parameter or add varied data"
         )
-    z = torch.linalg.solve_triangular(r, (q.mT @ b)[:, None], upper=True)[:, 0]
-    for _ in range(steps):
-        residual = b - (a / norms) @ z
-        z = z + torch.linalg.solve_triangular(r, (q.mT @ residual)[:, None], upper=True)[:, 0]
-    return z / norms
+    return x
 
 
 def solve_linear(problem: Problem, options: Any = None) -> SolveOutcome:

@@ -1,0 +1,107 @@
+"""Ragged groups to padded arrays: rows sorted by group become ``(K, n_max)`` blocks with a mask.
+
+Padded slots repeat the group's last real point (so a model stays finite there) and carry mask 0,
+which zeroes their residuals and Jacobian rows: they never influence a fit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["GroupIndex", "PackedGroups", "index_groups", "pack", "chunks"]
+
+
+@dataclass(frozen=True)
+class GroupIndex:
+    """Where each group's rows lie once the data are sorted by group.
+
+    Attributes
+    ----------
+    keys
+        The group keys in order, ``(K,)``.
+    order
+        Row permutation that sorts the data by group (stable: rows keep their order in a group).
+    starts, counts
+        Offset of each group's first row in the sorted data, and its number of rows.
+    """
+
+    keys: np.ndarray
+    order: np.ndarray
+    starts: np.ndarray
+    counts: np.ndarray
+
+    @property
+    def n_groups(self) -> int:
+        """Number of groups K."""
+        return int(self.keys.size)
+
+
+def index_groups(group: np.ndarray) -> GroupIndex:
+    """Index the rows of each distinct value of ``group`` (any sortable array)."""
+    order = np.argsort(group, kind="stable")
+    keys, starts, counts = np.unique(group[order], return_index=True, return_counts=True)
+    return GroupIndex(keys, order, starts, counts)
+
+
+@dataclass(frozen=True)
+class PackedGroups:
+    """K groups as padded float arrays.
+
+    Attributes
+    ----------
+    columns
+        Each column ``(K, n_max)``.
+    mask
+        ``(K, n_max)`` 1.0 for real points, 0.0 for padding.
+    counts
+        Real points per group ``(K,)``.
+    """
+
+    columns: Mapping[str, np.ndarray]
+    mask: np.ndarray
+    counts: np.ndarray
+
+
+def pack(columns: Mapping[str, np.ndarray], index: GroupIndex, groups: slice) -> PackedGroups:
+    """Pad the groups ``groups`` (a slice of group positions) of the sorted ``columns``.
+
+    Parameters
+    ----------
+    columns
+        Columns in the original row order.
+    index
+        From :func:`index_groups`.
+    groups
+        Which groups to pack, e.g. ``slice(0, 10_000)``.
+    """
+    starts, counts = index.starts[groups], index.counts[groups]
+    width = int(counts.max()) if counts.size else 0
+    slot = np.arange(width)
+    mask = slot[None, :] < counts[:, None]
+    position = starts[:, None] + np.minimum(slot[None, :], counts[:, None] - 1)
+    rows = index.order[position]
+    packed = {name: np.ascontiguousarray(values[rows], dtype=np.float64) for name, values in columns.items()}
+    return PackedGroups(packed, mask.astype(np.float64), counts)
+
+
+def chunks(n_groups: int, size: int) -> Iterator[slice]:
+    """Consecutive slices of at most ``size`` groups covering ``range(n_groups)``."""
+    for start in range(0, n_groups, size):
+        yield slice(start, min(start + size, n_groups))
+
+
+def first_in_group(values: np.ndarray, index: GroupIndex, groups: slice) -> np.ndarray:
+    """Each group's first value of a column (per-group starting values from a column)."""
+    return values[index.order[index.starts[groups]]]
+
+
+def finite_groups(columns: Sequence[np.ndarray], packed_mask: np.ndarray) -> np.ndarray:
+    """``(K,)`` bool: groups whose real points are all finite in every column."""
+    ok = np.ones(packed_mask.shape[0], dtype=bool)
+    real = packed_mask > 0
+    for values in columns:
+        ok &= np.all(np.isfinite(values) | ~real, axis=1)
+    return ok
