@@ -108,9 +108,9 @@ class BuiltinFormulaModel(FormulaModel):
         columns = [np.asarray(inputs[name], dtype=float) for name in self.input_names]
         roles = [role for role, _ in self.roles]
         if self.builtin == "poly":
-            # roles: wN ... w1, b; polyfit scales its columns internally
+            # roles: wN ... w1, b; polyfit scales its columns internally (full=True: no RankWarning)
             with np.errstate(all="ignore"):
-                coef = np.polynomial.polynomial.polyfit(columns[0], y, len(roles) - 1)
+                coef = np.polynomial.polynomial.polyfit(columns[0], y, len(roles) - 1, full=True)[0]
             return dict(zip(roles, coef[::-1]))
         design = np.column_stack([*columns, np.ones_like(y)])
         coef = np.linalg.lstsq(design, y, rcond=None)[0]
