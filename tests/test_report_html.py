@@ -9,6 +9,7 @@ headless Chromium for loading the page and drawing it.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 import platform
@@ -225,17 +226,15 @@ def gradfit_command(folder: Path, *args: str) -> Run:
 
 @pytest.fixture(scope="module")
 def cli_runs(tmp_path_factory: pytest.TempPathFactory, saved: tuple[FitResult, dict]) -> dict[str, tuple[Path, Run]]:
-    """Four runs side by side: fit --report-html, report --data, report alone, a failing fit."""
-    folders = {name: tmp_path_factory.mktemp(name) for name in ("fit", "report", "plain", "failing")}
+    """Three runs side by side: fit --report-html, report --data, a failing fit."""
+    folders = {name: tmp_path_factory.mktemp(name) for name in ("fit", "report", "failing")}
     for folder in folders.values():
         (folder / "th.csv").write_text("t_c,t_u\n" + "\n".join(f"{c},{u}" for c, u in zip(T_C, T_U)) + "\n")
-    for name in ("report", "plain"):
-        (folders[name] / "result.json").write_text(saved[0].to_json())
+    (folders["report"] / "result.json").write_text(saved[0].to_json())
     fit_args = ("fit", "th.csv", "--model", LINE, "--y", "t_c", "--val", "0.2", "--seed", "1", "-q")
     jobs = {
         "fit": (*fit_args, "--out", "result.json", "--report-html", "fit.html"),
         "report": ("report", "result.json", "-o", "report.html", "--data", "th.csv"),
-        "plain": ("report", "result.json"),
         "failing": ("fit", "th.csv", "--model", LINE, "--y", "t_f", "--report-html", "fit.html"),
     }
     with ThreadPoolExecutor(len(jobs)) as pool:
@@ -272,10 +271,15 @@ def test_report_command_draws_the_data_file(cli_runs: dict[str, tuple[Path, Run]
         assert_cell_equals(page, "data-param", p["name"], "value", p["value"])
 
 
-def test_report_command_without_data_writes_next_to_the_result(cli_runs: dict[str, tuple[Path, Run]]) -> None:
-    folder, run = cli_runs["plain"]
-    assert run.returncode == 0, run.stderr
-    page = Page((folder / "result.html").read_text(encoding="utf-8"))
+def test_report_command_without_data_writes_next_to_the_result(saved: tuple[FitResult, dict], tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from gradfit.cli_report import run_report
+
+    (tmp_path / "result.json").write_text(saved[0].to_json())
+    written = run_report(tmp_path / "result.json", None, None, Console(file=io.StringIO()))
+    assert written == tmp_path / "result.html"
+    page = Page(written.read_text(encoding="utf-8"))
     assert [img["alt"] for img in page.images()] == ["fit", "correlation heat map"]
 
 

@@ -205,7 +205,7 @@ def fit_figure(result: FitResult, data: ReportData | None) -> Figure | None:
         with _closing_on_error(fig):
             draw_curve(ax, result, span, show_range=data is None)
             for label, part, color in data.parts if data is not None else ():
-                ax.scatter(part.column(result.input_names[0]), part.y, s=22, color=color, label=label, zorder=3, marker="s" if label.startswith("valid") else "o")
+                ax.scatter(part.column(result.input_names[0]), part.y, s=22, color=color, label=label, zorder=3, marker=_marker(label))
             ax.legend()
             ax.set_title(mathtext_safe(f"{result.y_name} = {result.model}"), fontsize="medium")
         return fig
@@ -220,7 +220,7 @@ def fit_figure(result: FitResult, data: ReportData | None) -> Figure | None:
 def _draw_parity(ax: Any, result: FitResult, data: ReportData) -> None:
     everything = []
     for label, part, color in data.parts:
-        ax.scatter(part.y, result.predict(part.inputs), s=22, color=color, label=label)
+        ax.scatter(part.y, result.predict(part.inputs), s=22, color=color, label=label, marker=_marker(label), zorder=3)
         everything.append(part.y)
     values = np.concatenate(everything)
     ax.plot([values.min(), values.max()], [values.min(), values.max()], color="0.4", lw=1, label="predicted = observed")
@@ -239,7 +239,7 @@ def residual_figure(result: FitResult, data: ReportData) -> Figure:
         for label, part, color in data.parts:
             fitted = result.predict(part.inputs)
             x = part.column(result.input_names[0]) if single else fitted
-            ax.scatter(x, part.y - fitted, s=22, color=color, label=label, zorder=3, marker="s" if label.startswith("valid") else "o")
+            ax.scatter(x, part.y - fitted, s=22, color=color, label=label, zorder=3, marker=_marker(label))
         ax.axhline(0.0, color="0.3", lw=1)
         rmse = result.statistics.get("rmse")
         if isinstance(rmse, (int, float)) and math.isfinite(rmse) and rmse > 0:
@@ -272,6 +272,11 @@ def correlation_figure(result: FitResult) -> Figure:
     return fig
 
 
+def _marker(label: str) -> str:
+    """Squares for validation points, dots otherwise (as in :func:`gradfit.plot.draw_fit`)."""
+    return "s" if label.startswith("validation") else "o"
+
+
 def _data_range(data: ReportData, name: str) -> tuple[float, float] | None:
     values = np.concatenate([part.column(name) for _, part, _ in data.parts])
     values = values[np.isfinite(values)]
@@ -291,15 +296,19 @@ def _closing_on_error(fig: Figure) -> Iterator[Figure]:
 
 
 # -- sections ----------------------------------------------------------------------------------------
-def _figure_html(build: Callable[[], Figure | None], alt: str, caption: str, missing: str) -> str:
-    """A ``<figure>`` from ``build``; a note if it returns ``None`` or the model cannot be evaluated."""
+def _figure_html(build: Callable[[], Figure | None], alt: str, caption: str | Callable[[Figure], str], missing: str) -> str:
+    """A ``<figure>`` from ``build``; a note if it returns ``None`` or the model cannot be evaluated.
+
+    ``caption`` may be a function of the drawn figure (to describe what it turned out to show).
+    """
     try:
         fig = build()
     except GradfitError as exc:
         return f'<p class="note">{escape(alt)}: could not be drawn — {escape(exc)}</p>'
     if fig is None:
         return f'<p class="note">{escape(missing)}</p>' if missing else ""
-    return f"<figure>{figure_html(fig, alt)}<figcaption>{escape(caption)}</figcaption></figure>"
+    text = caption(fig) if callable(caption) else caption
+    return f"<figure>{figure_html(fig, alt)}<figcaption>{escape(text)}</figcaption></figure>"
 
 
 def _section(title: str, body: str, ident: str) -> str:
@@ -307,7 +316,7 @@ def _section(title: str, body: str, ident: str) -> str:
 
 
 def _header(result: FitResult, generated: str) -> str:
-    state = ("status-ok", "converged") if result.success else ("status-bad", "did not converge")
+    state = ("status-ok" if result.success else "status-bad", result.status.replace("_", " "))
     return (
         f"<header><h1>Fit of <code>{escape(result.y_name)} = {escape(result.model)}</code></h1>"
         f'<p><span class="{state[0]}">{escape(state[1])}</span> — {escape(result.message)}<br>'
@@ -323,18 +332,12 @@ def _count(n: int, noun: str) -> str:
 
 
 def _figures_section(result: FitResult, data: ReportData | None) -> str:
-    level = float(result.settings.get("confidence", 0.95))
     single = len(result.input_names) == 1
     if single:
-        caption = (
-            f"Fitted curve with its {level:.0%} confidence band (dark: where the curve lies) and "
-            f"{level:.0%} prediction band (light: where a new observation lies)."
-        )
-        caption += " Points: the data." if data is not None else " Shaded grey: the range of the data (the points are not stored in the result; pass --data to draw them)."
         missing = "No input range recorded in the result: pass the data (--data) to draw the fit."
     else:
-        caption = "Observed against predicted values; points on the line are fitted exactly."
         missing = "With several inputs the fit is drawn as observed vs predicted, which needs the data: pass --data."
+    caption = lambda fig: _fit_caption(result, data, fig)  # noqa: E731
     parts = [_figure_html(lambda: fit_figure(result, data), "fit", caption, missing)]
     if data is not None:
         parts.append(_figure_html(lambda: residual_figure(result, data), "residuals", "Residuals: observed minus fitted value, in the target's units.", ""))
@@ -344,8 +347,24 @@ def _figures_section(result: FitResult, data: ReportData | None) -> str:
     return _section("Fit and residuals", body, "fit")
 
 
+def _fit_caption(result: FitResult, data: ReportData | None, fig: Figure) -> str:
+    if len(result.input_names) != 1:
+        return "Observed against predicted values; points on the line are fitted exactly."
+    level = float(result.settings.get("confidence", 0.95))
+    banded = any("band" in str(c.get_label()) for c in fig.axes[0].collections)
+    text = "Fitted curve" + (
+        f" with its {level:.0%} confidence band (dark: where the curve lies) and {level:.0%} prediction band "
+        "(light: where a new observation lies)." if banded else " (no uncertainty bands: they need a formula model with a covariance)."
+    )
+    if data is not None:
+        return text + " Points: the data."
+    return text + " Shaded grey: the range of the data (the points are not stored in the result; pass --data to draw them)."
+
+
 def _parameters_section(result: FitResult) -> str:
     level = float(result.settings.get("confidence", 0.95))
+    if not result.parameters:
+        return _section("Parameters", f'<p class="note">A {escape(result.model_kind)} model: its weights are not listed.</p>', "parameters-section")
     body = parameter_table(result.parameters, level)
     body += f'<p class="muted">± standard errors from the covariance at the solution; {level:.0%} confidence intervals from Student\'s t.</p>'
     return _section("Parameters", body, "parameters-section")
