@@ -9,7 +9,14 @@ over K.
 The mathematics lives in small pure functions; :func:`solve_least_squares` only keeps the books.
 The model and its Jacobian are torch; the solver's own arithmetic on ``(K, p)`` arrays runs in
 numpy, whose per-operation overhead is about a third of eager torch's — on NIST-sized problems
-that overhead, not the floating-point work, is the cost.
+that overhead, not the floating-point work, is the cost. A single unbounded least-squares fit
+(K = 1, the common case) takes a scalar twin of the same loop (Python floats around one SVD per
+accepted point), several times cheaper per iteration; tests check both paths agree.
+
+Exact linear problems have their own entry points: :func:`linear_least_squares` (SVD of the
+column-equilibrated design) and :func:`polynomial_least_squares` (centred basis plus
+double-double iterative refinement, for the ill-conditioned polynomials of NIST's Filip and
+Wampler problems).
 
 Method
 ------
@@ -31,8 +38,9 @@ Method
 * **Robust losses**: ``huber``, ``soft_l1``, ``cauchy`` with scipy's definitions; residuals and
   Jacobian are rescaled so the Gauss-Newton model matches the robust cost to second order
   (Triggs et al. 2000), as ``scipy.optimize.least_squares`` does.
-* **Jacobian**: ``jacobian_fn`` if given, else exact autograd (:func:`autograd_jacobian`), only at
-  accepted points.
+* **Jacobian**: ``residual_and_jacobian_fn`` (one pass, e.g. a formula and its symbolic
+  derivatives), or ``jacobian_fn`` (evaluated only at accepted points), else exact autograd
+  (:func:`autograd_jacobian`, also only at accepted points; the trial's graph is reused).
 * **Convergence** (per fit, at every accepted point; none depends on the damping, so a tiny damped
   step never passes for convergence): the relative reduction of the cost that a full Gauss-Newton
   step could still bring is at most ``ftol``; or that step changes every free parameter by at most
@@ -44,8 +52,9 @@ Method
   minimum, which is what NIST's certified values (LRE ≥ 9 on every problem) need.
 * **Restarts**: a fit that did not converge, or converged where a parameter's Jacobian column
   vanished (a parameter running off to infinity), is started again from jittered copies of its
-  starting point (each value times ``exp(σ N(0,1))``, σ growing from 1 by ½ per round), all fits
-  of a round in one batch, until it converges properly; the best result is kept.
+  starting point (each value times ``exp(σ N(0,1))``, σ growing from 1 by ½ per round; at most
+  200 iterations each), all fits of a round in one batch, until it converges properly. The lowest
+  cost is kept (at a tie, a converged result); the status always describes the result returned.
 """
 
 from __future__ import annotations
