@@ -100,9 +100,13 @@ class _Svd:
 def _scaled_svd(jac_free: Tensor) -> _Svd:
     import torch
 
+    broken = ~torch.isfinite(jac_free).all(dim=-1).all(dim=-1)  # such fits get NaN statistics
+    if bool(broken.any()):
+        jac_free = torch.where(broken[:, None, None], torch.zeros_like(jac_free), jac_free)
     d = torch.linalg.vector_norm(jac_free, dim=-2)
     d = torch.where(d > 0, d, torch.ones_like(d))
     _, s, vh = torch.linalg.svd(jac_free / d[:, None, :], full_matrices=False)
+    s = torch.where(broken[:, None], torch.full_like(s, math.nan), s)
     q = jac_free.shape[-1]
     if s.shape[-1] < q:  # fewer points than parameters: the missing singular values are zero
         s = torch.cat([s, s.new_zeros(s.shape[:-1] + (q - s.shape[-1],))], -1)
@@ -132,11 +136,16 @@ def identifiable(jacobian: Tensor, free: Tensor | np.ndarray | None = None) -> T
 
     jac, single = _batch(jacobian, 2)
     free_mask = _free_mask(free, jac.shape[-1])
-    svd = _scaled_svd(jac[..., free_mask.to(jac.device)])
+    return _unbatch(_identifiable_from(_scaled_svd(jac[..., free_mask.to(jac.device)]), free_mask), single)
+
+
+def _identifiable_from(svd: _Svd, free_mask: Tensor) -> Tensor:
+    import torch
+
     loading = (svd.v**2 * svd.null[:, None, :].to(svd.v.dtype)).sum(-1)
-    out = torch.ones(jac.shape[0], free_mask.numel(), dtype=torch.bool, device=jac.device)
-    out[:, free_mask.to(jac.device)] = loading <= _LOADING
-    return _unbatch(out, single)
+    out = torch.ones(svd.s.shape[0], free_mask.numel(), dtype=torch.bool, device=svd.s.device)
+    out[:, free_mask.to(svd.s.device)] = loading <= _LOADING
+    return out
 
 
 def covariance(
@@ -177,6 +186,12 @@ def covariance(
     res, _ = _batch(residuals, 1)
     free_mask = _free_mask(free, jac.shape[-1])
     svd = _scaled_svd(jac[..., free_mask.to(jac.device)])
+    return _unbatch(_covariance_from(svd, res, absolute_sigma, free_mask, mask), single)
+
+
+def _covariance_from(svd: _Svd, res: Tensor, absolute_sigma: bool, free_mask: Tensor, mask: Tensor | None) -> Tensor:
+    import torch
+
     inv_s2 = torch.where(svd.null, torch.zeros_like(svd.s), 1.0 / torch.where(svd.null, torch.ones_like(svd.s), svd.s) ** 2)
     scaled_v = svd.v / svd.d[:, :, None]
     cov = (scaled_v * inv_s2[:, None, :]) @ scaled_v.mT
@@ -191,7 +206,7 @@ def covariance(
         cov = torch.where(lost[:, :, None] | lost[:, None, :], torch.full_like(cov, math.nan), cov)
         diagonal = torch.diagonal(cov, dim1=-2, dim2=-1)
         diagonal.copy_(torch.where(lost, torch.full_like(diagonal, math.inf), diagonal))
-    return _unbatch(_embed(cov, free_mask, math.nan), single)
+    return _embed(cov, free_mask, math.nan)
 
 
 def standard_errors(cov: Tensor) -> Tensor:
@@ -279,8 +294,15 @@ def condition_numbers(jacobian: Tensor, free: Tensor | np.ndarray | None = None)
     if jac.shape[-1] == 0:
         ones = jac.new_ones(jac.shape[0])
         return _unbatch(ones, single), _unbatch(ones, single)
+    return _conditions_from(jac, _scaled_svd(jac), single)
+
+
+def _conditions_from(jac: Tensor, svd: _Svd, single: bool) -> tuple[Tensor, Tensor]:
+    import torch
+
+    jac = torch.where(torch.isfinite(jac), jac, torch.zeros_like(jac))
     raw = torch.linalg.svdvals(jac)
-    scaled = _scaled_svd(jac).s
+    scaled = svd.s
 
     def ratio(s: Tensor) -> Tensor:
         return torch.where(s[:, -1] > 0, (s[:, 0] / s[:, -1]) ** 2, torch.full_like(s[:, 0], math.inf))
@@ -428,14 +450,16 @@ def fit_report(
     n_params = int(free_mask.sum())
     n_points = _points(res, mask)
     dof = n_points - n_params
-    cov = covariance(jac, res, absolute_sigma=absolute_sigma, free=free_mask, mask=mask)
+    free_jac = jac[..., free_mask.to(jac.device)]
+    svd = _scaled_svd(free_jac) if n_params else None
+    cov = _covariance_from(svd, res, absolute_sigma, free_mask, mask) if svd else covariance(jac, res, absolute_sigma=absolute_sigma, free=free_mask, mask=mask)
     stderr = standard_errors(cov)
     factor = torch.as_tensor(t_quantile(confidence, dof), dtype=stderr.dtype, device=stderr.device)
     chisqr = (res * res).sum(-1)
     raw = res if weights is None else res / torch.broadcast_to(torch.as_tensor(weights, dtype=res.dtype, device=res.device), res.shape)
     aic, bic = information_criteria(chisqr, n_points, n_params)
-    condition, condition_scaled = condition_numbers(jac, free_mask)
-    ident = identifiable(jac, free_mask)
+    condition, condition_scaled = _conditions_from(free_jac, svd, False) if svd else condition_numbers(jac, free_mask)
+    ident = _identifiable_from(svd, free_mask) if svd else identifiable(jac, free_mask)
     stats = {
         "r2": r_squared(res, y, weights, mask),
         "rmse": torch.sqrt((raw * raw).sum(-1) / n_points),
