@@ -98,6 +98,12 @@ def fit(
     checkpoint_every: Annotated[int, typer.Option(help="Epochs between checkpoints.")] = 100,
     resume: Annotated[Optional[Path], typer.Option(help="Continue a gradient run from a checkpoint file.")] = None,
     report: Annotated[bool, typer.Option("--report", help="Print the full sectioned fit report.")] = False,
+    group_by: Annotated[Optional[str], typer.Option(help="Fit every group of rows with this key independently (batched).")] = None,
+    chunk: Annotated[Optional[int], typer.Option(help="Groups per batch (default: from available memory).")] = None,
+    device: Annotated[str, typer.Option(help="Group fits: cpu | cuda | auto.")] = "cpu",
+    max_iter: Annotated[Optional[int], typer.Option(help="Least squares: iteration cap.")] = None,
+    tolerance: Annotated[Optional[float], typer.Option(help="Group fits: relative tolerance (default: certified-accuracy settings).")] = None,
+    refit_failed: Annotated[bool, typer.Option(help="Group fits: refit groups that did not converge with 16 starts.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
 ) -> None:
     """Fit a model to a data file and report the parameters."""

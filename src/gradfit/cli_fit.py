@@ -67,6 +67,12 @@ class FitCommand:
     resume: Path | None
     report: bool
     quiet: bool
+    group_by: str | None = None
+    chunk: int | None = None
+    device: str = "cpu"
+    max_iter: int | None = None
+    tolerance: float | None = None
+    refit_failed: bool = False
     report_html: Path | None = None
 
     def settings(self) -> Any:
@@ -85,6 +91,7 @@ class FitCommand:
             loss=self.loss,
             loss_scale=self.loss_scale,
             starts=self.starts,
+            max_iter=self.max_iter,
             checkpoint=None if self.checkpoint is None else str(self.checkpoint),
             checkpoint_every=self.checkpoint_every,
             resume=None if self.resume is None else str(self.resume),
@@ -107,6 +114,11 @@ class FitCommand:
         from gradfit.io import ensure_writable
 
         settings = self.settings()
+        if self.group_by is not None:
+            from gradfit.cli_groups import run_group_fit
+
+            run_group_fit(self, settings)
+            return
         if self.report_html is not None:
             ensure_writable(self.report_html)
         for path in (self.out, self.plot, self.plot_history, self.checkpoint):
