@@ -228,6 +228,11 @@ class FormulaModel(ParametricModel):
     def jacobian(self, inputs: Mapping[str, torch.Tensor], theta: torch.Tensor) -> torch.Tensor:
         return self.predict_and_jacobian(inputs, theta)[1]
 
+    def linear_trees(self) -> tuple[Any, tuple[Any, ...]]:
+        """For a model linear in its parameters: the offset tree and one column tree per parameter."""
+        offset, *columns = _linear_trees(self.formula.tree, self.param_names)
+        return offset, tuple(columns)
+
     def design(self, inputs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """For a model linear in its parameters: ``offset (n,)`` and design matrix ``A (n, p)``.
 

@@ -110,6 +110,8 @@ def _parametric_summary(
         param_names=problem.model.param_names,
     )
     covariance, stderr, half = report.covariance.cpu(), report.stderr.cpu(), report.ci_half_width.cpu()
+    if outcome.inverse_normal is not None:
+        covariance, stderr, half = _accurate_covariance(outcome.inverse_normal, report, problem.free, options)
     at_bound = outcome.at_bound or _at_bound(problem, theta)
     estimates = tuple(
         ParameterEstimate(
@@ -139,6 +141,19 @@ def _parametric_summary(
         warnings,
         _numpy_predictor(problem, predict),
     )
+
+
+def _accurate_covariance(inverse_normal: torch.Tensor, report: Any, free: torch.Tensor, options: FitOptions) -> tuple:
+    """Covariance, standard errors and CI half-widths from a solver's own ``(JᵀJ)⁻¹``."""
+    import torch
+
+    scale = 1.0 if options.absolute_sigma else report.statistics["redchi"]
+    covariance = torch.full_like(report.covariance, float("nan"))
+    index = torch.nonzero(free).flatten()
+    covariance[index[:, None], index[None, :]] = inverse_normal.to(covariance) * scale
+    stderr = torch.sqrt(torch.diagonal(covariance))
+    ratio = report.ci_half_width / report.stderr
+    return covariance.cpu(), stderr.cpu(), (stderr * ratio).cpu()
 
 
 def _weighted(jac: torch.Tensor, train: Split) -> torch.Tensor:

@@ -78,6 +78,9 @@ class SolveOutcome:
         Per parameter, whether it ended on a bound.
     predict
         For module models: the trained predictor in the user's units.
+    inverse_normal
+        ``(JᵀJ)⁻¹`` over the free parameters when the solver computed it more accurately than an
+        SVD of the Jacobian can (ill-conditioned polynomial designs); used for the covariance.
     """
 
     theta: torch.Tensor | None
@@ -88,6 +91,7 @@ class SolveOutcome:
     history: History = field(default_factory=History)
     at_bound: tuple[bool, ...] = ()
     predict: Callable[[Any], torch.Tensor] | None = None
+    inverse_normal: torch.Tensor | None = None
 
 
 Solver = Callable[[Problem, Any], SolveOutcome]

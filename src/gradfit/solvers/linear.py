@@ -1,12 +1,14 @@
 """Exact least squares for models linear in their parameters: one QR solve, no iterations.
 
 The model ``f = offset(x) + Σ θ_i · column_i(x)`` comes from the formula's expression tree
-(:func:`gradfit.symbolic.linear_design`). The design matrix is column-equilibrated, solved by
-Householder QR, and the solution improved by iterative refinement.
+(:func:`gradfit.symbolic.linear_design`). Polynomials in one input are solved in a centred, scaled
+variable with double-double refinement; other designs by an SVD of the column-equilibrated matrix
+with iterative refinement (:mod:`gradfit.solvers.least_squares`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from gradfit.errors import FitError
@@ -17,8 +19,6 @@ if TYPE_CHECKING:
 
 __all__ = ["solve_linear", "design_matrix", "least_squares_qr", "batched_least_squares"]
 
-#: refinement steps after the first QR solve
-REFINEMENT_STEPS = 2
 
 
 def design_matrix(problem: Problem) -> tuple[torch.Tensor, torch.Tensor]:
@@ -34,57 +34,56 @@ def design_matrix(problem: Problem) -> tuple[torch.Tensor, torch.Tensor]:
     return a, b
 
 
-def batched_least_squares(
-    a: torch.Tensor, b: torch.Tensor, steps: int = REFINEMENT_STEPS
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Solve ``min ||a x - b||`` for a batch by column-scaled Householder QR with refinement.
+def batched_least_squares(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Solve ``min ||a x - b||`` for a batch (SVD of the column-equilibrated design, refined).
 
     Parameters
     ----------
     a
-        Matrices ``(..., n, p)``; rows of zeros (padding) do not change the solution.
+        Matrices ``(K, n, p)``; rows of zeros (padding) do not change the solution.
     b
-        Right-hand sides ``(..., n)``.
-    steps
-        Refinement steps: each solves for the correction from the current residual.
+        Right-hand sides ``(K, n)``.
 
     Returns
     -------
     (x, singular)
-        Solutions ``(..., p)`` (NaN where singular) and a ``(...,)`` mask of rank-deficient systems.
+        Solutions ``(K, p)`` (NaN where singular) and a ``(K,)`` mask of rank-deficient systems.
     """
     import torch
 
-    norms = torch.linalg.vector_norm(a, dim=-2, keepdim=True)
-    scaled = a / torch.where(norms > 0, norms, torch.ones_like(norms))
-    q, r = torch.linalg.qr(scaled)
-    diagonal = r.diagonal(dim1=-2, dim2=-1).abs()
-    tiny = diagonal.amax(-1) * torch.finfo(a.dtype).eps * a.shape[-2]
-    singular = (diagonal.amin(-1) <= tiny) if diagonal.shape[-1] else torch.zeros(diagonal.shape[:-1], dtype=torch.bool)
-    r = r + torch.diag_embed(torch.where(singular[..., None], 1.0, 0.0).expand_as(diagonal))
-    z = torch.linalg.solve_triangular(r, (q.mT @ b[..., None]), upper=True)
-    for _ in range(steps):
-        residual = b[..., None] - scaled @ z
-        z = z + torch.linalg.solve_triangular(r, q.mT @ residual, upper=True)
-    x = z[..., 0] / torch.where(norms > 0, norms, torch.ones_like(norms))[..., 0, :]
-    return torch.where(singular[..., None], torch.nan, x), singular
+    from gradfit.solvers.least_squares import linear_least_squares
+
+    solution = linear_least_squares(a, b)
+    singular = solution.rank < a.shape[-1]
+    return torch.where(singular[:, None], torch.nan, solution.theta), singular
 
 
-def least_squares_qr(a: torch.Tensor, b: torch.Tensor, steps: int = REFINEMENT_STEPS) -> torch.Tensor:
-    """Solve one system ``min ||a x - b||`` (see :func:`batched_least_squares`).
+def polynomial_powers(model: Any, free: Sequence[bool]) -> tuple[str, list[int]] | None:
+    """``(input, powers)`` when the free parameters multiply ``1, x, x**2, ... x**d`` of one input.
 
-    Raises
-    ------
-    FitError
-        If ``a`` does not have full column rank.
+    Such models are solved by :func:`~gradfit.solvers.least_squares.polynomial_least_squares`, which
+    keeps 10-11 digits on designs as ill-conditioned as NIST's Filip and Wampler problems.
     """
-    x, singular = batched_least_squares(a, b, steps)
-    if bool(singular):
-        raise FitError(
-            "the design matrix is singular: some parameters cannot be told apart by the data — "
-            "remove a parameter or add varied data"
-        )
-    return x
+    from gradfit.formula import Bin, Num, Var
+
+    _, columns = model.linear_trees()
+    inputs, powers = set(), []
+    for column, is_free in zip(columns, free):
+        if not is_free:
+            continue
+        if isinstance(column, Num) and column.value == 1.0:
+            powers.append(0)
+        elif isinstance(column, Var):
+            inputs.add(column.name)
+            powers.append(1)
+        elif isinstance(column, Bin) and column.op == "**" and isinstance(column.left, Var) and isinstance(column.right, Num) and float(column.right.value).is_integer():
+            inputs.add(column.left.name)
+            powers.append(int(column.right.value))
+        else:
+            return None
+    if len(inputs) != 1 or sorted(powers) != list(range(len(powers))):
+        return None
+    return inputs.pop(), powers
 
 
 def solve_linear(problem: Problem, options: Any = None) -> SolveOutcome:
@@ -93,13 +92,52 @@ def solve_linear(problem: Problem, options: Any = None) -> SolveOutcome:
 
     a, b = design_matrix(problem)
     free = problem.free
-    fixed_part = a[:, ~free] @ problem.theta0[~free]
+    b = b - (a[:, ~free] @ problem.theta0[~free] if bool((~free).any()) else 0.0)
     theta = problem.theta0.clone()
-    theta[free] = least_squares_qr(a[:, free], b - fixed_part)
+    theta[free], inverse_normal = _exact(problem, a[:, free], b)
     ok = bool(torch.isfinite(theta).all())
     message = (
         "solved exactly: one least-squares solve of the linear system (no iterations needed)"
         if ok
         else "the least-squares solve produced non-finite values — check the data for huge values"
     )
-    return SolveOutcome(theta, "converged" if ok else "non_finite", message, ok, 1)
+    return SolveOutcome(theta, "converged" if ok else "non_finite", message, ok, 1, inverse_normal=inverse_normal)
+
+
+def _exact(problem: Problem, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The free parameters (and, for polynomials, an accurate ``(AᵀA)⁻¹``): polynomial solve when
+    the design is powers of one input, else an SVD."""
+    from gradfit.solvers.least_squares import polynomial_least_squares
+
+    polynomial = polynomial_powers(problem.model, problem.free.tolist())
+    if polynomial is None or a.dtype != _float64():
+        return least_squares_qr(a, b), None
+    name, powers = polynomial
+    weights = problem.train.weights
+    target = b if weights is None else b / weights
+    solution = polynomial_least_squares(problem.train.inputs[name], target, max(powers), weights)
+    factor = solution.inverse_factor[0][powers]
+    return solution.theta[0][powers], factor @ factor.mT
+
+
+def _float64() -> Any:
+    import torch
+
+    return torch.float64
+
+
+def least_squares_qr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Solve one system ``min ||a x - b||`` (see :func:`batched_least_squares`).
+
+    Raises
+    ------
+    FitError
+        If ``a`` does not have full column rank.
+    """
+    x, singular = batched_least_squares(a[None], b[None])
+    if bool(singular[0]):
+        raise FitError(
+            "the design matrix is singular: some parameters cannot be told apart by the data — "
+            "remove a parameter or add varied data"
+        )
+    return x[0]
