@@ -119,14 +119,22 @@ def test_small_figure_is_the_curve_when_the_range_is_known(line_fit: FitResult) 
 def test_small_figure_falls_back_to_losses_then_correlations(line_fit: FitResult) -> None:
     import matplotlib.pyplot as plt
 
+    from dataclasses import replace
+
+    def without_range(result: FitResult) -> FitResult:
+        return replace(result, settings={k: v for k, v in result.settings.items() if k != "data_summary"})
+
     trained = gradfit.fit("w*t_u + b", DATA, "t_c", optimizer="adam", optimizer_options={"lr": 0.5}, epochs=30)
-    fig = notebook.summary_figure(trained)
+    fig = notebook.summary_figure(trained)  # fits record their data's range: the curve
+    assert fig.axes[0].get_ylabel() == "t_c"
+    plt.close(fig)
+    fig = notebook.summary_figure(without_range(trained))
     assert fig.axes[0].get_ylabel() == "loss" and len(fig.axes[0].lines) == 1
     plt.close(fig)
-    fig = notebook.summary_figure(line_fit)  # no range, no history: the heat map
+    fig = notebook.summary_figure(without_range(line_fit))  # no range, no history: the heat map
     assert fig.axes[0].images and fig.axes[0].images[0].get_array().shape == (2, 2)
     plt.close(fig)
-    single = gradfit.fit("k*t_u", DATA, "t_c")  # one parameter: no heat map
+    single = without_range(gradfit.fit("k*t_u", DATA, "t_c"))  # one parameter: no heat map
     assert notebook.summary_figure(single) is None
     assert "<img" not in single._repr_html_()
 

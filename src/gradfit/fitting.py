@@ -311,10 +311,17 @@ def _settings_record(options: FitOptions, dataset: Dataset) -> dict[str, Any]:
         "absolute_sigma": options.absolute_sigma,
         "confidence": options.confidence,
         "rows_dropped": int(getattr(dataset, "n_dropped", 0)),
+        "data_summary": _data_summary(dataset),
         "torch": torch.__version__,
         "numpy": np.__version__,
         "gradfit": _version(),
     }
+
+
+def _data_summary(dataset: Dataset) -> dict[str, Any]:
+    from gradfit.report_html import data_summary
+
+    return data_summary(dataset)
 
 
 def _version() -> str:

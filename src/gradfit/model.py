@@ -453,13 +453,16 @@ def _callable_model(function: Callable[..., Any], columns: tuple[str, ...]) -> C
 def overrides_from(params: Sequence[Parameter] | Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """Parameter field overrides from Parameter objects or a mapping of names to values or fields."""
     if isinstance(params, Mapping):
-        return {
-            name: dict(value) if isinstance(value, Mapping) else {"init": float(value)}
-            for name, value in params.items()
-        }
+        return {name: _fields(value) for name, value in params.items()}
     return {
         p.name: {"init": p.init, "lower": p.lower, "upper": p.upper, "fixed": p.fixed} for p in params
     }
+
+
+def _fields(value: Any) -> dict[str, Any]:
+    if isinstance(value, Parameter):
+        return {"init": value.init, "lower": value.lower, "upper": value.upper, "fixed": value.fixed}
+    return dict(value) if isinstance(value, Mapping) else {"init": float(value)}
 
 
 def parse_assignments(text: str, option: str = "--init") -> dict[str, float]:

@@ -121,8 +121,10 @@ def escape(text: Any) -> str:
 
 
 def mathtext_safe(text: Any) -> str:
-    """``text`` for a matplotlib label: ``$`` would otherwise start mathtext."""
-    return str(text).replace("$", r"\$")
+    """``text`` for a matplotlib label (see :func:`gradfit.plot.mathtext_safe`)."""
+    from gradfit.plot import mathtext_safe as safe
+
+    return safe(text)
 
 
 def number_cell(value: float | None, digits: int = 7, field: str = "") -> Cell:

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from gradfit.data import Dataset
     from gradfit.result import FitResult
 
-__all__ = ["figure", "save_figure", "plot_fit", "plot_history", "draw_fit", "draw_history"]
+__all__ = ["mathtext_safe", "figure", "save_figure", "plot_fit", "plot_history", "draw_fit", "draw_history"]
 
 STYLE = {
     "font.size": 10,
@@ -35,6 +35,11 @@ STYLE = {
     "legend.frameon": False,
 }
 TRAIN_COLOR, VAL_COLOR, CURVE_COLOR = "#1f77b4", "#ff7f0e", "#d62728"
+
+
+def mathtext_safe(text: object) -> str:
+    """``text`` for a matplotlib label: a ``$`` would otherwise start mathtext (and may crash it)."""
+    return str(text).replace("$", r"\$")
 
 
 def figure(ncols: int = 1, width: float = 6.0, height: float = 4.0) -> tuple[Figure, Any]:
@@ -102,9 +107,9 @@ def _draw_curve(
         level = result.settings.get("confidence", 0.95)
         ax.fill_between(grid, curve - prediction, curve + prediction, color=color, alpha=0.08, lw=0, label=f"{level:.0%} prediction band")
         ax.fill_between(grid, curve - confidence, curve + confidence, color=color, alpha=0.22, lw=0, label=f"{level:.0%} confidence band")
-    ax.plot(grid, result.predict({name: grid}), color=color, lw=1.8, label=label or f"fit: {result.model}")
-    ax.set_xlabel(name)
-    ax.set_ylabel(result.y_name)
+    ax.plot(grid, result.predict({name: grid}), color=color, lw=1.8, label=mathtext_safe(label or f"fit: {result.model}"))
+    ax.set_xlabel(mathtext_safe(name))
+    ax.set_ylabel(mathtext_safe(result.y_name))
     ax.legend()
 
 
@@ -114,8 +119,8 @@ def _draw_parity(ax: Axes, result: FitResult, train: Dataset, val: Dataset | Non
         ax.scatter(part.y, result.predict(part.inputs), s=22, color=color, label=label)
     everything = np.concatenate([p.y for _, p, _ in parts])
     ax.plot([everything.min(), everything.max()], [everything.min(), everything.max()], color="grey", lw=1)
-    ax.set_xlabel(f"observed {result.y_name}")
-    ax.set_ylabel(f"predicted {result.y_name}")
+    ax.set_xlabel(mathtext_safe(f"observed {result.y_name}"))
+    ax.set_ylabel(mathtext_safe(f"predicted {result.y_name}"))
     ax.legend()
 
 
@@ -123,7 +128,7 @@ def draw_history(ax: Axes, histories: Mapping[str, Sequence[float]], title: str 
     """Draw loss curves (log scale when positive) against the epoch."""
     for label, values in histories.items():
         if len(values):
-            ax.plot(np.arange(1, len(values) + 1), values, lw=1.5, label=label)
+            ax.plot(np.arange(1, len(values) + 1), values, lw=1.5, label=mathtext_safe(label))
     if all(min(v, default=1.0) > 0 for v in histories.values()):
         ax.set_yscale("log")
     ax.set_xlabel("epoch")
@@ -138,7 +143,7 @@ def plot_fit(result: FitResult, train: Dataset, path: str | Path, val: Dataset |
     """Write the data-and-fit figure to ``path``."""
     fig, (ax,) = figure()
     draw_fit(ax, result, train, val)
-    ax.set_title(f"{result.y_name} = {result.model}")
+    ax.set_title(mathtext_safe(f"{result.y_name} = {result.model}"))
     return save_figure(fig, path)
 
 
