@@ -26,6 +26,7 @@ Conventions
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -233,10 +234,14 @@ def t_quantile(confidence: float, dof: Tensor | np.ndarray | float) -> np.ndarra
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     dof_array = np.asarray(dof.detach().cpu().numpy() if hasattr(dof, "detach") else dof, dtype=float)  # type: ignore[union-attr]
-    safe = np.where(dof_array > 0, dof_array, 1.0)
-    factor = np.asarray(t_ppf(0.5 + 0.5 * confidence, safe), dtype=float)
-    factor = np.where(dof_array > 0, factor, np.inf)
+    unique, position = np.unique(dof_array, return_inverse=True)  # batches share few distinct dofs
+    factor = np.array([_t_factor(confidence, float(d)) for d in unique])[position].reshape(dof_array.shape)
     return float(factor) if factor.ndim == 0 else factor
+
+
+@functools.lru_cache(maxsize=4096)
+def _t_factor(confidence: float, dof: float) -> float:
+    return float(t_ppf(0.5 + 0.5 * confidence, dof)) if dof > 0 else math.inf
 
 
 def confidence_intervals(theta: Tensor, stderr: Tensor, dof: Tensor | float, confidence: float = 0.95) -> tuple[Tensor, Tensor]:

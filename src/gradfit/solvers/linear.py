@@ -110,7 +110,7 @@ def _exact(problem: Problem, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Te
     from gradfit.solvers.least_squares import polynomial_least_squares
 
     polynomial = polynomial_powers(problem.model, problem.free.tolist())
-    if polynomial is None or a.dtype != _float64():
+    if polynomial is None or a.dtype != _float64() or (max(polynomial[1]) < 2 and _scaled_condition(a) < ILL_CONDITIONED):
         return least_squares_qr(a, b), None
     name, powers = polynomial
     weights = problem.train.weights
@@ -118,6 +118,19 @@ def _exact(problem: Problem, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Te
     solution = polynomial_least_squares(problem.train.inputs[name], target, max(powers), weights)
     factor = solution.inverse_factor[0][powers]
     return solution.theta[0][powers], factor @ factor.mT
+
+
+#: straight lines whose column-scaled design is worse conditioned than this get the polynomial
+#: solver's refinement too (every polynomial of degree >= 2 does)
+ILL_CONDITIONED = 1e4
+
+
+def _scaled_condition(a: torch.Tensor) -> float:
+    import torch
+
+    norms = torch.linalg.vector_norm(a, dim=0)
+    s = torch.linalg.svdvals(a / torch.where(norms > 0, norms, torch.ones_like(norms)))
+    return float(s[0] / s[-1]) if float(s[-1]) > 0 else float("inf")
 
 
 def _float64() -> Any:
