@@ -202,6 +202,8 @@ def _epoch(
     if callback is not None:
         callback(progress.epoch, train, val_value)
     if _diverged(train, monitored, progress.first, config):
+        if progress.best.state is None:  # diverged at once: keep the starting parameters
+            progress.best = _Best(math.inf, progress.epoch - 1, state)
         return StopReason.DIVERGED
     if monitored < progress.best.loss * (1.0 - config.min_delta) or progress.best.state is None:
         progress.best = _Best(monitored, progress.epoch, state)

@@ -8,6 +8,7 @@ with iterative refinement (:mod:`gradfit.solvers.least_squares`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -110,8 +111,11 @@ def _exact(problem: Problem, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Te
     from gradfit.solvers.least_squares import polynomial_least_squares
 
     polynomial = polynomial_powers(problem.model, problem.free.tolist())
-    if polynomial is None or a.dtype != _float64() or (max(polynomial[1]) < 2 and _scaled_condition(a) < ILL_CONDITIONED):
+    if polynomial is None or a.dtype != _float64():
         return least_squares_qr(a, b), None
+    condition = _scaled_condition(a)
+    if not math.isfinite(condition) or (max(polynomial[1]) < 2 and condition < ILL_CONDITIONED):
+        return least_squares_qr(a, b), None  # raises FitError when singular
     name, powers = polynomial
     weights = problem.train.weights
     target = b if weights is None else b / weights
@@ -130,7 +134,7 @@ def _scaled_condition(a: torch.Tensor) -> float:
 
     norms = torch.linalg.vector_norm(a, dim=0)
     s = torch.linalg.svdvals(a / torch.where(norms > 0, norms, torch.ones_like(norms)))
-    return float(s[0] / s[-1]) if float(s[-1]) > 0 else float("inf")
+    return float(s[0] / s[-1]) if float(s[-1]) > float(s[0]) * torch.finfo(a.dtype).eps * a.shape[0] else math.inf
 
 
 def _float64() -> Any:
