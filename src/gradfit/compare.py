@@ -172,7 +172,10 @@ class Comparison:
         """A plain-text table and the verdict."""
         headers, rows = self.headers(), self.rows()
         widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-        line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+
+        def line(cells: Sequence[str]) -> str:
+            return "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+
         return "\n".join([f"{self.loss} loss of {self.y_name}", line(headers), *map(line, rows), "", self.verdict])
 
     def __str__(self) -> str:
@@ -254,9 +257,11 @@ def compare(
     >>> from gradfit.compare import compare
     >>> t_c = [0.5, 14.0, 15.0, 28.0, 11.0, 8.0, 3.0, -4.0, 6.0, 13.0, 21.0]
     >>> t_u = [35.7, 55.9, 58.2, 81.9, 56.3, 48.9, 33.9, 21.8, 48.4, 60.4, 68.4]
-    >>> result = compare(["linear", "poly:2"], {"t_u": t_u}, t_c)
+    >>> result = compare(["linear", "poly:2"], {"t_u": t_u}, t_c, val=0.0, cv=5)
     >>> result.best
     'linear'
+    >>> result["poly:2"].train_loss < result["linear"].train_loss
+    True
     """
     entries = _labelled(models)
     if cv is None and not val > 0:
