@@ -599,7 +599,8 @@ def plot_overlay(comparison: Comparison, path: str | Path) -> Path:
 
 def _legend(score: ModelScore, comparison: Comparison) -> str:
     star = " ★" if score.label == comparison.best else ""
-    return f"{score.label}{star}" + ("" if score.model == score.label else f": {score.model}")
+    shown = score.model != score.label and len(score.model) <= 40  # long formulas: the label says enough
+    return f"{score.label}{star}" + (f": {score.model}" if shown else "")
 
 
 def _clip_to_data(ax: Any, comparison: Comparison) -> None:
