@@ -35,7 +35,9 @@ if TYPE_CHECKING:
     from gradfit.demo import thermometer
     from gradfit.explain import explain
     from gradfit.fitting import fit
+    from gradfit.compare import Comparison, compare
     from gradfit.formula import parse
+    from gradfit.groups import GroupFitResult, fit_groups
     from gradfit.model import Parameter, make_model
     from gradfit.result import FitResult
 
@@ -54,6 +56,10 @@ _LAZY = {
     "parse": "gradfit.formula",
     "explain": "gradfit.explain",
     "thermometer": "gradfit.demo",
+    "fit_groups": "gradfit.groups",
+    "GroupFitResult": "gradfit.groups",
+    "compare": "gradfit.compare",
+    "Comparison": "gradfit.compare",
 }
 
 __all__ = [

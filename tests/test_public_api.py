@@ -1,0 +1,19 @@
+"""The curated public API: every name in gradfit.__all__ resolves, and importing costs no torch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import gradfit
+
+
+def test_every_public_name_resolves():
+    for name in gradfit.__all__:
+        assert getattr(gradfit, name) is not None, name
+    assert set(dir(gradfit)) == set(gradfit.__all__)
+
+
+def test_import_does_not_import_torch():
+    code = "import sys, gradfit; gradfit.FitOptions; gradfit.parse('w*x'); print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
