@@ -124,7 +124,7 @@ def prepare(
     """Build the model and the dataset it reads, taking as inputs only the columns the model uses."""
     if isinstance(y, str) or _is_table(x):
         roles = {v for v in (y, sigma) if isinstance(v, str)}
-        columns = [c for c in _column_names(x) if c not in roles]
+        columns = [c for c in _column_names(x) if c not in roles and (not inputs or c in inputs)]
         built = make_model(model, columns, params, as_parameters)
         names = inputs or built.input_names or columns
         dataset = as_dataset(x, y, input_names=list(names), sigma=sigma, nan_policy=nan_policy)
@@ -173,6 +173,8 @@ def fit_dataset(
     from gradfit.solvers import choose_solver, get_solver
 
     train_set, val_set = split_dataset(dataset, options, validation)
+    if hasattr(model, "with_initial_guess"):  # built-in models guess their start from the training rows
+        model = model.with_initial_guess(train_set)
     if isinstance(model, ParametricModel):
         check_enough_rows(train_set.n_rows, sum(not p.fixed for p in model.parameters))
     from gradfit.threads import threads_for
