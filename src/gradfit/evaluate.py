@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from gradfit.errors import ModelError
-from gradfit.formula import Bin, Call, Expr, Formula, Neg, Num, Var, free_names
+from gradfit.formula import Bin, Call, Expr, Formula, Neg, Num, Var, children, free_names
 
 __all__ = ["NUMPY_FUNCTIONS", "CompiledExpressions", "compile_torch", "evaluate_numpy"]
 
@@ -170,19 +170,32 @@ class _Builder:
         self.constants[slot] = float(value)
         return slot
 
-    def visit(self, node: Expr) -> int:
-        found = self.slot_of.get(node)
-        if found is not None:
-            return found
+    def visit(self, root: Expr) -> int:
+        """Return the slot of ``root``, first giving slots to all its sub-expressions.
+
+        The walk uses an explicit stack, not recursion: simplified derivative trees can be a few
+        times deeper than the formula they come from, deeper than Python's recursion limit allows.
+        """
+        stack: list[tuple[Expr, bool]] = [(root, False)]
+        while stack:
+            node, ready = stack.pop()
+            if node in self.slot_of:
+                continue
+            if isinstance(node, (Num, Var)):
+                self.slot_of[node] = self.leaf(node)
+            elif ready:  # every child has its slot
+                self.slot_of[node] = self.operation(node)
+            else:
+                stack.append((node, True))
+                stack.extend((child, False) for child in reversed(children(node)))
+        return self.slot_of[root]
+
+    def leaf(self, node: Num | Var) -> int:
         if isinstance(node, Num):
-            slot = self.constant(node.value)
-        elif isinstance(node, Var):
-            slot = self.inputs.get(node.name)
-            if slot is None:
-                slot = self.inputs[node.name] = self.new_slot()
-        else:
-            slot = self.operation(node)
-        self.slot_of[node] = slot
+            return self.constant(node.value)
+        slot = self.inputs.get(node.name)
+        if slot is None:
+            slot = self.inputs[node.name] = self.new_slot()
         return slot
 
     def operation(self, node: Expr) -> int:
@@ -194,7 +207,7 @@ class _Builder:
             name, args = node.func, node.args
         else:
             raise TypeError(f"not an expression node: {node!r}")
-        arg_slots = tuple(self.visit(arg) for arg in args)
+        arg_slots = tuple(self.slot_of[arg] for arg in args)
         if all(slot in self.constants for slot in arg_slots):
             return self.constant(_fold_numpy(name, [self.constants[s] for s in arg_slots]))
         constant_mask = tuple(slot in self.constants for slot in arg_slots)
@@ -207,12 +220,31 @@ class _Builder:
         torch = self.torch
         if name == "neg":
             return torch.neg
+        if name == "/" and constant_mask == (True, False):
+            # number / tensor would run Tensor.__rtruediv__, i.e. reciprocal() * number: two
+            # roundings, and inf for denominators below ~5.6e-309
+            return _with_tensor_constants(torch.div, constant_mask)
         if name in _BINARY:
             return _BINARY[name]
+        if name == "sign":
+            return _sign_keeping_nan(torch)
         function = getattr(torch, _TORCH_NAMES[name])
         if len(constant_mask) == 2 and any(constant_mask):
             return _with_tensor_constants(function, constant_mask)
         return function
+
+
+def _sign_keeping_nan(torch: Any) -> Callable[[Any], Any]:
+    """``torch.sign`` maps nan to 0; numpy (the reference) keeps nan, and so must the program.
+
+    Otherwise a nan would vanish from a model's values, and from its Jacobian through
+    ``d abs(u) = sign(u) * du``.
+    """
+
+    def sign(x: Any) -> Any:
+        return torch.where(torch.isnan(x), x, torch.sign(x))
+
+    return sign
 
 
 def _fold_numpy(name: str, values: list[float]) -> float:

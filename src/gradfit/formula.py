@@ -106,9 +106,14 @@ def _set_hash(node: Expr, key: tuple) -> None:
     object.__setattr__(node, "_hash", hash(key))
 
 
-@dataclass(frozen=True, eq=True, repr=True)
+@dataclass(frozen=True, eq=False, repr=True)
 class Num(Expr):
-    """A finite floating-point constant."""
+    """A finite floating-point constant.
+
+    ``-0.0`` and ``0.0`` are different constants (``arctan2(0.0, -1) = pi`` but
+    ``arctan2(-0.0, -1) = -pi``; ``1/-0.0 = -inf``), so they neither compare nor hash equal: a
+    shared sub-expression must compute the same values.
+    """
 
     value: float
     _hash: int = field(init=False, repr=False, compare=False)
@@ -118,7 +123,14 @@ class Num(Expr):
         if not math.isfinite(value):
             raise ValueError(f"Num needs a finite value, got {value!r}")
         object.__setattr__(self, "value", value)
-        _set_hash(self, (Num, value))
+        _set_hash(self, (Num, value, math.copysign(1.0, value)))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Num):
+            return NotImplemented
+        return self.value == other.value and (
+            math.copysign(1.0, self.value) == math.copysign(1.0, other.value)
+        )
 
     def __hash__(self) -> int:
         return self._hash
@@ -656,7 +668,7 @@ def parse(text: str) -> Formula:
     if len(text) > MAX_LENGTH:
         raise FormulaError(
             f"formula is {len(text)} characters long (limit {MAX_LENGTH}); shorten it",
-            text[:80] + "...",
+            text,  # the whole text: ``position`` is an offset into ``formula``
             MAX_LENGTH,
         )
     _check_characters(text)

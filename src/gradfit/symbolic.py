@@ -106,7 +106,7 @@ def _fold(function: Callable[..., float], *values: float) -> Num | None:
     except (OverflowError, ValueError, ZeroDivisionError):
         return None
     if isinstance(result, float) and math.isfinite(result):
-        return Num(result)
+        return Num(result + 0.0)  # zeros made here are unsigned (-0.0 + 0.0 is 0.0): see neg
     return None
 
 
@@ -114,9 +114,13 @@ def _fold(function: Callable[..., float], *values: float) -> Num | None:
 # Smart constructors
 # --------------------------------------------------------------------------------------------------
 def neg(a: Expr) -> Expr:
-    """Return ``-a``, simplified (``--x -> x``, ``-(2*x) -> -2*x``, constants folded)."""
+    """Return ``-a``, simplified (``--x -> x``, ``-(2*x) -> -2*x``, constants folded).
+
+    ``-0`` gives ``ZERO`` (``0.0``, not ``-0.0``, which is a different constant): a derivative
+    that does not depend on the name is exactly ``ZERO``.
+    """
     if isinstance(a, Num):
-        return Num(-a.value)
+        return Num(0.0 - a.value)
     if isinstance(a, Neg):
         return a.arg
     if isinstance(a, Bin) and a.op == "*" and isinstance(a.left, Num):
@@ -165,8 +169,9 @@ def sub(a: Expr, b: Expr) -> Expr:
 def mul(a: Expr, b: Expr) -> Expr:
     """Return ``a * b``, simplified (``x*1 -> x``, ``x*0 -> 0``, constants first and merged).
 
-    Products are kept left-associated (``a*(b*c) -> a*b*c``); this may change the last bit of
-    a result, never more.
+    A number or a name multiplying a product joins it on the left (``a*(b*c) -> a*b*c``); this may
+    change the last bit of a result, never more. A larger ``a`` is not pushed in: that would turn
+    the derivative of a balanced product of n names into a chain of depth n.
     """
     if isinstance(a, Num) and isinstance(b, Num):
         folded = _fold(_BINARY_FOLDERS["*"], a.value, b.value)
@@ -194,7 +199,8 @@ def mul(a: Expr, b: Expr) -> Expr:
         folded = _fold(_BINARY_FOLDERS["*"], a.value, b.left.value)
         if folded is not None:
             return mul(folded, b.right)
-    if isinstance(b, Bin) and b.op == "*" and not isinstance(b.left, Num):
+    leaf = isinstance(a, (Num, Var))
+    if leaf and isinstance(b, Bin) and b.op == "*" and not isinstance(b.left, Num):
         return mul(mul(a, b.left), b.right)  # a*(b*c) -> a*b*c, reads left to right
     return Bin("*", a, b)
 
@@ -466,7 +472,7 @@ def _number_text(value: float) -> str:
 
 def _text(node: Expr) -> tuple[str, int]:
     if isinstance(node, Num):
-        if node.value < 0:
+        if math.copysign(1.0, node.value) < 0:  # -0.0 too: it prints as "-0"
             return "-" + _number_text(-node.value), _UNARY
         return _number_text(node.value), _ATOM
     if isinstance(node, Var):
