@@ -52,6 +52,10 @@ _SNIFF_BYTES = 64 * 1024
 _SNIFF_ROWS = 50
 _BOM = b"\xef\xbb\xbf"
 _PARQUET_MAGIC = b"PAR1"
+_QUOTE_OR_LINE_BREAK = re.compile(rb'"|\r\n?|\n')
+#: What polars raises on a file it cannot read: its own errors, and a Rust panic (e.g. on some
+#: corrupt Parquet files), which reaches Python as a BaseException, not an Exception.
+_POLARS_FAILURES: tuple[type[BaseException], ...] = (Exception, pl.exceptions.PanicException)
 
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 _SPECIAL = {"nan": math.nan, "inf": math.inf, "infinity": math.inf}
@@ -189,8 +193,10 @@ def read_table(path: str | os.PathLike[str]) -> pl.DataFrame:
     """Read a CSV, Parquet or NDJSON file into a polars DataFrame.
 
     CSV-like files (``.csv``, ``.tsv``, ``.txt``) must be UTF-8; a byte-order mark is removed, the
-    delimiter is detected among ``,`` ``;`` tab and ``|``, quoted fields may contain newlines and
-    whitespace around header names is removed. Column types are inferred from the whole file.
+    delimiter is detected among ``,`` ``;`` tab and ``|``, lines may end in LF, CRLF or CR, quoted
+    fields may contain newlines, empty lines are skipped and whitespace around header names is
+    removed. Column types are inferred from the whole file (where inference fails, columns are
+    read as text and converted when a dataset is made).
 
     Parameters
     ----------
@@ -260,7 +266,7 @@ def _read_parquet(raw: bytes, name: str) -> pl.DataFrame:
         )
     try:
         return pl.read_parquet(io.BytesIO(raw))
-    except Exception as exc:  # polars raises several types for corrupt files
+    except _POLARS_FAILURES as exc:  # polars raises several types for corrupt files
         raise DataError(
             f"cannot read {name} as Parquet ({_first_line(exc)}) — re-export the file"
         ) from None
@@ -270,7 +276,7 @@ def _read_ndjson(raw: bytes, name: str) -> pl.DataFrame:
     _check_text(raw[:_SNIFF_BYTES], name)
     try:
         frame = pl.read_ndjson(io.BytesIO(raw), infer_schema_length=None)
-    except Exception as exc:  # polars raises several types for malformed JSON
+    except _POLARS_FAILURES as exc:  # polars raises several types for malformed JSON
         raise DataError(_ndjson_problem(raw, name) or _generic_parse_message(exc, name, "NDJSON"))
     return frame
 
@@ -311,15 +317,15 @@ def _check_text(sample: bytes, name: str) -> str:
 
 
 def _read_csv(raw: bytes, name: str, suffix: str) -> pl.DataFrame:
+    raw = _lf_if_cr_lines(raw)
     truncated = len(raw) > _SNIFF_BYTES
     sample = _check_text(raw[:_SNIFF_BYTES], name)
     rows = _sample_rows(sample, truncated)
     delimiter = _sniff_delimiter(rows, default="\t" if suffix == ".tsv" else ",")
-    header = next(csv.reader(io.StringIO(sample), delimiter=delimiter), [])
-    names = _clean_header(header, name)
+    names = _clean_header(_header_row(sample, delimiter, name), name)
     try:
-        frame = pl.read_csv(io.BytesIO(raw), separator=delimiter, infer_schema_length=None)
-    except Exception as exc:  # polars raises ComputeError and others for malformed CSV
+        frame = _polars_csv(raw, delimiter)
+    except _POLARS_FAILURES as exc:  # polars raises ComputeError and others for malformed CSV
         if "utf-8" in str(exc).lower():
             raise DataError(f"{name} is not UTF-8 text — save it as UTF-8") from None
         problem = _ragged_row(raw, delimiter, len(names), name)
@@ -330,35 +336,130 @@ def _read_csv(raw: bytes, name: str, suffix: str) -> pl.DataFrame:
             "— check the header row and quoting"
         )
     frame.columns = names
-    return frame
+    return _drop_blank_lines(frame, raw, delimiter)
 
 
-def _sample_rows(sample: str, truncated: bool) -> dict[str, list[list[str]]]:
-    """Parse the first rows of the sample with each candidate delimiter."""
+def _lf_if_cr_lines(raw: bytes) -> bytes:
+    """Turn classic Mac line endings (a bare CR, which polars does not split on) into LF.
+
+    The end of the header row decides. Only line breaks outside quotes change (a CRLF becomes LF
+    too); quoted text keeps its characters.
+    """
+    if _first_line_break(raw) != b"\r":
+        return raw
+    in_quotes = False
+
+    def line_feed(token: re.Match[bytes]) -> bytes:
+        nonlocal in_quotes
+        if token.group() == b'"':
+            in_quotes = not in_quotes
+            return b'"'
+        return token.group() if in_quotes else b"\n"
+
+    return _QUOTE_OR_LINE_BREAK.sub(line_feed, raw)
+
+
+def _first_line_break(raw: bytes) -> bytes | None:
+    """The first line break outside quotes (CR, LF or CRLF), or None."""
+    in_quotes = False
+    for token in _QUOTE_OR_LINE_BREAK.finditer(raw):
+        if token.group() == b'"':
+            in_quotes = not in_quotes
+        elif not in_quotes:
+            return token.group()
+    return None
+
+
+def _polars_csv(raw: bytes, delimiter: str) -> pl.DataFrame:
+    """Read CSV bytes with polars, inferring column types from the whole file.
+
+    Inference can fail on valid text (an integer too long for Int128, digits polars takes for an
+    integer but cannot parse); then every column is read as text and converted later, strictly,
+    by the column conversion of :func:`make_dataset`.
+    """
+    try:
+        return pl.read_csv(io.BytesIO(raw), separator=delimiter, infer_schema_length=None)
+    except pl.exceptions.ComputeError:
+        return pl.read_csv(io.BytesIO(raw), separator=delimiter, infer_schema=False)
+
+
+def _header_row(sample: str, delimiter: str, name: str) -> list[str]:
+    try:
+        return next(csv.reader(io.StringIO(sample, newline=""), delimiter=delimiter), [])
+    except csv.Error as exc:
+        raise DataError(
+            f"cannot read the header row of {name} ({exc}) — check its quoting and line endings"
+        ) from None
+
+
+def _drop_blank_lines(frame: pl.DataFrame, raw: bytes, delimiter: str) -> pl.DataFrame:
+    """Remove the all-null rows polars reads from empty lines (csv and pandas skip those lines).
+
+    Only done when the file has an empty line at all; the csv module then tells which data rows
+    are empty lines (an empty line inside a quoted field is not one).
+    """
+    if frame.height == 0 or (b"\n\n" not in raw and b"\n\r\n" not in raw):
+        return frame
+    text = io.StringIO(raw.decode("utf-8", errors="replace"), newline="")
+    reader = csv.reader(text, delimiter=delimiter)
+    blank: list[int] = []
+    n_rows = 0
+    try:
+        next(reader, None)
+        for n_rows, row in enumerate(reader, start=1):
+            if not row:
+                blank.append(n_rows - 1)
+    except csv.Error:
+        return frame
+    if not blank or n_rows != frame.height:
+        return frame
+    keep = np.ones(frame.height, dtype=bool)
+    keep[blank] = False
+    return frame.filter(pl.Series(keep))
+
+
+def _sample_rows(sample: str, truncated: bool) -> dict[str, tuple[list[list[str]], bool]]:
+    """Parse the first rows of the sample with each candidate delimiter.
+
+    Each delimiter maps to its rows and whether they parsed cleanly under strict quoting rules
+    (a closing quote must be followed by the delimiter or the end of the line): a delimiter that
+    splits quoted fields apart does not parse cleanly. A truncated sample may end inside a quoted
+    field, so there no delimiter counts as clean.
+    """
     if truncated and "\n" in sample:
         sample = sample[: sample.rindex("\n") + 1]
     parsed = {}
     for delimiter in _DELIMITERS:
-        reader = csv.reader(io.StringIO(sample), delimiter=delimiter)
-        try:
-            rows = [row for _, row in zip(range(_SNIFF_ROWS + 1), reader) if row]
-        except csv.Error:
-            rows = []
+        rows, clean = _parse_rows(sample, delimiter, strict=True), not truncated
+        if rows is None:
+            rows, clean = _parse_rows(sample, delimiter, strict=False) or [], False
         if truncated and len(rows) > 1:
             rows = rows[:-1]  # the last row may be cut inside a quoted field
-        parsed[delimiter] = rows
+        parsed[delimiter] = (rows, clean)
     return parsed
 
 
-def _sniff_delimiter(rows: dict[str, list[list[str]]], default: str) -> str:
-    """Choose the delimiter giving the most consistent number (>= 2) of fields per row."""
-    best, best_score = default, (0.0, 0, False)
-    for delimiter, parsed in rows.items():
+def _parse_rows(sample: str, delimiter: str, strict: bool) -> list[list[str]] | None:
+    reader = csv.reader(io.StringIO(sample, newline=""), delimiter=delimiter, strict=strict)
+    try:
+        return [row for _, row in zip(range(_SNIFF_ROWS + 1), reader) if row]
+    except csv.Error:
+        return None
+
+
+def _sniff_delimiter(rows: dict[str, tuple[list[list[str]], bool]], default: str) -> str:
+    """Choose the delimiter giving the most consistent number (>= 2) of fields per row.
+
+    Ties go to a delimiter that parses the quoting cleanly, then to more fields, then to the
+    default.
+    """
+    best, best_score = default, (0.0, False, 0, False)
+    for delimiter, (parsed, clean) in rows.items():
         if not parsed or len(parsed[0]) < 2:
             continue
         width = len(parsed[0])
         consistency = sum(len(row) == width for row in parsed) / len(parsed)
-        score = (consistency, width, delimiter == default)
+        score = (consistency, clean, width, delimiter == default)
         if score > best_score:
             best, best_score = delimiter, score
     return best
@@ -629,7 +730,7 @@ def _check_roles(table: _Table, inputs: list[str], y: str, sigma: str | None) ->
 
 
 def _unknown_column_message(name: str, columns: Sequence[str]) -> str:
-    shown = ", ".join(columns[:_MAX_SHOWN_COLUMNS])
+    shown = ", ".join(c if c.isprintable() else repr(c) for c in columns[:_MAX_SHOWN_COLUMNS])
     if len(columns) > _MAX_SHOWN_COLUMNS:
         shown += f", ... ({len(columns)} in all)"
     close = difflib.get_close_matches(name, list(columns), n=1, cutoff=0.6)
@@ -637,7 +738,7 @@ def _unknown_column_message(name: str, columns: Sequence[str]) -> str:
         lowered = {c.lower(): c for c in columns}
         close = [lowered[name.lower()]] if name.lower() in lowered else []
     hint = f"; did you mean {close[0]!r}?" if close else ""
-    if len(columns) == 1 and re.search(r"\s", columns[0]):
+    if len(columns) == 1 and re.search(r"\S\s+\S", columns[0]):
         hint += " (a single column with spaces in its name: separate columns with , ; tab or |)"
     return f"unknown column {name!r}{hint} (columns: {shown or 'none'})"
 
