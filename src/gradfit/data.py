@@ -27,6 +27,7 @@ import numpy as np
 import polars as pl
 
 from gradfit.errors import DataError
+from gradfit.limits import check_table_fits
 
 __all__ = [
     "Dataset",
@@ -225,6 +226,7 @@ def read_table(path: str | os.PathLike[str]) -> pl.DataFrame:
             f"unsupported file type {shown!r} for {name} — use one of "
             f"{', '.join(TABLE_SUFFIXES)}"
         )
+    check_table_fits(p)
     raw = _read_bytes(p, name)
     if not raw.strip() or raw.strip() == _BOM:
         raise DataError(f"file is empty: {name} — give a file with a header row and data rows")
