@@ -11,7 +11,12 @@ import numpy as np
 import pytest
 
 import gradfit
-from tests.nist_problems import linear_problems, load, lre, nonlinear_problems
+from tests.nist_problems import NIST_DIR
+
+if not NIST_DIR.is_dir():
+    pytest.skip(f"NIST StRD files not found at {NIST_DIR} (shared/ beside the project)", allow_module_level=True)
+
+from tests.nist_problems import linear_problems, load, lre, nonlinear_problems  # noqa: E402
 
 NONLINEAR = [p.name for p in nonlinear_problems()]
 LINEAR = [p.name for p in linear_problems()]
