@@ -1,11 +1,38 @@
 """Batched fits: K independent fits of one model in one call (a fleet of sensors, every pixel).
 
 Rows are grouped by a key column, padded into ``(K, n_max)`` blocks with a mask
-(:mod:`gradfit.packing`) and solved chunk by chunk, so memory stays bounded whatever K is. Each chunk
-runs one batched solve — the exact QR solve for models linear in their parameters, the batched
-Levenberg-Marquardt of :mod:`gradfit.solvers.least_squares` otherwise — and one batched pass of
-:func:`gradfit.stats.fit_report`. A group whose data are not finite, or that has fewer points than
-free parameters, is reported with its own status and never disturbs the others.
+(:mod:`gradfit.packing`) and solved chunk by chunk, so memory stays bounded whatever K is. A group
+whose data are not finite, or that has fewer points than free parameters, is reported with its own
+status and never disturbs the others.
+
+Solvers (``solver="auto"`` picks the first that applies):
+
+``linear``
+    Formulas linear in their parameters (mse, unbounded): the normal equations of every group,
+    solved by the fused batched solver of :mod:`gradfit.solvers.batched` with iterative
+    refinement (a Gauss-Newton step from the solution changes nothing); groups whose normal
+    equations are ill-conditioned (scaled condition bound above :data:`CONDITION_ACCURATE`) or
+    singular are solved again by the exact batched QR/SVD solve.
+``batched``
+    Other formulas with the mse loss and one starting point: the fused batched Levenberg-Marquardt
+    of :mod:`gradfit.solvers.batched` (symbolic Jacobian, normal equations and per-fit damping in
+    a few passes per iteration; about 10⁵ fits/s on one CPU core). With default settings it runs to
+    the reference solver's tolerances, and a group it does not bring to convergence within
+    :data:`FAST_MAX_ITER` trials (or that converges where a parameter ran off to infinity, or
+    where ``JᵀJ`` is ill-conditioned) is solved again, from its starting values, by the reference
+    solver — so every group's result is
+    the one-at-a-time :func:`gradfit.fit` result. With ``max_iter``/``tolerance`` given (speed
+    settings, e.g. Gpufit's ``max_iter=10, tolerance=1e-4``) it runs exactly those and reports each
+    group's status as it ended.
+``lm`` / ``gn``
+    The reference batched Levenberg-Marquardt / Gauss-Newton of :mod:`gradfit.solvers.least_squares`
+    (robust losses, callables, several starting points, or when asked for by name).
+
+Standard errors of the fast paths come from the Cholesky factor of ``JᵀJ`` that the solver has at
+the solution; where that would lose digits (scaled condition bound above :data:`CONDITION_ACCURATE`
+with default settings: the group is solved again as above; above :data:`CONDITION_FAST` with speed
+settings) or ``JᵀJ`` is singular, a group gets the SVD-based :func:`gradfit.stats.fit_report`, as
+every group of the reference paths does.
 """
 
 from __future__ import annotations
@@ -32,6 +59,17 @@ __all__ = ["GroupFitResult", "fit_groups", "auto_chunk_size"]
 BAD_DATA, TOO_FEW = "bad_data", "too_few_points"
 #: upper limit of groups per chunk (larger chunks stop paying off; see MEASURED.md)
 MAX_CHUNK = 16_384
+#: solver names accepted by :func:`fit_groups`
+SOLVERS = ("auto", "linear", "batched", "lm", "gn")
+#: scaled condition bound of JᵀJ above which fast-path standard errors are recomputed by SVD
+#: (default settings: the normal equations lose about log10(condition) of 16 digits)
+CONDITION_ACCURATE = 1e6
+#: the same bound with speed settings (max_iter or tolerance given)
+CONDITION_FAST = 1e10
+#: trials of the batched solver before the reference solver takes over a group (default settings)
+FAST_MAX_ITER = 50
+#: trials of the batched solver with only a tolerance given
+FAST_DEFAULT_ITER = 200
 
 
 @dataclass(frozen=True)
@@ -144,8 +182,22 @@ class _Plan:
     y: str
     sigma: str | None
     starts: dict[str, str]
-    linear: bool
+    path: str  # "linear", "batched" or "reference"
     options: dict[str, Any]
+    system: Any = None  # the batched solver's compiled model + Jacobian (fast paths)
+
+    @property
+    def linear(self) -> bool:
+        return self.path == "linear"
+
+    @property
+    def accurate(self) -> bool:
+        """Default settings: results must equal one-at-a-time fits (no max_iter, no tolerance)."""
+        return self.options["max_iter"] is None and self.options["tolerance"] is None
+
+    @property
+    def free(self) -> list[bool]:
+        return [not p.fixed for p in self.model.parameters]
 
 
 def fit_groups(
@@ -220,10 +272,11 @@ def fit_groups(
     frame = _frame(data)
     _check_columns(frame, [group, y] + ([sigma] if sigma else []))
     built, column_starts = _model(model, frame, group, y, sigma, params, bounds, fix)
-    plan = _Plan(built, y, sigma, column_starts, _is_linear(built, solver, loss), dict(
+    path = _path(built, solver, loss, starts)
+    plan = _Plan(built, y, sigma, column_starts, path, dict(
         solver=solver, loss=loss, max_iter=max_iter, tolerance=tolerance, starts=starts, val=val, seed=seed,
-        dtype=dtype, device=_device(device), absolute_sigma=absolute_sigma,
-    ))
+        dtype=_dtype(dtype), device=_device(device), absolute_sigma=absolute_sigma,
+    ), _fast_system(built) if path != "reference" else None)
     index = index_groups(frame[group].to_numpy())
     columns = _columns(frame, built, y, sigma, column_starts)
     size = chunk or auto_chunk_size(int(index.counts.max()), built.n_params, 4 if dtype == "float32" else 8)
@@ -297,18 +350,41 @@ def _columns(frame: pl.DataFrame, model: ParametricModel, y: str, sigma: str | N
     return columns
 
 
-def _is_linear(model: ParametricModel, solver: str, loss: str) -> bool:
-    if solver not in ("auto", "linear", "lm", "gn"):
-        raise OptionError(f"unknown group solver '{solver}' — choose auto, linear, lm or gn")
+def _path(model: ParametricModel, solver: str, loss: str, starts: int) -> str:
+    """Which solver fits the groups: ``"linear"``, ``"batched"`` or ``"reference"``."""
+    if solver not in SOLVERS:
+        raise OptionError(f"unknown group solver '{solver}' — choose {', '.join(SOLVERS)}")
+    formula = isinstance(model, FormulaModel)
     bounded = any(p.bounded for p in model.parameters)
-    linear = isinstance(model, FormulaModel) and model.is_linear and loss == "mse" and not bounded
+    linear = formula and model.is_linear and loss == "mse" and not bounded
     if solver == "linear" and not linear:
         raise OptionError("solver 'linear' needs an unbounded formula linear in its parameters and the mse loss — use 'lm'")
-    return linear and solver in ("auto", "linear")
+    fast = formula and loss == "mse" and starts == 1
+    if solver == "batched" and not fast:
+        raise OptionError("solver 'batched' needs a formula model, the mse loss and one starting point — use 'lm'")
+    if linear and solver in ("auto", "linear"):
+        return "linear"
+    if solver == "batched" or (solver == "auto" and fast):
+        return "batched"
+    return "reference"
 
 
 def _solver_name(plan: _Plan) -> str:
-    return "linear" if plan.linear else ("gn" if plan.options["solver"] == "gn" else "lm")
+    if plan.path != "reference":
+        return plan.path
+    return "gn" if plan.options["solver"] == "gn" else "lm"
+
+
+def _fast_system(model: ParametricModel) -> Any:
+    from gradfit.solvers.batched import formula_system
+
+    return formula_system(model, [not p.fixed for p in model.parameters])
+
+
+def _dtype(dtype: str) -> str:
+    if dtype not in ("float64", "float32"):
+        raise OptionError(f"unknown dtype '{dtype}' — choose float64 or float32")
+    return dtype
 
 
 def _device(device: str) -> str:
@@ -336,6 +412,7 @@ class _Chunk:
     fit_mask: torch.Tensor
     val_mask: torch.Tensor | None
     counts: np.ndarray
+    padded: bool = True  # some group has padding (or held-out) points: the mask matters
 
 
 def _fit_chunk(plan: _Plan, columns: Mapping[str, np.ndarray], index: GroupIndex, part: slice) -> pl.DataFrame:
@@ -347,12 +424,14 @@ def _fit_chunk(plan: _Plan, columns: Mapping[str, np.ndarray], index: GroupIndex
     finite = finite_groups(used, packed.mask) & _positive_sigma(packed, plan.sigma)
     theta0 = _starting_values(plan, columns, index, part)
     n_free = sum(not p.fixed for p in model.parameters)
-    chunk = _tensors(plan, packed)
+    chunk = _tensors(plan, packed, bool(finite.all()))
     enough = chunk.fit_mask.sum(-1).cpu().numpy() >= n_free
     ok = finite & enough
     status = np.where(~finite, BAD_DATA, np.where(~enough, TOO_FEW, ""))
     rows = _empty_rows(model, len(packed.counts), status)
-    if ok.any():
+    if ok.all():
+        _solve(plan, chunk, theta0, rows, np.arange(len(ok)))
+    elif ok.any():
         selected = torch.as_tensor(np.flatnonzero(ok), device=chunk.y.device)
         _solve(plan, _subset(chunk, selected), theta0[ok], rows, np.flatnonzero(ok))
     rows["n_points"] = packed.counts.astype(np.int64)
@@ -374,15 +453,15 @@ def _starting_values(plan: _Plan, columns: Mapping[str, np.ndarray], index: Grou
     return theta0
 
 
-def _tensors(plan: _Plan, packed: PackedGroups) -> _Chunk:
+def _tensors(plan: _Plan, packed: PackedGroups, all_finite: bool = False) -> _Chunk:
     import torch
 
     dtype, device = getattr(torch, plan.options["dtype"]), plan.options["device"]
 
     def tensor(values: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor(values, dtype=dtype, device=device)
+        return torch.as_tensor(values if all_finite else np.nan_to_num(values), dtype=dtype, device=device)
 
-    real = tensor(np.nan_to_num(packed.mask))
+    real = tensor(packed.mask)
     fit_mask, val_mask = real, None
     if plan.options["val"] > 0:
         generator = np.random.default_rng(plan.options["seed"])
@@ -390,8 +469,9 @@ def _tensors(plan: _Plan, packed: PackedGroups) -> _Chunk:
         val_mask = tensor(held.astype(float))
         fit_mask = real - val_mask
     weights = None if plan.sigma is None else tensor(1.0 / np.where(packed.mask > 0, packed.columns[plan.sigma], 1.0))
-    inputs = {name: tensor(np.nan_to_num(packed.columns[name])) for name in plan.model.input_names}
-    return _Chunk(inputs, tensor(np.nan_to_num(packed.columns[plan.y])), weights, fit_mask, val_mask, packed.counts)
+    inputs = {name: tensor(packed.columns[name]) for name in plan.model.input_names}
+    padded = val_mask is not None or bool((packed.counts < packed.mask.shape[1]).any())
+    return _Chunk(inputs, tensor(packed.columns[plan.y]), weights, fit_mask, val_mask, packed.counts, padded)
 
 
 def _subset(chunk: _Chunk, selected: torch.Tensor) -> _Chunk:
@@ -400,8 +480,14 @@ def _subset(chunk: _Chunk, selected: torch.Tensor) -> _Chunk:
 
     return _Chunk(
         {k: take(v) for k, v in chunk.inputs.items()}, take(chunk.y), take(chunk.weights),
-        take(chunk.fit_mask), take(chunk.val_mask), chunk.counts[selected.cpu().numpy()],
+        take(chunk.fit_mask), take(chunk.val_mask), chunk.counts[selected.cpu().numpy()], chunk.padded,
     )
+
+
+_NOT_FITTED = {
+    BAD_DATA: "not fitted: the group has missing or non-finite values (or sigma <= 0) — clean its rows",
+    TOO_FEW: "not fitted: fewer points than free parameters — fix parameters or merge groups",
+}
 
 
 def _empty_rows(model: ParametricModel, k: int, status: np.ndarray) -> dict[str, np.ndarray]:
@@ -413,16 +499,16 @@ def _empty_rows(model: ParametricModel, k: int, status: np.ndarray) -> dict[str,
         rows[name] = nan.copy()
     rows["iterations"] = np.zeros(k, dtype=np.int64)
     rows["status"] = status.astype(object)
-    rows["message"] = np.array([_not_fitted_message(s) for s in status], dtype=object)
+    message = np.full(k, "", dtype=object)
+    for name, text in _NOT_FITTED.items():
+        message[status == name] = text
+    rows["message"] = message
+    rows["success"] = np.zeros(k, dtype=bool)
     return rows
 
 
 def _not_fitted_message(status: str) -> str:
-    if status == BAD_DATA:
-        return "not fitted: the group has missing or non-finite values (or sigma <= 0) — clean its rows"
-    if status == TOO_FEW:
-        return "not fitted: fewer points than free parameters — fix parameters or merge groups"
-    return ""
+    return _NOT_FITTED.get(status, "")
 
 
 def _weights(chunk: _Chunk) -> torch.Tensor:
@@ -432,25 +518,162 @@ def _weights(chunk: _Chunk) -> torch.Tensor:
 def _solve(plan: _Plan, chunk: _Chunk, theta0: np.ndarray, rows: dict[str, np.ndarray], where: np.ndarray) -> None:
     import torch
 
-    model = plan.model
-    weights = _weights(chunk)
     start = torch.as_tensor(theta0, dtype=chunk.y.dtype, device=chunk.y.device)
-    if plan.linear:
-        theta, status, message, iterations, success = _solve_linear(model, chunk, weights, start)
-    else:
-        theta, status, message, iterations, success = _solve_nonlinear(plan, chunk, weights, start)
+    if plan.path != "reference":
+        _solve_fast(plan, chunk, start, rows, where)
+        return
+    weights = _weights(chunk)
+    theta, status, message, iterations, success = _solve_nonlinear(plan, chunk, weights, start)
+    _record(plan, chunk, weights, theta, rows, where, status, message, iterations, success)
+
+
+def _record(plan: _Plan, chunk: _Chunk, weights: torch.Tensor, theta: torch.Tensor, rows: dict[str, np.ndarray],
+            where: np.ndarray, status: Any, message: Any, iterations: Any, success: Any) -> None:
+    """Statistics by SVD (:func:`gradfit.stats.fit_report`) and the solver's verdict into ``rows``."""
     _statistics(plan, chunk, weights, theta, rows, where)
     rows["iterations"][where] = iterations
     rows["status"][where] = status
     rows["message"][where] = message
-    rows.setdefault("success", np.zeros(len(rows["status"]), dtype=bool))
     rows["success"][where] = success
 
 
-def _solve_linear(model: FormulaModel, chunk: _Chunk, weights: torch.Tensor, start: torch.Tensor) -> tuple:
+def _subset_where(chunk: _Chunk, start: torch.Tensor, where: np.ndarray, mask: np.ndarray) -> tuple[_Chunk, torch.Tensor, np.ndarray]:
+    import torch
+
+    selected = torch.as_tensor(np.flatnonzero(mask), device=start.device)
+    return _subset(chunk, selected), start.index_select(0, selected), where[mask]
+
+
+def _solve_fast(plan: _Plan, chunk: _Chunk, start: torch.Tensor, rows: dict[str, np.ndarray], where: np.ndarray) -> None:
+    """The fused batched solver; groups it cannot settle go to the exact or reference path."""
+    import torch
+
+    from gradfit.solvers.batched import CONVERGED, STATUS_MESSAGES, STATUS_NAMES, solve_batched
+
+    model = plan.model
+    data: dict[str, torch.Tensor] = {**chunk.inputs, "__y": chunk.y}
+    if chunk.weights is not None or chunk.padded:
+        data["__w"] = _weights(chunk)
+    solution = solve_batched(
+        plan.system, start, data, free=plan.free,
+        lower=[p.lower for p in model.parameters], upper=[p.upper for p in model.parameters],
+        options=_batched_options(plan),
+    )
+    code = solution.code.cpu().numpy()
+    stats = _fast_statistics(plan, chunk, solution)
+    condition = stats.pop("condition")
+    if plan.linear or plan.accurate:  # the exact solve / reference solver for what did not settle
+        redo = (code != CONVERGED) | solution.vanished.cpu().numpy() | ~(condition <= CONDITION_ACCURATE)
+    else:
+        redo = np.zeros(code.shape, dtype=bool)
+    svd = ~redo & ~(condition <= CONDITION_FAST)  # ill-conditioned or singular: SVD statistics
+    keep = ~redo
+    at = where[keep]
+    theta = solution.theta.cpu().numpy()
+    for i, name in enumerate(model.param_names):
+        rows[name][at] = theta[keep, i]
+    for name, values in stats.items():
+        rows[name][at] = values[keep]
+    rows["iterations"][at] = solution.n_iter.cpu().numpy()[keep]
+    names, messages = np.array(STATUS_NAMES, dtype=object), np.array(STATUS_MESSAGES, dtype=object)
+    if plan.linear:
+        messages = messages.copy()
+        messages[CONVERGED] = "solved: normal equations with iterative refinement"
+    rows["status"][at] = names[code[keep]]
+    rows["message"][at] = messages[code[keep]]
+    rows["success"][at] = code[keep] == CONVERGED
+    if chunk.val_mask is not None:
+        rows["val_loss"][at] = _validation_loss(model, chunk, solution.theta)[keep]
+    if svd.any():
+        part, _, part_where = _subset_where(chunk, start, where, svd)
+        theta_svd = solution.theta.index_select(0, torch.as_tensor(np.flatnonzero(svd), device=start.device))
+        _statistics(plan, part, _weights(part), theta_svd, rows, part_where)
+    if redo.any():
+        part, part_start, part_where = _subset_where(chunk, start, where, redo)
+        weights = _weights(part)
+        solve = _solve_linear if plan.linear else _solve_nonlinear
+        theta_redo, status, message, iterations, success = solve(plan, part, weights, part_start)
+        _record(plan, part, weights, theta_redo, rows, part_where, status, message, iterations, success)
+
+
+def _batched_options(plan: _Plan) -> Any:
+    from gradfit.solvers.batched import BatchedOptions
+
+    options = plan.options
+    if plan.linear:  # Gauss-Newton steps (tiny damping): the first lands on the solution, the next refine it
+        return BatchedOptions(max_iter=5, initial_damping=1e-12)
+    if plan.accurate:
+        return BatchedOptions(max_iter=FAST_MAX_ITER)
+    tolerance = options["tolerance"]
+    settings: dict[str, Any] = {"max_iter": options["max_iter"] if options["max_iter"] is not None else FAST_DEFAULT_ITER}
+    if tolerance is not None:
+        settings.update(ftol=tolerance, xtol=tolerance)
+    return BatchedOptions(**settings)
+
+
+def _fast_statistics(plan: _Plan, chunk: _Chunk, solution: Any) -> dict[str, np.ndarray]:
+    """Standard errors, R², reduced χ², AIC, BIC from the batched solver's ``JᵀJ`` factor.
+
+    The same conventions as :func:`gradfit.stats.fit_report`: ``s² = χ²/(n - p)`` (or 1 with
+    ``absolute_sigma``), fixed parameters' errors NaN, R² about the ``1/σ²``-weighted mean.
+    Also returns ``condition`` (the scaled condition bound; NaN where not finite).
+    """
+    import torch
+
+    from gradfit import stats
+
+    model = plan.model
+    free = plan.free
+    n_free = sum(free)
+    n_points = chunk.fit_mask.sum(-1)
+    dof = n_points - n_free
+    chisqr = solution.chisqr
+    if plan.options["absolute_sigma"]:
+        s2 = torch.ones_like(chisqr)
+    else:
+        s2 = torch.where(dof > 0, chisqr / dof, torch.full_like(chisqr, math.inf))
+    stderr_free = torch.sqrt(solution.inverse_diagonal * s2[:, None])
+    w2 = chunk.fit_mask if chunk.weights is None else chunk.weights**2 * chunk.fit_mask
+    mean = (w2 * chunk.y).sum(-1, keepdim=True) / w2.sum(-1, keepdim=True)
+    sst = (w2 * (chunk.y - mean) ** 2).sum(-1)
+    aic, bic = stats.information_criteria(chisqr, n_points, n_free)
+    out = {
+        "r2": (1.0 - chisqr / sst).cpu().numpy(),
+        "redchi": torch.where(dof > 0, chisqr / dof, torch.full_like(chisqr, math.nan)).cpu().numpy(),
+        "aic": aic.cpu().numpy(),
+        "bic": bic.cpu().numpy(),
+        "condition": torch.nan_to_num(solution.condition, nan=math.inf).cpu().numpy(),
+    }
+    stderr = stderr_free.cpu().numpy()
+    column = 0
+    for name, is_free in zip(model.param_names, free):
+        if is_free:
+            out[f"{name}_stderr"] = stderr[:, column]
+            column += 1
+        else:
+            out[f"{name}_stderr"] = np.full(stderr.shape[0], np.nan)
+    return out
+
+
+def _validation_loss(model: ParametricModel, chunk: _Chunk, theta: torch.Tensor) -> np.ndarray:
+    """Mean squared (weighted) residual over each group's held-out points."""
+    import torch
+
+    with torch.no_grad():
+        prediction = model.predict(chunk.inputs, theta)
+        squared = ((prediction - chunk.y) * (chunk.weights if chunk.weights is not None else 1.0)) ** 2
+        assert chunk.val_mask is not None
+        return ((squared * chunk.val_mask).sum(-1) / chunk.val_mask.sum(-1)).cpu().numpy()
+
+
+def _solve_linear(plan: _Plan, chunk: _Chunk, weights: torch.Tensor, start: torch.Tensor) -> tuple:
+    """Exact batched least squares (SVD of the design) for models linear in their parameters."""
     import torch
 
     from gradfit.solvers.linear import batched_least_squares
+
+    model = plan.model
+    assert isinstance(model, FormulaModel)
 
     offset, design = model.design(chunk.inputs)
     free = torch.tensor([not p.fixed for p in model.parameters], device=start.device)
@@ -545,9 +768,7 @@ def _statistics(plan: _Plan, chunk: _Chunk, weights: torch.Tensor, theta: torch.
             free=torch.tensor([not p.fixed for p in model.parameters]), mask=chunk.fit_mask,
         )
         if chunk.val_mask is not None:
-            squared = ((prediction - chunk.y) * (chunk.weights if chunk.weights is not None else 1.0)) ** 2
-            val = (squared * chunk.val_mask).sum(-1) / chunk.val_mask.sum(-1)
-            rows["val_loss"][where] = val.cpu().numpy()
+            rows["val_loss"][where] = _validation_loss(model, chunk, theta)
     values, stderr = theta.cpu().numpy(), report.stderr.cpu().numpy()
     for i, name in enumerate(model.param_names):
         rows[name][where] = values[:, i]
@@ -559,6 +780,5 @@ def _statistics(plan: _Plan, chunk: _Chunk, weights: torch.Tensor, theta: torch.
 def _table(rows: dict[str, np.ndarray], model: ParametricModel) -> pl.DataFrame:
     import polars as pl
 
-    rows.setdefault("success", np.zeros(len(rows["status"]), dtype=bool))
     order = ["n_points", *[c for n in model.param_names for c in (n, f"{n}_stderr")], "r2", "redchi", "aic", "bic", "val_loss", "iterations", "status", "success", "message"]
     return pl.DataFrame({name: (rows[name].tolist() if rows[name].dtype == object else rows[name]) for name in order})
