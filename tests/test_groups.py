@@ -92,3 +92,133 @@ def test_summary_and_worst_groups(fleet):
     assert 0.9 < summary["r2"]["q50"] <= 1.0
     worst = result.worst(3)
     assert worst["status"].to_list()[:2] == ["bad_data", "too_few_points"] or not worst["success"][0]
+
+
+# ------------------------------------------------------------------------- the fused batched solver
+
+
+def test_default_nonlinear_path_is_the_batched_solver_and_equals_the_reference_lm(fleet):
+    fast = fit_groups(DECAY, fleet, group="sensor", y="y", sigma="sigma", params=START)
+    reference = fit_groups(DECAY, fleet, group="sensor", y="y", sigma="sigma", params=START, solver="lm")
+    assert fast.solver == "batched" and reference.solver == "lm"
+    assert fast.table["status"].to_list() == reference.table["status"].to_list()
+    for name in ("a", "k", "c", "a_stderr", "k_stderr", "c_stderr", "r2", "redchi", "aic", "bic"):
+        np.testing.assert_allclose(fast.table[name].to_numpy(), reference.table[name].to_numpy(), rtol=1e-8)
+
+
+def _gaussians(k: int, seed: int = 0) -> tuple[pl.DataFrame, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    truth = np.column_stack([rng.uniform(500, 1000, k), rng.uniform(1.5, 2.5, k), rng.uniform(1.5, 2.5, k),
+                             rng.uniform(0.8, 1.2, k), rng.uniform(5, 15, k)])
+    x, y = np.tile(np.arange(5.0), 5), np.repeat(np.arange(5.0), 5)
+    mean = truth[:, [0]] * np.exp(-((x - truth[:, [1]]) ** 2 + (y - truth[:, [2]]) ** 2) / (2 * truth[:, [3]] ** 2)) + truth[:, [4]]
+    start = truth * (1 + rng.uniform(-0.1, 0.1, truth.shape))
+    columns = {"g": np.repeat(np.arange(k), 25), "x": np.tile(x, k), "y": np.tile(y, k), "z": rng.poisson(mean).ravel().astype(float)}
+    columns.update({f"{name}_0": np.repeat(start[:, j], 25) for j, name in enumerate(GAUSS_PARAMS)})
+    return pl.DataFrame(columns), start
+
+
+GAUSS = "a*exp(-((x-x0)**2+(y-y0)**2)/(2*s**2)) + b"
+GAUSS_PARAMS = ("a", "x0", "y0", "s", "b")
+
+
+def test_gpufit_settings_on_gaussian_spots_match_scipy_within_the_tolerance():
+    from scipy.optimize import curve_fit
+
+    frame, start = _gaussians(60)
+    result = fit_groups(GAUSS, frame, group="g", y="z", params={n: f"{n}_0" for n in GAUSS_PARAMS}, max_iter=10, tolerance=1e-4)
+    table = result.table
+    assert result.solver == "batched" and result.status_counts() == {"converged": 60}
+    assert table["iterations"].max() <= 10
+    assert np.isfinite(table.select([f"{n}_stderr" for n in GAUSS_PARAMS]).to_numpy()).all()
+
+    def gauss(xy, a, x0, y0, s, b):
+        return a * np.exp(-((xy[0] - x0) ** 2 + (xy[1] - y0) ** 2) / (2 * s**2)) + b
+
+    for key in (0, 17, 59):
+        part = frame.filter(pl.col("g") == key)
+        values, cov = curve_fit(gauss, np.vstack([part["x"], part["y"]]), part["z"].to_numpy(), p0=start[key], xtol=1e-12, ftol=1e-12)
+        row = table.filter(pl.col("g") == key)
+        stderr = np.sqrt(np.diag(cov))
+        # tolerance 1e-4 on the Gauss-Newton gain: a small fraction of a standard error from the optimum
+        assert np.all(np.abs(np.array([row[n][0] for n in GAUSS_PARAMS]) - values) <= 0.1 * stderr)
+        np.testing.assert_allclose([row[f"{n}_stderr"][0] for n in GAUSS_PARAMS], stderr, rtol=0.02)
+
+
+def test_speed_settings_report_the_iteration_limit_honestly(fleet):
+    capped = fit_groups(DECAY, fleet, group="sensor", y="y", params=START, max_iter=2)
+    counts = capped.status_counts()
+    assert counts.get("max_iter", 0) >= 15 and counts["bad_data"] == 1 and counts["too_few_points"] == 1
+    stopped = capped.table.filter(pl.col("status") == "max_iter")
+    assert not stopped["success"].any() and (stopped["iterations"] == 2).all()
+    assert stopped["message"][0].startswith("stopped at the iteration limit")
+
+
+def test_bounded_and_fixed_groups_equal_single_fits(fleet):
+    bounds = {"k": (0.0, 0.9)}  # active for the sensors whose rate is faster
+    result = fit_groups(DECAY, fleet, group="sensor", y="y", params=START, bounds=bounds, fix={"c": 0.1})
+    assert result.solver == "batched"
+    for key in (0, 3, 11, 23):
+        single = _single(DECAY, fleet, key, params=START, bounds=bounds, fix={"c": 0.1})
+        row = result.table.filter(pl.col("sensor") == key)
+        np.testing.assert_allclose([row[n][0] for n in "akc"], single.values, rtol=1e-8)
+        np.testing.assert_allclose([row[f"{n}_stderr"][0] for n in "ak"], [single.stderr[n] for n in "ak"], rtol=1e-6)
+        assert np.isnan(row["c_stderr"][0]) and row["c"][0] == 0.1
+
+
+def test_shuffled_rows_give_the_same_fits(fleet):
+    ordered = fit_groups(DECAY, fleet, group="sensor", y="y", params=START).table
+    shuffled = fit_groups(DECAY, fleet.sample(fraction=1.0, shuffle=True, seed=3).sort("t"), group="sensor", y="y", params=START).table
+    assert ordered["sensor"].to_list() == shuffled["sensor"].to_list()
+    np.testing.assert_allclose(shuffled["k"].to_numpy(), ordered["k"].to_numpy(), rtol=1e-9)
+
+
+def test_packing_fast_paths_equal_the_general_path():
+    from gradfit.packing import index_groups, pack
+
+    key = np.repeat(np.array([3, 5, 9, 12]), 6)
+    values = {"v": np.arange(24.0)}
+    fast = index_groups(key)
+    general = index_groups(key[::-1].copy())  # not sorted: argsort path
+    np.testing.assert_array_equal(fast.keys, general.keys)
+    np.testing.assert_array_equal(fast.counts, general.counts)
+    equal = pack(values, fast, slice(1, 3))  # equal consecutive groups: a reshape
+    np.testing.assert_array_equal(equal.columns["v"], np.arange(6.0, 18.0).reshape(2, 6))
+    assert equal.mask.all() and equal.columns["v"].flags.writeable
+    ragged = index_groups(np.array([1, 1, 2, 2, 2]))
+    packed = pack({"v": np.arange(5.0)}, ragged, slice(0, 2))
+    np.testing.assert_array_equal(packed.columns["v"], [[0, 1, 1], [2, 3, 4]])
+    np.testing.assert_array_equal(packed.mask, [[1, 1, 0], [1, 1, 1]])
+    with_nan = index_groups(np.array([1.0, np.nan, 1.0, np.nan]))
+    assert with_nan.n_groups == 2 and with_nan.counts.tolist() == [2, 2]
+
+
+def test_ill_conditioned_linear_groups_fall_back_to_the_exact_solve():
+    rng = np.random.default_rng(5)
+    t = np.tile(np.linspace(1000.0, 1001.0, 12), 3)  # far from the origin: the monomial design is ill-conditioned
+    gid = np.repeat(np.arange(3), 12)
+    y = 0.3 * (t - 1000.0) ** 2 + 2.0 + 0.01 * rng.standard_normal(t.size)
+    frame = pl.DataFrame({"g": gid, "t": t, "y": y})
+    result = fit_groups("w2*t**2 + w1*t + w0", frame, group="g", y="y")
+    assert result.solver == "linear" and result.status_counts() == {"converged": 3}
+    for key in range(3):
+        part = frame.filter(pl.col("g") == key)
+        row = result.table.filter(pl.col("g") == key)
+        np.testing.assert_allclose([row[n][0] for n in ("w2", "w1", "w0")], np.polyfit(part["t"], part["y"], 2), rtol=1e-6)
+
+
+def test_float32_groups(fleet):
+    single = fit_groups(DECAY, fleet, group="sensor", y="y", params=START, dtype="float32", max_iter=50, tolerance=1e-6)
+    double = fit_groups(DECAY, fleet, group="sensor", y="y", params=START)
+    ok = single.table["success"].to_numpy() & double.table["success"].to_numpy()
+    assert ok.sum() >= 18
+    np.testing.assert_allclose(single.table["k"].to_numpy()[ok], double.table["k"].to_numpy()[ok], rtol=1e-3)
+
+
+@pytest.mark.gpu
+def test_groups_on_cuda_equal_cpu(fleet):
+    cpu = fit_groups(DECAY, fleet, group="sensor", y="y", params=START)
+    gpu = fit_groups(DECAY, fleet, group="sensor", y="y", params=START, device="cuda")
+    assert gpu.table["status"].to_list() == cpu.table["status"].to_list()
+    np.testing.assert_allclose(gpu.table["k"].to_numpy(), cpu.table["k"].to_numpy(), rtol=1e-8)
+    np.testing.assert_allclose(gpu.table["k_stderr"].to_numpy(), cpu.table["k_stderr"].to_numpy(), rtol=1e-8)

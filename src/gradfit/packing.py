@@ -40,10 +40,27 @@ class GroupIndex:
 
 
 def index_groups(group: np.ndarray) -> GroupIndex:
-    """Index the rows of each distinct value of ``group`` (any sortable array)."""
+    """Index the rows of each distinct value of ``group`` (any sortable array).
+
+    Data already sorted by group (the usual layout of a large table) skip the sort: the
+    boundaries come from one comparison of neighbours.
+    """
+    group = np.asarray(group)
+    if group.size and _presorted(group):
+        change = np.flatnonzero(group[1:] != group[:-1]) + 1
+        starts = np.concatenate([[0], change]).astype(np.int64)
+        counts = np.diff(np.append(starts, group.size))
+        return GroupIndex(group[starts], np.arange(group.size), starts, counts)
     order = np.argsort(group, kind="stable")
     keys, starts, counts = np.unique(group[order], return_index=True, return_counts=True)
     return GroupIndex(keys, order, starts, counts)
+
+
+def _presorted(group: np.ndarray) -> bool:
+    """Whether a numeric key column is non-decreasing (NaN keys take the general path)."""
+    if group.dtype.kind not in "iub" and not (group.dtype.kind in "fM" and not np.isnan(group).any()):
+        return False
+    return bool(np.all(group[1:] >= group[:-1]))
 
 
 @dataclass(frozen=True)
@@ -79,12 +96,26 @@ def pack(columns: Mapping[str, np.ndarray], index: GroupIndex, groups: slice) ->
     """
     starts, counts = index.starts[groups], index.counts[groups]
     width = int(counts.max()) if counts.size else 0
+    if counts.size and counts.min() == width and _contiguous(index, starts, width):
+        # equal groups stored one after another: a reshape (one copy), no gather
+        first, last = int(starts[0]), int(starts[-1]) + width
+        packed = {name: np.array(values[first:last], dtype=np.float64).reshape(counts.size, width) for name, values in columns.items()}
+        return PackedGroups(packed, np.ones((counts.size, width)), counts)
     slot = np.arange(width)
     mask = slot[None, :] < counts[:, None]
     position = starts[:, None] + np.minimum(slot[None, :], counts[:, None] - 1)
     rows = index.order[position]
     packed = {name: np.ascontiguousarray(values[rows], dtype=np.float64) for name, values in columns.items()}
     return PackedGroups(packed, mask.astype(np.float64), counts)
+
+
+def _contiguous(index: GroupIndex, starts: np.ndarray, width: int) -> bool:
+    """Whether the groups' rows are consecutive rows of the original data, in order."""
+    first, last = int(starts[0]), int(starts[-1]) + width
+    if last - first != starts.size * width:
+        return False
+    order = index.order[first:last]
+    return bool(order[0] == first and order[-1] == last - 1 and np.all(np.diff(order) == 1))
 
 
 def chunks(n_groups: int, size: int) -> Iterator[slice]:

@@ -141,7 +141,7 @@ class BatchedOptions:
     xtol: float = 1e-10
     initial_damping: float = 1e-3
     compact: float = 0.5
-    block: int = 1024
+    block: int = 4096
 
     def __post_init__(self) -> None:
         if self.max_iter < 0:
@@ -780,11 +780,7 @@ def _steps(work: _Work, s: _Settings, last: bool) -> tuple[Tensor, Tensor, Tenso
     y = -torch.stack(x)  # (q, width)
     gn_ok = ok[:kw]
     step_gn = y[:, :kw] * scale
-    if s.bounded:
-        step_gn = torch.clamp(theta_free + step_gn, s.lower, s.upper) - theta_free
-        gain = _model_reduction(scaled, step_gn / scale, q)
-    else:
-        gain = 0.5 * zz[:kw]  # ½ gᵀ(JᵀJ)⁻¹g
+    gain = 0.5 * zz[:kw]  # ½ gᵀ(JᵀJ)⁻¹g over the parameters not frozen on a bound
     gn_small = (step_gn.abs() <= s.xtol * (theta_free.abs() + s.xtol)).all(0)
     trial = torch.empty_like(state)
     if last:
