@@ -515,8 +515,8 @@ def solve_batched(
     ----------
     system
         ``system(theta (p, K'), data) -> [J_1, ..., J_q, r]``: the free parameters' weighted
-        Jacobian columns and then the weighted residuals, each broadcastable to ``(K', n)`` (e.g.
-        :func:`formula_system`); ``theta`` is component-major. It is called with column blocks of ``theta`` and the matching row
+        Jacobian columns (each broadcastable to ``(K', n)``) and then the weighted residuals
+        (exactly ``(K', n)``), e.g. :func:`formula_system`; ``theta`` is component-major. It is called with column blocks of ``theta`` and the matching row
         blocks of ``data`` (every tensor's first dimension is the fit).
     theta0
         Starting values ``(K, p)``; their dtype and device are the solve's.
@@ -674,9 +674,9 @@ def _normal(
         rows = system(theta if whole else theta[:, start:stop], part)
         if len(rows) != q + 1:
             raise ModelError(f"system must return q + 1 = {q + 1} arrays (Jacobian columns, then residuals), got {len(rows)}")
-        shape = torch.broadcast_shapes(*(row.shape for row in rows))
+        shape = rows[-1].shape  # the residuals have the full (K, n) shape
         if len(shape) != 2 or shape[0] != stop - start:
-            raise ModelError(f"system arrays must broadcast to (K, n) = ({stop - start}, n), got {tuple(shape)}")
+            raise ModelError(f"the residuals must have shape (K, n) = ({stop - start}, n), got {tuple(shape)}")
         rows = [row if row.shape == shape else row.expand(shape) for row in rows]
         for position, (i, j) in enumerate(pairs):
             torch.linalg.vecdot(rows[i], rows[j], out=out[position, start:stop])
