@@ -53,7 +53,31 @@ class Split:
         return r if self.weights is None else r * self.weights
 
 
-class ParametricObjective:
+class _Objective:
+    """What both objectives share: the training loss (with a graph) and the validation loss (without)."""
+
+    train: Split
+    val: Split | None
+
+    def loss(self, part: Split) -> torch.Tensor:
+        """Internal loss on ``part`` at the current parameters."""
+        raise NotImplementedError
+
+    def train_loss(self, index: torch.Tensor | None = None) -> torch.Tensor:
+        """Internal training loss, on the rows ``index`` when given."""
+        return self.loss(self.train.rows(index))
+
+    def val_loss(self) -> torch.Tensor | None:
+        """Internal validation loss, computed under ``torch.no_grad()``; ``None`` without validation data."""
+        import torch
+
+        if self.val is None:
+            return None
+        with torch.no_grad():
+            return self.loss(self.val)
+
+
+class ParametricObjective(_Objective):
     """Loss of a parametric model as a function of its free parameters.
 
     Parameters
@@ -121,19 +145,6 @@ class ParametricObjective:
         prediction = self.model.predict(part.inputs, self.theta())
         return self.loss_fn(part.residuals(prediction)) / self.unit
 
-    def train_loss(self, index: torch.Tensor | None = None) -> torch.Tensor:
-        """Internal training loss, on the rows ``index`` when given."""
-        return self.loss(self.train.rows(index))
-
-    def val_loss(self) -> torch.Tensor | None:
-        """Internal validation loss, computed under ``torch.no_grad()``; ``None`` without validation data."""
-        import torch
-
-        if self.val is None:
-            return None
-        with torch.no_grad():
-            return self.loss(self.val)
-
     def project(self) -> None:
         """Move the parameters back inside their bounds after a step."""
         import torch
@@ -167,7 +178,7 @@ class ParametricObjective:
         return self.theta().detach().clone()
 
 
-class ModuleObjective:
+class ModuleObjective(_Objective):
     """Loss of a ``torch.nn.Module`` trained in place, with standardised inputs and output."""
 
     def __init__(
@@ -192,19 +203,6 @@ class ModuleObjective:
     def loss(self, part: Split) -> torch.Tensor:
         """Internal loss on ``part``."""
         return self.loss_fn(part.residuals(self.predict(part.inputs))) / self.unit
-
-    def train_loss(self, index: torch.Tensor | None = None) -> torch.Tensor:
-        """Internal training loss, on the rows ``index`` when given."""
-        return self.loss(self.train.rows(index))
-
-    def val_loss(self) -> torch.Tensor | None:
-        """Internal validation loss under ``torch.no_grad()``."""
-        import torch
-
-        if self.val is None:
-            return None
-        with torch.no_grad():
-            return self.loss(self.val)
 
     def project(self) -> None:
         """Modules have no bounds."""
