@@ -294,28 +294,29 @@ def fit_groups(
 def _fit_chunks(plan: _Plan, columns: Mapping[str, np.ndarray], index: GroupIndex, parts: list[slice]) -> Iterator[tuple[slice, pl.DataFrame]]:
     """Fit the chunks in order; on a CPU with several torch threads, chunks run side by side.
 
-    Torch's own intra-op threads are no use on these small operations (on a busy machine they
-    made them 10-30 times slower, see MEASURED.md); instead, each of ``torch.get_num_threads()``
-    Python threads fits whole chunks with single-threaded operations (torch releases the GIL inside
-    each operation). Chunks are independent and every fit's numbers are independent of its
-    neighbours, so the results do not depend on the number of threads.
+    Torch's own intra-op threads are no use on these operations (each touches one chunk's small
+    arrays; on a busy machine two threads made them 10-30 times slower, see MEASURED.md), so
+    every operation runs single-threaded. Instead, each of ``torch.get_num_threads()`` Python
+    threads fits whole chunks (torch releases the GIL inside each operation). Chunks are
+    independent and every fit's numbers are independent of its neighbours, so the results do not
+    depend on the number of threads.
     """
     import torch
 
-    workers = min(torch.get_num_threads(), len(parts)) if plan.options["device"] == "cpu" else 1
-    if workers <= 1:
-        for part in parts:
-            yield part, _fit_chunk(plan, columns, index, part)
-        return
-    from concurrent.futures import ThreadPoolExecutor
-
-    previous = torch.get_num_threads()
+    threads = torch.get_num_threads()
+    workers = min(threads, len(parts)) if plan.options["device"] == "cpu" else 1
     torch.set_num_threads(1)
     try:
+        if workers <= 1:
+            for part in parts:
+                yield part, _fit_chunk(plan, columns, index, part)
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
         with ThreadPoolExecutor(workers, thread_name_prefix="gradfit-groups") as pool:
             yield from zip(parts, pool.map(lambda part: _fit_chunk(plan, columns, index, part), parts))
     finally:
-        torch.set_num_threads(previous)
+        torch.set_num_threads(threads)
 
 
 def _frame(data: Any) -> pl.DataFrame:

@@ -23,13 +23,14 @@ class GroupIndex:
     keys
         The group keys in order, ``(K,)``.
     order
-        Row permutation that sorts the data by group (stable: rows keep their order in a group).
+        Row permutation that sorts the data by group (stable: rows keep their order in a group);
+        None when the data are already sorted (the identity, not stored: K·n integers).
     starts, counts
         Offset of each group's first row in the sorted data, and its number of rows.
     """
 
     keys: np.ndarray
-    order: np.ndarray
+    order: np.ndarray | None
     starts: np.ndarray
     counts: np.ndarray
 
@@ -50,7 +51,7 @@ def index_groups(group: np.ndarray) -> GroupIndex:
         change = np.flatnonzero(group[1:] != group[:-1]) + 1
         starts = np.concatenate([[0], change]).astype(np.int64)
         counts = np.diff(np.append(starts, group.size))
-        return GroupIndex(group[starts], np.arange(group.size), starts, counts)
+        return GroupIndex(group[starts], None, starts, counts)
     order = np.argsort(group, kind="stable")
     keys, starts, counts = np.unique(group[order], return_index=True, return_counts=True)
     return GroupIndex(keys, order, starts, counts)
@@ -104,7 +105,7 @@ def pack(columns: Mapping[str, np.ndarray], index: GroupIndex, groups: slice) ->
     slot = np.arange(width)
     mask = slot[None, :] < counts[:, None]
     position = starts[:, None] + np.minimum(slot[None, :], counts[:, None] - 1)
-    rows = index.order[position]
+    rows = position if index.order is None else index.order[position]
     packed = {name: np.ascontiguousarray(values[rows], dtype=np.float64) for name, values in columns.items()}
     return PackedGroups(packed, mask.astype(np.float64), counts)
 
@@ -114,6 +115,8 @@ def _contiguous(index: GroupIndex, starts: np.ndarray, width: int) -> bool:
     first, last = int(starts[0]), int(starts[-1]) + width
     if last - first != starts.size * width:
         return False
+    if index.order is None:
+        return True
     order = index.order[first:last]
     return bool(order[0] == first and order[-1] == last - 1 and np.all(np.diff(order) == 1))
 
@@ -126,7 +129,8 @@ def chunks(n_groups: int, size: int) -> Iterator[slice]:
 
 def first_in_group(values: np.ndarray, index: GroupIndex, groups: slice) -> np.ndarray:
     """Each group's first value of a column (per-group starting values from a column)."""
-    return values[index.order[index.starts[groups]]]
+    first = index.starts[groups]
+    return values[first if index.order is None else index.order[first]]
 
 
 def finite_groups(columns: Sequence[np.ndarray], packed_mask: np.ndarray) -> np.ndarray:

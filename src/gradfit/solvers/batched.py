@@ -678,8 +678,22 @@ def _normal(
         if len(shape) != 2 or shape[0] != stop - start:
             raise ModelError(f"the residuals must have shape (K, n) = ({stop - start}, n), got {tuple(shape)}")
         rows = [row if row.shape == shape else row.expand(shape) for row in rows]
+        # a constant column (an additive parameter, unweighted: an expanded scalar) needs sums only
+        constant = [row.stride() == (0, 0) for row in rows]
+        sums: dict[int, Tensor] = {}
         for position, (i, j) in enumerate(pairs):
-            torch.linalg.vecdot(rows[i], rows[j], out=out[position, start:stop])
+            target = out[position, start:stop]
+            if constant[i] or constant[j]:
+                c, other = (i, j) if constant[i] else (j, i)
+                value = rows[c].reshape(-1)[:1]
+                if constant[other]:
+                    target.copy_((value * rows[other].reshape(-1)[:1] * shape[1]).expand_as(target))
+                else:
+                    if other not in sums:
+                        sums[other] = rows[other].sum(-1)
+                    torch.mul(sums[other], value, out=target)
+            else:
+                torch.linalg.vecdot(rows[i], rows[j], out=target)
 
 
 def _finite(state: Tensor, layout: _Layout) -> Tensor:
@@ -690,7 +704,12 @@ def _finite(state: Tensor, layout: _Layout) -> Tensor:
 
 
 def _iterate(system: Callable[..., Tensor], work: _Work, s: _Settings, state: Tensor, n_iter: Tensor, code: Tensor) -> None:
-    """The LM loop; writes every fit's final state into ``state``, ``n_iter`` and ``code``."""
+    """The LM loop; writes every fit's final state into ``state``, ``n_iter`` and ``code``.
+
+    Each iteration tests every running fit at its current point and, for those that go on,
+    evaluates one trial point. Fits that stop leave the working set before their trial is evaluated
+    once fewer than ``compact`` of it would go on.
+    """
     import torch
 
     layout = s.layout
@@ -698,13 +717,6 @@ def _iterate(system: Callable[..., Tensor], work: _Work, s: _Settings, state: Te
     cost_row = layout.cost_row
     for iteration in range(s.max_iter + 1):
         running = work.code == RUNNING
-        n_running = int(running.sum())  # the one host synchronisation per iteration
-        if n_running == 0:
-            break
-        if n_running < s.compact * running.numel():
-            work.store(state, n_iter, code)
-            work = work.subset(torch.nonzero(running).flatten())
-            running = torch.ones_like(running[:n_running])
         last = iteration == s.max_iter
         trial, gn_ok, gain, gn_small, predicted = _steps(work, s, last)
         cost = 0.5 * work.state[cost_row]
@@ -717,6 +729,15 @@ def _iterate(system: Callable[..., Tensor], work: _Work, s: _Settings, state: Te
         flat = ~gn_ok & (predicted <= s.ftol * cost)
         work.code = torch.where(running & converged, CONVERGED, torch.where(running & flat, SINGULAR, work.code))
         trying = running & ~converged & ~flat
+        n_trying = int(trying.sum())  # the one host synchronisation per iteration
+        if n_trying == 0:
+            break
+        if n_trying < s.compact * trying.numel():
+            work.store(state, n_iter, code)
+            keep = torch.nonzero(trying).flatten()
+            work = work.subset(keep)
+            trial, gn_ok, gain, predicted, cost = trial[:, keep], gn_ok[keep], gain[keep], predicted[keep], cost[keep]
+            trying = torch.ones_like(trying[:n_trying])
         _normal(system, trial[:p], work.data, q, s.block, out=trial[p:])
         trial_cost = 0.5 * trial[cost_row]
         noisy = gn_ok & (gain <= s.noise_region * cost)
