@@ -137,6 +137,7 @@ def finite_groups(columns: Sequence[np.ndarray], packed_mask: np.ndarray) -> np.
     """``(K,)`` bool: groups whose real points are all finite in every column."""
     ok = np.ones(packed_mask.shape[0], dtype=bool)
     real = packed_mask > 0
+    padded = not real.all()
     for values in columns:
-        ok &= np.all(np.isfinite(values) | ~real, axis=1)
+        ok &= np.all(np.isfinite(values) | ~real, axis=1) if padded else np.isfinite(values).all(axis=1)
     return ok

@@ -165,9 +165,9 @@ class BatchedSolution:
     ----------
     theta
         Parameters ``(K, p)`` (fixed ones unchanged).
-    normal
-        ``G = M Mᵀ`` at ``theta``, ``(K, q + 1, q + 1)``: ``JᵀJ`` in ``[:, :q, :q]``, ``Jᵀr`` in
-        ``[:, :q, q]``, ``Σr²`` in ``[:, q, q]`` (weighted residuals).
+    packed
+        Lower triangle of ``G = M Mᵀ`` at ``theta``, packed row by row, component-major ``(T, K)``
+        with ``T = (q+1)(q+2)/2`` (see :attr:`normal` for the full matrices).
     n_iter
         Trial steps per fit ``(K,)``.
     code
@@ -184,7 +184,7 @@ class BatchedSolution:
     """
 
     theta: Tensor
-    normal: Tensor
+    packed: Tensor
     n_iter: Tensor
     code: Tensor
     vanished: Tensor
@@ -197,15 +197,22 @@ class BatchedSolution:
         return self.code == CONVERGED
 
     @property
+    def normal(self) -> Tensor:
+        """``G = M Mᵀ`` ``(K, q + 1, q + 1)``: ``JᵀJ`` in ``[:, :q, :q]``, ``Jᵀr`` in ``[:, :q, q]``,
+        ``Σr²`` in ``[:, q, q]`` (weighted residuals)."""
+        k, q1 = self.packed.shape[-1], self.inverse_diagonal.shape[-1] + 1
+        return self.packed[_unpack_index(q1, self.packed.device)].T.reshape(k, q1, q1)
+
+    @property
     def jtj(self) -> Tensor:
         """``JᵀJ`` over the free parameters ``(K, q, q)``."""
-        q = self.normal.shape[-1] - 1
+        q = self.inverse_diagonal.shape[-1]
         return self.normal[:, :q, :q]
 
     @property
     def chisqr(self) -> Tensor:
         """``Σ r²`` per fit ``(K,)`` (weighted residuals)."""
-        return self.normal[:, -1, -1]
+        return self.packed[-1]
 
     @property
     def cost(self) -> Tensor:
@@ -608,7 +615,6 @@ def _solution(state: Tensor, layout: _Layout, n_iter: Tensor, code: Tensor, diag
     p, q = layout.p, layout.q
     k = state.shape[-1]
     packed = state[p:]
-    normal = packed[_unpack_index(q + 1, state.device)].T.reshape(k, q + 1, q + 1)
     final_diag = state[layout.diagonal_index]
     if q:
         vanished = ((final_diag <= (_VANISHED**2) * diag0) & (diag0 > 0)).any(0)
@@ -617,7 +623,7 @@ def _solution(state: Tensor, layout: _Layout, n_iter: Tensor, code: Tensor, diag
     inv_diag, condition = _packed_covariance(packed, q)
     return BatchedSolution(
         theta=state[:p].T.contiguous(),
-        normal=normal,
+        packed=packed,
         n_iter=n_iter,
         code=code,
         vanished=vanished,
