@@ -57,8 +57,10 @@ __all__ = ["GroupFitResult", "fit_groups", "auto_chunk_size"]
 
 #: status of groups that were not fitted
 BAD_DATA, TOO_FEW = "bad_data", "too_few_points"
-#: upper limit of groups per chunk (larger chunks stop paying off; see MEASURED.md)
+#: upper limit of groups per chunk on a CPU (larger chunks stop paying off; see MEASURED.md)
 MAX_CHUNK = 16_384
+#: upper limit on a GPU (every operation as large as memory allows)
+MAX_CHUNK_CUDA = 262_144
 #: solver names accepted by :func:`fit_groups`
 SOLVERS = ("auto", "linear", "batched", "lm", "gn")
 #: scaled condition bound of JᵀJ above which fast-path standard errors are recomputed by SVD
@@ -146,7 +148,7 @@ class GroupFitResult:
         }
 
 
-def auto_chunk_size(n_points: int, n_params: int, itemsize: int = 8, budget: int | None = None) -> int:
+def auto_chunk_size(n_points: int, n_params: int, itemsize: int = 8, budget: int | None = None, device: str = "cpu") -> int:
     """Groups per chunk so that one chunk's working set stays within a quarter of free memory.
 
     Parameters
@@ -156,14 +158,22 @@ def auto_chunk_size(n_points: int, n_params: int, itemsize: int = 8, budget: int
     itemsize
         Bytes per number (8 for float64).
     budget
-        Memory budget in bytes (default: a quarter of the available memory).
+        Memory budget in bytes (default: a quarter of the available memory, or of the GPU's).
+    device
+        ``"cpu"`` (at most :data:`MAX_CHUNK` groups) or ``"cuda"`` (at most :data:`MAX_CHUNK_CUDA`).
     """
     per_group = max(1, n_points) * (n_params + 8) * itemsize * 6
-    available = budget if budget is not None else _available_memory() // 4
-    return int(max(64, min(MAX_CHUNK, available // per_group)))
+    available = budget if budget is not None else _available_memory(device) // 4
+    limit = MAX_CHUNK_CUDA if device == "cuda" else MAX_CHUNK
+    return int(max(64, min(limit, available // per_group)))
 
 
-def _available_memory() -> int:
+def _available_memory(device: str = "cpu") -> int:
+    if device == "cuda":
+        import torch
+
+        free, _ = torch.cuda.mem_get_info()
+        return int(free)
     try:
         with open("/proc/meminfo", encoding="ascii") as info:
             for line in info:
@@ -279,7 +289,7 @@ def fit_groups(
     ), _fast_system(built) if path != "reference" else None)
     index = index_groups(frame[group].to_numpy())
     columns = _columns(frame, built, y, sigma, column_starts)
-    size = chunk or auto_chunk_size(int(index.counts.max()), built.n_params, 4 if dtype == "float32" else 8)
+    size = chunk or auto_chunk_size(int(index.counts.max()), built.n_params, 4 if dtype == "float32" else 8, device=plan.options["device"])
     started, parts = time.perf_counter(), []
     for part, table in _fit_chunks(plan, columns, index, list(chunks(index.n_groups, size))):
         parts.append(table)

@@ -110,6 +110,8 @@ _NOISE_SLACK = 1e-9
 _VANISHED = 1e-8
 #: damping beyond which a fit counts as stalled
 _MAX_DAMPING = 1e16
+#: fits per model evaluation on a CPU (measured: 2048-8192 best for 5 parameters × 25 points)
+_CPU_BLOCK = 4096
 
 
 @dataclass(frozen=True)
@@ -133,7 +135,8 @@ class BatchedOptions:
         Compact the working set when fewer than this fraction of its fits still run.
     block
         Fits per evaluation of the model (its ``(block, n)`` temporaries stay in cache; the small
-        systems are still solved for the whole working set at once).
+        systems are still solved for the whole working set at once). Default: 4096 on a CPU, the
+        whole working set on a GPU (where every operation should be as large as possible).
     """
 
     max_iter: int = 200
@@ -141,7 +144,7 @@ class BatchedOptions:
     xtol: float = 1e-10
     initial_damping: float = 1e-3
     compact: float = 0.5
-    block: int = 4096
+    block: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_iter < 0:
@@ -151,7 +154,7 @@ class BatchedOptions:
                 raise OptionError(f"batched solver option {name} must be >= 0, got {getattr(self, name)}")
         if not self.initial_damping > 0:
             raise OptionError(f"initial_damping must be > 0, got {self.initial_damping}")
-        if self.block < 1:
+        if self.block is not None and self.block < 1:
             raise OptionError(f"block must be >= 1, got {self.block}")
         if not 0.0 <= self.compact < 1.0:
             raise OptionError(f"compact must be in [0, 1), got {self.compact}")
@@ -523,8 +526,9 @@ def solve_batched(
     system
         ``system(theta (p, K'), data) -> [J_1, ..., J_q, r]``: the free parameters' weighted
         Jacobian columns (each broadcastable to ``(K', n)``) and then the weighted residuals
-        (exactly ``(K', n)``), e.g. :func:`formula_system`; ``theta`` is component-major. It is called with column blocks of ``theta`` and the matching row
-        blocks of ``data`` (every tensor's first dimension is the fit).
+        (exactly ``(K', n)``), e.g. :func:`formula_system`; ``theta`` is component-major. It is
+        called with column blocks of ``theta`` and the matching row blocks of ``data`` (every
+        tensor's first dimension is the fit).
     theta0
         Starting values ``(K, p)``; their dtype and device are the solve's.
     data
@@ -570,7 +574,8 @@ def solve_batched(
     state[:p] = theta0.T
     if bounded:
         state[free_index] = torch.clamp(state[free_index], lo[:, None], hi[:, None])
-    _normal(system, state[:p], data, q, options.block, out=state[p:])
+    block = options.block or (_CPU_BLOCK if device.type == "cpu" else k)
+    _normal(system, state[:p], data, q, block, out=state[p:])
     finite = _finite(state, layout)
     state[p:] = torch.where(finite, state[p:], 0.0)
     diag0 = state[layout.diagonal_index]  # (q, K)
@@ -587,7 +592,7 @@ def solve_batched(
             ftol=max(options.ftol, 100.0 * eps * eps),
             xtol=max(options.xtol, 1000.0 * eps),
             compact=options.compact,
-            block=options.block,
+            block=block,
             noise_region=max(_NOISE_REGION, 100.0 * eps),
             noise_slack=max(_NOISE_SLACK, 1000.0 * eps),
             tiny=16.0 * eps,
