@@ -252,12 +252,18 @@ def fit_groups(
     bounds, fix
         As in :func:`gradfit.fit`.
     solver
-        ``"auto"`` (exact for linear models, else ``"lm"``), ``"lm"`` or ``"gn"``.
+        ``"auto"`` (``"linear"`` for formulas linear in their parameters, else ``"batched"`` for
+        formulas with the mse loss and one start, else ``"lm"``), ``"linear"``, ``"batched"`` (the
+        fused batched Levenberg-Marquardt), ``"lm"`` or ``"gn"`` (the reference solvers); see the
+        module notes.
     loss
         A least-squares loss (``mse``, ``huber``, ``soft_l1``, ``cauchy``).
     max_iter, tolerance
-        Iteration cap and relative tolerance of the nonlinear solver (defaults: its certified-accuracy
-        settings); e.g. ``max_iter=10, tolerance=1e-4`` for Gpufit's settings.
+        Iteration cap and relative tolerance of the nonlinear solver (defaults: the reference
+        solver's certified-accuracy settings, and every group's result equals its one-at-a-time
+        :func:`gradfit.fit`); e.g. ``max_iter=10, tolerance=1e-4`` for Gpufit's settings, where
+        each group stops when a Gauss-Newton step could lower its sum of squares by less than
+        ``tolerance`` relative (or change every parameter by less) and says so in ``status``.
     starts
         Starting points per group (jittered), solved together; the best is kept.
     val
@@ -265,7 +271,9 @@ def fit_groups(
     seed
         Seed of the validation split and the jittered starts.
     chunk
-        Groups per chunk; default from the available memory (:func:`auto_chunk_size`).
+        Groups per chunk; default from the available memory (:func:`auto_chunk_size`). On a CPU,
+        ``torch.get_num_threads()`` chunks are fitted side by side (each with single-threaded
+        operations); results do not depend on the thread count.
     dtype, device
         ``"float64"``/``"float32"`` and ``"cpu"``/``"cuda"``/``"auto"``.
     absolute_sigma
@@ -543,10 +551,6 @@ def _empty_rows(model: ParametricModel, k: int, status: np.ndarray) -> dict[str,
     rows["message"] = message
     rows["success"] = np.zeros(k, dtype=bool)
     return rows
-
-
-def _not_fitted_message(status: str) -> str:
-    return _NOT_FITTED.get(status, "")
 
 
 def _weights(chunk: _Chunk) -> torch.Tensor:
