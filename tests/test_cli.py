@@ -132,9 +132,8 @@ def _wanted(items: list[pytest.Item]) -> set[str]:
 def outcomes(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Future[Outcome]]]:
     """Start the selected tests' scenarios at once; each test waits only for its own."""
 
-    def execute(name: str) -> Outcome:
+    def execute(name: str, folder: Path) -> Outcome:
         prepare, args = SCENARIOS[name]
-        folder = tmp_path_factory.mktemp(re.sub(r"\W+", "-", name)[:30])
         prepare(folder)
         before = listing(folder)
         run = gradfit(*args, cwd=folder)
@@ -143,7 +142,9 @@ def outcomes(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     wanted = _wanted([item for item in request.session.items if item.module is request.module])
     pool = ThreadPoolExecutor(max_workers=max(3, os.cpu_count() or 1))
     try:
-        yield {name: pool.submit(execute, name) for name in SCENARIOS if name in wanted}
+        # folders are made here, not in the workers: tmp_path_factory is not thread-safe
+        folders = {name: tmp_path_factory.mktemp(re.sub(r"\W+", "-", name)[:30]) for name in SCENARIOS if name in wanted}
+        yield {name: pool.submit(execute, name, folder) for name, folder in folders.items()}
     finally:
         pool.shutdown(cancel_futures=True)
 
