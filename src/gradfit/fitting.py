@@ -5,6 +5,7 @@ data -> split -> model -> solver (scaled inside) -> statistics -> FitResult
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -19,8 +20,6 @@ from gradfit.result import FitResult
 from gradfit.threads import SMALL_PROBLEM
 
 if TYPE_CHECKING:
-    import torch
-
     from gradfit.objective import Split
     from gradfit.solvers.base import Problem, SolveOutcome
 
@@ -170,23 +169,33 @@ def fit_dataset(
     validation
         An explicit validation set.
     """
-    from gradfit.solvers import choose_solver, get_solver
+    from gradfit.solvers import choose_solver, get_solver, needs_torch
 
     train_set, val_set = split_dataset(dataset, options, validation)
     if hasattr(model, "with_initial_guess"):  # built-in models guess their start from the training rows
         model = model.with_initial_guess(train_set)
     if isinstance(model, ParametricModel):
         check_enough_rows(train_set.n_rows, sum(not p.fixed for p in model.parameters))
-    from gradfit.threads import threads_for
-
-    size = train_set.n_rows * max(1, len(getattr(model, "parameters", ())) if isinstance(model, ParametricModel) else 1)
-    with threads_for(size if isinstance(model, ParametricModel) else SMALL_PROBLEM):
-        problem = _problem(model, train_set, val_set, options)
-        name, reason = choose_solver(model, options, problem.bounded)
+    problem = _problem(model, train_set, val_set, options)
+    name, reason = choose_solver(model, options, problem.bounded)
+    with _thread_policy(model, train_set, name):
         started = time.perf_counter()
         outcome = get_solver(name)(problem, options)
         elapsed = time.perf_counter() - started
         return _assemble(problem, outcome, options, name, reason, elapsed, dataset)
+
+
+def _thread_policy(model: Any, train: Dataset, solver: str) -> Any:
+    """Torch's thread policy for the solve (:mod:`gradfit.threads`); numpy solves need none."""
+    from contextlib import nullcontext
+
+    from gradfit.solvers import needs_torch
+    from gradfit.threads import threads_for
+
+    if not needs_torch(solver, model):
+        return nullcontext()
+    parametric = isinstance(model, ParametricModel)
+    return threads_for(train.n_rows * max(1, model.n_params) if parametric else SMALL_PROBLEM)
 
 
 def split_dataset(
@@ -201,46 +210,37 @@ def split_dataset(
     return dataset.subset(train_idx), dataset.subset(val_idx)
 
 
-def _tensors(dataset: Dataset, dtype: torch.dtype, device: str) -> Split:
-    import torch
-
+def _split(dataset: Dataset, dtype: str) -> Split:
     from gradfit.objective import Split
 
-    def tensor(values: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor(values, dtype=dtype, device=device)
+    def array(values: np.ndarray) -> np.ndarray:
+        return values.astype(dtype, copy=False)
 
-    weights = None if dataset.sigma is None else tensor(1.0 / dataset.sigma)
-    return Split({k: tensor(v) for k, v in dataset.inputs.items()}, tensor(dataset.y), weights)
+    weights = None if dataset.sigma is None else array(1.0 / dataset.sigma)
+    return Split({k: array(v) for k, v in dataset.inputs.items()}, array(dataset.y), weights)
 
 
 def _problem(
     model: ParametricModel | ModuleModel, train: Dataset, val: Dataset | None, options: FitOptions
 ) -> Problem:
-    import torch
-
     from gradfit.solvers.base import Problem
 
-    dtype = getattr(torch, options.dtype)
-    train_split = _tensors(train, dtype, options.device)
-    val_split = None if val is None else _tensors(val, dtype, options.device)
+    dtype = options.dtype
+    common = {"loss": options.loss, "loss_scale": options.loss_scale, "dtype": dtype, "device": options.device}
+    train_split = _split(train, dtype)
+    val_split = None if val is None else _split(val, dtype)
     if isinstance(model, ModuleModel):
-        model.module.to(dtype=dtype, device=options.device)
-        return Problem(model, train_split, val_split, options.loss, options.loss_scale)
-
-    def vector(values: list[float]) -> torch.Tensor:
-        return torch.tensor(values, dtype=dtype, device=options.device)
-
+        return Problem(model, train_split, val_split, **common)
     params = model.parameters
     return Problem(
         model,
         train_split,
         val_split,
-        options.loss,
-        options.loss_scale,
-        theta0=vector([p.start for p in params]),
-        free=torch.tensor([not p.fixed for p in params], device=options.device),
-        lower=vector([p.lower for p in params]),
-        upper=vector([p.upper for p in params]),
+        theta0=np.array([p.start for p in params], dtype=dtype),
+        free=np.array([not p.fixed for p in params]),
+        lower=np.array([p.lower for p in params], dtype=dtype),
+        upper=np.array([p.upper for p in params], dtype=dtype),
+        **common,
     )
 
 
@@ -295,8 +295,6 @@ def _kind(model: Any) -> str:
 
 
 def _settings_record(options: FitOptions, dataset: Dataset) -> dict[str, Any]:
-    import torch
-
     from gradfit.solvers import optimizer_label
 
     optimizer = options.optimizer
@@ -314,9 +312,7 @@ def _settings_record(options: FitOptions, dataset: Dataset) -> dict[str, Any]:
         "confidence": options.confidence,
         "rows_dropped": int(getattr(dataset, "n_dropped", 0)),
         "data_summary": _data_summary(dataset),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "gradfit": _version(),
+        **_versions(),
     }
 
 
@@ -324,6 +320,19 @@ def _data_summary(dataset: Dataset) -> dict[str, Any]:
     from gradfit.report_html import data_summary
 
     return data_summary(dataset)
+
+
+@functools.lru_cache(maxsize=1)
+def _versions() -> dict[str, str]:
+    """Versions of gradfit, numpy and torch (read from the installed metadata: a fit that needs
+    no torch does not import it to learn its version)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        torch_version = version("torch")
+    except PackageNotFoundError:  # pragma: no cover - torch is a dependency
+        torch_version = "not installed"
+    return {"torch": torch_version, "numpy": np.__version__, "gradfit": _version()}
 
 
 def _version() -> str:

@@ -682,8 +682,8 @@ def _fast_statistics(plan: _Plan, chunk: _Chunk, solution: Any) -> dict[str, np.
     out = {
         "r2": (1.0 - chisqr / sst).cpu().numpy(),
         "redchi": torch.where(dof > 0, chisqr / dof, torch.full_like(chisqr, math.nan)).cpu().numpy(),
-        "aic": aic.cpu().numpy(),
-        "bic": bic.cpu().numpy(),
+        "aic": aic,
+        "bic": bic,
         "condition": torch.nan_to_num(solution.condition, nan=math.inf).cpu().numpy(),
     }
     stderr = stderr_free.cpu().numpy()
@@ -722,8 +722,7 @@ def _solve_linear(plan: _Plan, chunk: _Chunk, weights: torch.Tensor, start: torc
     rhs = (chunk.y - offset - design[..., ~free] @ start[:, ~free, None][..., 0] if (~free).any() else chunk.y - offset) * weights
     solution, singular = batched_least_squares(design[..., free] * weights[..., None], rhs)
     theta = start.clone()
-    theta[:, free] = solution
-    singular = singular.cpu().numpy()
+    theta[:, free] = torch.as_tensor(solution, dtype=theta.dtype, device=theta.device)
     status = np.where(singular, "singular", "converged")
     message = np.where(singular, "the design matrix is singular: parameters cannot be told apart by this group's data",
                        "solved exactly: one least-squares solve")
@@ -742,13 +741,15 @@ def _solve_nonlinear(plan: _Plan, chunk: _Chunk, weights: torch.Tensor, start: t
     upper = torch.tensor([p.upper for p in model.parameters], dtype=start.dtype)
     fixed = torch.tensor([p.fixed for p in model.parameters])
     n_starts = options["starts"]
-    theta0 = start if n_starts == 1 else torch.cat([starting_points(row, ~fixed, n_starts, options["seed"]) for row in start])
+    theta0 = start if n_starts == 1 else start.new_tensor(
+        np.concatenate([starting_points(row, ~fixed.numpy(), n_starts, options["seed"]) for row in start.cpu().numpy()])
+    )
     replicate = (lambda t: t) if n_starts == 1 else (lambda t: t.repeat_interleave(n_starts, dim=0))
     inputs = {k: replicate(v) for k, v in chunk.inputs.items()}
     y, w = replicate(chunk.y), replicate(weights)
 
     def residual_and_jacobian(theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        prediction, jac = _predict_and_jacobian(model, inputs, theta)
+        prediction, jac = model.predict_and_jacobian(inputs, theta)
         return (prediction - y) * w, jac * w[..., None]
 
     solution = solve_least_squares(
@@ -764,15 +765,6 @@ def _solve_nonlinear(plan: _Plan, chunk: _Chunk, weights: torch.Tensor, start: t
     status = np.array(["converged" if s.converged else s.name.lower() for s in statuses], dtype=object)
     message = np.array([s.value for s in statuses], dtype=object)
     return theta, status, message, solution.n_iter[torch.as_tensor(best)].cpu().numpy(), np.array([s.converged for s in statuses])
-
-
-def _predict_and_jacobian(model: ParametricModel, inputs: Mapping[str, torch.Tensor], theta: torch.Tensor) -> tuple:
-    if isinstance(model, FormulaModel):
-        return model.predict_and_jacobian(inputs, theta)
-    import torch
-
-    jac = torch.func.vmap(torch.func.jacfwd(lambda t, x: model.predict(x, t)))(theta, dict(inputs))
-    return model.predict(inputs, theta), jac
 
 
 def _solver_options(options: Mapping[str, Any]) -> Any:
@@ -803,7 +795,7 @@ def _statistics(plan: _Plan, chunk: _Chunk, weights: torch.Tensor, theta: torch.
 
     model = plan.model
     with torch.no_grad():
-        prediction, jac = _predict_and_jacobian(model, chunk.inputs, theta)
+        prediction, jac = model.predict_and_jacobian(chunk.inputs, theta)
         report = stats.fit_report(
             jac * weights[..., None], (prediction - chunk.y) * weights, chunk.y,
             weights=chunk.weights, absolute_sigma=plan.options["absolute_sigma"],
@@ -811,12 +803,12 @@ def _statistics(plan: _Plan, chunk: _Chunk, weights: torch.Tensor, theta: torch.
         )
         if chunk.val_mask is not None:
             rows["val_loss"][where] = _validation_loss(model, chunk, theta)
-    values, stderr = theta.cpu().numpy(), report.stderr.cpu().numpy()
+    values, stderr = theta.cpu().numpy(), report.stderr
     for i, name in enumerate(model.param_names):
         rows[name][where] = values[:, i]
         rows[f"{name}_stderr"][where] = stderr[:, i]
     for name in ("r2", "redchi", "aic", "bic"):
-        rows[name][where] = np.asarray(report.statistics[name].cpu())
+        rows[name][where] = report.statistics[name]
 
 
 def _table(rows: dict[str, np.ndarray], model: ParametricModel) -> pl.DataFrame:

@@ -4,17 +4,19 @@ Least-squares losses follow ``scipy.optimize.least_squares``: with ``z = (r / s)
 ``s``, the loss is ``mean(s**2 * rho(z))`` where ``rho`` is ``z`` (``mse``), ``2*(sqrt(1+z)-1)``
 (``soft_l1``), ``z`` or ``2*sqrt(z)-1`` (``huber``) and ``log1p(z)`` (``cauchy``). ``mae`` is the
 mean absolute residual. The least-squares solvers minimise the same objective through ``rho``.
+
+A loss takes a torch tensor (the training loop, with autograd) or a numpy array (statistics of
+least-squares fits) and computes in that array's library.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Any
+
+import numpy as np
 
 from gradfit.errors import OptionError
-
-if TYPE_CHECKING:
-    import torch
 
 __all__ = ["LOSSES", "LEAST_SQUARES_LOSSES", "get_loss", "check_loss"]
 
@@ -32,19 +34,27 @@ def check_loss(name: str) -> str:
     return name
 
 
-def _rho(name: str, z: torch.Tensor) -> torch.Tensor:
+def _namespace(values: Any) -> Any:
+    """numpy for numpy arrays, torch for tensors (imported only then)."""
+    if isinstance(values, np.ndarray):
+        return np
     import torch
 
+    return torch
+
+
+def _rho(name: str, z: Any) -> Any:
+    xp = _namespace(z)
     if name == "soft_l1":
-        return 2.0 * (torch.sqrt(1.0 + z) - 1.0)
+        return 2.0 * (xp.sqrt(1.0 + z) - 1.0)
     if name == "huber":
-        return torch.where(z <= 1.0, z, 2.0 * torch.sqrt(z) - 1.0)
+        return xp.where(z <= 1.0, z, 2.0 * xp.sqrt(z) - 1.0)
     if name == "cauchy":
-        return torch.log1p(z)
+        return xp.log1p(z)
     return z
 
 
-def get_loss(name: str = "mse", scale: float = 1.0) -> Callable[[torch.Tensor], torch.Tensor]:
+def get_loss(name: str = "mse", scale: float = 1.0) -> Callable[[Any], Any]:
     """Return the loss function ``residual -> scalar`` named ``name``.
 
     Parameters
@@ -59,6 +69,6 @@ def get_loss(name: str = "mse", scale: float = 1.0) -> Callable[[torch.Tensor], 
     if name == "mse":
         return lambda r: (r**2).mean()
     if name == "mae":
-        return lambda r: r.abs().mean()
+        return lambda r: abs(r).mean()
     s2 = float(scale) ** 2
     return lambda r: (s2 * _rho(name, r**2 / s2)).mean()

@@ -5,19 +5,25 @@ A model is built from a formula string, a Python callable, or a ``torch.nn.Modul
 leading batch dimension ``(K, p)`` with inputs of shape ``(K, n)`` evaluates K groups at once by
 broadcasting. Module models own their parameters and evaluate ``predict(inputs)``.
 
+Parametric models take torch tensors or numpy arrays and answer in the same kind: formula models
+run a compiled program of either backend (numpy for small fits, where torch's per-operation cost
+would dominate; torch for batches, devices and autograd), callables run on torch and convert.
+
 This module imports torch only inside functions, so that building a formula model (and finding its
-errors) costs no torch import.
+errors), and evaluating it on numpy arrays, cost no torch import.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-import re
 import math
+import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from gradfit.errors import ModelError
 
@@ -108,7 +114,7 @@ class ParametricModel:
     input_names: tuple[str, ...]
     parameters: tuple[Parameter, ...]
 
-    @property
+    @functools.cached_property
     def param_names(self) -> tuple[str, ...]:
         """Names of the parameters, in the order of ``theta``."""
         return tuple(p.name for p in self.parameters)
@@ -128,28 +134,44 @@ class ParametricModel:
         """A short human-readable description of the model."""
         raise NotImplementedError
 
-    def predict(self, inputs: Mapping[str, torch.Tensor], theta: torch.Tensor) -> torch.Tensor:
+    def predict(self, inputs: Mapping[str, Any], theta: Any) -> Any:
         """Evaluate the model.
 
         Parameters
         ----------
         inputs
-            Input columns, each of shape ``(n,)`` or ``(K, n)``.
+            Input columns, each of shape ``(n,)`` or ``(K, n)``: torch tensors, or numpy arrays
+            when ``theta`` is one.
         theta
-            Parameters of shape ``(p,)`` or ``(K, p)``.
+            Parameters of shape ``(p,)`` or ``(K, p)``, a torch tensor or a numpy array.
 
         Returns
         -------
-        torch.Tensor
-            Predictions broadcast from the inputs' and parameters' shapes.
+        torch.Tensor or numpy.ndarray
+            Predictions broadcast from the inputs' and parameters' shapes, of ``theta``'s kind.
         """
         raise NotImplementedError
 
-    def jacobian(
-        self, inputs: Mapping[str, torch.Tensor], theta: torch.Tensor
-    ) -> torch.Tensor | None:
-        """Closed-form Jacobian ``d predict / d theta`` of shape ``(..., n, p)``, or ``None``."""
-        return None
+    def predict_and_jacobian(self, inputs: Mapping[str, Any], theta: Any) -> tuple[Any, Any]:
+        """Predictions ``(..., n)`` and their exact Jacobian ``(..., n, p)`` at ``theta``.
+
+        The default differentiates :meth:`predict` by forward-mode autograd on torch (numpy
+        arguments are converted there and the results back); formula models override it with
+        their symbolic derivatives.
+        """
+        import torch
+
+        if isinstance(theta, np.ndarray):
+            prediction, jac = self.predict_and_jacobian(_as_tensors(inputs), torch.from_numpy(theta))
+            return prediction.detach().cpu().numpy(), jac.detach().cpu().numpy()
+
+        def forward(t: torch.Tensor, columns: Mapping[str, torch.Tensor]) -> torch.Tensor:
+            return self.predict(columns, t)
+
+        jacobian = torch.func.jacfwd(forward)
+        if theta.ndim > 1:
+            jacobian = torch.func.vmap(jacobian)
+        return self.predict(inputs, theta), jacobian(theta, dict(inputs))
 
     def with_parameters(self, overrides: Mapping[str, Mapping[str, Any]]) -> ParametricModel:
         """Return a copy whose named parameters have the given fields replaced.
@@ -172,9 +194,18 @@ class ParametricModel:
         return replace(self, parameters=params)
 
 
-def _param_slices(theta: torch.Tensor, count: int) -> list[torch.Tensor]:
-    """Split ``theta (..., p)`` into p tensors of shape ``(..., 1)`` that broadcast against inputs."""
+def _param_slices(theta: Any, count: int) -> list[Any]:
+    """Split ``theta (..., p)`` into p arrays of shape ``(..., 1)`` that broadcast against inputs."""
+    if isinstance(theta, np.ndarray):
+        return [theta[..., j : j + 1] for j in range(count)]
     return list(theta.unsqueeze(-1).unbind(-2)) if count else []
+
+
+def _as_tensors(columns: Mapping[str, Any]) -> dict[str, Any]:
+    """numpy columns as torch tensors (shared memory where possible)."""
+    import torch
+
+    return {name: torch.as_tensor(values) for name, values in columns.items()}
 
 
 @dataclass(frozen=True)
@@ -199,33 +230,37 @@ class FormulaModel(ParametricModel):
 
     @property
     def is_linear(self) -> bool:
-        from gradfit.symbolic import is_linear_in
+        return _is_linear(self.formula.tree, self.param_names)
 
-        return is_linear_in(self.formula.tree, list(self.param_names))
-
-    def _env(self, inputs: Mapping[str, torch.Tensor], theta: torch.Tensor) -> dict[str, Any]:
+    def _env(self, inputs: Mapping[str, Any], theta: Any) -> dict[str, Any]:
         env: dict[str, Any] = dict(inputs)
         env.update(zip(self.param_names, _param_slices(theta, self.n_params)))
         return env
 
-    def predict(self, inputs: Mapping[str, torch.Tensor], theta: torch.Tensor) -> torch.Tensor:
-        (out,) = _compiled((self.formula.tree,))(self._env(inputs, theta))
+    def predict(self, inputs: Mapping[str, Any], theta: Any) -> Any:
+        trees = (self.formula.tree,)
+        if isinstance(theta, np.ndarray):
+            return _numpy_program(trees).stacked(self._env(inputs, theta))[..., 0]
+        (out,) = _compiled(trees)(self._env(inputs, theta))
         return out
 
     def derivative_trees(self) -> tuple[Any, ...]:
         """Symbolic partial derivatives of the formula, one per parameter."""
         return _derivatives(self.formula.tree, self.param_names)
 
-    def predict_and_jacobian(
-        self, inputs: Mapping[str, torch.Tensor], theta: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def predict_and_jacobian(self, inputs: Mapping[str, Any], theta: Any) -> tuple[Any, Any]:
         """Predictions ``(..., n)`` and the symbolic Jacobian ``(..., n, p)`` in one pass."""
+        trees = (self.formula.tree, *self.derivative_trees())
+        if isinstance(theta, np.ndarray):
+            out = _numpy_program(trees).stacked(self._env(inputs, theta))
+            return out[..., 0], out[..., 1:]
         import torch
 
-        out, *columns = _compiled((self.formula.tree, *self.derivative_trees()))(self._env(inputs, theta))
-        return out, torch.stack(columns, dim=-1)
+        prediction, *columns = _compiled(trees)(self._env(inputs, theta))
+        return prediction, torch.stack(columns, dim=-1)
 
-    def jacobian(self, inputs: Mapping[str, torch.Tensor], theta: torch.Tensor) -> torch.Tensor:
+    def jacobian(self, inputs: Mapping[str, Any], theta: Any) -> Any:
+        """The symbolic Jacobian ``(..., n, p)`` at ``theta``."""
         return self.predict_and_jacobian(inputs, theta)[1]
 
     def linear_trees(self) -> tuple[Any, tuple[Any, ...]]:
@@ -233,16 +268,27 @@ class FormulaModel(ParametricModel):
         offset, *columns = _linear_trees(self.formula.tree, self.param_names)
         return offset, tuple(columns)
 
-    def design(self, inputs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def design(self, inputs: Mapping[str, Any]) -> tuple[Any, Any]:
         """For a model linear in its parameters: ``offset (n,)`` and design matrix ``A (n, p)``.
 
-        The model equals ``offset + A @ theta``.
+        The model equals ``offset + A @ theta``. numpy inputs give numpy arrays, tensors tensors.
         """
+        trees = _linear_trees(self.formula.tree, self.param_names)
+        if all(isinstance(v, np.ndarray) for v in inputs.values()):
+            out = _numpy_program(trees).stacked(dict(inputs))
+            return out[..., 0], out[..., 1:]
         import torch
 
-        offset, *columns = _compiled(_linear_trees(self.formula.tree, self.param_names))(dict(inputs))
+        offset, *columns = _compiled(trees)(dict(inputs))
         shape = torch.broadcast_shapes(offset.shape, *(c.shape for c in columns))
         return offset.expand(shape), torch.stack([c.expand(shape) for c in columns], dim=-1)
+
+
+@functools.lru_cache(maxsize=256)
+def _is_linear(tree: Any, names: tuple[str, ...]) -> bool:
+    from gradfit.symbolic import is_linear_in
+
+    return is_linear_in(tree, list(names))
 
 
 @functools.lru_cache(maxsize=256)
@@ -259,6 +305,14 @@ def _compiled(trees: tuple[Any, ...]) -> Any:
     from gradfit.evaluate import compile_torch
 
     return compile_torch(list(trees))
+
+
+@functools.lru_cache(maxsize=256)
+def _numpy_program(trees: tuple[Any, ...]) -> Any:
+    """The numpy twin of :func:`_compiled`."""
+    from gradfit.evaluate import compile_numpy
+
+    return compile_numpy(list(trees))
 
 
 @functools.lru_cache(maxsize=256)
@@ -304,7 +358,13 @@ class CallableModel(ParametricModel):
         name = getattr(self.function, "__name__", "function")
         return f"{name}({', '.join(self.argument_names)})"
 
-    def predict(self, inputs: Mapping[str, torch.Tensor], theta: torch.Tensor) -> torch.Tensor:
+    def predict(self, inputs: Mapping[str, Any], theta: Any) -> Any:
+        if isinstance(theta, np.ndarray):  # the function is written for torch: evaluate there
+            import torch
+
+            with torch.no_grad():
+                out = self.predict(_as_tensors(inputs), torch.from_numpy(theta))
+            return out.cpu().numpy()
         values = dict(zip(self.param_names, _param_slices(theta, self.n_params)))
         values.update({arg: inputs[col] for arg, col in zip(self.input_arguments, self.input_names)})
         out = self.function(**{name: values[name] for name in self.argument_names})

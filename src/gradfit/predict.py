@@ -80,20 +80,16 @@ def prediction_bands(result: FitResult, x: Any) -> tuple[np.ndarray, np.ndarray,
     """
     if result.model_kind != "formula" or result.covariance is None or not result.statistics.get("dof"):
         return None
-    import torch
-
     from gradfit import stats
     from gradfit.model import make_model
 
     columns = input_columns(result, x)
     model = make_model(result.model, result.input_names)
-    inputs = {k: torch.tensor(v, dtype=torch.float64) for k, v in columns.items()}
-    theta = torch.tensor(result.values, dtype=torch.float64)
-    with torch.no_grad():
-        prediction, jacobian = model.predict_and_jacobian(inputs, theta)
-    cov = torch.tensor(np.nan_to_num(np.asarray(result.covariance, dtype=float)), dtype=torch.float64)
+    inputs = {k: np.asarray(v, dtype=np.float64) for k, v in columns.items()}
+    prediction, jacobian = model.predict_and_jacobian(inputs, np.asarray(result.values, dtype=np.float64))
+    cov = np.nan_to_num(np.asarray(result.covariance, dtype=float))
     dof, level = float(result.statistics["dof"]), float(result.settings.get("confidence", 0.95))
     noise = 1.0 if result.settings.get("absolute_sigma") else float(result.statistics.get("redchi", 0.0))
     confidence = stats.confidence_band(jacobian, cov, dof, level)
     prediction_half = stats.prediction_band(jacobian, cov, dof, noise, level)
-    return prediction.numpy(), confidence.numpy(), prediction_half.numpy()
+    return np.array(prediction), confidence, prediction_half

@@ -124,12 +124,23 @@ def data_summary(train: Dataset, val: Dataset | None = None) -> dict[str, Any]:
         over all points; the inputs first, then the target.
     """
     parts = [train] + ([val] if val is not None else [])
-    columns: dict[str, Any] = {}
-    roles = [(name, "input") for name in train.input_names] + [(train.y_name, "target")]
-    for name, role in roles:
-        values = np.concatenate([p.column(name) if role == "input" else p.y for p in parts])
-        columns[name] = {"role": role, **_describe(values)}
+    names = [*train.input_names, train.y_name]
+    roles = ["input"] * len(train.input_names) + ["target"]
+    table = np.stack([np.concatenate([p.column(name) if role == "input" else p.y for p in parts]) for name, role in zip(names, roles)])
+    described = _describe_rows(table)
+    columns = {name: {"role": role, **values} for name, role, values in zip(names, roles, described)}
     return {"points": {"train": train.n_rows, "val": 0 if val is None else val.n_rows}, "columns": columns}
+
+
+def _describe_rows(table: np.ndarray) -> list[dict[str, float | None]]:
+    """min, max, mean and sample standard deviation of each row's finite values."""
+    if not np.isfinite(table).all():
+        return [_describe(row) for row in table]
+    n = table.shape[1]
+    mean = table.sum(1) / n
+    std = np.sqrt(np.square(table - mean[:, None]).sum(1) / (n - 1)) if n > 1 else np.full(len(table), np.nan)
+    rows = zip(table.min(1).tolist(), table.max(1).tolist(), mean.tolist(), std.tolist())
+    return [{"min": lo, "max": hi, "mean": mu, "std": sd if n > 1 else None} for lo, hi, mu, sd in rows]
 
 
 def _describe(values: np.ndarray) -> dict[str, float | None]:

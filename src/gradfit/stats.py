@@ -1,8 +1,15 @@
 """Statistics of least-squares fits, batched over K fits: covariance, errors, intervals, bands, metrics.
 
-All functions take tensors with a leading batch dimension ``K`` (Jacobian ``(K, n, p)``, residuals
-``(K, n)``), and also accept a single fit without it (``(n, p)``, ``(n,)``), returning results without
-it. Residuals and Jacobian are the *weighted* ones (divided by sigma) when the fit had sigma.
+Leading dimensions are fits: a Jacobian ``(K, n, p)`` with residuals ``(K, n)`` is K fits, a
+Jacobian ``(n, p)`` with residuals ``(n,)`` is one, and results have the same leading dimensions
+(``(K, p, p)`` or ``(p, p)`` covariances, ``(K,)`` arrays or numpy scalars of statistics). Residuals
+and Jacobian are the *weighted* ones (divided by sigma) when the fit had sigma.
+
+The arithmetic is numpy: these are small dense problems (``p × p`` factors per fit), where numpy's
+per-operation cost is a fraction of eager torch's, and the number of operations, not their size, is
+the cost of a single fit — hence one factorisation shared by everything, and per-fit statistics
+computed on numpy scalars when there is one fit. Torch tensors are accepted and copied to the host
+once; results are numpy arrays.
 
 Conventions
 -----------
@@ -29,19 +36,19 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 
 from gradfit.tdist import t_ppf
 
-if TYPE_CHECKING:
-    import torch
-
-    Tensor = torch.Tensor
+Array = np.ndarray
 
 __all__ = [
     "FitReport",
+    "ScaledSvd",
+    "scaled_svd",
+    "as_array",
     "covariance",
     "standard_errors",
     "correlation",
@@ -63,108 +70,143 @@ ILL_CONDITIONED = 1e10
 _LOADING = 1e-8
 
 
-def _batch(tensor: Tensor, dims: int) -> tuple[Tensor, bool]:
-    """Add a leading batch dimension if ``tensor`` has ``dims`` dimensions (a single fit)."""
-    return (tensor[None], True) if tensor.ndim == dims else (tensor, False)
+def as_array(values: Any) -> Array:
+    """A numpy array from an array-like or a torch tensor (copied to the host)."""
+    if hasattr(values, "detach"):
+        values = values.detach().cpu().numpy()
+    return np.asarray(values)
 
 
-def _unbatch(tensor: Tensor, single: bool) -> Tensor:
-    return tensor[0] if single else tensor
-
-
-def _free_mask(free: Tensor | np.ndarray | None, p: int) -> Tensor:
-    import torch
-
+def _free_mask(free: Any, p: int) -> Array:
     if free is None:
-        return torch.ones(p, dtype=torch.bool)
-    mask = torch.as_tensor(np.asarray(free) if not isinstance(free, torch.Tensor) else free, dtype=torch.bool).cpu()
+        return np.ones(p, dtype=bool)
+    mask = as_array(free).astype(bool)
     if mask.shape != (p,):
-        raise ValueError(f"free must be a (p,) boolean mask shared by all fits, got shape {tuple(mask.shape)}")
+        raise ValueError(f"free must be a (p,) boolean mask shared by all fits, got shape {mask.shape}")
     return mask
 
 
-def _points(residuals: Tensor, mask: Tensor | None) -> Tensor:
-    """Number of real (unpadded) points per fit ``(K,)``."""
+def _points(residuals: Array, mask: Any) -> Any:
+    """Number of real (unpadded) points per fit (a number for unpadded fits)."""
     if mask is None:
-        return residuals.new_full(residuals.shape[:1], float(residuals.shape[-1]))
-    return mask.to(residuals.dtype).sum(-1)
+        return residuals.dtype.type(residuals.shape[-1])
+    return as_array(mask).sum(-1, dtype=residuals.dtype)
+
+
+def _any(values: Any) -> bool:
+    """Whether any entry is true (cheap for numpy scalars and small arrays)."""
+    return bool(values.any()) if isinstance(values, np.ndarray) else bool(values)
 
 
 @dataclass(frozen=True)
-class _Svd:
-    d: Tensor  # (K, q) column scales
-    s: Tensor  # (K, q)
-    v: Tensor  # (K, q, q)  columns = right singular vectors
-    null: Tensor  # (K, q) singular value below the rank cut-off
+class ScaledSvd:
+    """SVD of column-equilibrated Jacobians ``(..., n, q)``: ``J D⁻¹ = U diag(s) Vᵀ``.
+
+    Attributes
+    ----------
+    d
+        ``(..., q)`` column norms of ``J`` (1 where a column is zero).
+    u
+        ``(..., n, q)`` left singular vectors (``(..., n, n)`` when ``n < q``).
+    s
+        ``(..., q)`` singular values, largest first (zeros appended when ``n < q``; NaN for fits
+        whose Jacobian is not finite).
+    v
+        ``(..., q, q)`` right singular vectors as columns.
+    null
+        ``(..., q)`` singular values at or below the rank cut-off ``max(n, q)·eps·s_max``.
+    finite
+        Whether every entry of the Jacobian was finite.
+    """
+
+    d: Array
+    u: Array
+    s: Array
+    v: Array
+    null: Array
+    finite: bool
+
+    def __getitem__(self, index: Any) -> ScaledSvd:
+        """The factors of the fits at ``index`` of the leading dimensions (``svd[0]``: the first)."""
+        return ScaledSvd(self.d[index], self.u[index], self.s[index], self.v[index], self.null[index], self.finite)
 
 
-def _scaled_svd(jac_free: Tensor) -> _Svd:
-    import torch
+def scaled_svd(jacobian: Array) -> ScaledSvd:
+    """Factor Jacobians ``(..., n, q)`` as :class:`ScaledSvd` (call with floating-point warnings off).
 
-    broken = ~torch.isfinite(jac_free).all(dim=-1).all(dim=-1)  # such fits get NaN statistics
-    if bool(broken.any()):
-        jac_free = torch.where(broken[:, None, None], torch.zeros_like(jac_free), jac_free)
-    d = torch.linalg.vector_norm(jac_free, dim=-2)
-    d = torch.where(d > 0, d, torch.ones_like(d))
-    _, s, vh = torch.linalg.svd(jac_free / d[:, None, :], full_matrices=False)
-    s = torch.where(broken[:, None], torch.full_like(s, math.nan), s)
-    q = jac_free.shape[-1]
+    The one factorisation behind the covariance, the identifiability test and the scaled
+    condition number here, and behind the exact linear solve of :mod:`gradfit.solvers`.
+    """
+    finite = bool(np.isfinite(jacobian).all())
+    if not finite:  # such fits get NaN statistics; the others are unaffected
+        broken = ~np.isfinite(jacobian).all(axis=(-2, -1))
+        jacobian = np.where(broken[..., None, None], 0.0, jacobian)
+    d = np.sqrt(np.vecdot(jacobian, jacobian, axis=-2))
+    d = d + (d == 0)
+    n, q = jacobian.shape[-2:]
+    u, s, vh = np.linalg.svd(jacobian / d[..., None, :], full_matrices=n < q)
+    if not finite:
+        s = np.where(broken[..., None], np.nan, s)
     if s.shape[-1] < q:  # fewer points than parameters: the missing singular values are zero
-        s = torch.cat([s, s.new_zeros(s.shape[:-1] + (q - s.shape[-1],))], -1)
-        vh = torch.linalg.svd(jac_free / d[:, None, :], full_matrices=True)[2]
-    cut = s[:, :1] * (max(jac_free.shape[-2:]) * torch.finfo(s.dtype).eps)
-    return _Svd(d, s, vh.mT, s <= cut)
+        s = np.concatenate([s, np.zeros(s.shape[:-1] + (q - s.shape[-1],), dtype=s.dtype)], -1)
+    null = s <= s[..., :1] * (max(n, q) * np.finfo(s.dtype).eps)
+    return ScaledSvd(d, u, s, vh.mT, null, finite)
 
 
-def _embed(matrix: Tensor, free: Tensor, fill: float) -> Tensor:
-    """``(K, q, q)`` over free parameters -> ``(K, p, p)`` with ``fill`` for fixed rows/columns."""
-    import torch
-
-    k, p = matrix.shape[0], free.numel()
-    full = matrix.new_full((k, p, p), fill)
-    index = torch.nonzero(free).flatten().to(matrix.device)
-    full[:, index[:, None], index[None, :]] = matrix
+def _embed(matrix: Array, free: Array, fill: float) -> Array:
+    """``(..., q, q)`` over free parameters -> ``(..., p, p)`` with ``fill`` for fixed rows/columns."""
+    p = free.size
+    if matrix.shape[-1] == p:
+        return matrix
+    full = np.full(matrix.shape[:-2] + (p, p), fill, dtype=matrix.dtype)
+    index = np.flatnonzero(free)
+    full[..., index[:, None], index[None, :]] = matrix
     return full
 
 
-def identifiable(jacobian: Tensor, free: Tensor | np.ndarray | None = None) -> Tensor:
-    """Which parameters the data determine ``(K, p)`` (fixed ones count as identifiable).
+def _lost(svd: ScaledSvd) -> Array | None:
+    """``(..., q)``: parameters loading on a direction the Jacobian does not see; None if none can."""
+    if not svd.null.any():
+        return None
+    return (svd.v**2 * svd.null[..., None, :]).sum(-1) > _LOADING
+
+
+def _identifiable_from(svd: ScaledSvd, free_mask: Array) -> Array:
+    out = np.ones(svd.s.shape[:-1] + (free_mask.size,), dtype=bool)
+    lost = _lost(svd)
+    if lost is not None:
+        out[..., free_mask] = ~lost
+    return out
+
+
+def identifiable(jacobian: Any, free: Any = None) -> Array:
+    """Which parameters the data determine ``(..., p)`` (fixed ones count as identifiable).
 
     A parameter is non-identifiable when it loads on a direction of parameter space that the
     column-equilibrated Jacobian does not see (singular value below ``max(n, p)·eps·s_max``).
     """
-    import torch
-
-    jac, single = _batch(jacobian, 2)
+    jac = as_array(jacobian)
     free_mask = _free_mask(free, jac.shape[-1])
-    return _unbatch(_identifiable_from(_scaled_svd(jac[..., free_mask.to(jac.device)]), free_mask), single)
-
-
-def _identifiable_from(svd: _Svd, free_mask: Tensor) -> Tensor:
-    import torch
-
-    loading = (svd.v**2 * svd.null[:, None, :].to(svd.v.dtype)).sum(-1)
-    out = torch.ones(svd.s.shape[0], free_mask.numel(), dtype=torch.bool, device=svd.s.device)
-    out[:, free_mask.to(svd.s.device)] = loading <= _LOADING
-    return out
+    with np.errstate(all="ignore"):
+        return _identifiable_from(scaled_svd(jac[..., free_mask]), free_mask)
 
 
 def covariance(
-    jacobian: Tensor,
-    residuals: Tensor,
+    jacobian: Any,
+    residuals: Any,
     *,
     absolute_sigma: bool = False,
-    free: Tensor | np.ndarray | None = None,
-    mask: Tensor | None = None,
-) -> Tensor:
-    """Parameter covariance ``s² (JᵀJ)⁻¹`` per fit ``(K, p, p)``.
+    free: Any = None,
+    mask: Any = None,
+) -> Array:
+    """Parameter covariance ``s² (JᵀJ)⁻¹`` per fit.
 
     Parameters
     ----------
     jacobian
-        Weighted Jacobian of the residuals at the solution, ``(K, n, p)`` or ``(n, p)``.
+        Weighted Jacobian of the residuals at the solution, ``(..., n, p)``.
     residuals
-        Weighted residuals ``(K, n)`` or ``(n,)``; padded points must be 0.
+        Weighted residuals ``(..., n)``; padded points must be 0.
     absolute_sigma
         If true, sigma was absolute (``s² = 1``); else the covariance is scaled by the reduced
         chi-square ``Σr² / (n - p)`` (scipy's ``curve_fit`` convention).
@@ -172,71 +214,65 @@ def covariance(
         ``(p,)`` mask of estimated parameters (default all); fixed rows/columns are NaN and do
         not count in the degrees of freedom.
     mask
-        ``(K, n)`` mask of real points for padded (ragged) batches.
+        ``(..., n)`` mask of real points for padded (ragged) batches.
 
     Returns
     -------
-    torch.Tensor
-        ``(K, p, p)`` (or ``(p, p)`` for a single fit). Non-identifiable parameters have
-        ``inf`` variance and NaN covariances; with no degrees of freedom left (and relative sigma)
-        every entry is ``inf``.
+    numpy.ndarray
+        ``(..., p, p)``. Non-identifiable parameters have ``inf`` variance and NaN covariances;
+        with no degrees of freedom left (and relative sigma) every entry is ``inf``.
     """
-    import torch
-
-    jac, single = _batch(jacobian, 2)
-    res, _ = _batch(residuals, 1)
+    jac, res = as_array(jacobian), as_array(residuals)
     free_mask = _free_mask(free, jac.shape[-1])
-    svd = _scaled_svd(jac[..., free_mask.to(jac.device)])
-    return _unbatch(_covariance_from(svd, res, absolute_sigma, free_mask, mask), single)
+    with np.errstate(all="ignore"):
+        svd = scaled_svd(jac[..., free_mask])
+        dof = _points(res, mask) - int(np.count_nonzero(free_mask))
+        return _covariance_from(svd, np.vecdot(res, res), dof, absolute_sigma, free_mask)
 
 
-def _covariance_from(svd: _Svd, res: Tensor, absolute_sigma: bool, free_mask: Tensor, mask: Tensor | None) -> Tensor:
-    import torch
-
-    inv_s2 = torch.where(svd.null, torch.zeros_like(svd.s), 1.0 / torch.where(svd.null, torch.ones_like(svd.s), svd.s) ** 2)
-    scaled_v = svd.v / svd.d[:, :, None]
-    cov = (scaled_v * inv_s2[:, None, :]) @ scaled_v.mT
+def _covariance_from(svd: ScaledSvd, chisqr: Any, dof: Any, absolute_sigma: bool, free_mask: Array) -> Array:
+    """``s² (JᵀJ)⁻¹`` from the scaled SVD (call with floating-point warnings off)."""
+    lost = _lost(svd)
+    inv_s = 1.0 / svd.s if lost is None else np.where(svd.null, 0.0, 1.0 / svd.s)
+    scaled_v = svd.v * (inv_s[..., None, :] / svd.d[..., :, None])
+    cov = scaled_v @ scaled_v.mT
     if not absolute_sigma:
-        dof = _points(res, mask) - int(free_mask.sum())
-        s2 = (res * res).sum(-1) / dof
-        s2 = torch.where(dof > 0, s2, torch.full_like(s2, math.inf))
-        cov = cov * s2[:, None, None]
-    loading = (svd.v**2 * svd.null[:, None, :].to(svd.v.dtype)).sum(-1)
-    lost = loading > _LOADING
-    if bool(lost.any()):
-        cov = torch.where(lost[:, :, None] | lost[:, None, :], torch.full_like(cov, math.nan), cov)
-        diagonal = torch.diagonal(cov, dim1=-2, dim2=-1)
-        diagonal.copy_(torch.where(lost, torch.full_like(diagonal, math.inf), diagonal))
+        s2 = np.where(dof > 0, chisqr / dof, np.inf)
+        cov = cov * s2[..., None, None]
+    if lost is not None and lost.any():
+        cov = np.where(lost[..., :, None] | lost[..., None, :], np.nan, cov)
+        diagonal = np.einsum("...ii->...i", cov)  # a writable view
+        diagonal[...] = np.where(lost, np.inf, diagonal)
     return _embed(cov, free_mask, math.nan)
 
 
-def standard_errors(cov: Tensor) -> Tensor:
+def standard_errors(cov: Any) -> Array:
     """Square roots of the covariance diagonal (NaN for fixed, ``inf`` for non-identifiable)."""
-    import torch
+    with np.errstate(invalid="ignore"):
+        return np.sqrt(np.diagonal(as_array(cov), axis1=-2, axis2=-1))
 
-    return torch.sqrt(torch.diagonal(cov, dim1=-2, dim2=-1))
 
-
-def correlation(cov: Tensor) -> Tensor:
+def correlation(cov: Any) -> Array:
     """Correlation matrix ``C_ij / (σ_i σ_j)``; NaN where a variance is not finite and positive."""
-    import torch
-
+    cov = as_array(cov)
     se = standard_errors(cov)
-    ok = torch.isfinite(se) & (se > 0)
-    safe = torch.where(ok, se, torch.ones_like(se))
-    corr = cov / (safe[..., :, None] * safe[..., None, :])
+    ok = np.isfinite(se) & (se > 0)
+    safe = np.where(ok, se, 1.0)
+    with np.errstate(invalid="ignore"):
+        corr = cov / (safe[..., :, None] * safe[..., None, :])
     valid = ok[..., :, None] & ok[..., None, :]
-    return torch.where(valid, corr, torch.full_like(corr, math.nan))
+    return np.where(valid, corr, np.nan)
 
 
-def t_quantile(confidence: float, dof: Tensor | np.ndarray | float) -> np.ndarray | float:
+def t_quantile(confidence: float, dof: Any) -> Array | float:
     """Two-sided Student t factor: ``t_{(1+confidence)/2}(dof)`` (``inf`` where ``dof <= 0``)."""
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    dof_array = np.asarray(dof.detach().cpu().numpy() if hasattr(dof, "detach") else dof, dtype=float)  # type: ignore[union-attr]
+    dof_array = as_array(dof).astype(float)
+    if dof_array.ndim == 0:
+        return _t_factor(confidence, float(dof_array))
     unique, position = np.unique(dof_array, return_inverse=True)  # batches share few distinct dofs
-    factor = np.array([_t_factor(confidence, float(d)) for d in unique])[position].reshape(dof_array.shape)
-    return float(factor) if factor.ndim == 0 else factor
+    return np.array([_t_factor(confidence, float(d)) for d in unique])[position].reshape(dof_array.shape)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -244,22 +280,20 @@ def _t_factor(confidence: float, dof: float) -> float:
     return float(t_ppf(0.5 + 0.5 * confidence, dof)) if dof > 0 else math.inf
 
 
-def confidence_intervals(theta: Tensor, stderr: Tensor, dof: Tensor | float, confidence: float = 0.95) -> tuple[Tensor, Tensor]:
+def confidence_intervals(theta: Any, stderr: Any, dof: Any, confidence: float = 0.95) -> tuple[Array, Array]:
     """Two-sided t intervals ``θ ± t·σ`` per parameter; returns ``(lower, upper)``."""
-    import torch
-
-    factor = torch.as_tensor(t_quantile(confidence, dof), dtype=stderr.dtype, device=stderr.device)
-    half = stderr * (factor[..., None] if factor.ndim else factor)
+    theta, stderr = as_array(theta), as_array(stderr)
+    half = stderr * np.asarray(t_quantile(confidence, dof))[..., None]
     return theta - half, theta + half
 
 
-def r_squared(residuals: Tensor, y: Tensor, weights: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+def r_squared(residuals: Any, y: Any, weights: Any = None, mask: Any = None) -> Any:
     """Coefficient of determination ``1 - SSR/SST`` per fit.
 
     Parameters
     ----------
     residuals
-        Weighted residuals ``(prediction - y) / σ``, ``(K, n)`` or ``(n,)``.
+        Weighted residuals ``(prediction - y) / σ``, ``(..., n)``.
     y
         Observed values (unweighted), same shape (or broadcastable).
     weights
@@ -267,166 +301,167 @@ def r_squared(residuals: Tensor, y: Tensor, weights: Tensor | None = None, mask:
     mask
         Real points of padded batches.
     """
-    import torch
+    res = as_array(residuals)
+    target = np.broadcast_to(as_array(y).astype(res.dtype, copy=False), res.shape)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return 1.0 - np.vecdot(res, res) / _total_sum_of_squares(target, weights, mask)
 
-    res, single = _batch(residuals, 1)
-    target = torch.broadcast_to(torch.as_tensor(y, dtype=res.dtype, device=res.device), res.shape)
-    w2 = torch.ones_like(res) if weights is None else torch.broadcast_to(torch.as_tensor(weights, dtype=res.dtype, device=res.device), res.shape) ** 2
+
+def _total_sum_of_squares(target: Array, weights: Any, mask: Any) -> Any:
+    """``Σ w² (y - ȳ)²`` about the ``w²``-weighted mean, per fit."""
+    if weights is None and mask is None:
+        centred = target - target.sum(-1, keepdims=True) / target.shape[-1]
+        return np.vecdot(centred, centred)
+    w2 = np.ones_like(target) if weights is None else np.broadcast_to(as_array(weights), target.shape) ** 2
     if mask is not None:
-        w2 = w2 * mask.to(res.dtype)
-    mean = (w2 * target).sum(-1, keepdim=True) / w2.sum(-1, keepdim=True)
-    sst = (w2 * (target - mean) ** 2).sum(-1)
-    ssr = (res * res).sum(-1)
-    return _unbatch(1.0 - ssr / sst, single)
+        w2 = w2 * as_array(mask)
+    mean = (w2 * target).sum(-1, keepdims=True) / w2.sum(-1, keepdims=True)
+    return (w2 * (target - mean) ** 2).sum(-1)
 
 
-def information_criteria(chisqr: Tensor, n_points: Tensor | float, n_params: int) -> tuple[Tensor, Tensor]:
+def information_criteria(chisqr: Any, n_points: Any, n_params: int) -> tuple[Any, Any]:
     """``(AIC, BIC)`` in lmfit's convention: ``n log(χ²/n) + 2p`` and ``n log(χ²/n) + p log n``."""
-    import torch
+    chisqr = as_array(chisqr)
+    n = as_array(n_points).astype(chisqr.dtype)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        base = n * np.log(chisqr / n)
+        return base + 2.0 * n_params, base + n_params * np.log(n)
 
-    n = torch.as_tensor(n_points, dtype=chisqr.dtype, device=chisqr.device)
-    base = n * torch.log(chisqr / n)
-    return base + 2.0 * n_params, base + n_params * torch.log(n)
 
-
-def condition_numbers(jacobian: Tensor, free: Tensor | np.ndarray | None = None) -> tuple[Tensor, Tensor]:
+def condition_numbers(jacobian: Any, free: Any = None) -> tuple[Any, Any]:
     """Condition numbers of ``JᵀJ`` per fit: ``(as given, column-equilibrated)``."""
-    import torch
-
-    jac, single = _batch(jacobian, 2)
+    jac = as_array(jacobian)
     free_mask = _free_mask(free, jac.shape[-1])
-    jac = jac[..., free_mask.to(jac.device)]
+    jac = jac[..., free_mask]
     if jac.shape[-1] == 0:
-        ones = jac.new_ones(jac.shape[0])
-        return _unbatch(ones, single), _unbatch(ones, single)
-    return _conditions_from(jac, _scaled_svd(jac), single)
+        ones = np.ones(jac.shape[:-2], dtype=jac.dtype)
+        return ones, ones
+    with np.errstate(all="ignore"):
+        svd = scaled_svd(jac)
+        return _condition_ratio(_singular_values(jac, svd.finite)), _condition_ratio(svd.s)
 
 
-def _conditions_from(jac: Tensor, svd: _Svd, single: bool) -> tuple[Tensor, Tensor]:
-    import torch
-
-    jac = torch.where(torch.isfinite(jac), jac, torch.zeros_like(jac))
-    raw = torch.linalg.svdvals(jac)
-    scaled = svd.s
-
-    def ratio(s: Tensor) -> Tensor:
-        return torch.where(s[:, -1] > 0, (s[:, 0] / s[:, -1]) ** 2, torch.full_like(s[:, 0], math.inf))
-
-    if raw.shape[-1] < jac.shape[-1]:
-        raw = torch.cat([raw, raw.new_zeros(raw.shape[:-1] + (jac.shape[-1] - raw.shape[-1],))], -1)
-    return _unbatch(ratio(raw), single), _unbatch(ratio(scaled), single)
+def _singular_values(jac: Array, finite: bool) -> Array:
+    """Singular values ``(..., q)`` of the Jacobian as given (non-finite entries read as 0; zeros
+    appended when ``n < q``)."""
+    s = np.linalg.svd(jac if finite else np.where(np.isfinite(jac), jac, 0.0), compute_uv=False)
+    if s.shape[-1] < jac.shape[-1]:
+        s = np.concatenate([s, np.zeros(s.shape[:-1] + (jac.shape[-1] - s.shape[-1],), dtype=s.dtype)], -1)
+    return s
 
 
-def _band_variance(pred_jacobian: Tensor, cov: Tensor) -> Tensor:
-    import torch
-
-    jac, single = _batch(pred_jacobian, 2)
-    c, _ = _batch(cov, 2)
-    c = torch.where(torch.isnan(c), torch.zeros_like(c), c)  # fixed parameters add no uncertainty
-    variance = torch.einsum("kmi,kij,kmj->km", jac, c, jac)
-    return _unbatch(torch.clamp(variance, min=0.0), single)
+def _condition_ratio(s: Array) -> Any:
+    """``(s_max / s_min)²`` over the last axis: the condition number of ``JᵀJ`` (``inf`` if singular)."""
+    smallest = s[..., -1]
+    return np.where(smallest > 0, (s[..., 0] / smallest) ** 2, np.inf)
 
 
-def confidence_band(pred_jacobian: Tensor, cov: Tensor, dof: Tensor | float, confidence: float = 0.95) -> Tensor:
+def _band_variance(pred_jacobian: Any, cov: Any) -> Array:
+    jac, c = as_array(pred_jacobian), as_array(cov)
+    c = np.where(np.isnan(c), 0.0, c)  # fixed parameters add no uncertainty
+    variance = np.einsum("...mi,...ij,...mj->...m", jac, c, jac)
+    return np.maximum(variance, 0.0)
+
+
+def confidence_band(pred_jacobian: Any, cov: Any, dof: Any, confidence: float = 0.95) -> Array:
     """Half-width of the confidence band of the fitted curve at new points.
 
     Parameters
     ----------
     pred_jacobian
-        Jacobian of the model's predictions at the new points, ``(K, m, p)`` or ``(m, p)``.
+        Jacobian of the model's predictions at the new points, ``(..., m, p)``.
     cov
-        Parameter covariance ``(K, p, p)`` or ``(p, p)`` (fixed parameters' NaN entries count as 0).
+        Parameter covariance ``(..., p, p)`` (fixed parameters' NaN entries count as 0).
     dof
-        Degrees of freedom for the t factor.
+        Degrees of freedom for the t factor (one per fit).
     confidence
         Coverage probability.
 
     Returns
     -------
-    torch.Tensor
-        ``t · sqrt(g C gᵀ)`` per point, ``(K, m)`` or ``(m,)``.
+    numpy.ndarray
+        ``t · sqrt(g C gᵀ)`` per point, ``(..., m)``.
     """
-    import torch
-
     variance = _band_variance(pred_jacobian, cov)
-    factor = torch.as_tensor(t_quantile(confidence, dof), dtype=variance.dtype, device=variance.device)
-    return torch.sqrt(variance) * (factor[..., None] if factor.ndim else factor)
+    return np.sqrt(variance) * np.asarray(t_quantile(confidence, dof))[..., None]
 
 
 def prediction_band(
-    pred_jacobian: Tensor,
-    cov: Tensor,
-    dof: Tensor | float,
-    noise_variance: Tensor | float,
+    pred_jacobian: Any,
+    cov: Any,
+    dof: Any,
+    noise_variance: Any,
     confidence: float = 0.95,
-) -> Tensor:
+) -> Array:
     """Half-width of the prediction band (a new observation) at new points.
 
     ``t · sqrt(g C gᵀ + noise_variance)``, where ``noise_variance`` is the variance of one new
     observation: the residual variance ``s²`` of an unweighted fit, or ``σ²`` at the new point.
     """
-    import torch
-
     variance = _band_variance(pred_jacobian, cov)
-    noise = torch.as_tensor(noise_variance, dtype=variance.dtype, device=variance.device)
+    noise = as_array(noise_variance).astype(variance.dtype)
     if noise.ndim == 1 and variance.ndim == 2:
         noise = noise[:, None]
-    factor = torch.as_tensor(t_quantile(confidence, dof), dtype=variance.dtype, device=variance.device)
-    return torch.sqrt(variance + noise) * (factor[..., None] if factor.ndim else factor)
+    return np.sqrt(variance + noise) * np.asarray(t_quantile(confidence, dof))[..., None]
 
 
 @dataclass(frozen=True)
 class FitReport:
-    """Statistics of K fits (single-fit inputs give tensors without the K dimension).
+    """Statistics of one fit or K fits (leading dimensions as in the inputs).
 
     Attributes
     ----------
-    covariance, stderr, correlation
-        ``(K, p, p)``, ``(K, p)``, ``(K, p, p)``; see :func:`covariance`.
+    covariance, stderr
+        ``(..., p, p)``, ``(..., p)``; see :func:`covariance`.
     ci_half_width
-        ``t · stderr`` at the requested confidence ``(K, p)``.
+        ``t · stderr`` at the requested confidence ``(..., p)``.
     dof
-        Degrees of freedom ``n - p`` ``(K,)``.
+        Degrees of freedom ``n - p`` (per fit).
     statistics
         For a single fit: ``r2``, ``rmse``, ``chisqr``, ``redchi``, ``aic``, ``bic``, ``dof``,
         ``condition``, ``condition_scaled``, ``n_points``, ``n_params`` (floats); for K fits,
-        tensors ``(K,)`` under the same keys.
+        arrays ``(K,)`` under the same keys.
     identifiable
-        ``(K, p)`` bool (see :func:`identifiable`).
+        ``(..., p)`` bool (see :func:`identifiable`).
     warnings
         Plain-language warnings (for a single fit; for K fits, those that hold for any fit).
     """
 
-    covariance: Tensor
-    stderr: Tensor
-    correlation: Tensor
-    ci_half_width: Tensor
-    dof: Tensor
-    statistics: dict[str, object]
-    identifiable: Tensor
+    covariance: Array
+    stderr: Array
+    ci_half_width: Array
+    dof: Any
+    statistics: dict[str, Any]
+    identifiable: Array
     warnings: list[str] = field(default_factory=list)
+
+    @property
+    def correlation(self) -> Array:
+        """Correlation matrices ``(..., p, p)`` (see :func:`correlation`)."""
+        return correlation(self.covariance)
 
 
 def fit_report(
-    jacobian: Tensor,
-    residuals: Tensor,
-    y: Tensor,
+    jacobian: Any,
+    residuals: Any,
+    y: Any,
     *,
-    weights: Tensor | None = None,
+    weights: Any = None,
     absolute_sigma: bool = False,
     confidence: float = 0.95,
-    free: Tensor | np.ndarray | None = None,
-    mask: Tensor | None = None,
+    free: Any = None,
+    mask: Any = None,
     param_names: list[str] | tuple[str, ...] | None = None,
+    decomposition: ScaledSvd | None = None,
 ) -> FitReport:
     """Every statistic of a least-squares fit at its solution.
 
     Parameters
     ----------
     jacobian
-        Weighted Jacobian ``(n, p)`` or ``(K, n, p)``.
+        Weighted Jacobian ``(..., n, p)``.
     residuals
-        Weighted residuals ``(prediction - y) / σ``, ``(n,)`` or ``(K, n)``.
+        Weighted residuals ``(prediction - y) / σ``, ``(..., n)``.
     y
         Observed values (unweighted), for R².
     weights
@@ -438,73 +473,87 @@ def fit_report(
     free
         ``(p,)`` mask of estimated parameters (default all).
     mask
-        ``(K, n)`` real points of a padded batch.
+        ``(..., n)`` real points of a padded batch.
     param_names
         Names used in the warnings (default ``p0, p1, ...``).
+    decomposition
+        :func:`scaled_svd` of the free columns of ``jacobian``, when the caller already has it
+        (an exact linear solve factors the same matrix).
 
     Returns
     -------
     FitReport
     """
-    import torch
-
-    jac, single = _batch(jacobian, 2)
-    res, _ = _batch(residuals, 1)
+    jac, res = as_array(jacobian), as_array(residuals)
     p = jac.shape[-1]
     free_mask = _free_mask(free, p)
-    n_params = int(free_mask.sum())
-    n_points = _points(res, mask)
-    dof = n_points - n_params
-    free_jac = jac[..., free_mask.to(jac.device)]
-    svd = _scaled_svd(free_jac) if n_params else None
-    cov = _covariance_from(svd, res, absolute_sigma, free_mask, mask) if svd else covariance(jac, res, absolute_sigma=absolute_sigma, free=free_mask, mask=mask)
-    stderr = standard_errors(cov)
-    factor = torch.as_tensor(t_quantile(confidence, dof), dtype=stderr.dtype, device=stderr.device)
-    chisqr = (res * res).sum(-1)
-    raw = res if weights is None else res / torch.broadcast_to(torch.as_tensor(weights, dtype=res.dtype, device=res.device), res.shape)
-    aic, bic = information_criteria(chisqr, n_points, n_params)
-    condition, condition_scaled = _conditions_from(free_jac, svd, False) if svd else condition_numbers(jac, free_mask)
-    ident = _identifiable_from(svd, free_mask) if svd else identifiable(jac, free_mask)
-    stats = {
-        "r2": r_squared(res, y, weights, mask),
-        "rmse": torch.sqrt((raw * raw).sum(-1) / n_points),
-        "chisqr": chisqr,
-        "redchi": torch.where(dof > 0, chisqr / dof, torch.full_like(chisqr, math.nan)),
-        "aic": aic,
-        "bic": bic,
-        "dof": dof,
-        "condition": condition,
-        "condition_scaled": condition_scaled,
-        "n_points": n_points,
-        "n_params": torch.full_like(chisqr, float(n_params)),
-    }
+    n_params = int(np.count_nonzero(free_mask))
+    fits = res.shape[:-1]
+    with np.errstate(all="ignore"):  # undefined statistics are NaN or inf, not warnings
+        n_points = _points(res, mask)
+        dof = n_points - n_params
+        chisqr = np.vecdot(res, res)
+        if n_params:
+            free_jac = jac if n_params == p else jac[..., free_mask]
+            svd = decomposition or scaled_svd(free_jac)
+            cov = _covariance_from(svd, chisqr, dof, absolute_sigma, free_mask)
+            s_raw, s_scaled = _singular_values(free_jac, svd.finite), svd.s
+            ident = _identifiable_from(svd, free_mask)
+        else:
+            cov = np.full(fits + (p, p), np.nan, dtype=res.dtype)
+            s_raw = s_scaled = np.ones(fits + (1,), dtype=res.dtype)
+            ident = np.ones(fits + (p,), dtype=bool)
+        stderr = standard_errors(cov)
+        raw_ss = chisqr if weights is None else np.vecdot(raw := res / as_array(weights), raw)
+        target = np.broadcast_to(as_array(y).astype(res.dtype, copy=False), res.shape)
+        sst = _total_sum_of_squares(target, weights, mask)
+        statistics = _per_fit_statistics(chisqr, sst, raw_ss, n_points + 0 * chisqr, s_raw, s_scaled, n_params)
+    half = stderr * np.asarray(t_quantile(confidence, dof))[..., None]
     names = list(param_names) if param_names is not None else [f"p{i}" for i in range(p)]
-    warnings = _warnings(dof, condition_scaled, ident, free_mask, names)
-    statistics: dict[str, object] = {k: float(v[0]) for k, v in stats.items()} if single else dict(stats)
-    return FitReport(
-        covariance=_unbatch(cov, single),
-        stderr=_unbatch(stderr, single),
-        correlation=_unbatch(correlation(cov), single),
-        ci_half_width=_unbatch(stderr * factor[:, None], single),
-        dof=_unbatch(dof, single),
-        statistics=statistics,
-        identifiable=_unbatch(ident, single),
-        warnings=warnings,
-    )
+    warnings = _warnings(dof, statistics["condition_scaled"], ident, free_mask, names)
+    if not fits:
+        statistics = {k: float(v) for k, v in statistics.items()}
+    return FitReport(cov, stderr, half, dof, statistics, ident, warnings)
 
 
-def _warnings(dof: Tensor, condition_scaled: Tensor, ident: Tensor, free: Tensor, names: list[str]) -> list[str]:
+def _per_fit_statistics(
+    chisqr: Any, sst: Any, raw_ss: Any, n: Any, s_raw: Array, s_scaled: Array, n_params: int
+) -> dict[str, Any]:
+    """R², RMS error, χ², reduced χ², AIC, BIC, degrees of freedom and condition numbers.
+
+    The same formulas serve K fits (``(K,)`` arrays, ``(K, q)`` singular values) and one fit
+    (numpy scalars and ``(q,)`` singular values, where each operation costs a fraction of an array
+    operation); call with floating-point warnings off.
+    """
+    dof = n - n_params
+    base = n * np.log(chisqr / n)
+    return {
+        "r2": 1.0 - chisqr / sst,
+        "rmse": np.sqrt(raw_ss / n),
+        "chisqr": chisqr,
+        "redchi": np.where(dof > 0, chisqr / dof, np.nan),
+        "aic": base + 2.0 * n_params,
+        "bic": base + n_params * np.log(n),
+        "dof": dof,
+        "condition": _condition_ratio(s_raw),
+        "condition_scaled": _condition_ratio(s_scaled),
+        "n_points": n,
+        "n_params": n - dof,
+    }
+
+
+def _warnings(dof: Any, condition_scaled: Any, ident: Array, free: Array, names: list[str]) -> list[str]:
     out = []
-    if bool((dof <= 0).any()):
+    if _any(dof <= 0):
         out.append("no degrees of freedom left (data points <= free parameters): standard errors are undefined — add data or fix parameters")
-    lost = [name for j, name in enumerate(names) if bool(free[j]) and not bool(ident[:, j].all())]
+    lost = [] if ident.all() else [name for name, gone in zip(names, (free & ~ident.reshape(-1, free.size).all(0)).tolist()) if gone]
     if lost:
         out.append(
             f"parameters {', '.join(lost)} cannot be determined from the data (the Jacobian is rank-deficient): "
             "their standard errors are infinite — fix some of them or reparametrise the model"
         )
-    elif bool((condition_scaled > ILL_CONDITIONED).any()):
-        worst = float(condition_scaled.max())
+    elif _any(condition_scaled > ILL_CONDITIONED):
+        worst = float(np.max(condition_scaled))
         out.append(
             f"the fit is ill-conditioned (scaled condition number of JᵀJ = {worst:.2g}): the parameters are strongly "
             "correlated and their standard errors are sensitive — consider reparametrising or fixing a parameter"

@@ -2,7 +2,8 @@
 
 Every solver's parameters get the same treatment: the Jacobian at the solution (symbolic for
 formulas, forward-mode autograd otherwise), covariance, standard errors, confidence intervals and fit
-statistics from :mod:`gradfit.stats`.
+statistics from :mod:`gradfit.stats`. Parametric models are evaluated on the problem's numpy arrays
+(formulas natively, callables through torch); networks on torch.
 """
 
 from __future__ import annotations
@@ -16,13 +17,11 @@ import numpy as np
 from gradfit.result import ParameterEstimate
 
 if TYPE_CHECKING:
-    import torch
-
     from gradfit.config import FitOptions
     from gradfit.objective import Split
     from gradfit.solvers.base import Problem, SolveOutcome
 
-__all__ = ["Summary", "summarize", "model_jacobian"]
+__all__ = ["Summary", "summarize"]
 
 
 @dataclass(frozen=True)
@@ -38,41 +37,30 @@ class Summary:
     predictor: Callable[[Mapping[str, np.ndarray]], np.ndarray]
 
 
-def model_jacobian(model: Any, inputs: Mapping[str, torch.Tensor], theta: torch.Tensor) -> torch.Tensor:
-    """Jacobian ``(n, p)`` of the predictions at ``theta``: closed form if the model has one."""
-    import torch
-
-    closed = model.jacobian(inputs, theta)
-    if closed is not None:
-        return closed
-    return torch.func.jacfwd(lambda t: model.predict(inputs, t))(theta)
-
-
 def summarize(problem: Problem, outcome: SolveOutcome, options: FitOptions) -> Summary:
     """Compute losses, uncertainties and statistics for a solver's outcome."""
+    if outcome.theta is None:
+        return _module_summary(problem, outcome)
+    return _parametric_summary(problem, outcome, options)
+
+
+def _module_summary(problem: Problem, outcome: SolveOutcome) -> Summary:
+    """A network's losses and predictor (no parameter statistics)."""
     import torch
 
     from gradfit.losses import get_loss
 
+    tensors = problem.on_torch()
     loss_fn = get_loss(problem.loss, problem.loss_scale)
-    predict = _prediction_function(problem, outcome)
+    predict = outcome.predict
+    assert predict is not None
     with torch.no_grad():
-        train_loss = float(loss_fn(problem.train.residuals(predict(problem.train.inputs))))
-        val_loss = None if problem.val is None else float(loss_fn(problem.val.residuals(predict(problem.val.inputs))))
-    if outcome.theta is None:
-        parameters: tuple[ParameterEstimate, ...] = ()
-        return Summary(parameters, None, {}, train_loss, val_loss, (), _numpy_predictor(problem, predict))
-    return _parametric_summary(problem, outcome, options, train_loss, val_loss, predict)
+        train_loss = float(loss_fn(tensors.train.residuals(predict(tensors.train.inputs))))
+        val_loss = None if tensors.val is None else float(loss_fn(tensors.val.residuals(predict(tensors.val.inputs))))
+    return Summary((), None, {}, train_loss, val_loss, (), _torch_predictor(tensors, predict))
 
 
-def _prediction_function(problem: Problem, outcome: SolveOutcome) -> Callable[[Mapping[str, torch.Tensor]], torch.Tensor]:
-    if outcome.predict is not None:
-        return outcome.predict
-    theta = outcome.theta
-    return lambda inputs: problem.model.predict(inputs, theta)
-
-
-def _numpy_predictor(problem: Problem, predict: Callable[[Any], torch.Tensor]) -> Callable[[Mapping[str, np.ndarray]], np.ndarray]:
+def _torch_predictor(problem: Problem, predict: Callable[[Any], Any]) -> Callable[[Mapping[str, np.ndarray]], np.ndarray]:
     import torch
 
     dtype, device = problem.train.y.dtype, problem.train.y.device
@@ -85,20 +73,34 @@ def _numpy_predictor(problem: Problem, predict: Callable[[Any], torch.Tensor]) -
     return predictor
 
 
-def _parametric_summary(
-    problem: Problem,
-    outcome: SolveOutcome,
-    options: FitOptions,
-    train_loss: float,
-    val_loss: float | None,
-    predict: Callable[[Any], torch.Tensor],
-) -> Summary:
-    from gradfit import stats
+def _parametric_predictor(model: Any, theta: np.ndarray) -> Callable[[Mapping[str, np.ndarray]], np.ndarray]:
+    def predictor(columns: Mapping[str, np.ndarray]) -> np.ndarray:
+        inputs = {k: np.asarray(v, dtype=theta.dtype) for k, v in columns.items()}
+        return np.asarray(model.predict(inputs, theta), dtype=float)
 
-    theta = outcome.theta
-    train = problem.train
-    jac = _weighted(model_jacobian(problem.model, train.inputs, theta).detach(), train)
-    residuals = train.residuals(predict(train.inputs)).detach()
+    return predictor
+
+
+def _parametric_summary(problem: Problem, outcome: SolveOutcome, options: FitOptions) -> Summary:
+    with np.errstate(all="ignore"):  # a diverged fit's non-finite values are reported, not warned about
+        return _parametric_quantities(problem, outcome, options)
+
+
+def _parametric_quantities(problem: Problem, outcome: SolveOutcome, options: FitOptions) -> Summary:
+    from gradfit import stats
+    from gradfit.losses import get_loss
+
+    model, train = problem.model, problem.train
+    theta = stats.as_array(outcome.theta).astype(problem.dtype)
+    free = stats.as_array(problem.free)
+    loss_fn = get_loss(problem.loss, problem.loss_scale)
+    residuals, jac = outcome.residuals, outcome.jacobian
+    if jac is None:
+        prediction, jac = model.predict_and_jacobian(train.inputs, theta)
+        jac = _weighted(jac, train)
+        residuals = train.residuals(prediction) if residuals is None else residuals
+    train_loss = float(loss_fn(residuals))
+    val_loss = None if problem.val is None else float(loss_fn(problem.val.residuals(model.predict(problem.val.inputs, theta))))
     report = stats.fit_report(
         jac,
         residuals,
@@ -106,13 +108,14 @@ def _parametric_summary(
         weights=train.weights,
         absolute_sigma=options.absolute_sigma,
         confidence=options.confidence,
-        free=problem.free,
-        param_names=problem.model.param_names,
+        free=free,
+        param_names=model.param_names,
+        decomposition=outcome.decomposition,
     )
-    covariance, stderr, half = report.covariance.cpu(), report.stderr.cpu(), report.ci_half_width.cpu()
+    covariance, stderr, half = report.covariance, report.stderr, report.ci_half_width
     if outcome.inverse_normal is not None:
-        covariance, stderr, half = _accurate_covariance(outcome.inverse_normal, report, problem.free, options)
-    at_bound = outcome.at_bound or _at_bound(problem, theta)
+        covariance, stderr, half = _accurate_covariance(stats.as_array(outcome.inverse_normal), report, free, options)
+    at_bound = outcome.at_bound or (_at_bound(problem, theta) if problem.bounded else [False] * theta.size)
     estimates = tuple(
         ParameterEstimate(
             name=p.name,
@@ -125,7 +128,7 @@ def _parametric_summary(
             lower=p.lower,
             upper=p.upper,
         )
-        for i, p in enumerate(problem.model.parameters)
+        for i, p in enumerate(model.parameters)
     )
     warnings = tuple(report.warnings) + tuple(
         f"parameter '{e.name}' is at a bound ({e.value:g}); its uncertainty is not reliable"
@@ -134,36 +137,35 @@ def _parametric_summary(
     )
     return Summary(
         estimates,
-        tuple(tuple(float(v) for v in row) for row in covariance.tolist()),
+        tuple(map(tuple, covariance.astype(float).tolist())),
         dict(report.statistics),
         train_loss,
         val_loss,
         warnings,
-        _numpy_predictor(problem, predict),
+        _parametric_predictor(model, theta),
     )
 
 
-def _accurate_covariance(inverse_normal: torch.Tensor, report: Any, free: torch.Tensor, options: FitOptions) -> tuple:
+def _accurate_covariance(inverse_normal: np.ndarray, report: Any, free: np.ndarray, options: FitOptions) -> tuple:
     """Covariance, standard errors and CI half-widths from a solver's own ``(JᵀJ)⁻¹``."""
-    import torch
-
     scale = 1.0 if options.absolute_sigma else report.statistics["redchi"]
-    covariance = torch.full_like(report.covariance, float("nan"))
-    index = torch.nonzero(free).flatten()
-    covariance[index[:, None], index[None, :]] = inverse_normal.to(covariance) * scale
-    stderr = torch.sqrt(torch.diagonal(covariance))
-    ratio = report.ci_half_width / report.stderr
-    return covariance.cpu(), stderr.cpu(), (stderr * ratio).cpu()
+    covariance = np.full_like(report.covariance, np.nan)
+    index = np.flatnonzero(free)
+    covariance[index[:, None], index[None, :]] = inverse_normal * scale
+    with np.errstate(invalid="ignore"):
+        stderr = np.sqrt(np.diagonal(covariance))
+        ratio = report.ci_half_width / report.stderr
+    return covariance, stderr, stderr * ratio
 
 
-def _weighted(jac: torch.Tensor, train: Split) -> torch.Tensor:
+def _weighted(jac: np.ndarray, train: Split) -> np.ndarray:
     return jac if train.weights is None else jac * train.weights[:, None]
 
 
-def _at_bound(problem: Problem, theta: torch.Tensor) -> list[bool]:
-    import torch
-
-    span = torch.clamp(problem.upper - problem.lower, max=1.0)
-    tol = 1e-10 * torch.where(torch.isfinite(span), span, torch.ones_like(span))
-    on = (theta - problem.lower <= tol) | (problem.upper - theta <= tol)
-    return (on & problem.free).tolist()
+def _at_bound(problem: Problem, theta: np.ndarray) -> list[bool]:
+    lower, upper = np.asarray(problem.lower), np.asarray(problem.upper)
+    span = np.minimum(upper - lower, 1.0)
+    tol = 1e-10 * np.where(np.isfinite(span), span, 1.0)
+    with np.errstate(invalid="ignore"):
+        on = (theta - lower <= tol) | (upper - theta <= tol)
+    return (on & np.asarray(problem.free)).tolist()

@@ -49,7 +49,7 @@ def decay_np(x, a, k, c):
     return a * np.exp(-k * x) + c
 
 
-START = np.array([[1.0, 0.5, 0.0]])
+START = torch.tensor([[1.0, 0.5, 0.0]], dtype=torch.float64)  # torch functions: torch starts
 
 
 def test_linear_model_matches_numpy_lstsq():
@@ -68,7 +68,7 @@ def test_linear_model_matches_numpy_lstsq():
 def test_exponential_decay_matches_curve_fit(use_jacobian):
     residual_fn, jacobian_fn = decay_residuals(X, Y)
     sol = solve_least_squares(residual_fn, START, jacobian_fn=jacobian_fn if use_jacobian else None)
-    popt, _ = curve_fit(decay_np, X, Y, p0=START[0], xtol=1e-15, ftol=1e-15, gtol=1e-15, maxfev=10000)
+    popt, _ = curve_fit(decay_np, X, Y, p0=START[0].numpy(), xtol=1e-15, ftol=1e-15, gtol=1e-15, maxfev=10000)
     np.testing.assert_allclose(sol.theta[0].numpy(), popt, rtol=1e-8)
     assert sol.status[0].converged
     assert sol.theta.dtype == torch.float64 and sol.theta.shape == (1, 3)
@@ -97,7 +97,7 @@ def test_batch_equals_single_solves():
     k = 6
     truth = np.column_stack([rng.uniform(1, 3, k), rng.uniform(0.5, 2, k), rng.uniform(-1, 1, k)])
     ys = np.array([decay_np(X, *t) + rng.normal(0, 0.05, X.size) for t in truth])
-    starts = np.tile(START, (k, 1))
+    starts = START.repeat(k, 1)
     batch = solve_least_squares(decay_residuals(X, ys)[0], starts)
     for i in range(k):
         single = solve_least_squares(decay_residuals(X, ys[i])[0], starts[i : i + 1])
@@ -116,7 +116,7 @@ def test_a_nan_fit_does_not_disturb_the_others():
         poison = torch.log(torch.tensor([1.0, -1.0, 1.0], dtype=theta.dtype))[:, None]
         return base + poison
 
-    starts = np.tile(START, (3, 1))
+    starts = START.repeat(3, 1)
     batch = solve_least_squares(residual_fn, starts)
     assert batch.status[1] is Status.NON_FINITE and not batch.status[1].converged
     assert "non-finite" in batch.status[1].value
@@ -143,7 +143,7 @@ def test_non_finite_trial_steps_are_rejected_not_accepted():
 
 def test_fixed_parameters_never_move():
     residual_fn, _ = decay_residuals(X, Y)
-    start = np.array([[1.0, 0.5, 0.25]])
+    start = torch.tensor([[1.0, 0.5, 0.25]], dtype=torch.float64)
     sol = solve_least_squares(residual_fn, start, fixed=[False, False, True])
     assert sol.theta[0, 2].item() == 0.25
     popt, _ = curve_fit(lambda x, a, k: decay_np(x, a, k, 0.25), X, Y, p0=[1.0, 0.5], xtol=1e-15, ftol=1e-15)
@@ -154,7 +154,7 @@ def test_fixed_parameters_never_move():
 def test_all_parameters_fixed_is_converged_and_unchanged():
     residual_fn, _ = decay_residuals(X, Y)
     sol = solve_least_squares(residual_fn, START, fixed=True)
-    np.testing.assert_array_equal(sol.theta.numpy(), START)
+    np.testing.assert_array_equal(sol.theta.numpy(), START.numpy())
     assert sol.status[0].converged and int(sol.n_iter[0]) == 0
 
 
@@ -191,7 +191,7 @@ def test_robust_losses_match_scipy(loss, f_scale):
     residual_fn, _ = decay_residuals(X, y)
     sol = solve_least_squares(residual_fn, START, loss=loss, f_scale=f_scale)
     ref = least_squares(
-        lambda p: decay_np(X, *p) - y, START[0], loss=loss, f_scale=f_scale, method="trf", xtol=1e-15, ftol=1e-15, gtol=1e-15
+        lambda p: decay_np(X, *p) - y, START[0].numpy(), loss=loss, f_scale=f_scale, method="trf", xtol=1e-15, ftol=1e-15, gtol=1e-15
     )
     assert sol.status[0].converged
     np.testing.assert_allclose(sol.theta[0].numpy(), ref.x, rtol=1e-7)
@@ -255,9 +255,9 @@ def test_restarts_rescue_a_far_start():
 
 def test_float32_is_respected():
     residual_fn, _ = decay_residuals(X.astype(np.float32), Y.astype(np.float32))
-    sol = solve_least_squares(residual_fn, torch.tensor(START, dtype=torch.float32))
+    sol = solve_least_squares(residual_fn, START.to(torch.float32))
     assert sol.theta.dtype == torch.float32 and sol.jacobian.dtype == torch.float32
-    popt, _ = curve_fit(decay_np, X, Y, p0=START[0])
+    popt, _ = curve_fit(decay_np, X, Y, p0=START[0].numpy())
     np.testing.assert_allclose(sol.theta[0].numpy(), popt, rtol=2e-4)
     assert sol.status[0].converged
 
@@ -290,6 +290,34 @@ def test_bad_arguments_are_clear_errors():
         LeastSquaresOptions(max_iter=0)
     with pytest.raises(OptionError, match="ftol"):
         LeastSquaresOptions(ftol=-1.0)
+
+
+def numpy_decay(x, y):
+    """``residual_and_jacobian_fn`` of the decay model on numpy arrays (no torch)."""
+
+    def combined(theta):
+        a, k, c = theta[:, 0:1], theta[:, 1:2], theta[:, 2:3]
+        e = np.exp(-k * x)
+        return a * e + c - y, np.stack([e, -a * x * e, np.ones_like(e)], -1)
+
+    return combined
+
+
+def test_numpy_functions_give_the_torch_answer_as_numpy():
+    rng = np.random.default_rng(21)
+    ys = np.array([decay_np(X, 2.0, 1.0, 0.5) + rng.normal(0, 0.05, X.size) for _ in range(3)])
+    starts = START.numpy().repeat(3, axis=0)
+    on_numpy = solve_least_squares(None, starts, residual_and_jacobian_fn=numpy_decay(X, ys))
+    on_torch = solve_least_squares(decay_residuals(X, ys)[0], START.repeat(3, 1))
+    assert isinstance(on_numpy.theta, np.ndarray) and isinstance(on_numpy.converged, np.ndarray)
+    np.testing.assert_allclose(on_numpy.theta, on_torch.theta.numpy(), rtol=1e-10)
+    assert on_numpy.status == on_torch.status and on_numpy.converged.all()
+    assert on_numpy.jacobian.shape == (3, X.size, 3) and on_numpy.n_iter.dtype == np.int64
+
+
+def test_numpy_functions_need_a_jacobian():
+    with pytest.raises(ModelError, match="Jacobian"):
+        solve_least_squares(lambda th: th @ np.ones((3, 4)), START.numpy())
 
 
 def test_status_values_are_messages_and_codes_are_stable():
@@ -349,7 +377,7 @@ def test_never_worse_than_scipy_on_random_decays(a, k, c, seed):
     residual_fn, _ = decay_residuals(X, y)
     sol = solve_least_squares(residual_fn, START)
     ref = least_squares(
-        lambda p: decay_np(X, *p) - y, START[0], method="lm", xtol=1e-15, ftol=1e-15, gtol=1e-15, max_nfev=100_000
+        lambda p: decay_np(X, *p) - y, START[0].numpy(), method="lm", xtol=1e-15, ftol=1e-15, gtol=1e-15, max_nfev=100_000
     )
     assert sol.status[0].converged
     assert sol.cost[0].item() <= ref.cost * (1 + 1e-9)
@@ -362,7 +390,7 @@ def test_optimum_at_infinity_is_not_reported_as_converged():
     y = decay_np(X, 0.5, 0.203125, -0.625) + rng.normal(0, 0.1, X.size)
     residual_fn, _ = decay_residuals(X, y)
     sol = solve_least_squares(residual_fn, START, options=LeastSquaresOptions(restarts=1))
-    ref = least_squares(lambda p: decay_np(X, *p) - y, START[0], method="lm", xtol=1e-15, ftol=1e-15, gtol=1e-15)
+    ref = least_squares(lambda p: decay_np(X, *p) - y, START[0].numpy(), method="lm", xtol=1e-15, ftol=1e-15, gtol=1e-15)
     assert sol.status[0] is Status.MAX_ITER and not sol.success
     assert sol.cost[0].item() <= ref.cost * (1 + 1e-9)
     line = np.polyfit(X, y, 1)
@@ -378,14 +406,18 @@ def test_linear_least_squares_matches_lstsq_and_batches():
     rng = np.random.default_rng(8)
     a = rng.normal(size=(2, 30, 4)) * np.array([1.0, 1e3, 1e-3, 10.0])
     b = rng.normal(size=(2, 30))
-    sol = linear_least_squares(torch.as_tensor(a), torch.as_tensor(b))
+    sol = linear_least_squares(a, b)
     for k in range(2):
         expected = np.linalg.lstsq(a[k], b[k], rcond=None)[0]
-        np.testing.assert_allclose(sol.theta[k].numpy(), expected, rtol=1e-10)
+        np.testing.assert_allclose(sol.theta[k], expected, rtol=1e-10)
         res = a[k] @ expected - b[k]
         cov = np.linalg.inv(a[k].T @ a[k]) * (res @ res) / (30 - 4)
-        np.testing.assert_allclose(sol.covariance()[k].numpy(), cov, rtol=1e-9)
+        np.testing.assert_allclose(sol.covariance()[k], cov, rtol=1e-9)
     assert sol.rank.tolist() == [4, 4]
+    scaled = a / np.linalg.norm(a, axis=1, keepdims=True)
+    np.testing.assert_allclose(sol.condition, [np.linalg.cond(m) for m in scaled], rtol=1e-10)
+    from_tensors = linear_least_squares(torch.as_tensor(a), torch.as_tensor(b))  # tensors are read too
+    np.testing.assert_array_equal(from_tensors.theta, sol.theta)
 
 
 def test_polynomial_least_squares_matches_weighted_polyfit():
@@ -395,8 +427,8 @@ def test_polynomial_least_squares_matches_weighted_polyfit():
     x = np.linspace(-3.0, 5.0, 40)
     sigma = 0.1 + 0.05 * np.abs(x)
     y = 1 - 2 * x + 0.3 * x**2 + 0.01 * x**3 + rng.normal(0, 1, x.size) * sigma
-    sol = polynomial_least_squares(torch.as_tensor(x), torch.as_tensor(y), 3, weights=torch.as_tensor(1 / sigma))
+    sol = polynomial_least_squares(x, y, 3, weights=1 / sigma)
     coef, cov = np.polyfit(x, y, 3, w=1 / sigma, cov="unscaled")
-    np.testing.assert_allclose(sol.theta[0].numpy(), coef[::-1], rtol=1e-12)
-    np.testing.assert_allclose(sol.covariance(absolute_sigma=True)[0].numpy(), cov[::-1, ::-1], rtol=1e-10)
-    np.testing.assert_allclose(sol.residuals[0].numpy(), (np.polyval(coef, x) - y) / sigma, atol=1e-12)
+    np.testing.assert_allclose(sol.theta[0], coef[::-1], rtol=1e-12)
+    np.testing.assert_allclose(sol.covariance(absolute_sigma=True)[0], cov[::-1, ::-1], rtol=1e-10)
+    np.testing.assert_allclose(sol.residuals[0], (np.polyval(coef, x) - y) / sigma, atol=1e-12)

@@ -62,8 +62,8 @@ def test_nonlinear_certified_values_from_both_starts(name, start):
     assert solution.status[0].converged, solution.status[0]
     params = lre(solution.theta[0].numpy(), problem.certified)
     assert params.min() >= 6, params
-    report = stats.fit_report(solution.jacobian[0], solution.residuals[0], torch.tensor(problem.target))
-    sds = lre(report.stderr.numpy(), problem.certified_sd)
+    report = stats.fit_report(solution.jacobian[0], solution.residuals[0], problem.target)
+    sds = lre(report.stderr, problem.certified_sd)
     assert sds.min() >= SD_LIMITED_BY_FLOAT64.get(name, 6.0), sds
     assert lre(2 * solution.cost[0].item(), problem.certified_rss) >= (0 if name == "Lanczos1" else 6)
 
@@ -71,13 +71,12 @@ def test_nonlinear_certified_values_from_both_starts(name, start):
 @pytest.mark.parametrize("name", LINEAR)
 def test_linear_certified_values(name):
     problem = load(name)
-    y = torch.tensor(problem.y)
     if problem.name.startswith("NoInt") or problem.name == "Longley":
-        solution = linear_least_squares(torch.tensor(problem.design()), y)
+        solution = linear_least_squares(problem.design(), problem.y)
     else:
-        solution = polynomial_least_squares(torch.tensor(problem.x["x"]), y, problem.p - 1)
-    assert lre(solution.theta[0].numpy(), problem.certified).min() >= 9
-    sds = torch.sqrt(torch.diagonal(solution.covariance()[0])).numpy()
+        solution = polynomial_least_squares(problem.x["x"], problem.y, problem.p - 1)
+    assert lre(solution.theta[0], problem.certified).min() >= 9
+    sds = np.sqrt(np.diagonal(solution.covariance()[0]))
     assert lre(sds, problem.certified_sd).min() >= 9
     assert lre(float((solution.residuals**2).sum()), problem.certified_rss) >= 9
 

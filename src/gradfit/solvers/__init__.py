@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from gradfit.config import FitOptions
     from gradfit.solvers.base import Problem, SolveOutcome
 
-__all__ = ["choose_solver", "get_solver", "optimizer_label", "SOLVER_FAMILIES"]
+__all__ = ["choose_solver", "get_solver", "needs_torch", "optimizer_label", "SOLVER_FAMILIES"]
 
 #: solver name -> "module:function", imported when used
 SOLVER_FAMILIES = {
@@ -32,6 +32,12 @@ def get_solver(name: str) -> Callable[[Problem, Any], SolveOutcome]:
 
     module, _, function = SOLVER_FAMILIES[name].partition(":")
     return getattr(importlib.import_module(module), function)
+
+
+def needs_torch(name: str, model: Any) -> bool:
+    """Whether solver ``name`` computes with torch on ``model``: the gradient family always; the
+    least-squares solvers only for models that are not formulas (autograd Jacobians)."""
+    return name == "gradient" or getattr(model, "formula", None) is None
 
 
 def choose_solver(model: Any, options: FitOptions, bounded: bool) -> tuple[str, str]:

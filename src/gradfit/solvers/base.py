@@ -1,10 +1,19 @@
-"""The one protocol every solver follows: a :class:`Problem` in, a :class:`SolveOutcome` out."""
+"""The one protocol every solver follows: a :class:`Problem` in, a :class:`SolveOutcome` out.
+
+A problem holds numpy arrays: the least-squares solvers work on them directly (small dense problems,
+where numpy's per-operation cost is a fraction of eager torch's). Solvers that need torch — the
+gradient family, autograd Jacobians of callables — take :meth:`Problem.on_torch`, the same problem as
+tensors of the fit's dtype on its device.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from gradfit.result import History
 
@@ -19,14 +28,15 @@ __all__ = ["Problem", "SolveOutcome", "Solver"]
 
 @dataclass(frozen=True)
 class Problem:
-    """A fit to carry out, as tensors.
+    """A fit to carry out.
 
     Attributes
     ----------
     model
         The model to fit.
     train, val
-        Training data and optional validation data.
+        Training data and optional validation data (numpy arrays of ``dtype``, or tensors after
+        :meth:`on_torch`).
     loss
         Loss name (see :mod:`gradfit.losses`).
     loss_scale
@@ -34,6 +44,8 @@ class Problem:
     theta0, free, lower, upper
         Starting values, mask of estimated parameters, and bounds, each ``(p,)``; ``None`` for
         module models.
+    dtype, device
+        The fit's floating-point type (``"float64"``, ``"float32"``) and torch device.
     """
 
     model: ParametricModel | ModuleModel
@@ -41,19 +53,55 @@ class Problem:
     val: Split | None
     loss: str = "mse"
     loss_scale: float = 1.0
-    theta0: torch.Tensor | None = None
-    free: torch.Tensor | None = None
-    lower: torch.Tensor | None = None
-    upper: torch.Tensor | None = None
+    theta0: Any = None
+    free: Any = None
+    lower: Any = None
+    upper: Any = None
+    dtype: str = "float64"
+    device: str = "cpu"
 
     @property
     def bounded(self) -> bool:
         """Whether any parameter has a finite bound."""
-        import torch
-
         if self.lower is None or self.upper is None:
             return False
-        return bool(torch.isfinite(self.lower).any() or torch.isfinite(self.upper).any())
+        return bool(np.isfinite(_host(self.lower)).any() or np.isfinite(_host(self.upper)).any())
+
+    def on_torch(self) -> Problem:
+        """The same problem with every array a torch tensor of :attr:`dtype` on :attr:`device`
+        (module models are moved there too); computed once."""
+        return self._torch_problem
+
+    @cached_property
+    def _torch_problem(self) -> Problem:
+        import torch
+
+        dtype = getattr(torch, self.dtype)
+
+        def tensor(values: Any, kind: Any = dtype) -> Any:
+            return None if values is None else torch.as_tensor(values, dtype=kind, device=self.device)
+
+        def split(part: Split | None) -> Split | None:
+            if part is None:
+                return None
+            inputs = {name: tensor(column) for name, column in part.inputs.items()}
+            return type(part)(inputs, tensor(part.y), tensor(part.weights))
+
+        if hasattr(self.model, "module"):
+            self.model.module.to(dtype=dtype, device=self.device)
+        return replace(
+            self,
+            train=split(self.train),
+            val=split(self.val),
+            theta0=tensor(self.theta0),
+            free=tensor(self.free, torch.bool),
+            lower=tensor(self.lower),
+            upper=tensor(self.upper),
+        )
+
+
+def _host(values: Any) -> np.ndarray:
+    return values.detach().cpu().numpy() if hasattr(values, "detach") else np.asarray(values)
 
 
 @dataclass(frozen=True)
@@ -63,7 +111,7 @@ class SolveOutcome:
     Attributes
     ----------
     theta
-        Fitted parameters ``(p,)``; ``None`` for module models (trained in place).
+        Fitted parameters ``(p,)`` (numpy or torch); ``None`` for module models (trained in place).
     status
         Short status code (``converged``, ``max_iter``, ``max_epochs``, ``early_stopped``...).
     message
@@ -81,9 +129,18 @@ class SolveOutcome:
     inverse_normal
         ``(JᵀJ)⁻¹`` over the free parameters when the solver computed it more accurately than an
         SVD of the Jacobian can (ill-conditioned polynomial designs); used for the covariance.
+    residuals, jacobian
+        Weighted training residuals ``(n,)`` and Jacobian ``(n, p)`` at ``theta`` when the solver
+        has them (least-squares solvers end with both; an exact polynomial solve computes the
+        residuals more accurately than evaluating the model can); the training loss and the
+        statistics use them instead of evaluating the model again.
+    decomposition
+        The :func:`~gradfit.stats.scaled_svd` of the weighted Jacobian's free columns at
+        ``theta``, when the solver factored exactly that matrix (exact linear solves); the
+        statistics reuse it.
     """
 
-    theta: torch.Tensor | None
+    theta: Any
     status: str
     message: str
     success: bool
@@ -91,7 +148,10 @@ class SolveOutcome:
     history: History = field(default_factory=History)
     at_bound: tuple[bool, ...] = ()
     predict: Callable[[Any], torch.Tensor] | None = None
-    inverse_normal: torch.Tensor | None = None
+    inverse_normal: Any = None
+    residuals: Any = None
+    jacobian: Any = None
+    decomposition: Any = None
 
 
 Solver = Callable[[Problem, Any], SolveOutcome]

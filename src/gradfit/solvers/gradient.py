@@ -154,6 +154,7 @@ def solve_gradient(problem: Problem, options: FitOptions) -> SolveOutcome:
     options
         Optimizer (default Adam), its keyword arguments, scaling and the loop's stop rules.
     """
+    problem = problem.on_torch()
     objective = _objective(problem, options.scale)
     optimizer = make_optimizer(options.optimizer or "adam", objective.tensors, options.optimizer_options)
     config = TrainConfig(

@@ -7,9 +7,11 @@ fails (NaN, zero Jacobian) is masked out without disturbing the others. There is
 over K.
 
 The mathematics lives in small pure functions; :func:`solve_least_squares` only keeps the books.
-The model and its Jacobian are torch; the solver's own arithmetic on ``(K, p)`` arrays runs in
-numpy, whose per-operation overhead is about a third of eager torch's — on NIST-sized problems
-that overhead, not the floating-point work, is the cost. A single unbounded least-squares fit
+The solver's own arithmetic on ``(K, p)`` arrays runs in numpy, whose per-operation overhead is a
+fraction of eager torch's — on NIST-sized problems that overhead, not the floating-point work, is
+the cost. The model and its Jacobian come either from numpy functions (a formula's compiled numpy
+program: no torch at all) or from torch functions (autograd, devices); the solution comes back in
+the kind of array the starting values were given in. A single unbounded least-squares fit
 (K = 1, the common case) takes a scalar twin of the same loop (Python floats around one SVD per
 accepted point), several times cheaper per iteration; tests check both paths agree.
 
@@ -65,12 +67,14 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import cached_property
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import torch
 
 from gradfit.errors import ModelError, OptionError
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "Status",
@@ -84,10 +88,10 @@ __all__ = [
     "polynomial_least_squares",
 ]
 
-Tensor = torch.Tensor
+Tensor = Any  # torch.Tensor, imported only where torch functions are given
 Array = np.ndarray
-ResidualFn = Callable[[Tensor], Tensor]
-JacobianFn = Callable[[Tensor], Tensor]
+ResidualFn = Callable[[Any], Any]
+JacobianFn = Callable[[Any], Any]
 LOSSES = ("linear", "huber", "soft_l1", "cauchy")
 
 
@@ -185,7 +189,8 @@ class LeastSquaresOptions:
 
 @dataclass(frozen=True)
 class LeastSquaresSolution:
-    """Result of :func:`solve_least_squares` for K fits (tensors in the dtype of ``theta0``).
+    """Result of :func:`solve_least_squares` for K fits, as arrays of ``theta0``'s kind (numpy
+    arrays, or tensors in the dtype and on the device of ``theta0``).
 
     Attributes
     ----------
@@ -217,9 +222,9 @@ class LeastSquaresSolution:
     at_bound: Tensor
 
     @property
-    def status_code(self) -> Tensor:
+    def status_code(self) -> Any:
         """Status codes ``(K,)`` (see :attr:`Status.code`)."""
-        return torch.tensor([s.code for s in self.status], dtype=torch.int64)
+        return self._like(np.array([s.code for s in self.status], dtype=np.int64))
 
     @property
     def message(self) -> list[str]:
@@ -227,9 +232,16 @@ class LeastSquaresSolution:
         return [s.value for s in self.status]
 
     @property
-    def converged(self) -> Tensor:
+    def converged(self) -> Any:
         """``(K,)`` bool: which fits converged."""
-        return torch.tensor([s.converged for s in self.status], dtype=torch.bool)
+        return self._like(np.array([s.converged for s in self.status], dtype=bool))
+
+    def _like(self, array: Array) -> Any:
+        if isinstance(self.theta, np.ndarray):
+            return array
+        import torch
+
+        return torch.from_numpy(array)
 
     @property
     def success(self) -> bool:
@@ -250,6 +262,8 @@ def autograd_jacobian(residual_fn: ResidualFn, theta: Tensor) -> tuple[Tensor, T
     Python path (~250 µs per operation); the double backward was 2-3 times faster at every size we
     measured (K = 1 to 10,000).
     """
+    import torch
+
     with torch.enable_grad():
         point = theta.detach().requires_grad_(True)
         residuals = residual_fn(point)
@@ -258,6 +272,8 @@ def autograd_jacobian(residual_fn: ResidualFn, theta: Tensor) -> tuple[Tensor, T
 
 def _jacobian_from_graph(residuals: Tensor, point: Tensor) -> Tensor:
     """Jacobian of ``residuals (K, n)`` with respect to ``point (K, p)`` from a recorded graph."""
+    import torch
+
     k, p = point.shape
     zeros = residuals.new_zeros(residuals.shape + (p,))
     if not residuals.requires_grad:
@@ -281,6 +297,8 @@ def _jacobian_from_graph(residuals: Tensor, point: Tensor) -> Tensor:
 
 def _columns_one_by_one(g: Tensor, u: Tensor, p: int) -> Tensor:
     """Fallback of :func:`_jacobian_from_graph` for operations that vmap cannot batch."""
+    import torch
+
     columns = []
     for j in range(p):
         (col,) = torch.autograd.grad(g[:, j].sum(), u, retain_graph=True, allow_unused=True)
@@ -527,13 +545,14 @@ def effective_options(options: LeastSquaresOptions, dtype: np.dtype[Any]) -> Lea
 
 
 class _Evaluator:
-    """The torch boundary: residuals at trial points, the Jacobian only when asked for."""
+    """The model boundary for torch functions: residuals at trial points (numpy out), the Jacobian
+    only when asked for (from the recorded graph, or ``jacobian_fn``)."""
 
     def __init__(
         self,
         residual_fn: ResidualFn | None,
         jacobian_fn: JacobianFn | None,
-        combined_fn: Callable[[Tensor], tuple[Tensor, Tensor]] | None,
+        combined_fn: Callable[[Any], tuple[Any, Any]] | None,
         like: Tensor,
     ) -> None:
         self.residual_fn = residual_fn
@@ -543,45 +562,88 @@ class _Evaluator:
         self.device = like.device
 
     def residuals(self, theta: Array) -> tuple[Array, Any]:
+        import torch
+
         point = self._tensor(theta)
         k = theta.shape[0]
         if self.combined_fn is not None:
             with torch.no_grad():
                 res, jac = self.combined_fn(point)
-            return _to_numpy(self._check(res, k), theta.dtype), (point, jac)
+            return _to_numpy(_check_residuals(res, k), theta.dtype), (point, jac)
         if self.jacobian_fn is not None:
             with torch.no_grad():
-                return _to_numpy(self._check(self.residual_fn(point), k), theta.dtype), (point, None)  # type: ignore[misc]
+                return _to_numpy(_check_residuals(self.residual_fn(point), k), theta.dtype), (point, None)  # type: ignore[misc]
         with torch.enable_grad():
             point.requires_grad_(True)
-            res = self._check(self.residual_fn(point), k)  # type: ignore[misc]
+            res = _check_residuals(self.residual_fn(point), k)  # type: ignore[misc]
         return _to_numpy(res.detach(), theta.dtype), (point, res)
 
     def jacobian(self, handle: Any, np_dtype: np.dtype[Any]) -> Array:
+        import torch
+
         point, extra = handle
         if self.combined_fn is None and self.jacobian_fn is None:
             return _to_numpy(_jacobian_from_graph(extra, point).detach(), np_dtype)
         if self.combined_fn is None:
             with torch.no_grad():
                 extra = self.jacobian_fn(point)  # type: ignore[misc]
-        k, p = point.shape
-        if not isinstance(extra, Tensor) or extra.ndim != 3 or extra.shape[0] != k or extra.shape[2] != p:
-            got = tuple(extra.shape) if isinstance(extra, Tensor) else type(extra).__name__
-            raise ModelError(f"the Jacobian must be a tensor of shape (K, n, p) = ({k}, n, {p}), got {got}")
-        return _to_numpy(extra, np_dtype)
+        return _to_numpy(_check_jacobian(extra, *point.shape), np_dtype)
 
     def _tensor(self, theta: Array) -> Tensor:
+        import torch
+
         point = torch.from_numpy(theta)
         if point.dtype != self.dtype or self.device.type != "cpu":
             point = point.to(device=self.device, dtype=self.dtype)
         return point
 
-    @staticmethod
-    def _check(res: Any, k: int) -> Tensor:
-        if not isinstance(res, Tensor) or res.ndim != 2 or res.shape[0] != k or res.shape[1] == 0:
-            got = tuple(res.shape) if isinstance(res, Tensor) else type(res).__name__
-            raise ModelError(f"residual_fn must return a tensor of shape (K, n) with K = {k}, n >= 1; got {got}")
-        return res
+
+class _NumpyEvaluator:
+    """The model boundary for numpy functions: no conversions, no torch."""
+
+    def __init__(
+        self,
+        residual_fn: ResidualFn | None,
+        jacobian_fn: JacobianFn | None,
+        combined_fn: Callable[[Array], tuple[Array, Array]] | None,
+    ) -> None:
+        if combined_fn is None and jacobian_fn is None:
+            raise ModelError("numpy residual functions need a Jacobian: give jacobian_fn or residual_and_jacobian_fn")
+        self.residual_fn = residual_fn
+        self.jacobian_fn = jacobian_fn
+        self.combined_fn = combined_fn
+
+    def residuals(self, theta: Array) -> tuple[Array, Any]:
+        k = theta.shape[0]
+        if self.combined_fn is not None:
+            res, jac = self.combined_fn(theta)
+            return _as_dtype(_check_residuals(res, k), theta.dtype), (theta, jac)
+        return _as_dtype(_check_residuals(self.residual_fn(theta), k), theta.dtype), (theta, None)  # type: ignore[misc]
+
+    def jacobian(self, handle: Any, np_dtype: np.dtype[Any]) -> Array:
+        point, jac = handle
+        if jac is None:
+            jac = self.jacobian_fn(point)  # type: ignore[misc]
+        return _as_dtype(_check_jacobian(jac, *point.shape), np_dtype)
+
+
+def _check_residuals(res: Any, k: int) -> Any:
+    if getattr(res, "ndim", None) != 2 or res.shape[0] != k or res.shape[1] == 0:
+        got = tuple(res.shape) if hasattr(res, "shape") else type(res).__name__
+        raise ModelError(f"residual_fn must return an array of shape (K, n) with K = {k}, n >= 1; got {got}")
+    return res
+
+
+def _check_jacobian(jac: Any, k: int, p: int) -> Any:
+    if getattr(jac, "ndim", None) != 3 or jac.shape[0] != k or jac.shape[2] != p:
+        got = tuple(jac.shape) if hasattr(jac, "shape") else type(jac).__name__
+        raise ModelError(f"the Jacobian must be an array of shape (K, n, p) = ({k}, n, {p}), got {got}")
+    return jac
+
+
+def _as_dtype(array: Array, dtype: np.dtype[Any]) -> Array:
+    array = np.asarray(array)
+    return array if array.dtype == dtype else array.astype(dtype)
 
 
 def _to_numpy(tensor: Tensor, dtype: np.dtype[Any]) -> Array:
@@ -595,7 +657,7 @@ def _to_numpy(tensor: Tensor, dtype: np.dtype[Any]) -> Array:
 class _Problem:
     """Everything fixed during a solve."""
 
-    evaluator: _Evaluator
+    evaluator: _Evaluator | _NumpyEvaluator
     free: Array  # (K, p) bool
     lower: Array  # (K, p)
     upper: Array  # (K, p)
@@ -995,11 +1057,14 @@ def solve_least_squares(
         ``theta (K, p) -> residuals (K, n)``, already weighted (divided by sigma); padded points
         must give 0. Row ``k`` of the output may depend on row ``k`` of ``theta`` only.
     theta0
-        Starting values ``(K, p)`` (a ``(p,)`` vector counts as K = 1). A floating tensor keeps its
-        dtype and device; anything else becomes float64.
+        Starting values ``(K, p)`` (a ``(p,)`` vector counts as K = 1). A floating numpy array
+        makes this a numpy solve: the functions take and return numpy arrays (a Jacobian function
+        is then required) and the solution is numpy. A floating tensor keeps its dtype and device
+        and the functions work on tensors; anything else becomes a float64 tensor.
     jacobian_fn
         ``theta (K, p) -> (K, n, p)``, the Jacobian of ``residual_fn`` (e.g. a formula's symbolic
-        derivatives). Default: exact autograd (:func:`autograd_jacobian`); never finite differences.
+        derivatives). Default for torch functions: exact autograd (:func:`autograd_jacobian`);
+        never finite differences.
     residual_and_jacobian_fn
         ``theta -> (residuals (K, n), jacobian (K, n, p))`` in one pass, e.g. a compiled formula
         whose model and derivatives share sub-expressions; it is called at every trial point and
@@ -1034,9 +1099,14 @@ def solve_least_squares(
     theta = _as_theta(theta0)
     if residual_fn is None and residual_and_jacobian_fn is None:
         raise ModelError("give residual_fn (or residual_and_jacobian_fn)")
-    evaluator = _Evaluator(residual_fn, jacobian_fn, residual_and_jacobian_fn, theta)
+    on_numpy = isinstance(theta, np.ndarray)
+    evaluator: _Evaluator | _NumpyEvaluator = (
+        _NumpyEvaluator(residual_fn, jacobian_fn, residual_and_jacobian_fn)
+        if on_numpy
+        else _Evaluator(residual_fn, jacobian_fn, residual_and_jacobian_fn, theta)
+    )
     prob = _make_problem(evaluator, theta, lower, upper, fixed, loss, f_scale, method, options)
-    start = _to_numpy(theta, prob.dtype).copy()
+    start = theta.copy() if on_numpy else _to_numpy(theta, prob.dtype).copy()
     if prob.bounded:
         start = np.clip(start, prob.lower, prob.upper)
     with np.errstate(all="ignore"):  # NaN/inf trials are expected and handled
@@ -1044,11 +1114,17 @@ def solve_least_squares(
     return _solution(prob, state, theta)
 
 
-def _as_theta(theta0: Any) -> Tensor:
-    if isinstance(theta0, Tensor) and theta0.is_floating_point():
-        theta = theta0.detach()
+def _as_theta(theta0: Any) -> Any:
+    """``(K, p)`` starting values: a floating numpy array, or a tensor (anything else)."""
+    if isinstance(theta0, np.ndarray) and theta0.dtype in (np.float64, np.float32):
+        theta: Any = theta0
     else:
-        theta = torch.as_tensor(np.asarray(theta0, dtype=np.float64))
+        import torch
+
+        if isinstance(theta0, torch.Tensor) and theta0.is_floating_point():
+            theta = theta0.detach()
+        else:
+            theta = torch.as_tensor(np.asarray(theta0, dtype=np.float64))
     if theta.ndim == 1:
         theta = theta[None, :]
     if theta.ndim != 2 or theta.shape[0] == 0 or theta.shape[1] == 0:
@@ -1059,7 +1135,7 @@ def _as_theta(theta0: Any) -> Tensor:
 def _broadcast(value: Any, shape: tuple[int, ...], fill: float | bool, dtype: Any, name: str) -> Array:
     if value is None:
         return np.full(shape, fill, dtype=dtype)
-    array = value.detach().cpu().numpy() if isinstance(value, Tensor) else np.asarray(value)
+    array = _host(value)
     try:
         return np.broadcast_to(array.astype(dtype), shape).copy()
     except ValueError:
@@ -1083,7 +1159,7 @@ def _make_problem(
         raise OptionError(f"unknown least-squares method '{method}' — choose 'lm' or 'gn'")
     if not f_scale > 0:
         raise OptionError(f"f_scale must be > 0, got {f_scale}")
-    dtype = np.dtype(np.float64) if theta.dtype == torch.float64 else np.dtype(np.float32)
+    dtype = np.dtype(np.float64) if str(theta.dtype) in ("float64", "torch.float64") else np.dtype(np.float32)
     shape = tuple(theta.shape)
     lo = _broadcast(lower, shape, -np.inf, dtype, "lower")
     hi = _broadcast(upper, shape, np.inf, dtype, "upper")
@@ -1108,20 +1184,27 @@ def _make_problem(
     )
 
 
-def _solution(prob: _Problem, state: _State, like: Tensor) -> LeastSquaresSolution:
+def _solution(prob: _Problem, state: _State, like: Any) -> LeastSquaresSolution:
+    status = [_MEMBERS[c] for c in state.code.tolist()]
+    bound = at_bound(state.theta, prob.lower, prob.upper, prob.free)
+    n_iter = state.n_iter.copy()
+    if isinstance(like, np.ndarray):
+        return LeastSquaresSolution(state.theta, state.res, state.jac, state.cost, n_iter, n_iter + 1, status, bound)
+    import torch
+
     def tensor(array: Array) -> Tensor:
         return torch.from_numpy(np.ascontiguousarray(array)).to(device=like.device, dtype=like.dtype)
 
-    n_iter = torch.from_numpy(state.n_iter.copy())
+    n_iter_t = torch.from_numpy(n_iter)
     return LeastSquaresSolution(
         theta=tensor(state.theta),
         residuals=tensor(state.res),
         jacobian=tensor(state.jac),
         cost=tensor(state.cost),
-        n_iter=n_iter,
-        n_fev=n_iter + 1,
-        status=[_MEMBERS[c] for c in state.code.tolist()],
-        at_bound=torch.from_numpy(at_bound(state.theta, prob.lower, prob.upper, prob.free)),
+        n_iter=n_iter_t,
+        n_fev=n_iter_t + 1,
+        status=status,
+        at_bound=torch.from_numpy(bound),
     )
 
 
@@ -1130,7 +1213,7 @@ def _solution(prob: _Problem, state: _State, like: Tensor) -> LeastSquaresSoluti
 
 @dataclass(frozen=True)
 class LinearSolution:
-    """Exact least-squares solution of K linear problems ``min ‖A θ - y‖``.
+    """Exact least-squares solution of K linear problems ``min ‖A θ - y‖`` (numpy arrays).
 
     Attributes
     ----------
@@ -1142,30 +1225,45 @@ class LinearSolution:
         ``L (K, p, p)`` with ``(AᵀA)⁻¹ = L Lᵀ``, computed without forming ``AᵀA``.
     rank
         Numerical rank of ``A`` per fit ``(K,)``.
+    condition
+        Condition number of the column-equilibrated ``A`` per fit ``(K,)`` (``inf`` when
+        rank-deficient).
+    decomposition
+        The :class:`~gradfit.stats.ScaledSvd` of ``A`` the solution comes from (the statistics of
+        the fit reuse it); None where the solve went through another basis.
     """
 
-    theta: Tensor
-    residuals: Tensor
-    inverse_factor: Tensor
-    rank: Tensor
+    theta: Array
+    residuals: Array
+    inverse_factor: Array
+    rank: Array
+    condition: Array
+    decomposition: Any = None
 
-    def covariance(self, absolute_sigma: bool = False) -> Tensor:
+    def covariance(self, absolute_sigma: bool = False) -> Array:
         """Coefficient covariance ``s² (AᵀA)⁻¹`` (``s² = Σr²/(n-p)``, or 1 with ``absolute_sigma``)."""
-        cov = self.inverse_factor @ self.inverse_factor.mT
+        cov = self.inverse_factor @ np.swapaxes(self.inverse_factor, -1, -2)
         if absolute_sigma:
             return cov
         n, p = self.residuals.shape[-1], self.theta.shape[-1]
-        s2 = (self.residuals**2).sum(-1) / (n - p) if n > p else torch.full_like(self.residuals[:, 0], float("inf"))
+        s2 = (self.residuals**2).sum(-1) / (n - p) if n > p else np.full(self.residuals.shape[0], np.inf)
         return cov * s2[:, None, None]
 
 
-def linear_least_squares(design: Tensor, target: Tensor, refinements: int = 1) -> LinearSolution:
+def _host(values: Any) -> Array:
+    """numpy view or copy of an array-like or tensor."""
+    if hasattr(values, "detach"):
+        values = values.detach().cpu().numpy()
+    return np.asarray(values)
+
+
+def linear_least_squares(design: Any, target: Any, refinements: int = 1) -> LinearSolution:
     """Solve ``min ‖A θ - y‖`` for K problems by an SVD of the column-equilibrated design.
 
     Parameters
     ----------
     design
-        ``A (K, n, p)`` (or ``(n, p)``, counted as K = 1).
+        ``A (K, n, p)`` (or ``(n, p)``, counted as K = 1); numpy array or tensor.
     target
         ``y (K, n)`` (or ``(n,)``).
     refinements
@@ -1176,29 +1274,29 @@ def linear_least_squares(design: Tensor, target: Tensor, refinements: int = 1) -
     -------
     LinearSolution
         Minimum-norm solution over the numerical rank (singular values below
-        ``max(n, p)·eps·s_max`` are dropped).
+        ``max(n, p)·eps·s_max`` are dropped), as numpy arrays.
     """
-    a = design[None] if design.ndim == 2 else design
-    y = target[None] if target.ndim == 1 else target
-    d = torch.linalg.vector_norm(a, dim=-2)
-    d = torch.where(d > 0, d, torch.ones_like(d))
-    u, s, vh = torch.linalg.svd(a / d[:, None, :], full_matrices=False)
-    keep = s > s[:, :1] * (max(a.shape[-2:]) * torch.finfo(s.dtype).eps)
-    inv_s = torch.where(keep, 1.0 / torch.where(keep, s, torch.ones_like(s)), torch.zeros_like(s))
-    factor = vh.mT * inv_s[:, None, :] / d[:, :, None]  # (K, p, q): θ = factor Uᵀ y
+    from gradfit.stats import scaled_svd
 
-    def solve(rhs: Tensor) -> Tensor:
-        return (factor @ (u.mT @ rhs[..., None]))[..., 0]
-
-    theta = solve(y)
-    for _ in range(refinements):
-        theta = theta - solve((a @ theta[..., None])[..., 0] - y)
-    residuals = (a @ theta[..., None])[..., 0] - y
-    return LinearSolution(theta, residuals, factor, keep.sum(-1))
+    a, y = _host(design), _host(target)
+    a = a[None] if a.ndim == 2 else a
+    y = (y[None] if y.ndim == 1 else y)[..., None]  # (K, n, 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        svd = scaled_svd(a)
+        full_rank = ~svd.null.any(-1)
+        inv_s = 1.0 / svd.s if full_rank.all() else np.where(svd.null, 0.0, 1.0 / svd.s)
+        factor = svd.v * (inv_s[:, None, :] / svd.d[:, :, None])  # (K, p, q): θ = factor Uᵀ y
+        ut = svd.u.mT
+        theta = factor @ (ut @ y)
+        for _ in range(refinements):
+            theta = theta - factor @ (ut @ (a @ theta - y))
+        residuals = (a @ theta - y)[..., 0]
+        condition = np.where(full_rank, svd.s[:, 0] / svd.s[:, -1], np.inf)
+    return LinearSolution(theta[..., 0], residuals, factor, (~svd.null).sum(-1), condition, svd)
 
 
 def polynomial_least_squares(
-    x: Tensor, target: Tensor, degree: int, weights: Tensor | None = None, refinements: int = 2
+    x: Any, target: Any, degree: int, weights: Any = None, refinements: int = 2
 ) -> LinearSolution:
     """Fit ``y = Σ_k θ_k x^k`` (k = 0..degree) for K problems, accurately even when ill-conditioned.
 
@@ -1212,7 +1310,7 @@ def polynomial_least_squares(
     Parameters
     ----------
     x, target
-        ``(K, n)`` or ``(n,)`` each.
+        ``(K, n)`` or ``(n,)`` each (numpy arrays or tensors).
     degree
         Polynomial degree (``degree + 1`` coefficients, constant first).
     weights
@@ -1221,30 +1319,31 @@ def polynomial_least_squares(
         Refinement steps (0 keeps the centred solve alone). Each sums ``Aᵀr`` exactly per fit with
         ``math.fsum`` (a Python loop over K).
     """
-    import math as _math
-
-    xs = x[None] if x.ndim == 1 else x
-    y = torch.broadcast_to(target[None] if target.ndim == 1 else target, xs.shape)
-    w = torch.ones_like(xs) if weights is None else torch.broadcast_to(torch.as_tensor(weights).to(xs), xs.shape)
-    lo, hi = xs.min(-1).values, xs.max(-1).values
+    xs = _host(x)
+    xs = xs[None] if xs.ndim == 1 else xs
+    t_in = _host(target)
+    y = np.broadcast_to(t_in[None] if t_in.ndim == 1 else t_in, xs.shape)
+    w = np.ones_like(xs) if weights is None else np.broadcast_to(_host(weights).astype(xs.dtype), xs.shape)
+    lo, hi = xs.min(-1), xs.max(-1)
     centre = 0.5 * (lo + hi)
     half = 0.5 * (hi - lo)
-    half = torch.where(half > 0, half, torch.ones_like(half))
+    half = np.where(half > 0, half, 1.0)
     t = (xs - centre[:, None]) / half[:, None]
-    basis = torch.stack([t**k for k in range(degree + 1)], -1) * w[..., None]
+    basis = np.stack([t**k for k in range(degree + 1)], -1) * w[..., None]
     inner = linear_least_squares(basis, y * w)
     # θ_k = Σ_j c_j C(j, k) (-centre)^(j-k) / half^j   (j >= k)
     p = degree + 1
-    mapping = torch.zeros(xs.shape[0], p, p, dtype=xs.dtype, device=xs.device)
+    mapping = np.zeros((xs.shape[0], p, p), dtype=xs.dtype)
     for j in range(p):
         for k in range(j + 1):
-            mapping[:, k, j] = _math.comb(j, k) * (-centre) ** (j - k) / half**j
-    theta = (mapping @ inner.theta[..., None])[..., 0]
-    if refinements and xs.dtype == torch.float64:
+            mapping[:, k, j] = math.comb(j, k) * (-centre) ** (j - k) / half**j
+    theta = np.einsum("kpj,kj->kp", mapping, inner.theta)
+    if refinements and xs.dtype == np.float64:
         theta = _refine_polynomial(xs, y, w, theta, basis, mapping, refinements)
-    fit_hi, fit_lo = _dd_polyval(xs.cpu().numpy(), theta.cpu().numpy())
-    residuals = _dd_round(*_dd_add(fit_hi, fit_lo, -y.cpu().numpy(), np.zeros(y.shape))) * w.cpu().numpy()
-    return LinearSolution(theta, torch.from_numpy(residuals).to(y), mapping @ inner.inverse_factor, inner.rank)
+    fit_hi, fit_lo = _dd_polyval(xs, theta)
+    residuals = _dd_round(*_dd_add(fit_hi, fit_lo, -y, np.zeros(y.shape))) * w
+    condition = np.full(xs.shape[0], np.nan)  # of the monomial design: not computed (see inner)
+    return LinearSolution(theta, residuals, mapping @ inner.inverse_factor, inner.rank, condition)
 
 
 # double-double helpers (error-free transformations; Dekker / Knuth), numpy float64
@@ -1297,35 +1396,31 @@ def _dd_polyval(x: Array, theta: Array) -> tuple[Array, Array]:
     return acc_hi, acc_lo
 
 
-def _refine_polynomial(x: Tensor, y: Tensor, w: Tensor, theta: Tensor, basis: Tensor, mapping: Tensor, steps: int) -> Tensor:
+def _refine_polynomial(x: Array, y: Array, w: Array, theta: Array, basis: Array, mapping: Array, steps: int) -> Array:
     """Björck's refinement of ``r + WAθ = Wy, (WA)ᵀr = 0`` with residuals in double-double."""
-    import math as _math
-
-    xn, yn, wn = x.cpu().numpy(), y.cpu().numpy(), w.cpu().numpy()
-    th = theta.cpu().numpy().copy()
+    th = theta.copy()
 
     def weighted_misfit(theta_: Array) -> tuple[Array, Array]:  # W (y - Aθ) in double-double
-        fit_hi, fit_lo = _dd_polyval(xn, theta_)
-        hi, lo = _dd_add(yn, np.zeros_like(yn), -fit_hi, -fit_lo)
-        prod, err = _two_prod(hi, wn)
-        return _two_sum(prod, err + lo * wn)
+        fit_hi, fit_lo = _dd_polyval(x, theta_)
+        hi, lo = _dd_add(y, np.zeros_like(y), -fit_hi, -fit_lo)
+        prod, err = _two_prod(hi, w)
+        return _two_sum(prod, err + lo * w)
 
     r = _dd_round(*weighted_misfit(th))
-    q, upper = torch.linalg.qr(basis)
-    qn, rn, mn = q.cpu().numpy(), upper.cpu().numpy(), mapping.cpu().numpy()
-    powers = _dd_powers(xn, th.shape[-1] - 1)
+    qn, rn = np.linalg.qr(basis)
+    powers = _dd_powers(x, th.shape[-1] - 1)
     for _ in range(steps):
         f = _dd_round(*_dd_add(*weighted_misfit(th), -r, np.zeros_like(r)))  # Wy - r - WAθ
         g = np.empty_like(th)  # -(WA)ᵀ r, each entry summed exactly
-        wr = wn * r
+        wr = w * r
         for k, (hi, lo) in enumerate(powers):
             prod, err = _two_prod(hi, wr)
-            for i in range(xn.shape[0]):
-                g[i, k] = -_math.fsum(np.concatenate([prod[i], err[i], lo[i] * wr[i]]))
-        g_t = np.einsum("kjt,kj->kt", mn, g)  # basis B = A M  =>  Bᵀ r = Mᵀ Aᵀ r
+            for i in range(x.shape[0]):
+                g[i, k] = -math.fsum(np.concatenate([prod[i], err[i], lo[i] * wr[i]]))
+        g_t = np.einsum("kjt,kj->kt", mapping, g)  # basis B = A M  =>  Bᵀ r = Mᵀ Aᵀ r
         a = np.linalg.solve(np.swapaxes(rn, 1, 2), g_t[..., None])[..., 0]
         qtf = np.einsum("knp,kn->kp", qn, f)
         dc = np.linalg.solve(rn, (qtf - a)[..., None])[..., 0]
         r = r + (f - np.einsum("knp,kp->kn", qn, qtf - a))
-        th = th + np.einsum("kpj,kj->kp", mn, dc)
-    return torch.from_numpy(th).to(theta)
+        th = th + np.einsum("kpj,kj->kp", mapping, dc)
+    return th

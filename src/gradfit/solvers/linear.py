@@ -1,4 +1,4 @@
-"""Exact least squares for models linear in their parameters: one QR solve, no iterations.
+"""Exact least squares for models linear in their parameters: one SVD solve, no iterations.
 
 The model ``f = offset(x) + Σ θ_i · column_i(x)`` comes from the formula's expression tree
 (:func:`gradfit.symbolic.linear_design`). Polynomials in one input are solved in a centred, scaled
@@ -8,21 +8,20 @@ with iterative refinement (:mod:`gradfit.solvers.least_squares`).
 
 from __future__ import annotations
 
-import math
+import functools
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import numpy as np
 
 from gradfit.errors import FitError
 from gradfit.solvers.base import Problem, SolveOutcome
-
-if TYPE_CHECKING:
-    import torch
 
 __all__ = ["solve_linear", "design_matrix", "least_squares_qr", "batched_least_squares"]
 
 
 
-def design_matrix(problem: Problem) -> tuple[torch.Tensor, torch.Tensor]:
+def design_matrix(problem: Problem) -> tuple[np.ndarray, np.ndarray]:
     """Weighted design matrix ``A (n, p)`` and right-hand side ``b (n,)`` of a linear formula model.
 
     ``A`` keeps every column so that indices match ``theta``; the solver uses the free ones.
@@ -35,28 +34,27 @@ def design_matrix(problem: Problem) -> tuple[torch.Tensor, torch.Tensor]:
     return a, b
 
 
-def batched_least_squares(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def batched_least_squares(a: Any, b: Any) -> tuple[np.ndarray, np.ndarray]:
     """Solve ``min ||a x - b||`` for a batch (SVD of the column-equilibrated design, refined).
 
     Parameters
     ----------
     a
-        Matrices ``(K, n, p)``; rows of zeros (padding) do not change the solution.
+        Matrices ``(K, n, p)`` (numpy or torch); rows of zeros (padding) do not change the solution.
     b
         Right-hand sides ``(K, n)``.
 
     Returns
     -------
     (x, singular)
-        Solutions ``(K, p)`` (NaN where singular) and a ``(K,)`` mask of rank-deficient systems.
+        Solutions ``(K, p)`` (NaN where singular) and a ``(K,)`` mask of rank-deficient systems,
+        as numpy arrays.
     """
-    import torch
-
     from gradfit.solvers.least_squares import linear_least_squares
 
     solution = linear_least_squares(a, b)
-    singular = solution.rank < a.shape[-1]
-    return torch.where(singular[:, None], torch.nan, solution.theta), singular
+    singular = solution.rank < solution.theta.shape[-1]
+    return np.where(singular[:, None], np.nan, solution.theta), singular
 
 
 def polynomial_powers(model: Any, free: Sequence[bool]) -> tuple[str, list[int]] | None:
@@ -65,9 +63,14 @@ def polynomial_powers(model: Any, free: Sequence[bool]) -> tuple[str, list[int]]
     Such models are solved by :func:`~gradfit.solvers.least_squares.polynomial_least_squares`, which
     keeps 10-11 digits on designs as ill-conditioned as NIST's Filip and Wampler problems.
     """
+    _, columns = model.linear_trees()
+    return _polynomial_powers(columns, tuple(free))
+
+
+@functools.lru_cache(maxsize=256)
+def _polynomial_powers(columns: tuple[Any, ...], free: tuple[bool, ...]) -> tuple[str, list[int]] | None:
     from gradfit.formula import Bin, Num, Var
 
-    _, columns = model.linear_trees()
     inputs, powers = set(), []
     for column, is_free in zip(columns, free):
         if not is_free:
@@ -89,39 +92,48 @@ def polynomial_powers(model: Any, free: Sequence[bool]) -> tuple[str, list[int]]
 
 def solve_linear(problem: Problem, options: Any = None) -> SolveOutcome:
     """Fit a linear-in-parameters formula model exactly."""
-    import torch
-
     a, b = design_matrix(problem)
-    free = problem.free
-    b = b - (a[:, ~free] @ problem.theta0[~free] if bool((~free).any()) else 0.0)
-    theta = problem.theta0.clone()
-    theta[free], inverse_normal = _exact(problem, a[:, free], b)
-    ok = bool(torch.isfinite(theta).all())
+    free = np.asarray(problem.free)
+    theta = np.array(problem.theta0, copy=True)
+    if not free.all():
+        b = b - a[:, ~free] @ theta[~free]
+    theta[free], inverse_normal, residuals, decomposition = _exact(problem, a[:, free], b)
+    ok = bool(np.isfinite(theta).all())
     message = (
         "solved exactly: one least-squares solve of the linear system (no iterations needed)"
         if ok
         else "the least-squares solve produced non-finite values — check the data for huge values"
     )
-    return SolveOutcome(theta, "converged" if ok else "non_finite", message, ok, 1, inverse_normal=inverse_normal)
+    return SolveOutcome(
+        theta, "converged" if ok else "non_finite", message, ok, 1,
+        inverse_normal=inverse_normal, residuals=residuals, jacobian=a, decomposition=decomposition,
+    )
 
 
-def _exact(problem: Problem, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The free parameters (and, for polynomials, an accurate ``(AᵀA)⁻¹``): polynomial solve when
-    the design is powers of one input, else an SVD."""
-    from gradfit.solvers.least_squares import polynomial_least_squares
+def _exact(problem: Problem, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, Any, np.ndarray, Any]:
+    """The free parameters, ``(AᵀA)⁻¹`` when computed more accurately than the statistics would
+    (polynomials, else None), the weighted residuals and the SVD of ``A`` for the statistics.
 
-    polynomial = polynomial_powers(problem.model, problem.free.tolist())
-    if polynomial is None or a.dtype != _float64():
-        return least_squares_qr(a, b), None
-    condition = _scaled_condition(a)
-    if not math.isfinite(condition) or (max(polynomial[1]) < 2 and condition < ILL_CONDITIONED):
-        return least_squares_qr(a, b), None  # raises FitError when singular
+    One SVD solve, or the polynomial solve when the design is powers of one input and the SVD
+    alone could lose digits (degree 2 and up, or a scaled condition number above
+    :data:`ILL_CONDITIONED`)."""
+    from gradfit.solvers.least_squares import linear_least_squares, polynomial_least_squares
+
+    solution = linear_least_squares(a, b)
+    if solution.rank[0] < a.shape[-1]:
+        raise FitError(
+            "the design matrix is singular: some parameters cannot be told apart by the data — "
+            "remove a parameter or add varied data"
+        )
+    polynomial = polynomial_powers(problem.model, np.asarray(problem.free).tolist())
+    if polynomial is None or a.dtype != np.float64 or (max(polynomial[1]) < 2 and solution.condition[0] < ILL_CONDITIONED):
+        return solution.theta[0], None, solution.residuals[0], solution.decomposition[0]
     name, powers = polynomial
     weights = problem.train.weights
     target = b if weights is None else b / weights
-    solution = polynomial_least_squares(problem.train.inputs[name], target, max(powers), weights)
-    factor = solution.inverse_factor[0][powers]
-    return solution.theta[0][powers], factor @ factor.mT
+    accurate = polynomial_least_squares(problem.train.inputs[name], target, max(powers), weights)
+    factor = accurate.inverse_factor[0][powers]
+    return accurate.theta[0][powers], factor @ factor.T, accurate.residuals[0], solution.decomposition[0]
 
 
 #: straight lines whose column-scaled design is worse conditioned than this get the polynomial
@@ -129,21 +141,7 @@ def _exact(problem: Problem, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Te
 ILL_CONDITIONED = 1e4
 
 
-def _scaled_condition(a: torch.Tensor) -> float:
-    import torch
-
-    norms = torch.linalg.vector_norm(a, dim=0)
-    s = torch.linalg.svdvals(a / torch.where(norms > 0, norms, torch.ones_like(norms)))
-    return float(s[0] / s[-1]) if float(s[-1]) > float(s[0]) * torch.finfo(a.dtype).eps * a.shape[0] else math.inf
-
-
-def _float64() -> Any:
-    import torch
-
-    return torch.float64
-
-
-def least_squares_qr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def least_squares_qr(a: Any, b: Any) -> np.ndarray:
     """Solve one system ``min ||a x - b||`` (see :func:`batched_least_squares`).
 
     Raises
@@ -151,7 +149,7 @@ def least_squares_qr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     FitError
         If ``a`` does not have full column rank.
     """
-    x, singular = batched_least_squares(a[None], b[None])
+    x, singular = batched_least_squares(np.asarray(a)[None], np.asarray(b)[None])
     if bool(singular[0]):
         raise FitError(
             "the design matrix is singular: some parameters cannot be told apart by the data — "
