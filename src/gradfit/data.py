@@ -764,26 +764,24 @@ def _apply_nan_policy(
     n_rows = next(iter(columns.values())).shape[0]
     if n_rows == 0:
         raise table.error("no rows in the data — give at least one data row")
-    bad = np.zeros(n_rows, dtype=bool)
-    for name, values in columns.items():
+    bad_columns = [(name, values) for name, values in columns.items() if not np.isfinite(values).all()]
+    if not bad_columns:
+        return columns, 0
+    if nan_policy == "raise":
+        name, values = bad_columns[0]
         column_bad = ~np.isfinite(values)
-        if nan_policy == "raise" and column_bad.any():
-            first = int(np.argmax(column_bad)) + 1
-            raise table.error(
-                f"column {name!r} has {int(column_bad.sum())} missing or non-finite values "
-                f"(first at row {first}) — use --nan omit (nan_policy='omit') to drop those rows"
-            )
-        bad |= column_bad
-    n_dropped = int(bad.sum())
+        raise table.error(
+            f"column {name!r} has {int(column_bad.sum())} missing or non-finite values "
+            f"(first at row {int(np.argmax(column_bad)) + 1}) — use --nan omit (nan_policy='omit') to drop those rows"
+        )
+    keep = np.logical_and.reduce([np.isfinite(values) for _, values in bad_columns])
+    n_dropped = n_rows - int(keep.sum())
     if n_dropped == n_rows:
         raise table.error(
             f"no rows left: all {n_rows} rows have missing or non-finite values in the used "
             "columns — clean the data"
         )
-    if n_dropped:
-        keep = ~bad
-        columns = {name: values[keep] for name, values in columns.items()}
-    return columns, n_dropped
+    return {name: values[keep] for name, values in columns.items()}, n_dropped
 
 
 def _check_sigma(values: np.ndarray, name: str, table: _Table) -> None:
@@ -802,6 +800,8 @@ def _check_sigma(values: np.ndarray, name: str, table: _Table) -> None:
 
 
 def _as_1d_float(values: Any, name: str) -> np.ndarray:
+    if type(values) is np.ndarray and values.dtype == np.float64 and values.ndim == 1:
+        return values
     array = np.asarray(_to_numpy(values, name), dtype=np.float64)
     if array.ndim != 1:
         raise DataError(f"column {name!r} must be one-dimensional, got shape {array.shape}")
@@ -850,7 +850,7 @@ def _series_to_float(series: pl.Series, name: str, table: _Table) -> np.ndarray:
 def _array_to_float(array: np.ndarray, name: str, table: _Table) -> np.ndarray:
     kind = array.dtype.kind
     if kind in "biuf":
-        return array.astype(np.float64)
+        return array.astype(np.float64)  # a copy: the dataset owns its columns
     if kind in "OUS":
         return _parse_values(array.tolist(), name, table)
     type_name = {"c": "complex", "M": "datetime", "m": "timedelta"}.get(kind, str(array.dtype))

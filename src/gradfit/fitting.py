@@ -5,6 +5,7 @@ data -> split -> model -> solver (scaled inside) -> statistics -> FitResult
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from collections.abc import Mapping, Sequence
@@ -15,15 +16,20 @@ import numpy as np
 
 from gradfit.config import FitOptions
 from gradfit.data import Dataset, as_dataset, check_enough_rows, holdout_split
-from gradfit.model import ModuleModel, Parameter, ParametricModel, make_model
+from gradfit.model import CallableModel, FormulaModel, ModuleModel, Parameter, ParametricModel, make_model
+from gradfit.objective import Split
 from gradfit.result import FitResult
-from gradfit.threads import SMALL_PROBLEM
+from gradfit.solvers import choose_solver, get_solver, needs_torch, optimizer_label
+from gradfit.solvers.base import Problem
+from gradfit.summary import summarize
+from gradfit.threads import SMALL_PROBLEM, threads_for
 
 if TYPE_CHECKING:
-    from gradfit.objective import Split
-    from gradfit.solvers.base import Problem, SolveOutcome
+    from gradfit.solvers.base import SolveOutcome
 
 __all__ = ["fit", "fit_dataset", "prepare", "split_dataset"]
+
+_DEFAULTS = FitOptions()
 
 
 def fit(
@@ -84,8 +90,8 @@ def fit(
     >>> round(result.params["w"], 2)
     1.95
     """
-    settings = FitOptions(**options)
-    overrides = _merge_overrides(params, bounds, fix)
+    settings = FitOptions(**options) if options else _DEFAULTS
+    overrides = _merge_overrides(params, bounds, fix) if params or bounds or fix else {}
     built, dataset = prepare(model, x, y, sigma=sigma, inputs=inputs, params=overrides, nan_policy=settings.nan_policy)
     validation = None
     if val_data is not None:
@@ -169,8 +175,6 @@ def fit_dataset(
     validation
         An explicit validation set.
     """
-    from gradfit.solvers import choose_solver, get_solver, needs_torch
-
     train_set, val_set = split_dataset(dataset, options, validation)
     if hasattr(model, "with_initial_guess"):  # built-in models guess their start from the training rows
         model = model.with_initial_guess(train_set)
@@ -187,13 +191,8 @@ def fit_dataset(
 
 def _thread_policy(model: Any, train: Dataset, solver: str) -> Any:
     """Torch's thread policy for the solve (:mod:`gradfit.threads`); numpy solves need none."""
-    from contextlib import nullcontext
-
-    from gradfit.solvers import needs_torch
-    from gradfit.threads import threads_for
-
     if not needs_torch(solver, model):
-        return nullcontext()
+        return contextlib.nullcontext()
     parametric = isinstance(model, ParametricModel)
     return threads_for(train.n_rows * max(1, model.n_params) if parametric else SMALL_PROBLEM)
 
@@ -211,8 +210,6 @@ def split_dataset(
 
 
 def _split(dataset: Dataset, dtype: str) -> Split:
-    from gradfit.objective import Split
-
     def array(values: np.ndarray) -> np.ndarray:
         return values.astype(dtype, copy=False)
 
@@ -223,8 +220,6 @@ def _split(dataset: Dataset, dtype: str) -> Split:
 def _problem(
     model: ParametricModel | ModuleModel, train: Dataset, val: Dataset | None, options: FitOptions
 ) -> Problem:
-    from gradfit.solvers.base import Problem
-
     dtype = options.dtype
     common = {"loss": options.loss, "loss_scale": options.loss_scale, "dtype": dtype, "device": options.device}
     train_split = _split(train, dtype)
@@ -253,8 +248,6 @@ def _assemble(
     elapsed: float,
     dataset: Dataset,
 ) -> FitResult:
-    from gradfit.summary import summarize
-
     summary = summarize(problem, outcome, options)
     model = problem.model
     return FitResult(
@@ -285,8 +278,6 @@ def _assemble(
 
 
 def _kind(model: Any) -> str:
-    from gradfit.model import CallableModel, FormulaModel
-
     if isinstance(model, FormulaModel):
         return "formula"
     if isinstance(model, CallableModel):
@@ -295,8 +286,6 @@ def _kind(model: Any) -> str:
 
 
 def _settings_record(options: FitOptions, dataset: Dataset) -> dict[str, Any]:
-    from gradfit.solvers import optimizer_label
-
     optimizer = options.optimizer
     return {
         "solver": options.solver,

@@ -433,13 +433,13 @@ def make_model(
     -------
     ParametricModel or ModuleModel
     """
-    columns = tuple(c for c in input_names or () if c not in set(as_parameters))
+    columns = tuple(c for c in input_names or () if c not in as_parameters)
     from gradfit.builtin_models import builtin_model, is_builtin
 
-    if is_builtin(spec):
-        model: ParametricModel | ModuleModel = builtin_model(spec, columns)
-    elif isinstance(spec, str):
-        model = _formula_model(spec, columns)
+    if isinstance(spec, str) and not is_builtin(spec):
+        model: ParametricModel | ModuleModel = _formula_model(spec, columns)
+    elif is_builtin(spec):
+        model = builtin_model(spec, columns)
     elif isinstance(spec, (ParametricModel, ModuleModel)):
         model = spec
     elif _is_module(spec):
@@ -460,7 +460,9 @@ def _is_module(obj: Any) -> bool:
     return any(cls.__name__ == "Module" and cls.__module__.startswith("torch.nn") for cls in type(obj).__mro__)
 
 
+@functools.lru_cache(maxsize=256)
 def _formula_model(text: str, columns: tuple[str, ...]) -> FormulaModel:
+    """The model of a formula over the data columns (models are immutable: built once, shared)."""
     formula = _parse(text)
     inputs = tuple(name for name in formula.names if name in columns)
     names = tuple(name for name in formula.names if name not in columns)

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from gradfit import stats
+from gradfit.losses import get_loss
 from gradfit.result import ParameterEstimate
 
 if TYPE_CHECKING:
@@ -47,8 +49,6 @@ def summarize(problem: Problem, outcome: SolveOutcome, options: FitOptions) -> S
 def _module_summary(problem: Problem, outcome: SolveOutcome) -> Summary:
     """A network's losses and predictor (no parameter statistics)."""
     import torch
-
-    from gradfit.losses import get_loss
 
     tensors = problem.on_torch()
     loss_fn = get_loss(problem.loss, problem.loss_scale)
@@ -87,9 +87,6 @@ def _parametric_summary(problem: Problem, outcome: SolveOutcome, options: FitOpt
 
 
 def _parametric_quantities(problem: Problem, outcome: SolveOutcome, options: FitOptions) -> Summary:
-    from gradfit import stats
-    from gradfit.losses import get_loss
-
     model, train = problem.model, problem.train
     theta = stats.as_array(outcome.theta).astype(problem.dtype)
     free = stats.as_array(problem.free)

@@ -6,10 +6,14 @@ Add a solver by writing ``solve_x(problem, options) -> SolveOutcome`` and regist
 
 from __future__ import annotations
 
+import functools
+import importlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from gradfit.errors import OptionError
+from gradfit.losses import LEAST_SQUARES_LOSSES
+from gradfit.model import ModuleModel
 
 if TYPE_CHECKING:
     from gradfit.config import FitOptions
@@ -26,10 +30,9 @@ SOLVER_FAMILIES = {
 }
 
 
+@functools.cache
 def get_solver(name: str) -> Callable[[Problem, Any], SolveOutcome]:
     """The solve function registered under ``name``."""
-    import importlib
-
     module, _, function = SOLVER_FAMILIES[name].partition(":")
     return getattr(importlib.import_module(module), function)
 
@@ -57,9 +60,6 @@ def choose_solver(model: Any, options: FitOptions, bounded: bool) -> tuple[str, 
     (name, reason)
         A key of :data:`SOLVER_FAMILIES` and a sentence for the report.
     """
-    from gradfit.losses import LEAST_SQUARES_LOSSES
-    from gradfit.model import ModuleModel
-
     parametric = not isinstance(model, ModuleModel)
     if options.uses_optimizer:
         return "gradient", f"gradient descent with {optimizer_label(options.optimizer)}, as asked"
@@ -85,8 +85,6 @@ def optimizer_label(optimizer: Any) -> str:
 
 
 def _check_explicit(name: str, model: Any, options: FitOptions, parametric: bool) -> None:
-    from gradfit.losses import LEAST_SQUARES_LOSSES
-
     if not parametric:
         raise OptionError(f"solver '{name}' needs a parametric model — use an optimizer for networks")
     if name == "linear" and not (getattr(model, "formula", None) and model.is_linear):

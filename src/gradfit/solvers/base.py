@@ -60,7 +60,7 @@ class Problem:
     dtype: str = "float64"
     device: str = "cpu"
 
-    @property
+    @cached_property
     def bounded(self) -> bool:
         """Whether any parameter has a finite bound."""
         if self.lower is None or self.upper is None:

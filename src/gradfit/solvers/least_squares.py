@@ -1210,6 +1210,9 @@ def _solution(prob: _Problem, state: _State, like: Any) -> LeastSquaresSolution:
 
 # ------------------------------------------------------------------------- linear least squares
 
+#: scaled condition number of a design above which :func:`linear_least_squares` refines
+REFINE_ABOVE = 100.0
+
 
 @dataclass(frozen=True)
 class LinearSolution:
@@ -1268,7 +1271,9 @@ def linear_least_squares(design: Any, target: Any, refinements: int = 1) -> Line
         ``y (K, n)`` (or ``(n,)``).
     refinements
         Iterative-refinement steps (each re-solves for the correction from the current residual);
-        they recover the last digits when the residual is small.
+        they recover the last digits when the residual is small. Skipped when every design is
+        well conditioned (scaled condition number below :data:`REFINE_ABOVE`), where they change
+        nothing.
 
     Returns
     -------
@@ -1288,10 +1293,12 @@ def linear_least_squares(design: Any, target: Any, refinements: int = 1) -> Line
         factor = svd.v * (inv_s[:, None, :] / svd.d[:, :, None])  # (K, p, q): θ = factor Uᵀ y
         ut = svd.u.mT
         theta = factor @ (ut @ y)
-        for _ in range(refinements):
-            theta = theta - factor @ (ut @ (a @ theta - y))
-        residuals = (a @ theta - y)[..., 0]
+        residuals = a @ theta - y
         condition = np.where(full_rank, svd.s[:, 0] / svd.s[:, -1], np.inf)
+        for _ in range(refinements if condition.max() > REFINE_ABOVE else 0):
+            theta = theta - factor @ (ut @ residuals)
+            residuals = a @ theta - y
+        residuals = residuals[..., 0]
     return LinearSolution(theta[..., 0], residuals, factor, (~svd.null).sum(-1), condition, svd)
 
 

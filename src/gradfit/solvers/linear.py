@@ -16,6 +16,7 @@ import numpy as np
 
 from gradfit.errors import FitError
 from gradfit.solvers.base import Problem, SolveOutcome
+from gradfit.solvers.least_squares import linear_least_squares, polynomial_least_squares
 
 __all__ = ["solve_linear", "design_matrix", "least_squares_qr", "batched_least_squares"]
 
@@ -50,8 +51,6 @@ def batched_least_squares(a: Any, b: Any) -> tuple[np.ndarray, np.ndarray]:
         Solutions ``(K, p)`` (NaN where singular) and a ``(K,)`` mask of rank-deficient systems,
         as numpy arrays.
     """
-    from gradfit.solvers.least_squares import linear_least_squares
-
     solution = linear_least_squares(a, b)
     singular = solution.rank < solution.theta.shape[-1]
     return np.where(singular[:, None], np.nan, solution.theta), singular
@@ -95,9 +94,11 @@ def solve_linear(problem: Problem, options: Any = None) -> SolveOutcome:
     a, b = design_matrix(problem)
     free = np.asarray(problem.free)
     theta = np.array(problem.theta0, copy=True)
-    if not free.all():
+    if free.all():
+        theta, inverse_normal, residuals, decomposition = _exact(problem, a, b)
+    else:
         b = b - a[:, ~free] @ theta[~free]
-    theta[free], inverse_normal, residuals, decomposition = _exact(problem, a[:, free], b)
+        theta[free], inverse_normal, residuals, decomposition = _exact(problem, a[:, free], b)
     ok = bool(np.isfinite(theta).all())
     message = (
         "solved exactly: one least-squares solve of the linear system (no iterations needed)"
@@ -117,15 +118,13 @@ def _exact(problem: Problem, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, 
     One SVD solve, or the polynomial solve when the design is powers of one input and the SVD
     alone could lose digits (degree 2 and up, or a scaled condition number above
     :data:`ILL_CONDITIONED`)."""
-    from gradfit.solvers.least_squares import linear_least_squares, polynomial_least_squares
-
     solution = linear_least_squares(a, b)
     if solution.rank[0] < a.shape[-1]:
         raise FitError(
             "the design matrix is singular: some parameters cannot be told apart by the data — "
             "remove a parameter or add varied data"
         )
-    polynomial = polynomial_powers(problem.model, np.asarray(problem.free).tolist())
+    polynomial = polynomial_powers(problem.model, problem.free.tolist())
     if polynomial is None or a.dtype != np.float64 or (max(polynomial[1]) < 2 and solution.condition[0] < ILL_CONDITIONED):
         return solution.theta[0], None, solution.residuals[0], solution.decomposition[0]
     name, powers = polynomial
