@@ -2,10 +2,11 @@
 
 For each of the 27 nonlinear problems and both starting points: the smallest log relative error
 (LRE, digits) over the certified parameters and over the certified standard deviations, the
-iterations and the status — gradfit's batched Levenberg-Marquardt with default settings and its
-statistics module — next to ``scipy.optimize.least_squares`` with its defaults (``method="trf"``,
+iterations and the status of ``gradfit.fit(formula, data, y, params=start)`` with default settings
+(what a user gets: Levenberg-Marquardt with the formula's symbolic Jacobian, statistics from
+:mod:`gradfit.stats`) next to ``scipy.optimize.least_squares`` with its defaults (``method="trf"``,
 and ``method="lm"``), standard deviations from scipy's returned Jacobian. The 11 linear problems
-use gradfit's exact (polynomial / linear) least squares.
+go through ``gradfit.fit`` too, which solves them exactly (polynomial / linear least squares).
 
 Run: ``.venv/bin/python benchmarks/nist_accuracy.py [--out docs/accuracy.md]``
 """
@@ -19,29 +20,29 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from nist_problems import NONLINEAR, NistProblem, compile_formula_numpy, linear_problems, load, lre  # noqa: E402
 
-from gradfit import stats  # noqa: E402
-from gradfit.solvers.least_squares import (  # noqa: E402
-    linear_least_squares,
-    polynomial_least_squares,
-    solve_least_squares,
-)
+import gradfit  # noqa: E402
 
 PASS = 6.0
 
 
+def gradfit_digits(problem: NistProblem, start: np.ndarray | None = None) -> tuple[float, float, gradfit.FitResult]:
+    """Smallest LRE of the parameters and of the standard errors of ``gradfit.fit`` with defaults."""
+    params = None if start is None else dict(zip(problem.param_names, start))
+    result = gradfit.fit(problem.formula, dict(problem.x), problem.target, params=params)
+    values = np.array([result.params[n] for n in problem.param_names])  # formula order may differ
+    errors = np.array([result.stderr[n] for n in problem.param_names])
+    return float(lre(values, problem.certified).min()), float(lre(errors, problem.certified_sd).min()), result
+
+
 def gradfit_row(problem: NistProblem, start: np.ndarray) -> tuple[float, float, int, str]:
-    solution = solve_least_squares(problem.residual_fn(), torch.tensor(start)[None])
-    report = stats.fit_report(solution.jacobian[0], solution.residuals[0], torch.tensor(problem.target))
-    params = float(lre(solution.theta[0].numpy(), problem.certified).min())
-    sds = float(lre(report.stderr.numpy(), problem.certified_sd).min())
-    return params, sds, int(solution.n_iter[0]), solution.status[0].name.lower()
+    params, sds, result = gradfit_digits(problem, start)
+    return params, sds, result.iterations, result.status
 
 
 def scipy_row(problem: NistProblem, start: np.ndarray, method: str) -> tuple[float, float, int, bool]:
@@ -66,13 +67,9 @@ def scipy_row(problem: NistProblem, start: np.ndarray, method: str) -> tuple[flo
 
 
 def linear_row(problem: NistProblem) -> tuple[float, float, str]:
-    y = torch.tensor(problem.y)
-    if problem.name.startswith("NoInt") or problem.name == "Longley":
-        solution, method = linear_least_squares(torch.tensor(problem.design()), y), "linear (SVD)"
-    else:
-        solution, method = polynomial_least_squares(torch.tensor(problem.x["x"]), y, problem.p - 1), "polynomial"
-    sds = torch.sqrt(torch.diagonal(solution.covariance()[0])).numpy()
-    return float(lre(solution.theta[0].numpy(), problem.certified).min()), float(lre(sds, problem.certified_sd).min()), method
+    params, sds, result = gradfit_digits(problem)
+    method = "polynomial" if problem.x.keys() == {"x"} and problem.p > 2 else "linear (SVD)"
+    return params, sds, f"{result.solver}: {method}"
 
 
 def fmt(value: float) -> str:
@@ -116,14 +113,14 @@ def build() -> str:
         "`-log10(|estimate - certified| / |certified|)`, capped at 11 (absolute error where the certified",
         f"value is 0). A value passes at LRE >= {PASS:g}; failing values are **bold**.",
         "",
-        f"Environment: Python {platform.python_version()}, torch {torch.__version__}, numpy {np.__version__},"
+        f"Environment: Python {platform.python_version()}, gradfit {gradfit.__version__}, numpy {np.__version__},"
         f" scipy {scipy.__version__}, float64.",
         "",
         "## Summary (27 nonlinear problems x 2 starting points = 54 fits)",
         "",
         "| solver (defaults, no tuning) | parameters LRE >= 6 | std. deviations LRE >= 6 |",
         "|---|---|---|",
-        f"| gradfit `solve_least_squares` + `stats` | {counts['gp']}/{total} | {counts['gs']}/{total} |",
+        f"| `gradfit.fit` | {counts['gp']}/{total} | {counts['gs']}/{total} |",
         f"| scipy `least_squares` (trf) | {counts['tp']}/{total} | {counts['ts']}/{total} |",
         f"| scipy `least_squares(method='lm')` | {counts['lp']}/{total} | {counts['ls']}/{total} |",
         "",
@@ -142,8 +139,9 @@ def build() -> str:
         "",
         "## Nonlinear problems",
         "",
-        "gradfit: min LRE of parameters and of standard deviations, iterations (trial steps, restarts",
-        "included) and final status. scipy: min LRE of parameters and of standard deviations (from its",
+        "gradfit (`gradfit.fit` from the given start): min LRE of parameters and of standard deviations,",
+        "iterations (trial steps, restarts included) and final status. scipy: min LRE of parameters and",
+        "of standard deviations (from its",
         "finite-difference Jacobian, `s^2 (J^T J)^-1`) and function evaluations.",
         "",
         "| problem | difficulty | start | gradfit params | gradfit std devs | iterations | status "
@@ -173,7 +171,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "accuracy.md")
     args = parser.parse_args()
-    torch.set_num_threads(1)
     text = build()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".md.tmp")

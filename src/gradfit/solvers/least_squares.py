@@ -62,7 +62,9 @@ Method
 from __future__ import annotations
 
 import enum
+import functools
 import math
+import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -519,7 +521,7 @@ def degenerate(jac: Array, start_norms: Array, free: Array, bound: Array) -> Arr
     A Jacobian column shrunk to ``1e-8`` of its size at the start (or to zero) means the parameter
     ran off towards infinity, e.g. a rate in ``exp(-b x)``: a spurious stationary point.
     """
-    norms = np.sqrt(np.einsum("knp,knp->kp", jac, jac))
+    norms = np.sqrt(np.vecdot(jac, jac, axis=-2))
     return np.any((norms <= _VANISHED * start_norms) & free & ~bound, axis=-1)
 
 
@@ -530,6 +532,7 @@ def restart_points(start: Array, free: Array, rng: np.random.Generator, spread: 
     return np.where(free, jittered, start).astype(start.dtype)
 
 
+@functools.lru_cache(maxsize=64)
 def effective_options(options: LeastSquaresOptions, dtype: np.dtype[Any]) -> LeastSquaresOptions:
     """Tolerances no tighter than the floating-point type can meet (float32 needs looser ones)."""
     eps = float(np.finfo(dtype).eps)
@@ -856,7 +859,7 @@ class _Point:
 
 
 def _decompose_single(jac: Array, res: Array, d_prev: Array) -> _Point:
-    col = np.sqrt(np.einsum("np,np->p", jac, jac))
+    col = np.sqrt(np.vecdot(jac, jac, axis=0))
     d = np.maximum(d_prev, col)
     d[d == 0] = 1.0
     u, s_arr, vh = np.linalg.svd(jac / d, full_matrices=False)
@@ -1018,6 +1021,8 @@ def _solve_with_restarts(prob: _Problem, start: Array) -> _State:
     state = _run(prob, start)
     start_norms = state.start_norms
     need = ~_good(prob, state, start_norms)
+    if not need.any():
+        return state
     rng = np.random.default_rng(prob.options.restart_seed)
     for round_ in range(prob.options.restarts):
         if not need.any():
@@ -1132,6 +1137,15 @@ def _as_theta(theta0: Any) -> Any:
     return theta
 
 
+_FLOAT64, _FLOAT32 = np.dtype(np.float64), np.dtype(np.float32)
+
+
+def _torch_float64() -> Any:
+    """torch.float64 where torch is loaded (a numpy solve never loads it)."""
+    torch = sys.modules.get("torch")
+    return None if torch is None else torch.float64
+
+
 def _broadcast(value: Any, shape: tuple[int, ...], fill: float | bool, dtype: Any, name: str) -> Array:
     if value is None:
         return np.full(shape, fill, dtype=dtype)
@@ -1159,11 +1173,11 @@ def _make_problem(
         raise OptionError(f"unknown least-squares method '{method}' — choose 'lm' or 'gn'")
     if not f_scale > 0:
         raise OptionError(f"f_scale must be > 0, got {f_scale}")
-    dtype = np.dtype(np.float64) if str(theta.dtype) in ("float64", "torch.float64") else np.dtype(np.float32)
+    dtype = _FLOAT64 if theta.dtype in (np.float64, _torch_float64()) else _FLOAT32
     shape = tuple(theta.shape)
     lo = _broadcast(lower, shape, -np.inf, dtype, "lower")
     hi = _broadcast(upper, shape, np.inf, dtype, "upper")
-    if np.any(np.isnan(lo)) or np.any(np.isnan(hi)) or np.any(lo > hi):
+    if not (lo <= hi).all():  # also false where a bound is NaN
         raise ModelError("every lower bound must be <= its upper bound (and not NaN) — check the bounds")
     free = ~_broadcast(fixed, shape, False, bool, "fixed")
     bounded = bool(np.any(np.isfinite(lo) | np.isfinite(hi)))
