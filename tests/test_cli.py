@@ -343,6 +343,7 @@ def test_fit_csv_prints_table_writes_json_and_plot_and_predict_applies_it(
     run, folder = outcome.run, outcome.folder
     slope, intercept = np.polyfit(T_U, T_C, 1)
     assert run.returncode == 0 and run.stderr == "", run
+    assert not run.torch_imported, "an exact least-squares fit of a formula needs no torch"
     for label in ("train loss", "validation loss", "iterations", "stop reason", "solver", "linear", "11 points"):
         assert label in run.stdout, label
     assert table_value(run.stdout, "w") == pytest.approx(slope, rel=1e-7)

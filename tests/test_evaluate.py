@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from torch.overrides import TorchFunctionMode
 
 from gradfit.errors import ModelError
-from gradfit.evaluate import compile_torch, evaluate_numpy
+from gradfit.evaluate import compile_numpy, compile_torch, evaluate_numpy
 from gradfit.formula import FUNCTIONS, Bin, Call, Expr, Neg, Num, Var, parse
 from gradfit.symbolic import gradient
 
@@ -83,6 +83,9 @@ def test_compiled_torch_agrees_with_numpy_reference(expr: Expr, seed: int) -> No
     np.testing.assert_allclose(
         value.numpy(), reference, rtol=1e-10, atol=1e-10 * (1 + np.max(np.abs(reference)))
     )
+    (on_numpy,) = compile_numpy([expr])(env)
+    assert on_numpy.dtype == np.float64 and on_numpy.shape == (7,)
+    np.testing.assert_allclose(on_numpy, reference, rtol=1e-12, atol=1e-12 * (1 + np.max(np.abs(reference))))
 
 
 @pytest.mark.parametrize(
@@ -106,6 +109,7 @@ def test_edge_values_agree_and_raise_no_warnings(text: str, expected: list[float
     (value,) = compile_torch([tree(text)])({"x": torch.tensor(x)})
     np.testing.assert_array_equal(reference, expected)
     np.testing.assert_array_equal(value.numpy(), reference)
+    np.testing.assert_array_equal(compile_numpy([tree(text)])({"x": x})[0], reference)  # warnings are errors here
 
 
 # ------------------------------------------------------------------------------------------------
@@ -238,3 +242,29 @@ def test_evaluate_numpy_returns_float64_arrays() -> None:
     assert isinstance(result, np.ndarray) and result.dtype == np.float64
     np.testing.assert_array_equal(result, [1 / 3, 2 / 3])
     assert evaluate_numpy(tree("2*pi"), {}).shape == ()
+
+
+# ------------------------------------------------------------------------------------------------
+# the numpy program: same plan, numpy arrays
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_numpy_program_stacks_model_and_jacobian_in_the_inputs_dtype(dtype: type) -> None:
+    model = tree("a*exp(-k*t) + c")
+    exprs = [model, *gradient(model, ["a", "k", "c"])]
+    t = np.linspace(0, 4, 9).astype(dtype)
+    theta = np.array([[2.0, 0.5, 1.0], [1.0, 1.5, -1.0]], dtype=dtype)  # two fits
+    env = {"t": t, "a": theta[:, 0:1], "k": theta[:, 1:2], "c": theta[:, 2:3]}
+    stacked = compile_numpy(exprs).stacked(env)
+    assert stacked.shape == (2, 9, 4) and stacked.dtype == dtype
+    on_torch = compile_torch(exprs)({name: torch.as_tensor(value) for name, value in env.items()})
+    for j, column in enumerate(on_torch):
+        np.testing.assert_allclose(stacked[..., j], column.numpy(), rtol=1e-6 if dtype == np.float32 else 1e-15)
+    np.testing.assert_array_equal(stacked[..., 3], 1.0)  # the constant column dc, broadcast by assignment
+
+
+def test_numpy_program_shares_the_torch_programs_plan() -> None:
+    exprs = [tree("exp(x)*exp(x) + exp(x) + (x + 1)*(x + 1)"), tree("exp(2)*x + sqrt(pi)*log(10)")]
+    numpy_program, torch_program = compile_numpy(exprs), compile_torch(exprs)
+    assert numpy_program.n_ops == torch_program.n_ops and numpy_program.names == torch_program.names
+    with pytest.raises(ModelError, match="no value for 'x'"):
+        numpy_program({})

@@ -138,3 +138,38 @@ def test_multistart_finds_the_global_optimum_from_a_poor_start():
     assert single.train_loss > 100 * multi.train_loss  # the single start stops in a local minimum
     np.testing.assert_allclose(np.abs(multi.values), np.abs(popt), rtol=1e-6)
     assert "best of 32 starting points" in multi.message
+
+
+def test_formula_least_squares_fits_run_without_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np, gradfit\n"
+        "x = np.linspace(0, 3, 20); y = 2*np.exp(-1.3*x) + 0.5 + 0.01*np.sin(7*x)\n"
+        "lm = gradfit.fit('a*exp(-k*x) + c', x, y, params={'a': 1, 'k': 1, 'c': 0})\n"
+        "line = gradfit.fit('w*x + b', x, y)\n"
+        "print(lm.solver, line.solver, lm.success, 'torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["lm", "linear", "True", "False"]
+
+
+def test_numpy_and_torch_evaluations_of_a_model_agree():
+    import torch
+
+    from gradfit.model import make_model
+
+    formula = make_model("a*exp(-k*t) + c*t", ["t"])
+    callable_model = make_model(lambda t, a, k, c: a * torch.exp(-k * t) + c * t, ["t"])
+    t = np.linspace(0, 2, 7)
+    theta = np.array([[1.5, 0.7, 0.2], [2.0, 1.1, -0.3]])
+    for model in (formula, callable_model):
+        on_numpy = model.predict_and_jacobian({"t": t}, theta)
+        on_torch = model.predict_and_jacobian({"t": torch.tensor(t)}, torch.tensor(theta))
+        assert all(isinstance(a, np.ndarray) for a in on_numpy)
+        for a, b in zip(on_numpy, on_torch):
+            np.testing.assert_allclose(a, b.detach().numpy(), rtol=1e-14)
+        np.testing.assert_allclose(model.predict({"t": t}, theta[0]), on_numpy[0][0], rtol=1e-14)
+    e = np.exp(-0.7 * t)
+    np.testing.assert_allclose(on_numpy[1][0], np.column_stack([e, -1.5 * t * e, t]), rtol=1e-14)

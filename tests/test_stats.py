@@ -222,3 +222,18 @@ def test_tensors_are_accepted_and_answers_are_numpy():
     report = stats.fit_report(torch.as_tensor(jac), torch.as_tensor(res), torch.as_tensor(Y))
     assert isinstance(report.covariance, np.ndarray)
     np.testing.assert_allclose(report.covariance, pcov, rtol=1e-8)
+
+
+def test_a_given_decomposition_changes_nothing_and_single_fits_give_floats():
+    popt, _ = fit()
+    jac, res = weighted_system(popt)
+    with np.errstate(all="ignore"):
+        decomposition = stats.scaled_svd(jac)
+    fresh = stats.fit_report(jac, res, Y)
+    reused = stats.fit_report(jac, res, Y, decomposition=decomposition)
+    np.testing.assert_array_equal(reused.covariance, fresh.covariance)
+    assert reused.statistics == fresh.statistics
+    assert all(type(v) is float for v in fresh.statistics.values())
+    batch = stats.fit_report(np.stack([jac, jac]), np.stack([res, res]), Y)
+    assert batch.statistics["r2"].shape == (2,) and batch.covariance.shape == (2, 3, 3)
+    np.testing.assert_allclose(batch.statistics["aic"], fresh.statistics["aic"], rtol=1e-14)

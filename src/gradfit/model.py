@@ -169,8 +169,9 @@ class ParametricModel:
             return self.predict(columns, t)
 
         jacobian = torch.func.jacfwd(forward)
-        if theta.ndim > 1:
-            jacobian = torch.func.vmap(jacobian)
+        if theta.ndim > 1:  # K fits: map over theta's rows, and over inputs given per fit (K, n)
+            batched = {name: 0 if column.ndim > 1 else None for name, column in inputs.items()}
+            jacobian = torch.func.vmap(jacobian, in_dims=(0, batched))
         return self.predict(inputs, theta), jacobian(theta, dict(inputs))
 
     def with_parameters(self, overrides: Mapping[str, Mapping[str, Any]]) -> ParametricModel:

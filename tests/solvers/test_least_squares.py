@@ -432,3 +432,17 @@ def test_polynomial_least_squares_matches_weighted_polyfit():
     np.testing.assert_allclose(sol.theta[0], coef[::-1], rtol=1e-12)
     np.testing.assert_allclose(sol.covariance(absolute_sigma=True)[0], cov[::-1, ::-1], rtol=1e-10)
     np.testing.assert_allclose(sol.residuals[0], (np.polyval(coef, x) - y) / sigma, atol=1e-12)
+
+
+def test_problem_on_torch_is_the_same_problem_as_tensors():
+    import gradfit
+    from gradfit.fitting import _problem, prepare
+
+    model, data = prepare("a*exp(-k*x) + c", {"x": X}, Y, sigma=0.1 + 0 * X)
+    problem = _problem(model, data, None, gradfit.FitOptions(dtype="float32"))
+    tensors = problem.on_torch()
+    assert tensors is problem.on_torch()  # built once
+    assert tensors.train.y.dtype == torch.float32 and tensors.free.dtype == torch.bool
+    np.testing.assert_array_equal(tensors.train.inputs["x"].numpy(), problem.train.inputs["x"])
+    np.testing.assert_array_equal(tensors.train.weights.numpy(), problem.train.weights)
+    np.testing.assert_array_equal(tensors.theta0.numpy(), problem.theta0)

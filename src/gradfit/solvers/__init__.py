@@ -72,7 +72,8 @@ def choose_solver(model: Any, options: FitOptions, bounded: bool) -> tuple[str, 
         return "gradient", f"the {options.loss} loss is not a sum of squares: gradient descent (Adam)"
     if options.loss == "mse" and not bounded and getattr(model, "formula", None) and model.is_linear:
         return "linear", "the model is linear in its parameters: one exact least-squares solve"
-    return "lm", "a parametric least-squares fit: Levenberg-Marquardt with autograd Jacobians"
+    jacobian = "the formula's symbolic Jacobian" if getattr(model, "formula", None) else "autograd Jacobians"
+    return "lm", f"a parametric least-squares fit: Levenberg-Marquardt with {jacobian}"
 
 
 def optimizer_label(optimizer: Any) -> str:
