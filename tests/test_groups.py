@@ -179,9 +179,11 @@ def test_packing_fast_paths_equal_the_general_path():
     key = np.repeat(np.array([3, 5, 9, 12]), 6)
     values = {"v": np.arange(24.0)}
     fast = index_groups(key)
-    general = index_groups(key[::-1].copy())  # not sorted: argsort path
+    general = index_groups(key.reshape(4, 6).T.ravel().copy())  # groups scattered: argsort path
     np.testing.assert_array_equal(fast.keys, general.keys)
     np.testing.assert_array_equal(fast.counts, general.counts)
+    grouped = index_groups(key[::-1].copy())  # together but not sorted: file order, no sort
+    assert grouped.keys.tolist() == [12, 9, 5, 3] and grouped.order is None and general.order is not None
     equal = pack(values, fast, slice(1, 3))  # equal consecutive groups: a reshape
     np.testing.assert_array_equal(equal.columns["v"], np.arange(6.0, 18.0).reshape(2, 6))
     assert equal.mask.all() and equal.columns["v"].flags.writeable
@@ -239,3 +241,56 @@ def test_results_do_not_depend_on_the_thread_count(fleet):
     assert one.equals(two)  # bit-identical: chunks are independent and fits within them too
     other = fit_groups(DECAY, fleet, group="sensor", y="y", params=START, chunk=24).table  # other padding widths
     np.testing.assert_allclose(other["c"].to_numpy(), one["c"].to_numpy(), rtol=1e-12)
+
+
+# ------------------------------------------------------------------------- chunk by chunk, refits
+
+
+def test_results_come_chunk_by_chunk_with_a_fixed_schema(fleet):
+    from gradfit.groups import iter_group_fits
+
+    fits = iter_group_fits(DECAY, fleet, group="sensor", y="y", params=START, chunk=5)
+    seen = []
+    for table in fits:
+        assert dict(table.schema) == fits.schema
+        seen.append((table.height, fits.done))
+    assert [h for h, _ in seen] == [5, 5, 5, 5, 4] and seen[-1][1] == fits.n_groups == 24
+    progress = []
+    whole = fit_groups(DECAY, fleet, group="sensor", y="y", params=START, chunk=5, callback=lambda done, total: progress.append((done, total)))
+    assert progress == [(5, 24), (10, 24), (15, 24), (20, 24), (24, 24)]
+    assert whole.table.height == 24 and whole.elapsed > 0
+
+
+def test_the_summary_accumulated_chunk_by_chunk_equals_the_tables(fleet):
+    from gradfit.groups import GroupSummary, iter_group_fits
+
+    fits = iter_group_fits(DECAY, fleet, group="sensor", y="y", params=START, chunk=7)
+    summary = GroupSummary(fits.param_names)
+    parts = []
+    for table in fits:
+        summary.add(table)
+        parts.append(table)
+    table = pl.concat(parts)
+    ok = table.filter(pl.col("success"))
+    numbers = summary.result(fits.elapsed)
+    assert numbers["status"] == {"bad_data": 1, "converged": 22, "too_few_points": 1}
+    assert numbers["r2"]["q50"] == pytest.approx(float(ok["r2"].quantile(0.5)), rel=1e-12)
+    assert numbers["parameters"]["k"]["q5"] == pytest.approx(float(ok["k"].quantile(0.05)), rel=1e-12)
+    assert summary.worst()["sensor"].to_list()[:2] == [5, 7]  # not fitted first
+
+
+def test_refit_failed_groups_with_more_starts(fleet):
+    far = {"a": 1.0, "k": 40.0, "c": 0.0}  # so fast a decay that most sensors stall at the iteration cap
+    options = dict(group="sensor", y="y", params=far, max_iter=8, tolerance=1e-6)
+    first = fit_groups(DECAY, fleet, **options)
+    again = fit_groups(DECAY, fleet, refit_failed=True, **options)
+    failed = set(first.failed()["sensor"].to_list()) - {5, 7}
+    assert len(failed) >= 3
+    assert again.table["sensor"].to_list() == first.table["sensor"].to_list()
+    fixed = again.table.filter(pl.col("sensor").is_in(list(failed)) & pl.col("success"))
+    assert fixed.height >= 3
+    for row in fixed.iter_rows(named=True):
+        single = _single(DECAY, fleet, row["sensor"], params=START)
+        assert row["k"] == pytest.approx(single.params["k"], rel=1e-3)  # refits keep tolerance=1e-6
+    untouched = pl.col("sensor").is_in(list(failed)).not_()
+    assert again.table.filter(untouched).equals(first.table.filter(untouched))

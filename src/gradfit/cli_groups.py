@@ -1,7 +1,16 @@
-"""``gradfit fit --group-by KEY``: batched fits of every group, a table out and a summary printed."""
+"""``gradfit fit --group-by KEY``: batched fits of every group, a table out and a summary printed.
+
+Results are written chunk by chunk as they are computed (each chunk to a part file beside the output,
+joined into the output at the end), with a progress bar on a terminal; with a Parquet input whose rows
+are grouped by the key, the input is streamed too, so neither has to fit in memory. SIGINT or SIGTERM
+stops the fit after the chunks in progress: the output then holds every group fitted so far, and the
+command exits 130 or 143.
+"""
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,81 +20,148 @@ from gradfit.cli_render import loss_table
 from gradfit.errors import OptionError
 from gradfit.report_text import format_number
 
-__all__ = ["run_group_fit", "write_table"]
+__all__ = ["run_group_fit", "write_tables", "print_summary"]
 
 TABLE_SUFFIXES = (".parquet", ".pq", ".csv", ".ndjson", ".jsonl")
 
 
 def run_group_fit(command: Any, settings: Any) -> None:
-    """Check the options, fit the groups, print the summary and write the per-group table."""
-    from gradfit.data import read_table
-    from gradfit.groups import fit_groups
+    """Check the options, fit the groups chunk by chunk, write the table and print the summary."""
+    from gradfit.cli_fit import InterruptedFit, check_optimizer, interruptible
+    from gradfit.groups import GroupSummary, iter_group_fits
     from gradfit.io import ensure_writable
-    from gradfit.model import parameter_overrides, parse_assignments, parse_bounds
 
-    unsupported = [flag for flag, value in (("--optimizer", command.optimizer), ("--plot", command.plot), ("--plot-history", command.plot_history), ("--val-data", command.val_data), ("--checkpoint", command.checkpoint), ("--resume", command.resume)) if value]
-    if unsupported:
-        raise OptionError(f"{unsupported[0]} does not apply to --group-by fits — drop it")
+    _check_flags(command)
     if command.out is not None:
         ensure_writable(command.out)
         if command.out.suffix.lower() not in TABLE_SUFFIXES:
             raise OptionError(f"--out for group fits must end in {', '.join(TABLE_SUFFIXES)} — e.g. results.parquet")
+    if settings.uses_optimizer:
+        check_optimizer(settings.optimizer or "adam", settings.optimizer_options)
+    fits = iter_group_fits(command.model, command.data, **_options(command, settings), refit_failed=command.refit_failed)
+    summary = GroupSummary(fits.param_names)
+    with interruptible() as signals, _Progress(fits.n_groups, command.quiet) as progress:
+        tables = _watched(fits, summary, progress)
+        interrupted = write_tables(tables, command.out, fits.schema) if command.out is not None else _consume(tables)
+    if not command.quiet:
+        print_summary(summary, fits, Console(soft_wrap=True), interrupted)
+    if interrupted:
+        raise InterruptedFit(signals.exit_code)
+
+
+def _check_flags(command: Any) -> None:
+    flags = (("--plot", command.plot), ("--plot-history", command.plot_history), ("--val-data", command.val_data),
+             ("--checkpoint", command.checkpoint), ("--resume", command.resume), ("--batch-size", command.batch_size),
+             ("--target", command.target), ("--plateau", command.plateau), ("--report-html", command.report_html))
+    unsupported = [flag for flag, value in flags if value]
+    if unsupported:
+        raise OptionError(f"{unsupported[0]} does not apply to --group-by fits — drop it")
+
+
+def _options(command: Any, settings: Any) -> dict[str, Any]:
+    from gradfit.model import parameter_overrides, parse_assignments, parse_bounds
+
     overrides = parameter_overrides(parse_assignments(command.init), parse_bounds(command.bounds), parse_assignments(command.fix, "--fix"))
-    options = dict(
-        group=command.group_by, y=command.y, sigma=command.sigma, params={k: v["init"] for k, v in overrides.items() if "init" in v and not v.get("fixed")},
+    return dict(
+        group=command.group_by, y=command.y, sigma=command.sigma,
+        params={k: v["init"] for k, v in overrides.items() if "init" in v and not v.get("fixed")},
         bounds={k: (v.get("lower", float("-inf")), v.get("upper", float("inf"))) for k, v in overrides.items() if "lower" in v or "upper" in v},
         fix={k: v["init"] for k, v in overrides.items() if v.get("fixed")},
-        solver=settings.solver, loss=settings.loss, max_iter=command.max_iter, tolerance=command.tolerance,
-        starts=settings.starts, val=settings.val, seed=settings.seed, chunk=command.chunk, dtype=settings.dtype,
-        device=command.device, absolute_sigma=settings.absolute_sigma,
+        solver=settings.solver, loss=settings.loss, loss_scale=settings.loss_scale, optimizer=settings.optimizer,
+        optimizer_options=settings.optimizer_options, epochs=settings.epochs, patience=settings.patience, scale=settings.scale,
+        max_iter=command.max_iter, tolerance=command.tolerance, starts=settings.starts, val=settings.val, seed=settings.seed,
+        chunk=command.chunk, dtype=settings.dtype, device=command.device, absolute_sigma=settings.absolute_sigma,
     )
-    frame = read_table(command.data)
-    result = fit_groups(command.model, frame, **options)
-    if command.refit_failed and result.failed().height:
-        result = _refit(result, command.model, frame, options)
-    if not command.quiet:
-        print_summary(result, Console(soft_wrap=True))
-    if command.out is not None:
-        write_table(result.table, command.out)
 
 
-def _refit(result: Any, model: str, frame: Any, options: dict[str, Any]) -> Any:
-    """Refit the groups that did not converge with more starting points, keep what improved."""
+def _watched(tables: Iterable[Any], summary: Any, progress: _Progress) -> Iterator[Any]:
+    for table in tables:
+        summary.add(table)
+        progress.advance(table.height)
+        yield table
+
+
+def _consume(tables: Iterable[Any]) -> bool:
+    """Run the fits without writing; True if interrupted."""
+    try:
+        for _ in tables:
+            pass
+    except KeyboardInterrupt:
+        return True
+    return False
+
+
+def write_tables(tables: Iterable[Any], path: Path, schema: dict[str, Any]) -> bool:
+    """Write the chunks' tables to ``path`` (its extension chooses the format) as they come.
+
+    Each table goes to a Parquet part file in a hidden folder beside ``path``; at the end (or at a
+    ``KeyboardInterrupt``, with the tables done so far) the parts are streamed into one file,
+    written atomically. Returns whether the tables were interrupted.
+    """
     import polars as pl
 
-    from gradfit.groups import fit_groups
-
-    keys = result.failed().filter(pl.col("status").is_in(["bad_data", "too_few_points"]).not_())[result.group]
-    if keys.len() == 0:
-        return result
-    again = fit_groups(model, frame.filter(pl.col(result.group).is_in(keys.implode())), **{**options, "starts": max(16, options["starts"])})
-    improved = again.table.filter(pl.col("success"))
-    table = pl.concat([result.table.filter(~pl.col(result.group).is_in(improved[result.group].implode())), improved], how="vertical_relaxed")
-    return type(result)(table.sort(result.group), result.model, result.param_names, result.group, result.solver, result.elapsed + again.elapsed, result.settings)
-
-
-def print_summary(result: Any, console: Console) -> None:
-    """Counts by status, distributions of R² and parameters, and the worst groups."""
-    summary = result.summary()
-    console.print(f"[bold]{summary['groups']}[/] groups of {result.model} — {result.solver}, {summary['fits_per_second']:.0f} fits/s", highlight=False)
-    console.print(loss_table("groups by status", [(k, str(v)) for k, v in summary["status"].items()], ("status", "groups")))
-    quantiles = ("q0", "q5", "q50", "q95", "q100")
-    rows = [(name, *(format_number(spread.get(q), 5) for q in quantiles)) for name, spread in (("R²", summary["r2"]), *summary["parameters"].items())]
-    console.print(loss_table("distribution over converged groups", rows, ("", "min", "5%", "median", "95%", "max")))
-    worst = result.worst(5)
-    rows = [(str(r[result.group]), r["status"], format_number(r["r2"], 4), str(r["n_points"])) for r in worst.iter_rows(named=True)]
-    console.print(loss_table("worst groups", rows, (result.group, "status", "R²", "points")))
-
-
-def write_table(table: Any, path: Path) -> None:
-    """Write the per-group table atomically, in the format of the file's extension."""
     from gradfit.io import atomic_path
 
-    with atomic_path(path) as temporary:
+    interrupted = False
+    with atomic_path(path) as temporary, tempfile.TemporaryDirectory(dir=path.parent, prefix=".gradfit-parts-") as folder:
+        parts: list[Path] = []
+        try:
+            for table in tables:
+                part = Path(folder) / f"part-{len(parts):06d}.parquet"
+                table.write_parquet(part)
+                parts.append(part)
+        except KeyboardInterrupt:
+            interrupted = True
+        joined = pl.scan_parquet(parts) if parts else pl.LazyFrame(schema=schema)
         suffix = path.suffix.lower()
         if suffix in (".parquet", ".pq"):
-            table.write_parquet(temporary)
+            joined.sink_parquet(temporary)
         elif suffix == ".csv":
-            table.write_csv(temporary)
+            joined.sink_csv(temporary)
         else:
-            table.write_ndjson(temporary)
+            joined.sink_ndjson(temporary)
+    return interrupted
+
+
+class _Progress:
+    """A rich progress bar over the groups, on a terminal only."""
+
+    def __init__(self, total: int, quiet: bool) -> None:
+        import sys
+
+        self.total = total
+        self.enabled = not quiet and sys.stderr.isatty()
+        self.bar: Any = None
+
+    def __enter__(self) -> _Progress:
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("fitting groups"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                                console=Console(stderr=True), transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task("groups", total=self.total)
+        return self
+
+    def advance(self, count: int) -> None:
+        if self.bar is not None:
+            self.bar.advance(self.task, count)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def print_summary(summary: Any, fits: Any, console: Console, interrupted: bool = False) -> None:
+    """Counts by status, distributions of R² and parameters, and the worst groups."""
+    numbers = summary.result(fits.elapsed)
+    done = f" (interrupted: {numbers['groups']} of {fits.n_groups} groups fitted)" if interrupted else ""
+    console.print(f"[bold]{numbers['groups']}[/] groups of {fits.model_description} — {fits.solver}, {numbers['fits_per_second']:.0f} fits/s{done}", highlight=False)
+    console.print(loss_table("groups by status", [(k, str(v)) for k, v in numbers["status"].items()], ("status", "groups")))
+    quantiles = ("q0", "q5", "q50", "q95", "q100")
+    rows = [(name, *(format_number(spread.get(q), 5) for q in quantiles)) for name, spread in (("R²", numbers["r2"]), *numbers["parameters"].items())]
+    console.print(loss_table("distribution over converged groups", rows, ("", "min", "5%", "median", "95%", "max")))
+    worst = summary.worst()
+    if worst is not None:
+        rows = [(str(r[fits.group]), r["status"], format_number(r["r2"], 4), str(r["n_points"])) for r in worst.iter_rows(named=True)]
+        console.print(loss_table("worst groups", rows, (fits.group, "status", "R²", "points")))

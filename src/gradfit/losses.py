@@ -18,7 +18,7 @@ import numpy as np
 
 from gradfit.errors import OptionError
 
-__all__ = ["LOSSES", "LEAST_SQUARES_LOSSES", "get_loss", "check_loss"]
+__all__ = ["LOSSES", "LEAST_SQUARES_LOSSES", "get_loss", "pointwise_loss", "check_loss"]
 
 LEAST_SQUARES_LOSSES = ("mse", "soft_l1", "huber", "cauchy")
 LOSSES = (*LEAST_SQUARES_LOSSES, "mae")
@@ -68,10 +68,23 @@ def get_loss(name: str = "mse", scale: float = 1.0) -> Callable[[Any], Any]:
     check_loss(name)
     if name == "mse":
         return _mse
+    pointwise = pointwise_loss(name, scale)
+    return lambda r: pointwise(r).mean()
+
+
+def pointwise_loss(name: str = "mse", scale: float = 1.0) -> Callable[[Any], Any]:
+    """The loss of each residual, ``r -> s² ρ((r/s)²)`` (``r²`` for mse, ``|r|`` for mae), elementwise.
+
+    :func:`get_loss` is its mean; fits of many groups average it over each group's own points.
+    Every loss is 0 at ``r = 0``, so padded points with zero residuals add nothing to a sum.
+    """
+    check_loss(name)
+    if name == "mse":
+        return lambda r: r * r
     if name == "mae":
-        return lambda r: abs(r).mean()
+        return abs
     s2 = float(scale) ** 2
-    return lambda r: (s2 * _rho(name, r**2 / s2)).mean()
+    return lambda r: s2 * _rho(name, r**2 / s2)
 
 
 def _mse(r: Any) -> Any:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["GroupIndex", "PackedGroups", "index_groups", "pack", "chunks"]
+__all__ = ["GroupIndex", "PackedGroups", "index_groups", "pack", "chunks", "held_out"]
 
 
 @dataclass(frozen=True)
@@ -43,8 +43,10 @@ class GroupIndex:
 def index_groups(group: np.ndarray) -> GroupIndex:
     """Index the rows of each distinct value of ``group`` (any sortable array).
 
-    Data already sorted by group (the usual layout of a large table) skip the sort: the
-    boundaries come from one comparison of neighbours.
+    Groups come in the order of their rows when every group's rows are together (the usual layout
+    of a large table, sorted or not): their boundaries come from one comparison of neighbours, and
+    nothing is sorted or gathered. Otherwise the rows are sorted by key (stably) and the groups
+    come in key order.
     """
     group = np.asarray(group)
     if group.size and _presorted(group):
@@ -52,6 +54,10 @@ def index_groups(group: np.ndarray) -> GroupIndex:
         starts = np.concatenate([[0], change]).astype(np.int64)
         counts = np.diff(np.append(starts, group.size))
         return GroupIndex(group[starts], None, starts, counts)
+    if group.size:
+        starts = np.concatenate([[0], np.flatnonzero(group[1:] != group[:-1]) + 1]).astype(np.int64)
+        if np.unique(group[starts]).size == starts.size:  # every group's rows are together
+            return GroupIndex(group[starts], None, starts, np.diff(np.append(starts, group.size)))
     order = np.argsort(group, kind="stable")
     keys, starts, counts = np.unique(group[order], return_index=True, return_counts=True)
     return GroupIndex(keys, order, starts, counts)
@@ -141,3 +147,36 @@ def finite_groups(columns: Sequence[np.ndarray], packed_mask: np.ndarray) -> np.
     for values in columns:
         ok &= np.all(np.isfinite(values) | ~real, axis=1) if padded else np.isfinite(values).all(axis=1)
     return ok
+
+
+def held_out(keys: np.ndarray, width: int, fraction: float, seed: int) -> np.ndarray:
+    """``(K, width)`` which points of each group a validation split holds out.
+
+    Point ``j`` of the group with key ``key`` is held out when a counter-based hash of
+    ``(seed, key, j)`` (splitmix64), read as a uniform number in [0, 1), falls below ``fraction``:
+    a group's split depends on its key, its points and the seed only — not on which other groups
+    share its chunk or batch, nor on the order of the groups. Integer keys hash by value; other
+    keys by polars' hash of the value.
+    """
+    codes = _key_codes(keys)
+    with np.errstate(over="ignore"):
+        state = codes[:, None] * np.uint64(0x9E3779B97F4A7C15) + np.arange(width, dtype=np.uint64)[None, :]
+        state = _splitmix64(state + np.uint64(seed) * np.uint64(0xD1B54A32D192ED03))
+    return (state >> np.uint64(11)).astype(np.float64) * 2.0**-53 < fraction
+
+
+def _key_codes(keys: np.ndarray) -> np.ndarray:
+    keys = np.asarray(keys)
+    if keys.dtype.kind in "iub":
+        return keys.astype(np.int64).view(np.uint64)
+    import polars as pl
+
+    return pl.Series(keys).hash(seed=0).to_numpy().astype(np.uint64)
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """Steele, Lea and Flood's splitmix64 finaliser, elementwise on uint64 (wrapping arithmetic)."""
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))

@@ -1,0 +1,485 @@
+"""One chunk of a group fit: K groups packed into ``(K, n_max)`` arrays, solved together.
+
+A chunk is padded and masked (:mod:`gradfit.packing`); groups whose data are not finite, or that
+have fewer points than free parameters, get their own status and are left out of the solve. The
+others are solved in one batch by the path the :class:`ChunkPlan` names:
+
+``linear``
+    Formulas linear in their parameters (mse, unbounded): the normal equations of every group,
+    solved by the fused batched solver of :mod:`gradfit.solvers.batched` with iterative
+    refinement (a Gauss-Newton step from the solution changes nothing); groups whose normal
+    equations are ill-conditioned (scaled condition bound above :data:`CONDITION_ACCURATE`) or
+    singular are solved again by the exact batched QR/SVD solve.
+``batched``
+    Other formulas with the mse loss and one starting point: the fused batched Levenberg-Marquardt
+    of :mod:`gradfit.solvers.batched` (symbolic Jacobian, normal equations and per-fit damping in
+    a few passes per iteration). With default settings it runs to the reference solver's
+    tolerances, and a group it does not bring to convergence within :data:`FAST_MAX_ITER` trials
+    (or that converges where a parameter ran off to infinity, or where ``JᵀJ`` is
+    ill-conditioned) is solved again, from its starting values, by the reference solver — so every
+    group's result is the one-at-a-time :func:`gradfit.fit` result. With ``max_iter``/``tolerance``
+    given (speed settings, e.g. Gpufit's ``max_iter=10, tolerance=1e-4``) it runs exactly those and
+    reports each group's status as it ended.
+``reference``
+    The reference batched Levenberg-Marquardt / Gauss-Newton of :mod:`gradfit.solvers.least_squares`
+    (robust losses, callables, several starting points, or when asked for by name).
+``gradient``
+    Losses that are not sums of squares, or a named ``torch.optim`` optimizer: every group's
+    parameters in one tensor, trained by the optimizer together (:mod:`gradfit.solvers.batched_gradient`).
+
+Standard errors of the fast paths come from the Cholesky factor of ``JᵀJ`` that the solver has at
+the solution; where that would lose digits (scaled condition bound above :data:`CONDITION_ACCURATE`
+with default settings: the group is solved again as above; above :data:`CONDITION_FAST` with speed
+settings) or ``JᵀJ`` is singular, a group gets the SVD-based :func:`gradfit.stats.fit_report`, as
+every group of the reference and gradient paths does.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from gradfit.model import FormulaModel, ParametricModel
+from gradfit.packing import GroupIndex, PackedGroups, finite_groups, first_in_group, held_out, pack
+
+if TYPE_CHECKING:
+    import polars as pl
+    import torch
+
+__all__ = ["ChunkPlan", "fit_chunk", "BAD_DATA", "TOO_FEW"]
+
+#: status of groups that were not fitted
+BAD_DATA, TOO_FEW = "bad_data", "too_few_points"
+#: scaled condition bound of JᵀJ above which fast-path standard errors are recomputed by SVD
+#: (default settings: the normal equations lose about log10(condition) of 16 digits)
+CONDITION_ACCURATE = 1e6
+#: the same bound with speed settings (max_iter or tolerance given)
+CONDITION_FAST = 1e10
+#: trials of the batched solver before the reference solver takes over a group (default settings)
+FAST_MAX_ITER = 50
+#: trials of the batched solver with only a tolerance given
+FAST_DEFAULT_ITER = 200
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    """What every chunk of a group fit shares: the model, the columns' roles, the path, the options."""
+
+    model: ParametricModel
+    y: str
+    sigma: str | None
+    starts: dict[str, str]
+    path: str  # "linear", "batched", "reference" or "gradient"
+    options: dict[str, Any]
+    system: Any = None  # the batched solver's compiled model + Jacobian (fast paths)
+
+    @property
+    def linear(self) -> bool:
+        return self.path == "linear"
+
+    @property
+    def accurate(self) -> bool:
+        """Default settings: results must equal one-at-a-time fits (no max_iter, no tolerance)."""
+        return self.options["max_iter"] is None and self.options["tolerance"] is None
+
+    @property
+    def free(self) -> list[bool]:
+        return [not p.fixed for p in self.model.parameters]
+
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    """One chunk's tensors."""
+
+    inputs: dict[str, torch.Tensor]
+    y: torch.Tensor
+    weights: torch.Tensor | None
+    fit_mask: torch.Tensor
+    val_mask: torch.Tensor | None
+    counts: np.ndarray
+    padded: bool = True  # some group has padding (or held-out) points: the mask matters
+
+
+def fit_chunk(plan: ChunkPlan, columns: Mapping[str, np.ndarray], index: GroupIndex, part: slice) -> pl.DataFrame:
+    """Fit the groups ``part`` of the indexed ``columns``: one row per group, in index order."""
+    import torch
+
+    packed = pack(columns, index, part)
+    model = plan.model
+    used = [packed.columns[n] for n in (*model.input_names, plan.y, *([plan.sigma] if plan.sigma else []))]
+    finite = finite_groups(used, packed.mask) & _positive_sigma(packed, plan.sigma)
+    theta0 = _starting_values(plan, columns, index, part)
+    n_free = sum(not p.fixed for p in model.parameters)
+    chunk = _tensors(plan, packed, bool(finite.all()), index.keys[part])
+    enough = chunk.fit_mask.sum(-1).cpu().numpy() >= n_free
+    ok = finite & enough
+    status = np.where(~finite, BAD_DATA, np.where(~enough, TOO_FEW, ""))
+    rows = _empty_rows(model, len(packed.counts), status)
+    if ok.all():
+        _solve(plan, chunk, theta0, rows, np.arange(len(ok)))
+    elif ok.any():
+        selected = torch.as_tensor(np.flatnonzero(ok), device=chunk.y.device)
+        _solve(plan, _subset(chunk, selected), theta0[ok], rows, np.flatnonzero(ok))
+    rows["n_points"] = packed.counts.astype(np.int64)
+    return _table(rows, model)
+
+
+def _positive_sigma(packed: PackedGroups, sigma: str | None) -> np.ndarray:
+    if sigma is None:
+        return np.ones(packed.mask.shape[0], dtype=bool)
+    values = packed.columns[sigma]
+    return np.all((values > 0) | (packed.mask == 0), axis=1)
+
+
+def _starting_values(plan: ChunkPlan, columns: Mapping[str, np.ndarray], index: GroupIndex, part: slice) -> np.ndarray:
+    model = plan.model
+    theta0 = np.tile(np.array([p.start for p in model.parameters]), (part.stop - part.start, 1))
+    for name, column in plan.starts.items():
+        theta0[:, model.param_names.index(name)] = first_in_group(columns[column], index, part)
+    return theta0
+
+
+def _tensors(plan: ChunkPlan, packed: PackedGroups, all_finite: bool, keys: np.ndarray) -> _Chunk:
+    import torch
+
+    dtype, device = getattr(torch, plan.options["dtype"]), plan.options["device"]
+
+    def tensor(values: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(values if all_finite else np.nan_to_num(values), dtype=dtype, device=device)
+
+    real = tensor(packed.mask)
+    fit_mask, val_mask = real, None
+    if plan.options["val"] > 0:
+        held = held_out(keys, packed.mask.shape[1], plan.options["val"], plan.options["seed"]) & (packed.mask > 0)
+        val_mask = tensor(held.astype(float))
+        fit_mask = real - val_mask
+    weights = None if plan.sigma is None else tensor(1.0 / np.where(packed.mask > 0, packed.columns[plan.sigma], 1.0))
+    inputs = {name: tensor(packed.columns[name]) for name in plan.model.input_names}
+    padded = val_mask is not None or bool((packed.counts < packed.mask.shape[1]).any())
+    return _Chunk(inputs, tensor(packed.columns[plan.y]), weights, fit_mask, val_mask, packed.counts, padded)
+
+
+def _subset(chunk: _Chunk, selected: torch.Tensor) -> _Chunk:
+    def take(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t.index_select(0, selected)
+
+    return _Chunk(
+        {k: take(v) for k, v in chunk.inputs.items()}, take(chunk.y), take(chunk.weights),
+        take(chunk.fit_mask), take(chunk.val_mask), chunk.counts[selected.cpu().numpy()], chunk.padded,
+    )
+
+
+_NOT_FITTED = {
+    BAD_DATA: "not fitted: the group has missing or non-finite values (or sigma <= 0) — clean its rows",
+    TOO_FEW: "not fitted: fewer points than free parameters — fix parameters or merge groups",
+}
+
+
+def _empty_rows(model: ParametricModel, k: int, status: np.ndarray) -> dict[str, np.ndarray]:
+    nan = np.full(k, np.nan)
+    rows: dict[str, np.ndarray] = {}
+    for name in model.param_names:
+        rows[name], rows[f"{name}_stderr"] = nan.copy(), nan.copy()
+    for name in ("r2", "redchi", "aic", "bic", "val_loss"):
+        rows[name] = nan.copy()
+    rows["iterations"] = np.zeros(k, dtype=np.int64)
+    rows["status"] = status.astype(object)
+    message = np.full(k, "", dtype=object)
+    for name, text in _NOT_FITTED.items():
+        message[status == name] = text
+    rows["message"] = message
+    rows["success"] = np.zeros(k, dtype=bool)
+    return rows
+
+
+def _weights(chunk: _Chunk) -> torch.Tensor:
+    return chunk.fit_mask if chunk.weights is None else chunk.fit_mask * chunk.weights
+
+
+def _solve(plan: ChunkPlan, chunk: _Chunk, theta0: np.ndarray, rows: dict[str, np.ndarray], where: np.ndarray) -> None:
+    import torch
+
+    start = torch.as_tensor(theta0, dtype=chunk.y.dtype, device=chunk.y.device)
+    if plan.path in ("linear", "batched"):
+        _solve_fast(plan, chunk, start, rows, where)
+        return
+    weights = _weights(chunk)
+    solve = _solve_by_gradient if plan.path == "gradient" else _solve_nonlinear
+    theta, status, message, iterations, success = solve(plan, chunk, weights, start)
+    _record(plan, chunk, weights, theta, rows, where, status, message, iterations, success)
+
+
+def _record(plan: ChunkPlan, chunk: _Chunk, weights: torch.Tensor, theta: torch.Tensor, rows: dict[str, np.ndarray],
+            where: np.ndarray, status: Any, message: Any, iterations: Any, success: Any) -> None:
+    """Statistics by SVD (:func:`gradfit.stats.fit_report`) and the solver's verdict into ``rows``."""
+    _statistics(plan, chunk, weights, theta, rows, where)
+    rows["iterations"][where] = iterations
+    rows["status"][where] = status
+    rows["message"][where] = message
+    rows["success"][where] = success
+
+
+def _subset_where(chunk: _Chunk, start: torch.Tensor, where: np.ndarray, mask: np.ndarray) -> tuple[_Chunk, torch.Tensor, np.ndarray]:
+    import torch
+
+    selected = torch.as_tensor(np.flatnonzero(mask), device=start.device)
+    return _subset(chunk, selected), start.index_select(0, selected), where[mask]
+
+
+def _solve_fast(plan: ChunkPlan, chunk: _Chunk, start: torch.Tensor, rows: dict[str, np.ndarray], where: np.ndarray) -> None:
+    """The fused batched solver; groups it cannot settle go to the exact or reference path."""
+    import torch
+
+    from gradfit.solvers.batched import CONVERGED, STATUS_MESSAGES, STATUS_NAMES, solve_batched
+
+    model = plan.model
+    data: dict[str, torch.Tensor] = {**chunk.inputs, "__y": chunk.y}
+    if chunk.weights is not None or chunk.padded:
+        data["__w"] = _weights(chunk)
+    solution = solve_batched(
+        plan.system, start, data, free=plan.free,
+        lower=[p.lower for p in model.parameters], upper=[p.upper for p in model.parameters],
+        options=_batched_options(plan),
+    )
+    code = solution.code.cpu().numpy()
+    stats = _fast_statistics(plan, chunk, solution)
+    condition = stats.pop("condition")
+    if plan.linear or plan.accurate:  # the exact solve / reference solver for what did not settle
+        redo = (code != CONVERGED) | solution.vanished.cpu().numpy() | ~(condition <= CONDITION_ACCURATE)
+    else:
+        redo = np.zeros(code.shape, dtype=bool)
+    svd = ~redo & ~(condition <= CONDITION_FAST)  # ill-conditioned or singular: SVD statistics
+    keep = ~redo
+    at = where[keep]
+    theta = solution.theta.cpu().numpy()
+    for i, name in enumerate(model.param_names):
+        rows[name][at] = theta[keep, i]
+    for name, values in stats.items():
+        rows[name][at] = values[keep]
+    rows["iterations"][at] = solution.n_iter.cpu().numpy()[keep]
+    names, messages = np.array(STATUS_NAMES, dtype=object), np.array(STATUS_MESSAGES, dtype=object)
+    if plan.linear:
+        messages = messages.copy()
+        messages[CONVERGED] = "solved: normal equations with iterative refinement"
+    rows["status"][at] = names[code[keep]]
+    rows["message"][at] = messages[code[keep]]
+    rows["success"][at] = code[keep] == CONVERGED
+    if chunk.val_mask is not None:
+        rows["val_loss"][at] = _validation_loss(plan, chunk, solution.theta)[keep]
+    if svd.any():
+        part, _, part_where = _subset_where(chunk, start, where, svd)
+        theta_svd = solution.theta.index_select(0, torch.as_tensor(np.flatnonzero(svd), device=start.device))
+        _statistics(plan, part, _weights(part), theta_svd, rows, part_where)
+    if redo.any():
+        part, part_start, part_where = _subset_where(chunk, start, where, redo)
+        weights = _weights(part)
+        solve = _solve_linear if plan.linear else _solve_nonlinear
+        theta_redo, status, message, iterations, success = solve(plan, part, weights, part_start)
+        _record(plan, part, weights, theta_redo, rows, part_where, status, message, iterations, success)
+
+
+def _batched_options(plan: ChunkPlan) -> Any:
+    from gradfit.solvers.batched import BatchedOptions
+
+    options = plan.options
+    if plan.linear:  # Gauss-Newton steps (tiny damping): the first lands on the solution, the next refine it
+        return BatchedOptions(max_iter=5, initial_damping=1e-12)
+    if plan.accurate:
+        return BatchedOptions(max_iter=FAST_MAX_ITER)
+    tolerance = options["tolerance"]
+    settings: dict[str, Any] = {"max_iter": options["max_iter"] if options["max_iter"] is not None else FAST_DEFAULT_ITER}
+    if tolerance is not None:
+        settings.update(ftol=tolerance, xtol=tolerance)
+    return BatchedOptions(**settings)
+
+
+def _fast_statistics(plan: ChunkPlan, chunk: _Chunk, solution: Any) -> dict[str, np.ndarray]:
+    """Standard errors, R², reduced χ², AIC, BIC from the batched solver's ``JᵀJ`` factor.
+
+    The same conventions as :func:`gradfit.stats.fit_report`: ``s² = χ²/(n - p)`` (or 1 with
+    ``absolute_sigma``), fixed parameters' errors NaN, R² about the ``1/σ²``-weighted mean.
+    Also returns ``condition`` (the scaled condition bound; NaN where not finite).
+    """
+    import torch
+
+    from gradfit import stats
+
+    model = plan.model
+    free = plan.free
+    n_free = sum(free)
+    n_points = chunk.fit_mask.sum(-1)
+    dof = n_points - n_free
+    chisqr = solution.chisqr
+    if plan.options["absolute_sigma"]:
+        s2 = torch.ones_like(chisqr)
+    else:
+        s2 = torch.where(dof > 0, chisqr / dof, torch.full_like(chisqr, math.inf))
+    stderr_free = torch.sqrt(solution.inverse_diagonal * s2[:, None])
+    w2 = chunk.fit_mask if chunk.weights is None else chunk.weights**2 * chunk.fit_mask
+    mean = (w2 * chunk.y).sum(-1, keepdim=True) / w2.sum(-1, keepdim=True)
+    sst = (w2 * (chunk.y - mean) ** 2).sum(-1)
+    aic, bic = stats.information_criteria(chisqr, n_points, n_free)
+    out = {
+        "r2": (1.0 - chisqr / sst).cpu().numpy(),
+        "redchi": torch.where(dof > 0, chisqr / dof, torch.full_like(chisqr, math.nan)).cpu().numpy(),
+        "aic": aic,
+        "bic": bic,
+        "condition": torch.nan_to_num(solution.condition, nan=math.inf).cpu().numpy(),
+    }
+    stderr = stderr_free.cpu().numpy()
+    column = 0
+    for name, is_free in zip(model.param_names, free):
+        if is_free:
+            out[f"{name}_stderr"] = stderr[:, column]
+            column += 1
+        else:
+            out[f"{name}_stderr"] = np.full(stderr.shape[0], np.nan)
+    return out
+
+
+def _validation_loss(plan: ChunkPlan, chunk: _Chunk, theta: torch.Tensor) -> np.ndarray:
+    """The fit's loss of the (weighted) residuals, averaged over each group's held-out points."""
+    import torch
+
+    from gradfit.losses import pointwise_loss
+
+    loss = pointwise_loss(plan.options["loss"], plan.options["loss_scale"])
+    with torch.no_grad():
+        prediction = plan.model.predict(chunk.inputs, theta)
+        residuals = (prediction - chunk.y) * (chunk.weights if chunk.weights is not None else 1.0)
+        assert chunk.val_mask is not None
+        return ((loss(residuals) * chunk.val_mask).sum(-1) / chunk.val_mask.sum(-1)).cpu().numpy()
+
+
+def _solve_linear(plan: ChunkPlan, chunk: _Chunk, weights: torch.Tensor, start: torch.Tensor) -> tuple:
+    """Exact batched least squares (SVD of the design) for models linear in their parameters."""
+    import torch
+
+    from gradfit.solvers.linear import batched_least_squares
+
+    model = plan.model
+    assert isinstance(model, FormulaModel)
+
+    offset, design = model.design(chunk.inputs)
+    free = torch.tensor([not p.fixed for p in model.parameters], device=start.device)
+    rhs = (chunk.y - offset - design[..., ~free] @ start[:, ~free, None][..., 0] if (~free).any() else chunk.y - offset) * weights
+    solution, singular = batched_least_squares(design[..., free] * weights[..., None], rhs)
+    theta = start.clone()
+    theta[:, free] = torch.as_tensor(solution, dtype=theta.dtype, device=theta.device)
+    status = np.where(singular, "singular", "converged")
+    message = np.where(singular, "the design matrix is singular: parameters cannot be told apart by this group's data",
+                       "solved exactly: one least-squares solve")
+    return theta, status, message, 1, ~singular
+
+
+def _solve_nonlinear(plan: ChunkPlan, chunk: _Chunk, weights: torch.Tensor, start: torch.Tensor) -> tuple:
+    import torch
+
+    from gradfit.losses import SOLVER_LOSS
+    from gradfit.solvers.least_squares import LeastSquaresOptions, solve_least_squares
+    from gradfit.solvers.lsq import starting_points
+
+    model, options = plan.model, plan.options
+    lower = torch.tensor([p.lower for p in model.parameters], dtype=start.dtype)
+    upper = torch.tensor([p.upper for p in model.parameters], dtype=start.dtype)
+    fixed = torch.tensor([p.fixed for p in model.parameters])
+    n_starts = options["starts"]
+    theta0 = start if n_starts == 1 else start.new_tensor(
+        np.concatenate([starting_points(row, ~fixed.numpy(), n_starts, options["seed"]) for row in start.cpu().numpy()])
+    )
+    replicate = (lambda t: t) if n_starts == 1 else (lambda t: t.repeat_interleave(n_starts, dim=0))
+    inputs = {k: replicate(v) for k, v in chunk.inputs.items()}
+    y, w = replicate(chunk.y), replicate(weights)
+
+    def residual_and_jacobian(theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        prediction, jac = model.predict_and_jacobian(inputs, theta)
+        return (prediction - y) * w, jac * w[..., None]
+
+    solution = solve_least_squares(
+        lambda theta: (model.predict(inputs, theta) - y) * w,
+        theta0,
+        residual_and_jacobian_fn=residual_and_jacobian if isinstance(model, FormulaModel) else None,
+        lower=lower, upper=upper, fixed=fixed, loss=SOLVER_LOSS[options["loss"]], f_scale=options["loss_scale"], method="gn" if options["solver"] == "gn" else "lm",
+        options=_solver_options(options),
+    )
+    best = _best_of_starts(solution, len(start), n_starts)
+    statuses = [solution.status[i] for i in best]
+    theta = solution.theta[torch.as_tensor(best)]
+    status = np.array(["converged" if s.converged else s.name.lower() for s in statuses], dtype=object)
+    message = np.array([s.value for s in statuses], dtype=object)
+    return theta, status, message, solution.n_iter[torch.as_tensor(best)].cpu().numpy(), np.array([s.converged for s in statuses])
+
+
+def _solve_by_gradient(plan: ChunkPlan, chunk: _Chunk, weights: torch.Tensor, start: torch.Tensor) -> tuple:
+    """Every group trained together by a ``torch.optim`` optimizer (:mod:`gradfit.solvers.batched_gradient`)."""
+    from gradfit.solvers.batched_gradient import STOP_CODES, solve_groups_by_gradient
+
+    model, options = plan.model, plan.options
+    sigma = 1.0 if chunk.weights is None else chunk.weights
+    solution = solve_groups_by_gradient(
+        model, chunk.inputs, chunk.y, weights, None if chunk.val_mask is None else chunk.val_mask * sigma, start,
+        [not p.fixed for p in model.parameters], [p.lower for p in model.parameters], [p.upper for p in model.parameters],
+        loss=options["loss"], loss_scale=options["loss_scale"], optimizer=options["optimizer"] or "adam",
+        optimizer_options=options["optimizer_options"], epochs=options["epochs"], patience=options["patience"], scale=options["scale"],
+    )
+    reasons = [STOP_CODES[c] for c in solution.code.cpu().tolist()]
+    status = np.array([r.name.lower() for r in reasons], dtype=object)
+    message = np.array([r.value for r in reasons], dtype=object)
+    success = np.array([r is not STOP_CODES[-1] for r in reasons])
+    return solution.theta, status, message, solution.epochs.cpu().numpy(), success
+
+
+def _solver_options(options: Mapping[str, Any]) -> Any:
+    from gradfit.solvers.least_squares import LeastSquaresOptions
+
+    settings: dict[str, Any] = {}
+    if options["max_iter"] is not None:
+        settings["max_iter"] = options["max_iter"]
+    if options["tolerance"] is not None:
+        tolerance = options["tolerance"]
+        settings.update(ftol=tolerance, xtol=tolerance, restarts=0)
+    return LeastSquaresOptions(**settings)
+
+
+def _best_of_starts(solution: Any, k: int, n_starts: int) -> list[int]:
+    import torch
+
+    cost = torch.where(torch.isfinite(solution.cost), solution.cost, torch.inf).reshape(k, n_starts)
+    rank = cost + torch.where(solution.converged.reshape(k, n_starts).to(cost.device), 0.0, torch.inf)
+    rank = torch.where(torch.isfinite(rank).any(-1, keepdim=True), rank, cost)
+    return (torch.argmin(rank, dim=-1) + torch.arange(k) * n_starts).tolist()
+
+
+def _statistics(plan: ChunkPlan, chunk: _Chunk, weights: torch.Tensor, theta: torch.Tensor, rows: dict[str, np.ndarray], where: np.ndarray) -> None:
+    import torch
+
+    from gradfit import stats
+
+    model = plan.model
+    with torch.no_grad():
+        prediction, jac = model.predict_and_jacobian(chunk.inputs, theta)
+        report = stats.fit_report(
+            jac * weights[..., None], (prediction - chunk.y) * weights, chunk.y,
+            weights=chunk.weights, absolute_sigma=plan.options["absolute_sigma"],
+            free=torch.tensor([not p.fixed for p in model.parameters]), mask=chunk.fit_mask,
+        )
+        if chunk.val_mask is not None:
+            rows["val_loss"][where] = _validation_loss(plan, chunk, theta)
+    values, stderr = theta.cpu().numpy(), report.stderr
+    for i, name in enumerate(model.param_names):
+        rows[name][where] = values[:, i]
+        rows[f"{name}_stderr"][where] = stderr[:, i]
+    for name in ("r2", "redchi", "aic", "bic"):
+        rows[name][where] = report.statistics[name]
+
+
+def _table(rows: dict[str, np.ndarray], model: ParametricModel) -> pl.DataFrame:
+    import polars as pl
+
+    order = ["n_points", *[c for n in model.param_names for c in (n, f"{n}_stderr")], "r2", "redchi", "aic", "bic", "val_loss", "iterations", "status", "success", "message"]
+    return pl.DataFrame({name: (rows[name].tolist() if rows[name].dtype == object else rows[name]) for name in order})

@@ -1,0 +1,113 @@
+"""Group fits by gradient descent: each group moves exactly as it would alone."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+import gradfit
+from gradfit.errors import OptionError
+from gradfit.groups import fit_groups
+
+DECAY = "a*exp(-k*t) + c"
+START = {"a": 1.0, "k": 1.0, "c": 0.0}
+
+
+@pytest.fixture(scope="module")
+def heavy_tailed() -> pl.DataFrame:
+    """Six decays with Student-t(2) noise: outliers that a robust loss should shrug off."""
+    rng = np.random.default_rng(0)
+    k, n = 6, 30
+    t = np.tile(np.linspace(0, 5, n), k)
+    g = np.repeat(np.arange(k), n)
+    truth = np.column_stack([rng.uniform(1, 3, k), rng.uniform(0.3, 1.5, k), rng.uniform(-1, 1, k)])
+    y = truth[g, 0] * np.exp(-truth[g, 1] * t) + truth[g, 2] + 0.05 * rng.standard_t(2, k * n)
+    return pl.DataFrame({"g": g, "t": t, "y": y})
+
+
+def _single(frame: pl.DataFrame, key: int, **options) -> gradfit.FitResult:
+    part = frame.filter(pl.col("g") == key)
+    return gradfit.fit(DECAY, {"t": part["t"].to_numpy()}, part["y"].to_numpy(), params=START, **options)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"loss": "soft_l1", "optimizer": "adam", "epochs": 1500},
+        {"loss": "huber", "loss_scale": 0.1, "optimizer": "rmsprop", "epochs": 800},
+        {"loss": "mse", "optimizer": "sgd", "optimizer_options": {"lr": 0.05, "momentum": 0.5}, "epochs": 600},
+        {"loss": "huber", "optimizer": "adam", "optimizer_options": {"lr": 0.05}, "epochs": 3000, "patience": 30},
+        {"loss": "cauchy", "optimizer": "adamw", "epochs": 400, "scale": False},
+    ],
+)
+def test_every_group_equals_its_one_at_a_time_gradient_fit(heavy_tailed, options):
+    # smooth losses: the two runs round differently in the last bit (batched vs single SVDs and
+    # reductions), which a smooth loss keeps in the last bits; under mae a sign flips sooner or
+    # later and the trajectories part (mae is checked against an independent solution below)
+    result = fit_groups(DECAY, heavy_tailed, group="g", y="y", params=START, **options)
+    assert result.solver == "gradient"
+    for key in range(6):
+        single = _single(heavy_tailed, key, **options)
+        row = result.table.filter(pl.col("g") == key)
+        np.testing.assert_allclose([row[n][0] for n in "akc"], single.values, rtol=1e-9)
+        np.testing.assert_allclose([row[f"{n}_stderr"][0] for n in "akc"], [single.stderr[n] for n in "akc"], rtol=1e-9)
+        assert row["status"][0] == single.status and row["iterations"][0] == single.iterations
+        assert row["success"][0] == single.success
+
+
+def test_a_group_is_fitted_the_same_alone_or_in_a_batch(heavy_tailed):
+    options = dict(group="g", y="y", params=START, loss="mae", optimizer="adam", epochs=300, val=0.3, seed=4, patience=20)
+    batch = fit_groups(DECAY, heavy_tailed, **options).table
+    alone = fit_groups(DECAY, heavy_tailed.filter(pl.col("g") == 3), **options).table
+    mixed = fit_groups(DECAY, heavy_tailed, chunk=4, **options).table
+    row = batch.filter(pl.col("g") == 3)
+    assert alone.select("a", "k", "c", "val_loss", "iterations").equals(row.select("a", "k", "c", "val_loss", "iterations"))
+    assert mixed.select("a", "k", "c").equals(batch.select("a", "k", "c"))  # other chunk neighbours, same bits
+
+
+def test_robust_loss_fits_close_to_the_least_absolute_deviations_line():
+    from scipy.optimize import linprog
+
+    rng = np.random.default_rng(5)
+    k, n = 4, 40
+    t = np.tile(np.linspace(0, 10, n), k)
+    g = np.repeat(np.arange(k), n)
+    slope, intercept = rng.uniform(0.5, 2, k), rng.uniform(-3, 3, k)
+    y = slope[g] * t + intercept[g] + rng.laplace(0, 0.3, k * n)
+    y[::17] += 25.0  # gross outliers
+    frame = pl.DataFrame({"g": g, "t": t, "y": y})
+    result = fit_groups("w*t + b", frame, group="g", y="y", loss="mae", optimizer="adam", optimizer_options={"lr": 1e-3}, epochs=4000)
+    squares = fit_groups("w*t + b", frame, group="g", y="y")  # the outliers pull least squares away
+    for key in range(k):
+        tk, yk = t[g == key], y[g == key]
+        # LAD as a linear program: minimise Σ (u+ + u-) with y - w t - b = u+ - u-
+        a_eq = np.hstack([tk[:, None], np.ones((n, 1)), np.eye(n), -np.eye(n)])
+        cost = np.concatenate([[0.0, 0.0], np.ones(2 * n)])
+        bounds = [(None, None)] * 2 + [(0, None)] * (2 * n)
+        lad = linprog(cost, A_eq=a_eq, b_eq=yk, bounds=bounds, method="highs").x[:2]
+        row = result.table.filter(pl.col("g") == key)
+        np.testing.assert_allclose([row["w"][0], row["b"][0]], lad, rtol=1e-2, atol=1e-2)  # Adam hovers within ~lr
+        assert abs(squares.table.filter(pl.col("g") == key)["b"][0] - lad[1]) > 0.1
+
+
+def test_a_diverging_group_is_reported_and_leaves_the_others_alone(heavy_tailed):
+    broken = heavy_tailed.with_columns(pl.when(pl.col("g") == 2).then(pl.col("y") * 1e200).otherwise(pl.col("y")).alias("y"))
+    options = dict(group="g", y="y", params=START, loss="mse", optimizer="adam", epochs=200)
+    clean = fit_groups(DECAY, heavy_tailed, **options).table
+    dirty = fit_groups(DECAY, broken, **options).table
+    bad = dirty.filter(pl.col("g") == 2)
+    assert bad["status"][0] == "diverged" and not bad["success"][0]
+    others = pl.col("g") != 2
+    assert dirty.filter(others).select("a", "k", "c").equals(clean.filter(others).select("a", "k", "c"))
+
+
+@pytest.mark.parametrize("name", ["lbfgs", "adafactor"])
+def test_optimizers_that_couple_the_groups_are_refused(heavy_tailed, name):
+    with pytest.raises(OptionError, match="couple the groups"):
+        fit_groups(DECAY, heavy_tailed, group="g", y="y", optimizer=name)
+
+
+def test_least_squares_solvers_refuse_non_squared_losses(heavy_tailed):
+    with pytest.raises(OptionError, match="use solver 'gradient'"):
+        fit_groups(DECAY, heavy_tailed, group="g", y="y", loss="mae", solver="lm")

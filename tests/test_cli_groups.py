@@ -1,0 +1,99 @@
+"""``gradfit fit --group-by``: run as a user runs it, in subprocesses."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from gradfit.groups import fit_groups
+
+DECAY = "a*exp(-k*t) + c"
+INIT = "a=1,k=1,c=0"
+
+
+def _fleet(k: int, n: int = 20, seed: int = 0) -> pl.DataFrame:
+    rng = np.random.default_rng(seed)
+    t = np.tile(np.linspace(0, 5, n), k)
+    g = np.repeat(np.arange(k), n)
+    a, kk, c = rng.uniform(1, 3, k), rng.uniform(0.3, 1.5, k), rng.uniform(-1, 1, k)
+    y = a[g] * np.exp(-kk[g] * t) + c[g] + 0.02 * rng.standard_normal(k * n)
+    y[g == 3] = np.nan
+    return pl.DataFrame({"sensor": g, "t": t, "y": y})
+
+
+def gradfit(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gradfit.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("groups")
+    _fleet(60).write_parquet(path / "fleet.parquet", row_group_size=150)
+    _fleet(60).write_csv(path / "fleet.csv")
+    return path
+
+
+@pytest.mark.parametrize("out", ["per_sensor.parquet", "per_sensor.csv", "per_sensor.ndjson"])
+def test_group_fit_writes_one_row_per_group_and_prints_the_summary(folder, out):
+    run = gradfit("fit", "fleet.parquet", "--group-by", "sensor", "--model", DECAY, "--y", "y", "--init", INIT, "--out", out, "--chunk", "16", cwd=folder)
+    assert run.returncode == 0 and run.stderr == "", run.stderr
+    assert "60 groups" in run.stdout and "bad_data" in run.stdout and "worst groups" in run.stdout
+    reader = {".parquet": pl.read_parquet, ".csv": pl.read_csv, ".ndjson": pl.read_ndjson}[Path(out).suffix]
+    table = reader(folder / out)
+    expected = fit_groups(DECAY, _fleet(60), group="sensor", y="y", params={"a": 1.0, "k": 1.0, "c": 0.0}).table
+    assert table["sensor"].to_list() == list(range(60))
+    np.testing.assert_allclose(table["k"].to_numpy(), expected["k"].to_numpy(), rtol=1e-10, equal_nan=True)
+    assert table.filter(pl.col("sensor") == 3)["status"][0] == "bad_data"
+    assert not list(folder.glob(".gradfit-parts-*"))  # the part files are gone
+
+
+def test_robust_group_fit_by_gradient_descent(folder):
+    run = gradfit("fit", "fleet.csv", "--group-by", "sensor", "--model", DECAY, "--y", "y", "--init", INIT, "--loss", "mae",
+                  "--optimizer", "adam", "--epochs", "200", "--out", "mae.parquet", "--quiet", cwd=folder)
+    assert run.returncode == 0 and run.stdout == "" and run.stderr == "", run.stderr
+    table = pl.read_parquet(folder / "mae.parquet")
+    assert set(table["status"].to_list()) == {"bad_data", "max_epochs"}
+    assert (table.filter(pl.col("success"))["iterations"] == 200).all()
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        (["--optimizer", "lbfgs"], "would couple the groups"),
+        (["--plot", "fit.png"], "--plot does not apply to --group-by fits"),
+        (["--out", "table.xlsx"], "must end in .parquet"),
+        (["--loss", "mae", "--solver", "lm"], "use solver 'gradient'"),
+    ],
+)
+def test_group_fit_input_errors_are_one_line(folder, extra, fragment):
+    run = gradfit("fit", "fleet.parquet", "--group-by", "sensor", "--model", DECAY, "--y", "y", *extra, cwd=folder)
+    assert run.returncode == 2 and fragment in run.stderr, run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1 and "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_an_interrupted_group_fit_keeps_the_groups_done(tmp_path, sig, code):
+    _fleet(3000, n=30).write_parquet(tmp_path / "big.parquet")
+    command = [sys.executable, "-m", "gradfit.cli", "fit", "big.parquet", "--group-by", "sensor", "--model", DECAY, "--y", "y",
+               "--init", INIT, "--loss", "huber", "--optimizer", "adam", "--epochs", "3000", "--chunk", "20", "--out", "part.parquet"]
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".gradfit-parts-*/part-000001.parquet")):
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "no chunk was ever written"
+        time.sleep(0.05)
+    process.send_signal(sig)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == code, stderr
+    assert "Traceback" not in stderr and "interrupted" in stdout
+    table = pl.read_parquet(tmp_path / "part.parquet")
+    assert 2 * 19 <= table.height < 3000 and table["sensor"].to_list() == list(range(table.height))
+    assert table["a"].is_finite().sum() == table.height - (1 if 3 < table.height else 0)
+    assert not list(tmp_path.glob(".gradfit-parts-*"))

@@ -1,0 +1,76 @@
+"""Group sources: Parquet files grouped by key are streamed in batches of whole groups."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from gradfit.errors import DataError
+from gradfit.group_sources import open_groups
+from gradfit.groups import fit_groups
+
+DECAY = "a*exp(-k*t) + c"
+START = {"a": 1.0, "k": 1.0, "c": 0.0}
+
+
+@pytest.fixture(scope="module")
+def ragged() -> pl.DataFrame:
+    """40 groups of 5 to 29 points, keys in file order 100, 99, ... (grouped, not sorted)."""
+    rng = np.random.default_rng(7)
+    sizes = rng.integers(5, 30, 40)
+    keys = np.repeat(100 - np.arange(40), sizes)
+    t = np.concatenate([np.linspace(0, 4, s) for s in sizes])
+    a, k, c = (np.repeat(v, sizes) for v in (rng.uniform(1, 3, 40), rng.uniform(0.3, 1.5, 40), rng.uniform(-1, 1, 40)))
+    y = a * np.exp(-k * t) + c + 0.02 * rng.standard_normal(t.size)
+    return pl.DataFrame({"sensor": keys, "t": t, "y": y, "unused": np.zeros(t.size)})
+
+
+def test_a_grouped_parquet_file_streams_whole_groups(tmp_path, ragged):
+    path = tmp_path / "fleet.parquet"
+    ragged.write_parquet(path, row_group_size=37)
+    source = open_groups(path, "sensor")
+    assert source.streamed and source.n_groups == 40
+    batches = list(source.batches(["t", "y"], groups_per_batch=3))
+    assert len(batches) > 5 and all(b.columns == ["sensor", "t", "y"] for b in batches)
+    keys = [b["sensor"].unique(maintain_order=True).to_list() for b in batches]
+    flat = [key for part in keys for key in part]
+    assert flat == list(range(100, 60, -1))  # every group in exactly one batch, in file order
+    assert pl.concat(batches).equals(ragged.select("sensor", "t", "y"))
+
+
+def test_streamed_fits_equal_fits_of_the_frame_in_memory(tmp_path, ragged):
+    path = tmp_path / "fleet.parquet"
+    ragged.write_parquet(path, row_group_size=50)
+    streamed = fit_groups(DECAY, path, group="sensor", y="y", params=START, chunk=6).table
+    in_memory = fit_groups(DECAY, ragged, group="sensor", y="y", params=START, chunk=6).table
+    assert streamed["sensor"].to_list() == in_memory["sensor"].to_list() == list(range(100, 60, -1))  # file order
+    for name in ("a", "k", "c", "a_stderr", "r2"):  # other chunk neighbours, other padding: last bits at most
+        np.testing.assert_allclose(streamed[name].to_numpy(), in_memory[name].to_numpy(), rtol=1e-12)
+
+
+def test_scattered_groups_and_other_formats_are_read_whole(tmp_path, ragged):
+    shuffled = tmp_path / "shuffled.parquet"
+    ragged.sample(fraction=1.0, shuffle=True, seed=2).write_parquet(shuffled)
+    csv = tmp_path / "fleet.csv"
+    ragged.write_csv(csv)
+    for path in (shuffled, csv):
+        source = open_groups(path, "sensor")
+        assert not source.streamed and source.n_groups == 40
+    a = fit_groups(DECAY, shuffled, group="sensor", y="y", params=START).table  # scattered: key order
+    b = fit_groups(DECAY, csv, group="sensor", y="y", params=START).table.sort("sensor")  # together: file order
+    assert a["sensor"].to_list() == b["sensor"].to_list() == list(range(61, 101))
+    np.testing.assert_allclose(a["k"].to_numpy(), b["k"].to_numpy(), rtol=1e-9)
+
+
+def test_unknown_columns_and_broken_files_are_data_errors(tmp_path, ragged):
+    path = tmp_path / "fleet.parquet"
+    ragged.write_parquet(path)
+    with pytest.raises(DataError, match="unknown column 'sensr'; did you mean 'sensor'"):
+        open_groups(path, "sensr")
+    with pytest.raises(DataError, match="unknown column 'z'"):
+        fit_groups(DECAY, path, group="sensor", y="z")
+    broken = tmp_path / "broken.parquet"
+    broken.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(DataError):
+        fit_groups(DECAY, broken, group="sensor", y="y")
