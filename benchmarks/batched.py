@@ -9,7 +9,9 @@ Cases (synthetic data with known truth, every group its own parameters):
 
 Each (case, K, threads) runs in its own subprocess, so that its peak resident memory
 (``VmHWM``, reset after the data are built) is the fit's alone; the data frame's size is reported
-separately. Every run computes standard errors (they are columns of the result table). In the same
+separately. With ``--source file`` the data are written to a Parquet file first (rows grouped by
+key) and ``fit_groups`` streams it, so the frame is never in memory: peak memory is then the
+fit's working set (one batch of groups, the key column, the result table). Every run computes standard errors (they are columns of the result table). In the same
 subprocess a Python loop of ``scipy.optimize.curve_fit`` fits a subset of the same groups (same
 starts), and the ratio of fits/s is printed. Times are wall clock (``perf_counter``) and CPU
 (``process_time``); on a shared machine CPU time is the steadier of the two for one thread.
@@ -169,8 +171,10 @@ def scipy_loop(case: str, data: dict, count: int, variant: str = "curve_fit") ->
             "median_rel_error": np.median(np.array(errors), axis=0).tolist() if errors else None}
 
 
-def run_one(case: str, k: int, threads: int, scipy_count: int, default_settings: bool, dtype: str, repeats: int) -> dict:
+def run_one(case: str, k: int, threads: int, scipy_count: int, default_settings: bool, dtype: str, repeats: int, source: str = "frame") -> dict:
     """Build the data, fit every group with ``fit_groups``, fit a subset with scipy; measures."""
+    import tempfile
+
     import torch
 
     torch.set_num_threads(threads)
@@ -180,6 +184,15 @@ def run_one(case: str, k: int, threads: int, scipy_count: int, default_settings:
 
     data = make_case(case, k)
     frame = frame_of(case, data)
+    frame_bytes = int(frame.estimated_size())
+    folder = tempfile.TemporaryDirectory()
+    if source == "file":  # stream it: the frame leaves memory
+        path = Path(folder.name) / f"{case}.parquet"
+        frame.write_parquet(path)
+        frame = pl.read_parquet(path, n_rows=2000 * data["y"].shape[1])  # the warm-up's part only
+        target: object = path
+    else:
+        target = frame
     names = param_names(case)
     options: dict = {"group": "g", "y": "obs", "dtype": dtype}
     if case != "linear":
@@ -187,12 +200,13 @@ def run_one(case: str, k: int, threads: int, scipy_count: int, default_settings:
         if not default_settings:
             options.update(max_iter=10, tolerance=1e-4)
     fit_groups(FORMULAS[case], frame.head(min(frame.height, 2000 * data["y"].shape[1])), **options)  # warm-up
+    del frame
     baseline = _rss("VmRSS")
     peak_reset = _reset_peak()
     best = None
     for _ in range(repeats):
         started, cpu = time.perf_counter(), time.process_time()
-        result = fit_groups(FORMULAS[case], frame, **options)
+        result = fit_groups(FORMULAS[case], target, **options)
         wall, cpu = time.perf_counter() - started, time.process_time() - cpu
         if best is None or wall < best[0]:
             best = (wall, cpu, result)
@@ -204,16 +218,17 @@ def run_one(case: str, k: int, threads: int, scipy_count: int, default_settings:
     converged = table["success"].to_numpy()
     error = np.abs(values[converged] / data["truth"][converged] - 1.0)
     out = {
-        "case": case, "k": k, "threads": threads, "dtype": dtype, "solver": result.solver,
+        "case": case, "k": k, "threads": threads, "dtype": dtype, "solver": result.solver, "source": source,
         "settings": "default" if default_settings or case == "linear" else "max_iter=10, tolerance=1e-4",
         "wall_s": wall, "cpu_s": cpu, "fits_per_s_wall": k / wall, "fits_per_s_cpu": k / cpu,
         "solve_loop_s": result.elapsed, "status": result.status_counts(),
         "stderr_finite": float(np.isfinite(stderr[converged]).all(axis=1).mean()) if converged.any() else 0.0,
         "median_rel_error": np.median(error, axis=0).tolist() if error.size else None,
-        "frame_bytes": int(frame.estimated_size()), "rss_before_fit": baseline,
+        "frame_bytes": frame_bytes, "rss_before_fit": baseline,
         "peak_rss_during_fit": peak if peak_reset else None, "peak_rss_process": _rss("VmHWM"),
     }
-    del frame, table, result
+    del target, table, result
+    folder.cleanup()
     out["scipy"] = {variant: scipy_loop(case, data, scipy_count, variant) for variant in SCIPY_VARIANTS} if scipy_count else {}
     return out
 
@@ -225,9 +240,9 @@ def _format(row: dict) -> str:
     peak = row["peak_rss_during_fit"] or row["peak_rss_process"]
     statuses = ", ".join(f"{k}={v}" for k, v in row["status"].items())
     lines = [
-        f"{row['case']:8s} K={row['k']:>9,d} threads={row['threads']} {row['dtype']}: "
+        f"{row['case']:8s} K={row['k']:>9,d} threads={row['threads']} {row['dtype']} {row['source']}: "
         f"{row['fits_per_s_wall']:>9,.0f} fits/s wall, {row['fits_per_s_cpu']:>9,.0f} fits/s CPU | "
-        f"peak RSS {peak / 2**20:,.0f} MiB (data frame {row['frame_bytes'] / 2**20:,.0f} MiB, process before the fit "
+        f"peak RSS {peak / 2**20:,.0f} MiB (data frame {row['frame_bytes'] / 2**20:,.0f} MiB{' in memory' if row['source'] == 'frame' else ', streamed from Parquet'}, process before the fit "
         f"{row['rss_before_fit'] / 2**20:,.0f} MiB) | stderr finite {row['stderr_finite']:.4f} | {statuses}"
     ]
     for variant, scipy in (row.get("scipy") or {}).items():
@@ -248,13 +263,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="fit_groups runs per size below 1M (best kept)")
     parser.add_argument("--dtype", default="float64", choices=("float64", "float32"))
     parser.add_argument("--default-settings", action="store_true", help="accurate defaults instead of Gpufit's settings")
+    parser.add_argument("--source", default="frame", choices=("frame", "file"), help="fit a frame in memory, or stream a Parquet file")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one case in this process
     args = parser.parse_args(argv)
     if args.one:
         case, k, threads = args.one.split(":")
         row = run_one(case, int(k), int(threads), args.scipy, args.default_settings, args.dtype,
-                      args.repeats if int(k) < 1_000_000 else 1)
+                      args.repeats if int(k) < 1_000_000 else 1, args.source)
         print("RESULT " + json.dumps(row))
         return 0
     rows = []
@@ -266,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             for threads in (int(t) for t in args.threads.split(",")):
                 command = [sys.executable, __file__, "--one", f"{case}:{k}:{threads}", "--scipy", str(args.scipy),
-                           "--repeats", str(args.repeats), "--dtype", args.dtype]
+                           "--repeats", str(args.repeats), "--dtype", args.dtype, "--source", args.source]
                 if args.default_settings:
                     command.append("--default-settings")
                 done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})

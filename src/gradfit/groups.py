@@ -385,18 +385,16 @@ class GroupFits:
 
     def __iter__(self) -> Iterator[pl.DataFrame]:
         needed = _needed_columns(self.plan)
-        for batch in self.source.batches(needed, self._groups_per_batch()):
-            started = time.perf_counter()
-            for table in self._fit_batch(batch):
-                self.elapsed += time.perf_counter() - started
-                self.done += table.height
-                yield table
+        with _ChunkWorkers(self.plan) as workers:
+            for batch in self.source.batches(needed, workers.count * (self.chunk or MAX_CHUNK)):
                 started = time.perf_counter()
+                for table in self._fit_batch(batch, workers):
+                    self.elapsed += time.perf_counter() - started
+                    self.done += table.height
+                    yield table
+                    started = time.perf_counter()
 
-    def _groups_per_batch(self) -> int:
-        return _workers(self.plan) * (self.chunk or MAX_CHUNK)
-
-    def _fit_batch(self, batch: pl.DataFrame) -> Iterator[pl.DataFrame]:
+    def _fit_batch(self, batch: pl.DataFrame, workers: _ChunkWorkers) -> Iterator[pl.DataFrame]:
         import polars as pl
 
         index = index_groups(batch[self.group].to_numpy())
@@ -404,7 +402,7 @@ class GroupFits:
             return
         columns = _columns(batch, self.plan)
         size = self.chunk or auto_chunk_size(int(index.counts.max()), self.plan.model.n_params, 4 if self.plan.options["dtype"] == "float32" else 8, device=self.plan.options["device"])
-        for part, table in _fit_chunks(self.plan, columns, index, _balanced_chunks(index.n_groups, size, exact=self.chunk is not None)):
+        for part, table in workers.fit(columns, index, _balanced_chunks(index.n_groups, size, exact=self.chunk is not None)):
             table = table.with_columns(pl.Series(self.group, index.keys[part])).select(list(self.schema))
             if self.refit_failed and self.plan.path != "gradient":
                 table = self._refit(table, batch)
@@ -449,32 +447,49 @@ def _workers(plan: ChunkPlan) -> int:
     return torch.get_num_threads() if plan.options["device"] == "cpu" else 1
 
 
-def _fit_chunks(plan: ChunkPlan, columns: Mapping[str, np.ndarray], index: Any, parts: list[slice]) -> Iterator[tuple[slice, pl.DataFrame]]:
-    """Fit the chunks in order; on a CPU with several torch threads, chunks run side by side.
+class _ChunkWorkers:
+    """Fits chunks in order; on a CPU with several torch threads, chunks run side by side.
 
     Torch's own intra-op threads are no use on these operations (each touches one chunk's small
     arrays; on a busy machine two threads made them 10-30 times slower, see MEASURED.md), so
     every operation runs single-threaded. Instead, each of ``torch.get_num_threads()`` Python
     threads fits whole chunks (torch releases the GIL inside each operation). Chunks are
     independent and every fit's numbers are independent of its neighbours, so the results do not
-    depend on the number of threads.
+    depend on the number of threads. The same threads serve every batch of a fit: memory freed by
+    a thread is reused by it (a new thread per batch would leave each batch's memory behind in
+    its own malloc arena).
     """
-    import torch
 
-    threads = torch.get_num_threads()
-    workers = min(_workers(plan), len(parts))
-    torch.set_num_threads(1)
-    try:
-        if workers <= 1:
+    def __init__(self, plan: ChunkPlan) -> None:
+        self.plan = plan
+        self.pool: Any = None
+
+    def __enter__(self) -> _ChunkWorkers:
+        import torch
+
+        self.threads = torch.get_num_threads()
+        self.count = _workers(self.plan)
+        torch.set_num_threads(1)
+        if self.count > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self.pool = ThreadPoolExecutor(self.count, thread_name_prefix="gradfit-groups")
+        return self
+
+    def fit(self, columns: Mapping[str, np.ndarray], index: Any, parts: list[slice]) -> Iterator[tuple[slice, pl.DataFrame]]:
+        """``(part, table)`` for every chunk, in order."""
+        if self.pool is None or len(parts) == 1:
             for part in parts:
-                yield part, fit_chunk(plan, columns, index, part)
+                yield part, fit_chunk(self.plan, columns, index, part)
             return
-        from concurrent.futures import ThreadPoolExecutor
+        yield from zip(parts, self.pool.map(lambda part: fit_chunk(self.plan, columns, index, part), parts))
 
-        with ThreadPoolExecutor(workers, thread_name_prefix="gradfit-groups") as pool:
-            yield from zip(parts, pool.map(lambda part: fit_chunk(plan, columns, index, part), parts))
-    finally:
-        torch.set_num_threads(threads)
+    def __exit__(self, *exc: object) -> None:
+        import torch
+
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        torch.set_num_threads(self.threads)
 
 
 # ------------------------------------------------------------------------------------- the plan
