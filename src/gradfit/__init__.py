@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from gradfit.fitting import fit
     from gradfit.compare import Comparison, compare
     from gradfit.formula import parse
-    from gradfit.groups import GroupFitResult, fit_groups
+    from gradfit.groups import GroupFitResult, GroupFits, GroupSummary, fit_groups, iter_group_fits
     from gradfit.model import Parameter, make_model
     from gradfit.result import FitResult
 
@@ -57,7 +57,10 @@ _LAZY = {
     "explain": "gradfit.explain",
     "thermometer": "gradfit.demo",
     "fit_groups": "gradfit.groups",
+    "iter_group_fits": "gradfit.groups",
     "GroupFitResult": "gradfit.groups",
+    "GroupFits": "gradfit.groups",
+    "GroupSummary": "gradfit.groups",
     "compare": "gradfit.compare",
     "Comparison": "gradfit.compare",
 }
