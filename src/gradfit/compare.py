@@ -425,7 +425,6 @@ def _score(
         for (_, val_idx), fold in zip(folds, fold_fits):
             pointwise[val_idx] = fold.pointwise
     histories = [f.result.history for f in [main, *fold_fits] if f.result.history.val]
-    stats = result.statistics
     return ModelScore(
         label=label,
         model=result.model,

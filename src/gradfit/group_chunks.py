@@ -381,7 +381,7 @@ def _solve_nonlinear(plan: ChunkPlan, chunk: _Chunk, weights: torch.Tensor, star
     import torch
 
     from gradfit.losses import SOLVER_LOSS
-    from gradfit.solvers.least_squares import LeastSquaresOptions, solve_least_squares
+    from gradfit.solvers.least_squares import solve_least_squares
     from gradfit.solvers.lsq import starting_points
 
     model, options = plan.model, plan.options

@@ -69,14 +69,11 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 
 from gradfit.errors import ModelError, OptionError
-
-if TYPE_CHECKING:
-    import torch
 
 __all__ = [
     "Status",
