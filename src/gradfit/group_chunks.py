@@ -6,10 +6,10 @@ others are solved in one batch by the path the :class:`ChunkPlan` names:
 
 ``linear``
     Formulas linear in their parameters (mse, unbounded): the normal equations of every group,
-    solved by the fused batched solver of :mod:`gradfit.solvers.batched` with iterative
-    refinement (a Gauss-Newton step from the solution changes nothing); groups whose normal
-    equations are ill-conditioned (scaled condition bound above :data:`CONDITION_ACCURATE`) or
-    singular are solved again by the exact batched QR/SVD solve.
+    factored once and solved together (:func:`gradfit.solvers.batched.solve_linear_batched`: one
+    Gauss-Newton step is exact); groups whose normal equations are ill-conditioned (scaled
+    condition bound above :data:`CONDITION_ACCURATE`) or singular are solved again by the exact
+    batched SVD solve.
 ``batched``
     Other formulas with the mse loss and one starting point: the fused batched Levenberg-Marquardt
     of :mod:`gradfit.solvers.batched` (symbolic Jacobian, normal equations and per-fit damping in
@@ -235,17 +235,20 @@ def _solve_fast(plan: ChunkPlan, chunk: _Chunk, start: torch.Tensor, rows: dict[
     """The fused batched solver; groups it cannot settle go to the exact or reference path."""
     import torch
 
-    from gradfit.solvers.batched import CONVERGED, STATUS_MESSAGES, STATUS_NAMES, solve_batched
+    from gradfit.solvers.batched import CONVERGED, STATUS_MESSAGES, STATUS_NAMES, solve_batched, solve_linear_batched
 
     model = plan.model
     data: dict[str, torch.Tensor] = {**chunk.inputs, "__y": chunk.y}
     if chunk.weights is not None or chunk.padded:
         data["__w"] = _weights(chunk)
-    solution = solve_batched(
-        plan.system, start, data, free=plan.free,
-        lower=[p.lower for p in model.parameters], upper=[p.upper for p in model.parameters],
-        options=_batched_options(plan),
-    )
+    if plan.linear:
+        solution = solve_linear_batched(plan.system, start, data, free=plan.free)
+    else:
+        solution = solve_batched(
+            plan.system, start, data, free=plan.free,
+            lower=[p.lower for p in model.parameters], upper=[p.upper for p in model.parameters],
+            options=_batched_options(plan),
+        )
     code = solution.code.cpu().numpy()
     stats = _fast_statistics(plan, chunk, solution)
     condition = stats.pop("condition")
@@ -265,7 +268,7 @@ def _solve_fast(plan: ChunkPlan, chunk: _Chunk, start: torch.Tensor, rows: dict[
     names, messages = np.array(STATUS_NAMES, dtype=object), np.array(STATUS_MESSAGES, dtype=object)
     if plan.linear:
         messages = messages.copy()
-        messages[CONVERGED] = "solved: normal equations with iterative refinement"
+        messages[CONVERGED] = "solved: the normal equations (one Gauss-Newton step is exact for a model linear in its parameters)"
     rows["status"][at] = names[code[keep]]
     rows["message"][at] = messages[code[keep]]
     rows["success"][at] = code[keep] == CONVERGED
@@ -287,8 +290,6 @@ def _batched_options(plan: ChunkPlan) -> Any:
     from gradfit.solvers.batched import BatchedOptions
 
     options = plan.options
-    if plan.linear:  # Gauss-Newton steps (tiny damping): the first lands on the solution, the next refine it
-        return BatchedOptions(max_iter=5, initial_damping=1e-12)
     if plan.accurate:
         return BatchedOptions(max_iter=FAST_MAX_ITER)
     tolerance = options["tolerance"]

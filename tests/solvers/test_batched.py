@@ -22,6 +22,7 @@ from gradfit.solvers.batched import (
     formula_system,
     normal_covariance_diagonal,
     solve_batched,
+    solve_linear_batched,
 )
 
 DECAY = make_model("a*exp(-k*t) + c", ["t"])
@@ -303,3 +304,31 @@ def test_same_code_on_cuda():
     assert gpu.theta.is_cuda and gpu.converged.all()
     np.testing.assert_allclose(gpu.theta.cpu().numpy(), cpu.theta.numpy(), rtol=1e-8)
     np.testing.assert_allclose(gpu.inverse_diagonal.cpu().numpy(), cpu.inverse_diagonal.numpy(), rtol=1e-8)
+
+
+def test_linear_models_are_solved_by_their_normal_equations_in_one_step():
+    rng = np.random.default_rng(11)
+    k, t = 40, np.linspace(-2.0, 3.0, 15)
+    y = rng.normal(size=(k, 1)) * t**2 + rng.normal(size=(k, 1)) * t + rng.normal(size=(k, 1)) + 0.1 * rng.standard_normal((k, t.size))
+    y[7] = 0.0 * t  # zero data: still a fine least-squares problem
+    model = make_model("w2*t**2 + w1*t + w0", ["t"])
+    system = formula_system(model, [True, True, True])
+    data = {"t": torch.as_tensor(np.broadcast_to(t, y.shape).copy()), "__y": torch.as_tensor(y)}
+    start = torch.as_tensor(rng.normal(size=(k, 3)))  # any start: one Gauss-Newton step is exact
+    solution = solve_linear_batched(system, start, data)
+    assert (solution.code == CONVERGED).all() and (solution.n_iter == 1).all()
+    design = np.column_stack([t**2, t, np.ones_like(t)])
+    for i in range(k):
+        expected, *_ = np.linalg.lstsq(design, y[i], rcond=None)
+        np.testing.assert_allclose(solution.theta[i].numpy(), expected, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(solution.inverse_diagonal[0].numpy(), np.diag(np.linalg.inv(design.T @ design)), rtol=1e-10)
+    alone = solve_linear_batched(system, start[5:9], {name: v[5:9] for name, v in data.items()})
+    assert torch.equal(alone.theta, solution.theta[5:9])  # a fit does not depend on its neighbours
+
+
+def test_a_singular_linear_group_is_reported_not_solved():
+    model = make_model("a*t + b*t", ["t"])  # a and b cannot be told apart
+    system = formula_system(model, [True, True])
+    t = torch.linspace(0, 1, 8, dtype=torch.float64).expand(2, 8).clone()
+    solution = solve_linear_batched(system, torch.zeros(2, 2, dtype=torch.float64), {"t": t, "__y": 2 * t})
+    assert (solution.code == SINGULAR).all()

@@ -86,6 +86,7 @@ __all__ = [
     "SINGULAR",
     "STALLED",
     "solve_batched",
+    "solve_linear_batched",
     "formula_system",
     "cholesky_packed",
     "normal_covariance_diagonal",
@@ -394,24 +395,43 @@ def _inverse_diagonal(factor: dict[tuple[int, int], Tensor], inverse: list[Tenso
     return out
 
 
-def _packed_covariance(packed: Tensor, q: int) -> tuple[Tensor, Tensor]:
-    """Diagonal of ``(JᵀJ)⁻¹`` ``(q, K)`` and the condition bound ``(K,)`` from packed ``JᵀJ``."""
+@dataclass(frozen=True)
+class _Factor:
+    """Cholesky factor of the column-equilibrated ``S JᵀJ S`` (``S = diag(JᵀJ)^-½``) of K fits."""
+
+    factor: dict[tuple[int, int], Tensor]
+    inverse: list[Tensor]
+    scale: Tensor  # (q, K) the diagonal of S
+    ok: Tensor  # (K,) finite and numerically positive definite
+
+
+def _equilibrated_cholesky(packed: Tensor, q: int) -> _Factor:
+    """Factor the ``JᵀJ`` block of packed ``G`` ``(T, K)`` after scaling it to a unit diagonal."""
     import torch
 
-    k = packed.shape[-1]
-    if q == 0:
-        return packed.new_zeros((0, k)), packed.new_ones(k)
     diag = packed[[_pos(i, i) for i in range(q)]]  # (q, K)
     usable = torch.isfinite(packed[: _pos(q - 1, q - 1) + 1]).all(0) & (diag > 0).all(0)
     scale = torch.rsqrt(torch.where(diag > 0, diag, 1.0))
     rows, cols = zip(*_packed_index(q))
     scaled = packed[: len(rows)] * (scale[list(rows)] * scale[list(cols)])
-    eps = torch.finfo(packed.dtype).eps
-    factor, inverse, ok = cholesky_packed(scaled, q, 4.0 * q * eps)
-    inv_diag = torch.stack(_inverse_diagonal(factor, inverse))  # of the unit-diagonal matrix
-    ok = ok & usable
-    condition = torch.where(ok, q * inv_diag.sum(0), math.inf)
-    return torch.where(ok, inv_diag * scale * scale, math.inf), condition
+    factor, inverse, ok = cholesky_packed(scaled, q, 4.0 * q * torch.finfo(packed.dtype).eps)
+    return _Factor(factor, inverse, scale, ok & usable)
+
+
+def _packed_covariance(packed: Tensor, q: int) -> tuple[Tensor, Tensor]:
+    """Diagonal of ``(JᵀJ)⁻¹`` ``(q, K)`` and the condition bound ``(K,)`` from packed ``JᵀJ``."""
+    k = packed.shape[-1]
+    if q == 0:
+        return packed.new_zeros((0, k)), packed.new_ones(k)
+    return _covariance_of(_equilibrated_cholesky(packed, q), q)
+
+
+def _covariance_of(f: _Factor, q: int) -> tuple[Tensor, Tensor]:
+    import torch
+
+    inv_diag = torch.stack(_inverse_diagonal(f.factor, f.inverse))  # of the unit-diagonal matrix
+    condition = torch.where(f.ok, q * inv_diag.sum(0), math.inf)
+    return torch.where(f.ok, inv_diag * f.scale * f.scale, math.inf), condition
 
 
 def normal_covariance_diagonal(jtj: Tensor) -> tuple[Tensor, Tensor]:
@@ -617,6 +637,70 @@ def solve_batched(
         )
         _iterate(system, work, settings, state, n_iter, code)
     return _solution(state, layout, n_iter, code, diag0)
+
+
+def solve_linear_batched(
+    system: Callable[[Tensor, Mapping[str, Tensor]], Tensor],
+    theta0: Tensor,
+    data: Mapping[str, Tensor],
+    *,
+    free: Sequence[bool] | None = None,
+    block: int | None = None,
+) -> BatchedSolution:
+    """Solve K least-squares problems whose model is linear in its parameters, by their normal equations.
+
+    For a linear model one Gauss-Newton step from any point lands on the solution: the normal
+    equations ``JᵀJ δ = -Jᵀr`` at ``theta0`` are factored once (column-equilibrated Cholesky,
+    unrolled over the fits as in :func:`solve_batched`), and the system is evaluated again at the
+    solution for its residuals and the statistics. Fits whose ``JᵀJ`` is not numerically positive
+    definite are ``singular``; :attr:`BatchedSolution.condition` tells the caller which others the
+    normal equations may have cost digits (the group fits solve those again by an SVD).
+
+    Parameters
+    ----------
+    system, theta0, data, free
+        As in :func:`solve_batched`; ``system`` must be linear in the free parameters.
+    block
+        Fits per evaluation of the system (default as in :class:`BatchedOptions`).
+    """
+    import torch
+
+    theta0 = _check_theta(theta0)
+    k, p = theta0.shape
+    free_index = [j for j, f in enumerate([True] * p if free is None else free) if f]
+    q = len(free_index)
+    layout = _Layout(p, q, free_index, theta0.device)
+    block = block or (_CPU_BLOCK if theta0.device.type == "cpu" else k)
+    state = theta0.new_empty((layout.size, k))
+    state[:p] = theta0.T
+    _normal(system, state[:p], data, q, block, out=state[p:])
+    finite = _finite(state, layout)
+    diag0 = state[layout.diagonal_index]
+    code = torch.full((k,), CONVERGED, dtype=torch.int64, device=theta0.device)
+    if q:
+        f = _equilibrated_cholesky(torch.where(finite, state[p:], 0.0), q)
+        gradient = [state[p + _pos(q, j)] * f.scale[j] for j in range(q)]  # S Jᵀr
+        z = _forward_substitute(f.factor, f.inverse, gradient)
+        step = torch.stack(_back_substitute(f.factor, f.inverse, z)) * f.scale  # (JᵀJ)⁻¹ Jᵀr
+        moved = state.index_select(0, layout.free_tensor) - torch.where(f.ok, step, 0.0)
+        state.index_copy_(0, layout.free_tensor, moved)
+        _normal(system, state[:p], data, q, block, out=state[p:])
+        code = torch.where(f.ok, code, SINGULAR)
+    code = torch.where(finite & _finite(state, layout), code, NON_FINITE)
+    return _solution(state, layout, torch.ones(k, dtype=torch.int64, device=theta0.device), code, diag0)
+
+
+def _forward_substitute(factor: dict[tuple[int, int], Tensor], inverse: list[Tensor], b: list[Tensor]) -> list[Tensor]:
+    """Solve ``L z = b``."""
+    import torch
+
+    z: list[Tensor] = []
+    for i in range(len(inverse)):
+        value = b[i]
+        for k in range(i):
+            value = torch.addcmul(value, factor[(i, k)], z[k], value=-1.0)
+        z.append(value * inverse[i])
+    return z
 
 
 def _solution(state: Tensor, layout: _Layout, n_iter: Tensor, code: Tensor, diag0: Tensor) -> BatchedSolution:
