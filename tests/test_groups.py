@@ -294,3 +294,17 @@ def test_refit_failed_groups_with_more_starts(fleet):
         assert row["k"] == pytest.approx(single.params["k"], rel=1e-3)  # refits keep tolerance=1e-6
     untouched = pl.col("sensor").is_in(list(failed)).not_()
     assert again.table.filter(untouched).equals(first.table.filter(untouched))
+
+
+def test_validation_splits_depend_on_key_point_and_seed_only():
+    from gradfit.packing import held_out
+
+    keys = np.array([10, 11, 12, 13] * 50)[:200]
+    split = held_out(keys, 40, 0.25, seed=3)
+    assert abs(split.mean() - 0.25) < 0.02
+    order = np.random.default_rng(0).permutation(keys.size)
+    np.testing.assert_array_equal(held_out(keys[order], 40, 0.25, seed=3), split[order])  # per key, not per position
+    assert not np.array_equal(held_out(keys, 40, 0.25, seed=4), split)
+    names = np.array(["a", "b", "a"], dtype=object)
+    by_name = held_out(names, 16, 0.5, seed=0)
+    np.testing.assert_array_equal(by_name[0], by_name[2])
