@@ -299,9 +299,9 @@ def test_refit_failed_groups_with_more_starts(fleet):
 def test_validation_splits_depend_on_key_point_and_seed_only():
     from gradfit.packing import held_out
 
-    keys = np.array([10, 11, 12, 13] * 50)[:200]
+    keys = np.arange(1000, 1200)
     split = held_out(keys, 40, 0.25, seed=3)
-    assert abs(split.mean() - 0.25) < 0.02
+    assert abs(split.mean() - 0.25) < 0.02  # 8000 draws: sd 0.005
     order = np.random.default_rng(0).permutation(keys.size)
     np.testing.assert_array_equal(held_out(keys[order], 40, 0.25, seed=3), split[order])  # per key, not per position
     assert not np.array_equal(held_out(keys, 40, 0.25, seed=4), split)
