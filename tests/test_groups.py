@@ -308,3 +308,16 @@ def test_validation_splits_depend_on_key_point_and_seed_only():
     names = np.array(["a", "b", "a"], dtype=object)
     by_name = held_out(names, 16, 0.5, seed=0)
     np.testing.assert_array_equal(by_name[0], by_name[2])
+
+
+def test_built_in_models_guess_every_groups_start_from_its_own_points(fleet):
+    clean = fleet.filter(~pl.col("sensor").is_in([5, 7]))
+    result = fit_groups("exp_decay(t)", clean, group="sensor", y="y")
+    assert result.status_counts() == {"converged": 22}
+    for key in (0, 4, 13, 21):
+        part = clean.filter(pl.col("sensor") == key)
+        single = gradfit.fit("exp_decay(t)", {"t": part["t"].to_numpy()}, part["y"].to_numpy())
+        row = result.table.filter(pl.col("sensor") == key)
+        np.testing.assert_allclose([row[n][0] for n in single.param_names], single.values, rtol=1e-8)
+    blind = fit_groups("exp_decay(t)", clean, group="sensor", y="y", params=dict.fromkeys(single.param_names, 1.0))
+    assert result.table["iterations"].sum() < blind.table["iterations"].sum()  # the guesses were used

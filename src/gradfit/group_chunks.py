@@ -113,7 +113,7 @@ def fit_chunk(plan: ChunkPlan, columns: Mapping[str, np.ndarray], index: GroupIn
     model = plan.model
     used = [packed.columns[n] for n in (*model.input_names, plan.y, *([plan.sigma] if plan.sigma else []))]
     finite = finite_groups(used, packed.mask) & _positive_sigma(packed, plan.sigma)
-    theta0 = _starting_values(plan, columns, index, part)
+    theta0 = _starting_values(plan, columns, index, part, packed)
     n_free = sum(not p.fixed for p in model.parameters)
     chunk = _tensors(plan, packed, bool(finite.all()), index.keys[part])
     enough = chunk.fit_mask.sum(-1).cpu().numpy() >= n_free
@@ -136,12 +136,30 @@ def _positive_sigma(packed: PackedGroups, sigma: str | None) -> np.ndarray:
     return np.all((values > 0) | (packed.mask == 0), axis=1)
 
 
-def _starting_values(plan: ChunkPlan, columns: Mapping[str, np.ndarray], index: GroupIndex, part: slice) -> np.ndarray:
+def _starting_values(plan: ChunkPlan, columns: Mapping[str, np.ndarray], index: GroupIndex, part: slice, packed: PackedGroups) -> np.ndarray:
+    """``(K, p)`` each group's start: a given number, a column's first value in the group, or — for
+    a built-in model's parameters given neither — its guess from the group's own points."""
     model = plan.model
     theta0 = np.tile(np.array([p.start for p in model.parameters]), (part.stop - part.start, 1))
     for name, column in plan.starts.items():
         theta0[:, model.param_names.index(name)] = first_in_group(columns[column], index, part)
+    guessed = [j for j, p in enumerate(model.parameters) if p.init is None and not p.fixed and p.name not in plan.starts]
+    if guessed and hasattr(model, "initial_guess"):
+        _guess_starts(model, packed, plan.y, theta0, guessed)
     return theta0
+
+
+def _guess_starts(model: Any, packed: PackedGroups, y: str, theta0: np.ndarray, guessed: list[int]) -> None:
+    """Fill ``theta0[:, guessed]`` with the built-in model's data-driven guesses, group by group
+    (as a single fit guesses from its training points; groups with fewer than 2 points keep 1.0)."""
+    names = model.param_names
+    real = packed.mask > 0
+    with np.errstate(all="ignore"):
+        for row in np.flatnonzero(packed.counts >= 2):
+            keep = real[row]
+            guess = model.initial_guess({name: packed.columns[name][row, keep] for name in model.input_names}, packed.columns[y][row, keep])
+            for j in guessed:
+                theta0[row, j] = guess.get(names[j], theta0[row, j])
 
 
 def _tensors(plan: ChunkPlan, packed: PackedGroups, all_finite: bool, keys: np.ndarray) -> _Chunk:
