@@ -321,3 +321,18 @@ def test_built_in_models_guess_every_groups_start_from_its_own_points(fleet):
         np.testing.assert_allclose([row[n][0] for n in single.param_names], single.values, rtol=1e-8)
     blind = fit_groups("exp_decay(t)", clean, group="sensor", y="y", params=dict.fromkeys(single.param_names, 1.0))
     assert result.table["iterations"].sum() < blind.table["iterations"].sum()  # the guesses were used
+
+
+def test_python_functions_fit_groups_through_vmapped_autograd(fleet):
+    import torch
+
+    def decay(t, a, k, c):
+        return a * torch.exp(-k * t) + c
+
+    result = fit_groups(decay, fleet, group="sensor", y="y", params=START)
+    assert result.solver == "lm"
+    formula = fit_groups(DECAY, fleet, group="sensor", y="y", params=START).table
+    assert result.status_counts() == {"bad_data": 1, "converged": 22, "too_few_points": 1}
+    ok = pl.col("success")
+    for name in ("a", "k", "c", "a_stderr"):
+        np.testing.assert_allclose(result.table.filter(ok)[name].to_numpy(), formula.filter(ok)[name].to_numpy(), rtol=1e-8)
