@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from gradfit.result import History
+from gradfit.stats import as_array
 
 if TYPE_CHECKING:
     import torch
@@ -65,7 +66,7 @@ class Problem:
         """Whether any parameter has a finite bound."""
         if self.lower is None or self.upper is None:
             return False
-        return bool(np.isfinite(_host(self.lower)).any() or np.isfinite(_host(self.upper)).any())
+        return bool(np.isfinite(as_array(self.lower)).any() or np.isfinite(as_array(self.upper)).any())
 
     def on_torch(self) -> Problem:
         """The same problem with every array a torch tensor of :attr:`dtype` on :attr:`device`
@@ -98,10 +99,6 @@ class Problem:
             lower=tensor(self.lower),
             upper=tensor(self.upper),
         )
-
-
-def _host(values: Any) -> np.ndarray:
-    return values.detach().cpu().numpy() if hasattr(values, "detach") else np.asarray(values)
 
 
 @dataclass(frozen=True)

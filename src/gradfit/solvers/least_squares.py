@@ -74,6 +74,7 @@ from typing import Any, Literal
 import numpy as np
 
 from gradfit.errors import ModelError, OptionError
+from gradfit.stats import as_array, scaled_svd
 
 __all__ = [
     "Status",
@@ -1146,7 +1147,7 @@ def _torch_float64() -> Any:
 def _broadcast(value: Any, shape: tuple[int, ...], fill: float | bool, dtype: Any, name: str) -> Array:
     if value is None:
         return np.full(shape, fill, dtype=dtype)
-    array = _host(value)
+    array = as_array(value)
     try:
         return np.broadcast_to(array.astype(dtype), shape).copy()
     except ValueError:
@@ -1264,13 +1265,6 @@ class LinearSolution:
         return cov * s2[:, None, None]
 
 
-def _host(values: Any) -> Array:
-    """numpy view or copy of an array-like or tensor."""
-    if hasattr(values, "detach"):
-        values = values.detach().cpu().numpy()
-    return np.asarray(values)
-
-
 def linear_least_squares(design: Any, target: Any, refinements: int = 1) -> LinearSolution:
     """Solve ``min ‖A θ - y‖`` for K problems by an SVD of the column-equilibrated design.
 
@@ -1292,9 +1286,7 @@ def linear_least_squares(design: Any, target: Any, refinements: int = 1) -> Line
         Minimum-norm solution over the numerical rank (singular values below
         ``max(n, p)·eps·s_max`` are dropped), as numpy arrays.
     """
-    from gradfit.stats import scaled_svd
-
-    a, y = _host(design), _host(target)
+    a, y = as_array(design), as_array(target)
     a = a[None] if a.ndim == 2 else a
     y = (y[None] if y.ndim == 1 else y)[..., None]  # (K, n, 1)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -1337,11 +1329,11 @@ def polynomial_least_squares(
         Refinement steps (0 keeps the centred solve alone). Each sums ``Aᵀr`` exactly per fit with
         ``math.fsum`` (a Python loop over K).
     """
-    xs = _host(x)
+    xs = as_array(x)
     xs = xs[None] if xs.ndim == 1 else xs
-    t_in = _host(target)
+    t_in = as_array(target)
     y = np.broadcast_to(t_in[None] if t_in.ndim == 1 else t_in, xs.shape)
-    w = np.ones_like(xs) if weights is None else np.broadcast_to(_host(weights).astype(xs.dtype), xs.shape)
+    w = np.ones_like(xs) if weights is None else np.broadcast_to(as_array(weights).astype(xs.dtype), xs.shape)
     lo, hi = xs.min(-1), xs.max(-1)
     centre = 0.5 * (lo + hi)
     half = 0.5 * (hi - lo)
