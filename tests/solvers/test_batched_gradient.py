@@ -50,7 +50,7 @@ def test_every_group_equals_its_one_at_a_time_gradient_fit(heavy_tailed, options
     for key in range(6):
         single = _single(heavy_tailed, key, **options)
         row = result.table.filter(pl.col("g") == key)
-        np.testing.assert_allclose([row[n][0] for n in "akc"], single.values, rtol=1e-9)
+        np.testing.assert_allclose([row[n][0] for n in "akc"], single.values, rtol=1e-9, atol=1e-12)
         np.testing.assert_allclose([row[f"{n}_stderr"][0] for n in "akc"], [single.stderr[n] for n in "akc"], rtol=1e-9)
         assert row["status"][0] == single.status and row["iterations"][0] == single.iterations
         assert row["success"][0] == single.success
@@ -111,3 +111,14 @@ def test_optimizers_that_couple_the_groups_are_refused(heavy_tailed, name):
 def test_least_squares_solvers_refuse_non_squared_losses(heavy_tailed):
     with pytest.raises(OptionError, match="use solver 'gradient'"):
         fit_groups(DECAY, heavy_tailed, group="g", y="y", loss="mae", solver="lm")
+
+
+def test_bounds_and_fixed_parameters_per_group_as_in_single_fits(heavy_tailed):
+    options = {"loss": "huber", "optimizer": "adam", "optimizer_options": {"lr": 0.05}, "epochs": 400,
+               "bounds": {"k": (0.0, 0.6)}, "fix": {"c": 0.1}}
+    result = fit_groups(DECAY, heavy_tailed, group="g", y="y", params=START, **options)
+    assert (result.table["c"] == 0.1).all() and (result.table["k"] <= 0.6).all()
+    for key in range(6):
+        single = _single(heavy_tailed, key, **options)
+        row = result.table.filter(pl.col("g") == key)
+        np.testing.assert_allclose([row[n][0] for n in "akc"], single.values, rtol=1e-9, atol=1e-12)
