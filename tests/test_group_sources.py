@@ -42,10 +42,11 @@ def test_a_grouped_parquet_file_streams_whole_groups(tmp_path, ragged):
 def test_streamed_fits_equal_fits_of_the_frame_in_memory(tmp_path, ragged):
     path = tmp_path / "fleet.parquet"
     ragged.write_parquet(path, row_group_size=50)
-    streamed = fit_groups(DECAY, path, group="sensor", y="y", params=START, chunk=6).table
-    in_memory = fit_groups(DECAY, ragged, group="sensor", y="y", params=START, chunk=6).table
+    options = dict(group="sensor", y="y", params=START, chunk=6, val=0.2, seed=5)  # the same held-out points too
+    streamed = fit_groups(DECAY, path, **options).table
+    in_memory = fit_groups(DECAY, ragged, **options).table
     assert streamed["sensor"].to_list() == in_memory["sensor"].to_list() == list(range(100, 60, -1))  # file order
-    for name in ("a", "k", "c", "a_stderr", "r2"):  # other chunk neighbours, other padding: last bits at most
+    for name in ("a", "k", "c", "a_stderr", "r2", "val_loss"):  # other chunk neighbours, other padding: last bits at most
         np.testing.assert_allclose(streamed[name].to_numpy(), in_memory[name].to_numpy(), rtol=1e-12)
 
 

@@ -501,4 +501,5 @@ def _table(rows: dict[str, np.ndarray], model: ParametricModel) -> pl.DataFrame:
     import polars as pl
 
     order = ["n_points", *[c for n in model.param_names for c in (n, f"{n}_stderr")], "r2", "redchi", "aic", "bic", "val_loss", "iterations", "status", "success", "message"]
-    return pl.DataFrame({name: (rows[name].tolist() if rows[name].dtype == object else rows[name]) for name in order})
+    # statuses and messages repeat: categorical columns hold each text once (1M groups: 4 MB, not 100)
+    return pl.DataFrame({name: pl.Series(rows[name], dtype=pl.Categorical) if rows[name].dtype == object else rows[name] for name in order})

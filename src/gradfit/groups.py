@@ -380,7 +380,7 @@ class GroupFits:
         for name in self.param_names:
             columns[name] = columns[f"{name}_stderr"] = pl.Float64
         columns.update({name: pl.Float64 for name in ("r2", "redchi", "aic", "bic", "val_loss")})
-        columns.update(iterations=pl.Int64, status=pl.String, success=pl.Boolean, message=pl.String)
+        columns.update(iterations=pl.Int64, status=pl.Categorical, success=pl.Boolean, message=pl.Categorical)
         return columns
 
     def __iter__(self) -> Iterator[pl.DataFrame]:
