@@ -155,8 +155,8 @@ def held_out(keys: np.ndarray, width: int, fraction: float, seed: int) -> np.nda
     Point ``j`` of the group with key ``key`` is held out when a counter-based hash of
     ``(seed, key, j)`` (splitmix64), read as a uniform number in [0, 1), falls below ``fraction``:
     a group's split depends on its key, its points and the seed only — not on which other groups
-    share its chunk or batch, nor on the order of the groups. Integer keys hash by value; other
-    keys by polars' hash of the value.
+    share its chunk or batch, nor on the order of the groups, nor on the versions of the libraries.
+    Integer, float and date keys hash by value; text keys by FNV-1a of their UTF-8 bytes.
     """
     codes = _key_codes(keys)
     with np.errstate(over="ignore"):
@@ -166,12 +166,32 @@ def held_out(keys: np.ndarray, width: int, fraction: float, seed: int) -> np.nda
 
 
 def _key_codes(keys: np.ndarray) -> np.ndarray:
+    """A ``uint64`` code per key that depends on the key's value alone (not on a library version)."""
     keys = np.asarray(keys)
     if keys.dtype.kind in "iub":
         return keys.astype(np.int64).view(np.uint64)
-    import polars as pl
+    if keys.dtype.kind == "f":
+        return (keys.astype(np.float64) + 0.0).view(np.uint64)  # + 0.0: -0.0 and 0.0 are one key
+    if keys.dtype.kind in "mM":
+        return keys.view(np.int64).view(np.uint64)
+    return _fnv1a(np.char.encode(keys.astype(str), "utf-8"))
 
-    return pl.Series(keys).hash(seed=0).to_numpy().astype(np.uint64)
+
+#: FNV-1a's 64-bit offset basis and prime (Fowler, Noll and Vo)
+_FNV_OFFSET, _FNV_PRIME = np.uint64(0xCBF29CE484222325), np.uint64(0x100000001B3)
+
+
+def _fnv1a(encoded: np.ndarray) -> np.ndarray:
+    """FNV-1a (64 bits) of each byte string of a fixed-width ``bytes`` array, one byte position at a
+    time for all strings together."""
+    width = encoded.dtype.itemsize
+    data = encoded.view(np.uint8).reshape(encoded.size, width)
+    lengths = np.char.str_len(encoded)
+    code = np.full(encoded.size, _FNV_OFFSET, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for j in range(width):
+            code = np.where(j < lengths, (code ^ data[:, j]) * _FNV_PRIME, code)
+    return code
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:
