@@ -70,6 +70,7 @@ def test_robust_group_fit_by_gradient_descent(folder):
         (["--plot", "fit.png"], "--plot does not apply to --group-by fits"),
         (["--out", "table.xlsx"], "must end in .parquet"),
         (["--loss", "mae", "--solver", "lm"], "use solver 'gradient'"),
+        (["--loss", "mae", "--refit-failed"], "(--refit-failed) uses more least-squares starting points"),
     ],
 )
 def test_group_fit_input_errors_are_one_line(folder, extra, fragment):

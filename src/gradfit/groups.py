@@ -326,7 +326,7 @@ def iter_group_fits(
         As in :func:`gradfit.fit`.
     refit_failed
         Fit the groups that did not converge again, with :data:`REFIT_STARTS` starting points, and
-        keep the refits that converge (least-squares solvers).
+        keep the refits that converge (least-squares solvers; refused for the gradient solver).
 
     Returns
     -------
@@ -343,6 +343,11 @@ def iter_group_fits(
     )
     _check_settings(settings)
     plan = _plan(built, y, sigma, column_starts, settings)
+    if refit_failed and plan.path == "gradient":
+        raise OptionError(
+            "refitting failed groups (--refit-failed) uses more least-squares starting points, and this fit uses the "
+            "gradient solver — raise epochs or patience instead, or use a least-squares loss"
+        )
     return GroupFits(plan, source, group, chunk, refit_failed)
 
 
@@ -404,7 +409,7 @@ class GroupFits:
         size = self.chunk or auto_chunk_size(int(index.counts.max()), self.plan.model.n_params, 4 if self.plan.options["dtype"] == "float32" else 8, device=self.plan.options["device"])
         for part, table in workers.fit(columns, index, _balanced_chunks(index.n_groups, size, exact=self.chunk is not None)):
             table = table.with_columns(pl.Series(self.group, index.keys[part])).select(list(self.schema))
-            if self.refit_failed and self.plan.path != "gradient":
+            if self.refit_failed:
                 table = self._refit(table, batch)
             yield table
 
