@@ -22,6 +22,7 @@ Usage::
     python benchmarks/batched.py                      # K = 10k, 100k, 1M; 1 thread
     python benchmarks/batched.py --max-k 100000 --threads 1,2 --cases gauss2d
     python benchmarks/batched.py --default-settings   # the accurate defaults instead of Gpufit's
+    python benchmarks/batched.py --device cuda --scipy 0   # on a GPU (peak GPU memory reported too)
 """
 
 from __future__ import annotations
@@ -179,7 +180,7 @@ def scipy_run(case: str, data: dict, count: int, variant: str = "curve_fit") -> 
             "median_rel_error": np.median(np.array(errors), axis=0).tolist() if errors else None}
 
 
-def run_one(case: str, k: int, threads: int, scipy_count: int, default_settings: bool, dtype: str, repeats: int, source: str = "frame") -> dict:
+def run_one(case: str, k: int, threads: int, scipy_count: int, default_settings: bool, dtype: str, repeats: int, source: str = "frame", device: str = "cpu") -> dict:
     """Build the data, fit every group with ``fit_groups``, fit a subset with scipy; measures."""
     import tempfile
 
@@ -202,7 +203,7 @@ def run_one(case: str, k: int, threads: int, scipy_count: int, default_settings:
     else:
         target = frame
     names = param_names(case)
-    options: dict = {"group": "g", "y": "obs", "dtype": dtype}
+    options: dict = {"group": "g", "y": "obs", "dtype": dtype, "device": device}
     if case != "linear":
         options["params"] = {name: f"{name}_0" for name in names}
         if not default_settings:
@@ -211,6 +212,8 @@ def run_one(case: str, k: int, threads: int, scipy_count: int, default_settings:
     del frame
     baseline = _rss("VmRSS")
     peak_reset = _reset_peak()
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     best = None
     for _ in range(repeats):
         started, cpu = time.perf_counter(), time.process_time()
@@ -226,7 +229,8 @@ def run_one(case: str, k: int, threads: int, scipy_count: int, default_settings:
     converged = table["success"].to_numpy()
     error = np.abs(values[converged] / data["truth"][converged] - 1.0)
     out = {
-        "case": case, "k": k, "threads": threads, "dtype": dtype, "solver": result.solver, "source": source,
+        "case": case, "k": k, "threads": threads, "dtype": dtype, "solver": result.solver, "source": source, "device": device,
+        "peak_device_memory": torch.cuda.max_memory_allocated() if device == "cuda" else None,
         "settings": "default" if default_settings or case == "linear" else "max_iter=10, tolerance=1e-4",
         "wall_s": wall, "cpu_s": cpu, "fits_per_s_wall": k / wall, "fits_per_s_cpu": k / cpu,
         "solve_loop_s": result.elapsed, "status": result.status_counts(),
@@ -247,11 +251,12 @@ def run_one(case: str, k: int, threads: int, scipy_count: int, default_settings:
 def _format(row: dict) -> str:
     peak = row["peak_rss_during_fit"] or row["peak_rss_process"]
     statuses = ", ".join(f"{k}={v}" for k, v in row["status"].items())
+    device_memory = "" if row["peak_device_memory"] is None else f", peak GPU memory {row['peak_device_memory'] / 2**20:,.0f} MiB"
     lines = [
-        f"{row['case']:8s} K={row['k']:>9,d} threads={row['threads']} {row['dtype']} {row['source']}: "
+        f"{row['case']:8s} K={row['k']:>9,d} threads={row['threads']} {row['dtype']} {row['source']} {row['device']}: "
         f"{row['fits_per_s_wall']:>9,.0f} fits/s wall, {row['fits_per_s_cpu']:>9,.0f} fits/s CPU | "
         f"peak RSS {peak / 2**20:,.0f} MiB (data frame {row['frame_bytes'] / 2**20:,.0f} MiB{' in memory' if row['source'] == 'frame' else ', streamed from Parquet'}, process before the fit "
-        f"{row['rss_before_fit'] / 2**20:,.0f} MiB) | stderr finite {row['stderr_finite']:.4f} | {statuses}"
+        f"{row['rss_before_fit'] / 2**20:,.0f} MiB){device_memory} | stderr finite {row['stderr_finite']:.4f} | {statuses}"
     ]
     for variant, scipy in (row.get("scipy") or {}).items():
         lines.append(
@@ -272,13 +277,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="float64", choices=("float64", "float32"))
     parser.add_argument("--default-settings", action="store_true", help="accurate defaults instead of Gpufit's settings")
     parser.add_argument("--source", default="frame", choices=("frame", "file"), help="fit a frame in memory, or stream a Parquet file")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where gradfit fits (the scipy loop runs on the CPU)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one case in this process
     args = parser.parse_args(argv)
     if args.one:
         case, k, threads = args.one.split(":")
         row = run_one(case, int(k), int(threads), args.scipy, args.default_settings, args.dtype,
-                      args.repeats if int(k) < 1_000_000 else 1, args.source)
+                      args.repeats if int(k) < 1_000_000 else 1, args.source, args.device)
         print("RESULT " + json.dumps(row))
         return 0
     rows = []
@@ -290,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             for threads in (int(t) for t in args.threads.split(",")):
                 command = [sys.executable, __file__, "--one", f"{case}:{k}:{threads}", "--scipy", str(args.scipy),
-                           "--repeats", str(args.repeats), "--dtype", args.dtype, "--source", args.source]
+                           "--repeats", str(args.repeats), "--dtype", args.dtype, "--source", args.source, "--device", args.device]
                 if args.default_settings:
                     command.append("--default-settings")
                 done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})

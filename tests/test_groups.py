@@ -218,12 +218,25 @@ def test_float32_groups(fleet):
 
 
 @pytest.mark.gpu
-def test_groups_on_cuda_equal_cpu(fleet):
-    cpu = fit_groups(DECAY, fleet, group="sensor", y="y", params=START)
-    gpu = fit_groups(DECAY, fleet, group="sensor", y="y", params=START, device="cuda")
+@pytest.mark.parametrize(
+    ("model", "options", "rtol"),
+    [
+        (DECAY, {"params": START}, 1e-8),  # the fused batched LM
+        (DECAY, {"params": START, "solver": "lm", "starts": 3}, 1e-8),  # the reference LM, multi-start
+        (DECAY, {"params": START, "val": 0.25, "seed": 2}, 1e-8),  # per-group validation split
+        (DECAY, {"params": START, "dtype": "float32", "max_iter": 10, "tolerance": 1e-4}, 1e-4),
+        ("w2*t**2 + w1*t + w0", {}, 1e-8),  # the exact linear solve
+        (DECAY, {"params": START, "loss": "mae", "optimizer": "adam", "epochs": 50}, 1e-6),  # gradient descent
+    ],
+    ids=["batched", "lm", "val", "float32", "linear", "gradient"],
+)
+def test_groups_on_cuda_equal_cpu(fleet, model, options, rtol):
+    cpu = fit_groups(model, fleet, group="sensor", y="y", **options)
+    gpu = fit_groups(model, fleet, group="sensor", y="y", device="cuda", **options)
     assert gpu.table["status"].to_list() == cpu.table["status"].to_list()
-    np.testing.assert_allclose(gpu.table["k"].to_numpy(), cpu.table["k"].to_numpy(), rtol=1e-8)
-    np.testing.assert_allclose(gpu.table["k_stderr"].to_numpy(), cpu.table["k_stderr"].to_numpy(), rtol=1e-8)
+    for name in cpu.param_names:
+        for column in (name, f"{name}_stderr"):
+            np.testing.assert_allclose(gpu.table[column].to_numpy(), cpu.table[column].to_numpy(), rtol=rtol, err_msg=column)
 
 
 def test_results_do_not_depend_on_the_thread_count(fleet):
