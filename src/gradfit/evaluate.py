@@ -281,18 +281,22 @@ def _fold_numpy(name: str, values: list[float]) -> float:
 def _with_tensor_constants(
     function: Callable[..., Any], constant_mask: tuple[bool, ...]
 ) -> Callable[..., Any]:
-    """Wrap a torch function that needs tensors so a Python-float argument becomes a 0-d tensor."""
+    """Wrap a torch function that needs tensors so a Python-float argument becomes a 0-d tensor
+    (made once per dtype and device: on a GPU each new one would be a blocking copy)."""
     import torch
 
     tensor_index = constant_mask.index(False)
+    made: dict[tuple[Any, ...], Any] = {}
+
+    def tensor(value: float, like: Any) -> Any:
+        key = (value, like.dtype, like.device)
+        if key not in made:
+            made[key] = torch.as_tensor(value, dtype=like.dtype, device=like.device)
+        return made[key]
 
     def wrapped(*args: Any) -> Any:
         like = args[tensor_index]
-        converted = [
-            torch.as_tensor(arg, dtype=like.dtype, device=like.device) if is_constant else arg
-            for arg, is_constant in zip(args, constant_mask)
-        ]
-        return function(*converted)
+        return function(*[tensor(arg, like) if is_constant else arg for arg, is_constant in zip(args, constant_mask)])
 
     return wrapped
 

@@ -391,7 +391,7 @@ class GroupFits:
     def __iter__(self) -> Iterator[pl.DataFrame]:
         needed = _needed_columns(self.plan)
         with _ChunkWorkers(self.plan) as workers:
-            for batch in self.source.batches(needed, workers.count * (self.chunk or MAX_CHUNK)):
+            for batch in self.source.batches(needed, workers.count * (self.chunk or _max_chunk(self.plan))):
                 started = time.perf_counter()
                 for table in self._fit_batch(batch, workers):
                     self.elapsed += time.perf_counter() - started
@@ -443,6 +443,10 @@ def _balanced_chunks(n_groups: int, size: int, exact: bool) -> list[slice]:
         count = -(-count // CHUNK_MULTIPLE) * CHUNK_MULTIPLE
     width = -(-n_groups // count)
     return list(chunks(n_groups, width))
+
+
+def _max_chunk(plan: ChunkPlan) -> int:
+    return MAX_CHUNK_CUDA if plan.options["device"] == "cuda" else MAX_CHUNK
 
 
 def _workers(plan: ChunkPlan) -> int:
