@@ -208,6 +208,15 @@ def _csv(folder: Path) -> None:
 
 
 @scenario(
+    "not finite at the start", "fit", "data.csv", "--model", "a*sqrt(t - k)", "--y", "y", "--init", "a=1,k=1",
+    "--loss", "mae", "--out", "result.json",
+)  # fmt: skip
+def _not_finite_at_start(folder: Path) -> None:
+    t = np.array([0.5, 2.0, 3.0, 4.0, 5.0, 6.0])  # sqrt(0.5 - 1) is NaN
+    write_frame(folder / "data.csv", pl.DataFrame({"t": t, "y": 2.0 * np.sqrt(np.abs(t - 1.2))}))
+
+
+@scenario(
     "csv", "fit", "data.csv", "--model", LINE, "--y", "t_c", "--params", "b", "--init", "w=1,b=0",
     "--out", "result.json", "--plot", "fit.png",
 )  # fmt: skip
@@ -419,6 +428,15 @@ def test_sgd_without_scaling_diverges_says_what_to_change_and_writes_nothing(
     outcome = outcomes["sgd unscaled"].result()
     assert_one_line_error(outcome.run, "diverged", "--opt lr=", "--no-scale")
     assert outcome.run.stdout == ""
+    assert outcome.files_after == outcome.files_before
+
+
+@uses("not finite at the start")
+def test_a_start_where_the_model_is_not_finite_is_one_line_and_writes_nothing(
+    outcomes: dict[str, Future[Outcome]],
+) -> None:
+    outcome = outcomes["not finite at the start"].result()
+    assert_one_line_error(outcome.run, "not finite at the starting values", "nothing was written")
     assert outcome.files_after == outcome.files_before
 
 

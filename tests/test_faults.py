@@ -15,7 +15,13 @@ X = np.linspace(0.0, 5.0, 30)
 
 def test_overflow_in_a_gradient_run_stops_with_finite_parameters():
     y = 2.0 * np.exp(0.3 * X)
+    # exp(200 x) overflows at the start already: the start is named, not the learning rate
     result = gradfit.fit("a*exp(k*x)", X, y, params={"a": 1.0, "k": 200.0}, optimizer="adam", epochs=200, scale=False)
+    assert result.status == "non_finite" and not result.success
+    assert result.params == {"a": 1.0, "k": 200.0}
+    assert "starting values" in result.message
+    # a finite start that a too-large learning rate throws into overflow is divergence
+    result = gradfit.fit("a*exp(k*x)", X, y, params={"a": 1.0, "k": 0.1}, optimizer="sgd", optimizer_options={"lr": 1.0}, epochs=200, scale=False)
     assert result.status == "diverged" and not result.success
     assert all(math.isfinite(v) for v in result.params.values())
     assert "learning rate" in result.message

@@ -33,6 +33,16 @@ def test_raw_readings_diverge_without_scaling_and_converge_with_it(thermometer):
     np.testing.assert_allclose([scaled.params["w"], scaled.params["b"]], [w, b], rtol=1e-8)
 
 
+@pytest.mark.parametrize("scale", [True, False])
+def test_a_start_where_the_model_is_not_finite_is_named_not_called_divergence(scale):
+    t = np.linspace(2.0, 6.0, 12)
+    t[0] = 0.5  # sqrt(t - k) is NaN there at k = 1
+    result = gradfit.fit("a*sqrt(t - k)", {"t": t}, 2.0 * np.sqrt(np.abs(t - 1.2)), params={"a": 1.0, "k": 1.0}, loss="mae", scale=scale)
+    assert result.status == "non_finite" and not result.success
+    assert "starting values" in result.message and "learning rate" not in result.message
+    assert result.params == {"a": 1.0, "k": 1.0}
+
+
 def test_early_stopping_restores_best_validation_parameters():
     rng = np.random.default_rng(3)
     x = np.linspace(-1, 1, 40)

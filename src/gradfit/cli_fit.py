@@ -21,7 +21,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from gradfit.errors import DivergenceError, OptionError
+from gradfit.errors import DivergenceError, FitError, OptionError
 
 __all__ = ["FitCommand", "run_predict", "run_explain", "result_table", "check_optimizer"]
 
@@ -137,6 +137,8 @@ class FitCommand:
             result = fit_dataset(model, train, replace(settings, callback=callback), val)
         if result.status == "diverged":
             raise DivergenceError(self._divergence_message(result))
+        if result.status == "non_finite":
+            raise FitError(f"{result.message}; nothing was written")
         from gradfit.cli_report import record_run
 
         result = record_run(result, train, val)  # data ranges and command line, for the reports

@@ -436,7 +436,7 @@ def _solve_nonlinear(plan: ChunkPlan, chunk: _Chunk, weights: torch.Tensor, star
 
 def _solve_by_gradient(plan: ChunkPlan, chunk: _Chunk, weights: torch.Tensor, start: torch.Tensor) -> tuple:
     """Every group trained together by a ``torch.optim`` optimizer (:mod:`gradfit.solvers.batched_gradient`)."""
-    from gradfit.solvers.batched_gradient import STOP_CODES, solve_groups_by_gradient
+    from gradfit.solvers.batched_gradient import FAILED_CODES, STOP_CODES, solve_groups_by_gradient
 
     model, options = plan.model, plan.options
     sigma = 1.0 if chunk.weights is None else chunk.weights
@@ -446,10 +446,10 @@ def _solve_by_gradient(plan: ChunkPlan, chunk: _Chunk, weights: torch.Tensor, st
         loss=options["loss"], loss_scale=options["loss_scale"], optimizer=options["optimizer"] or "adam",
         optimizer_options=options["optimizer_options"], epochs=options["epochs"], patience=options["patience"], scale=options["scale"],
     )
-    reasons = [STOP_CODES[c] for c in solution.code.cpu().tolist()]
-    status = np.array([r.name.lower() for r in reasons], dtype=object)
-    message = np.array([r.value for r in reasons], dtype=object)
-    success = np.array([r is not STOP_CODES[-1] for r in reasons])
+    codes = solution.code.cpu().numpy()
+    status = np.array([r.name.lower() for r in STOP_CODES], dtype=object)[codes]
+    message = np.array([r.value for r in STOP_CODES], dtype=object)[codes]
+    success = ~np.isin(codes, FAILED_CODES)
     return solution.theta, status, message, solution.epochs.cpu().numpy(), success
 
 
@@ -471,7 +471,7 @@ def _best_of_starts(solution: Any, k: int, n_starts: int) -> list[int]:
     cost = torch.where(torch.isfinite(solution.cost), solution.cost, torch.inf).reshape(k, n_starts)
     rank = cost + torch.where(solution.converged.reshape(k, n_starts).to(cost.device), 0.0, torch.inf)
     rank = torch.where(torch.isfinite(rank).any(-1, keepdim=True), rank, cost)
-    return (torch.argmin(rank, dim=-1) + torch.arange(k) * n_starts).tolist()
+    return (torch.argmin(rank, dim=-1) + torch.arange(k, device=rank.device) * n_starts).tolist()
 
 
 def _statistics(plan: ChunkPlan, chunk: _Chunk, weights: torch.Tensor, theta: torch.Tensor, rows: dict[str, np.ndarray], where: np.ndarray) -> None:

@@ -47,6 +47,8 @@ def whitening(jacobian: torch.Tensor, y_scale: float, floor: float = SINGULAR_FL
     n, p = jacobian.shape
     if p == 0:
         return jacobian.new_zeros((0, 0))
+    if not bool(torch.isfinite(jacobian).all()):  # not at this start: the fit will say why
+        return torch.eye(p, dtype=jacobian.dtype, device=jacobian.device) * y_scale
     _, s, vh = torch.linalg.svd(jacobian / n**0.5, full_matrices=False)
     largest = s.max() if s.numel() else jacobian.new_tensor(0.0)
     if not torch.isfinite(largest) or largest <= 0:

@@ -30,7 +30,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from gradfit.data import Dataset
-from gradfit.errors import DataError, DivergenceError
+from gradfit.errors import DataError, DivergenceError, FitError
 
 __all__ = ["ParametricRegressor"]
 
@@ -158,6 +158,8 @@ class ParametricRegressor(RegressorMixin, BaseEstimator):
         result = fit_dataset(model, train, replace(options, val=0.0), validation)
         if result.status == "diverged":
             raise DivergenceError(f"the fit diverged: {result.message} — lower the learning rate (optimizer_options={{'lr': ...}})")
+        if result.status == "non_finite":
+            raise FitError(result.message)
         self.result_ = result
         self.model_ = model
         self.input_names_ = names

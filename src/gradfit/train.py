@@ -32,6 +32,10 @@ class StopReason(enum.Enum):
         "learning rate (--opt lr=...) or keep input scaling on"
     )
     INTERRUPTED = "interrupted; kept the best parameters found so far"
+    NON_FINITE = (
+        "the loss is not finite at the starting values (the model is NaN or inf on some points there, or the "
+        "residuals overflow) — give starting values where the model is finite on every point, or rescale the data"
+    )
 
 
 class Objective(Protocol):
@@ -204,7 +208,7 @@ def _epoch(
     if _diverged(train, monitored, progress.first, config):
         if progress.best.state is None:  # diverged at once: keep the starting parameters
             progress.best = _Best(math.inf, progress.epoch - 1, state)
-        return StopReason.DIVERGED
+        return StopReason.NON_FINITE if progress.epoch == 1 and not math.isfinite(train) else StopReason.DIVERGED
     if monitored < progress.best.loss * (1.0 - config.min_delta) or progress.best.state is None:
         progress.best = _Best(monitored, progress.epoch, state)
     if scheduler is not None:

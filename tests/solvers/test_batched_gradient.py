@@ -91,15 +91,39 @@ def test_robust_loss_fits_close_to_the_least_absolute_deviations_line():
         assert abs(squares.table.filter(pl.col("g") == key)["b"][0] - lad[1]) > 0.1
 
 
-def test_a_diverging_group_is_reported_and_leaves_the_others_alone(heavy_tailed):
+def test_a_group_whose_loss_overflows_is_reported_and_leaves_the_others_alone(heavy_tailed):
     broken = heavy_tailed.with_columns(pl.when(pl.col("g") == 2).then(pl.col("y") * 1e200).otherwise(pl.col("y")).alias("y"))
     options = dict(group="g", y="y", params=START, loss="mse", optimizer="adam", epochs=200)
     clean = fit_groups(DECAY, heavy_tailed, **options).table
     dirty = fit_groups(DECAY, broken, **options).table
     bad = dirty.filter(pl.col("g") == 2)
-    assert bad["status"][0] == "diverged" and not bad["success"][0]
+    assert bad["status"][0] == "non_finite" and not bad["success"][0]  # inf from the first epoch on
     others = pl.col("g") != 2
     assert dirty.filter(others).select("a", "k", "c").equals(clean.filter(others).select("a", "k", "c"))
+
+
+def test_groups_that_diverge_keep_their_last_finite_parameters(heavy_tailed):
+    options = dict(group="g", y="y", params=START, loss="mse", optimizer="sgd", optimizer_options={"lr": 10.0}, epochs=200, scale=False)
+    table = fit_groups(DECAY, heavy_tailed, **options).table
+    assert set(table["status"].to_list()) == {"diverged"} and not table["success"].any()
+    assert "learning rate" in table["message"][0]
+    assert np.isfinite(table.select("a", "k", "c").to_numpy()).all()
+
+
+def test_a_group_not_finite_at_its_start_is_reported_and_leaves_the_others_alone():
+    # sqrt(t - k) at k = 1 is NaN at group 1's point t = 0.5: its start has no finite loss, and
+    # no finite Jacobian to whiten with (a batched SVD of it raised for all groups)
+    t = np.tile(np.linspace(2.0, 6.0, 12), 3)
+    t[12] = 0.5
+    frame = pl.DataFrame({"g": np.repeat([0, 1, 2], 12), "t": t, "y": 2.0 * np.sqrt(np.abs(t - 1.2))})
+    options = dict(group="g", y="y", params={"a": 1.0, "k": 1.0}, loss="mae", optimizer="adam", epochs=100)
+    table = fit_groups("a*sqrt(t - k)", frame, **options).table
+    bad = table.filter(pl.col("g") == 1)
+    assert bad["status"][0] == "non_finite" and not bad["success"][0] and "starting values" in bad["message"][0]
+    assert (bad["a"][0], bad["k"][0]) == (1.0, 1.0)
+    alone = fit_groups("a*sqrt(t - k)", frame.filter(pl.col("g") != 1), **options).table
+    others = table.filter(pl.col("g") != 1).select("g", "a", "k", "status")
+    assert others.equals(alone.select("g", "a", "k", "status"))
 
 
 @pytest.mark.parametrize("name", ["lbfgs", "adafactor"])

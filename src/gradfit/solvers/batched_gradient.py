@@ -35,11 +35,13 @@ if TYPE_CHECKING:
 
     Tensor = torch.Tensor
 
-__all__ = ["GroupGradientSolution", "solve_groups_by_gradient", "check_group_optimizer", "STOP_CODES", "EXPLODE_FACTOR"]
+__all__ = ["GroupGradientSolution", "solve_groups_by_gradient", "check_group_optimizer", "STOP_CODES", "FAILED_CODES", "EXPLODE_FACTOR"]
 
 #: the stop reasons a group can end with, by code
-STOP_CODES = (StopReason.MAX_EPOCHS, StopReason.EARLY_STOPPED, StopReason.DIVERGED)
-_MAX_EPOCHS, _EARLY, _DIVERGED = range(3)
+STOP_CODES = (StopReason.MAX_EPOCHS, StopReason.EARLY_STOPPED, StopReason.DIVERGED, StopReason.NON_FINITE)
+_MAX_EPOCHS, _EARLY, _DIVERGED, _NON_FINITE = range(4)
+#: the codes of groups that did not end at a proper stopping point
+FAILED_CODES = (_DIVERGED, _NON_FINITE)
 #: a training loss this many times its first value counts as divergence (as in the training loop)
 EXPLODE_FACTOR = 1e8
 #: optimizers whose update mixes the elements of a parameter tensor, and why
@@ -215,6 +217,7 @@ class _GroupObjective:
         with torch.no_grad():
             _, jac = self.model.predict_and_jacobian(self.inputs, self.theta0)
             jac = (jac * self.fit_weights[..., None]).index_select(-1, self.free_index)
+            jac = torch.where(torch.isfinite(jac).all((-2, -1), keepdim=True), jac, 0.0)  # such groups: no whitening
             mask = (self.fit_weights != 0).to(jac.dtype)
             n = self.fit_count
             mean = (self.y * mask).sum(-1) / n
@@ -276,7 +279,8 @@ class _Record:
         self.has_best |= improved
         early = going & torch.full_like(going, patience is not None) & (epoch - self.best_epoch >= (patience or 0))
         stopped = diverged | early
-        self.code = torch.where(diverged, _DIVERGED, torch.where(early, _EARLY, self.code))
+        failed = torch.where(~torch.isfinite(train) & (epoch == 1), _NON_FINITE, _DIVERGED)  # at the start: not finite there
+        self.code = torch.where(diverged, failed, torch.where(early, _EARLY, self.code))
         self.final = torch.where(stopped[:, None], self.best_state, self.final)
         self.active = active & ~stopped
 

@@ -170,7 +170,7 @@ def solve_gradient(problem: Problem, options: FitOptions) -> SolveOutcome:
     resume = load_checkpoint(options.resume, fingerprint) if options.resume else None
     save = _checkpoint_writer(options.checkpoint, fingerprint) if options.checkpoint else None
     outcome = run_training(objective, optimizer, config, options.callback, save, resume)
-    success = outcome.stop not in (StopReason.DIVERGED, StopReason.INTERRUPTED)
+    success = outcome.stop not in (StopReason.DIVERGED, StopReason.INTERRUPTED, StopReason.NON_FINITE)
     theta = objective.result_theta() if isinstance(objective, ParametricObjective) else None
     predict = objective.predict if isinstance(objective, ModuleObjective) else None
     return SolveOutcome(
