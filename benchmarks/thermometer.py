@@ -8,7 +8,8 @@ Runs in one process:
   * the book's plain PyTorch loop (SGD lr 1e-2 on 0.1-scaled input, 5000 epochs, float32) and the
     same loop in float64 run until its parameters are within 1e-6 of the optimum,
   * ``scipy.optimize.curve_fit``,
-and the CLI's wall time for the same fit. Prints each time and the ratios.
+and the CLI's wall time for the same fit, and one fit in a fresh interpreter (imports included) by
+gradfit and by ``curve_fit``. Prints each time and the ratios.
 
 Usage: ``python benchmarks/thermometer.py [--repeats N]``
 """
@@ -99,6 +100,27 @@ def cli_wall_time(repeats: int) -> float:
         return median_time(lambda: subprocess.run(command, check=True), repeats)
 
 
+#: one fit in a fresh interpreter, as a script that fits once runs it (imports included)
+FRESH_SCRIPTS = {
+    "gradfit": "import gradfit\nr = gradfit.fit('w*t_u + b', {{'t_u': {t_u}}}, {t_c})\nr.values, r.covariance",
+    "curve_fit": "import numpy as np\nfrom scipy.optimize import curve_fit\n"
+    "curve_fit(lambda t, w, b: w * t + b, np.array({t_u}), np.array({t_c}), p0=[1.0, 0.0])",
+    "python alone": "pass",
+}
+
+
+def fresh_process_times(repeats: int) -> dict[str, float]:
+    """Median wall time of each of :data:`FRESH_SCRIPTS` in a new interpreter, run in turns."""
+    scripts = {name: text.format(t_u=T_U.tolist(), t_c=T_C.tolist()) for name, text in FRESH_SCRIPTS.items()}
+    times: dict[str, list[float]] = {name: [] for name in scripts}
+    for _ in range(repeats):
+        for name, script in scripts.items():
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-c", script], check=True)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=300)
@@ -124,6 +146,9 @@ def main() -> None:
     print(f"curve_fit               / gradfit.fit    : {t_scipy / t_gradfit:8.2f}x  (>1 means gradfit is faster)")
     print(f"curve_fit               / gradfit solve  : {t_scipy / t_solve:8.2f}x  (the same quantities curve_fit returns)")
     print(f"CLI 'gradfit fit' wall time (process start to exit): {cli_wall_time(5):.2f} s")
+    fresh = fresh_process_times(7)
+    print("one fit in a fresh process (interpreter start, imports, fit): " + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in fresh.items()))
+    print(f"curve_fit               / gradfit, fresh : {fresh['curve_fit'] / fresh['gradfit']:8.2f}x")
 
 
 if __name__ == "__main__":
