@@ -23,14 +23,28 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["whitening", "reference_loss", "Standardizer"]
+__all__ = ["whitening", "whitening_divisors", "reference_loss", "Standardizer"]
 
 #: singular values of J below this fraction of the largest are raised to it (cond(JᵀJ) ≤ 1e6)
 SINGULAR_FLOOR = 1e-3
+#: singular values at or below this fraction of the largest: directions the data do not determine
+#: (at the start); they keep the largest one's scale instead of being amplified
+NULL_FLOOR = 1e-8
 
 
-def whitening(jacobian: torch.Tensor, y_scale: float, floor: float = SINGULAR_FLOOR) -> torch.Tensor:
-    """Return ``P`` (p, p) such that ``Pᵀ (JᵀJ / n) P = y_scale² I`` where J is well conditioned.
+def whitening_divisors(s: torch.Tensor, largest: torch.Tensor) -> torch.Tensor:
+    """The singular values whitening divides by: raised to ``SINGULAR_FLOOR · largest``, and the
+    largest one for directions the data do not determine. The loss is flat along those; an optimizer
+    that normalises its steps (Adam, RMSprop) moves the same distance in whitened units whatever the
+    gradient, so amplifying them would send it racing along the valley floor into overflow."""
+    import torch
+
+    return torch.where(s <= largest * NULL_FLOOR, largest, torch.maximum(s, largest * SINGULAR_FLOOR))
+
+
+def whitening(jacobian: torch.Tensor, y_scale: float) -> torch.Tensor:
+    """Return ``P`` (p, p) such that ``Pᵀ (JᵀJ / n) P = y_scale² I`` where J is well conditioned
+    (singular values as in :func:`whitening_divisors`).
 
     Parameters
     ----------
@@ -39,8 +53,6 @@ def whitening(jacobian: torch.Tensor, y_scale: float, floor: float = SINGULAR_FL
     y_scale
         The output's spread (standard deviation), so that a unit of ``u`` moves predictions by
         about one standard deviation of ``y``.
-    floor
-        Relative floor on singular values, so directions the data barely determine are not blown up.
     """
     import torch
 
@@ -53,8 +65,7 @@ def whitening(jacobian: torch.Tensor, y_scale: float, floor: float = SINGULAR_FL
     largest = s.max() if s.numel() else jacobian.new_tensor(0.0)
     if not torch.isfinite(largest) or largest <= 0:
         return torch.eye(p, dtype=jacobian.dtype, device=jacobian.device) * y_scale
-    s = torch.clamp(s, min=float(largest) * floor)
-    return y_scale * (vh.mT / s) @ vh
+    return y_scale * (vh.mT / whitening_divisors(s, largest)) @ vh
 
 
 def reference_loss(loss_fn: Callable[[torch.Tensor], torch.Tensor], y: torch.Tensor) -> float:

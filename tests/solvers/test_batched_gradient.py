@@ -110,6 +110,14 @@ def test_groups_that_diverge_keep_their_last_finite_parameters(heavy_tailed):
     assert np.isfinite(table.select("a", "k", "c").to_numpy()).all()
 
 
+def test_groups_with_a_redundant_parameter_converge_as_single_fits_do():
+    t = np.linspace(0.5, 4.0, 12)
+    frame = pl.DataFrame({"g": np.repeat([0, 1], 12), "t": np.tile(t, 2), "y": np.concatenate([2.0 * np.sqrt(0.7 * t), np.sqrt(t)])})
+    table = fit_groups("a*sqrt(k*t)", frame, group="g", y="y", params={"a": 1.0, "k": 1.0}, solver="gradient").table
+    assert table["success"].all()
+    np.testing.assert_allclose(table["a"] * np.sqrt(table["k"]), [2.0 * np.sqrt(0.7), 1.0], rtol=1e-6)
+
+
 def test_a_group_not_finite_at_its_start_is_reported_and_leaves_the_others_alone():
     # sqrt(t - k) at k = 1 is NaN at group 1's point t = 0.5: its start has no finite loss, and
     # no finite Jacobian to whiten with (a batched SVD of it raised for all groups)

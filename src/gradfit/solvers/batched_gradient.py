@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from gradfit.errors import OptionError
 from gradfit.losses import pointwise_loss
-from gradfit.scaling import SINGULAR_FLOOR
+from gradfit.scaling import whitening_divisors
 from gradfit.train import StopReason
 
 if TYPE_CHECKING:
@@ -226,7 +226,7 @@ class _GroupObjective:
             _, s, vh = torch.linalg.svd(jac / torch.sqrt(n)[:, None, None], full_matrices=False)
             largest = s.amax(-1, keepdim=True)
             usable = torch.isfinite(largest) & (largest > 0)
-            s = torch.where(usable, torch.maximum(s, largest * SINGULAR_FLOOR), 1.0)
+            s = torch.where(usable, whitening_divisors(s, largest), 1.0)
             vh = torch.where(usable[..., None], vh, torch.eye(vh.shape[-1], dtype=vh.dtype, device=vh.device))
             return spread[:, None, None] * (vh.mT / s[:, None, :]) @ vh
 
