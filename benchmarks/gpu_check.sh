@@ -10,7 +10,7 @@
 #       -d .whl polars==2.1.0 polars-runtime-32==2.1.0
 #
 # then run `bash benchmarks/gpu_check.sh` there with `.whl` carried and a limit of about 540 s.
-# It runs the tests marked gpu (CUDA results equal CPU results, every group-fit path), then
+# It runs the tests marked gpu (CUDA results equal CPU results: single fits, every group-fit path), then
 # benchmarks/batched.py on CUDA (float64 at K = 100,000 and 1,000,000; float32 at 1,000,000), and
 # leaves the logs and the JSON tables in $OUT (or /tmp/gpu-check).
 set -uo pipefail

@@ -285,6 +285,7 @@ INPUT_ERRORS: dict[str, tuple[list[str], list[str]]] = {
     "--val and --val-data": ([*FIT, "--val", "0.2", "--val-data", "data.csv"], ["either --val or --val-data"]),
     "bad --val-data": ([*FIT, "--val-data", "nope.csv"], ["file not found: nope.csv"]),
     "unknown solver": ([*FIT, "--solver", "magic"], ["unknown solver 'magic'", "auto"]),
+    "unknown device": ([*FIT, "--device", "gpu0"], ["unknown device 'gpu0'", "cpu, cuda, auto"]),
     "missing --model": (["fit", "data.csv", "--y", "t_c"], ["Missing option '--model'", "gradfit fit --help"]),
     "bad integer": ([*FIT, "--epochs", "many"], ["--epochs", "gradfit fit --help"]),
     "unknown command": (["fitt"], ["No such command 'fitt'"]),

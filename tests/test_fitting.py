@@ -173,3 +173,47 @@ def test_numpy_and_torch_evaluations_of_a_model_agree():
         np.testing.assert_allclose(model.predict({"t": t}, theta[0]), on_numpy[0][0], rtol=1e-14)
     e = np.exp(-0.7 * t)
     np.testing.assert_allclose(on_numpy[1][0], np.column_stack([e, -1.5 * t * e, t]), rtol=1e-14)
+
+
+def test_the_device_is_checked_resolved_and_recorded():
+    import torch
+
+    from gradfit.errors import OptionError
+
+    with pytest.raises(OptionError, match="unknown device 'gpu0'"):
+        gradfit.fit("w*x + b", [1.0, 2.0, 3.0], [2.0, 4.0, 6.1], device="gpu0")
+    result = gradfit.fit("w*x + b", [1.0, 2.0, 3.0], [2.0, 4.0, 6.1], device="auto", solver="gradient", epochs=5)
+    assert result.settings["device"] == "auto"
+    if not torch.cuda.is_available():
+        with pytest.raises(OptionError, match="no CUDA device"):
+            gradfit.fit("w*x + b", [1.0, 2.0, 3.0], [2.0, 4.0, 6.1], device="cuda", solver="gradient", epochs=5)
+
+
+def _decay_function(t, a=1.0, k=1.0, c=0.0):
+    import torch
+
+    return a * torch.exp(-k * t) + c
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    ("model", "options", "rtol"),
+    [
+        ("a*exp(-k*t) + c", {"solver": "gradient", "epochs": 300}, 1e-6),  # the compiled torch program
+        (_decay_function, {"solver": "lm"}, 1e-8),  # a Python function: autograd Jacobians on the device
+        (_decay_function, {"optimizer": "adam", "epochs": 300, "batch_size": 8, "val": 0.25}, 1e-6),  # minibatches
+        ("mlp:4", {"epochs": 200}, 1e-5),  # a network
+    ],
+    ids=["formula-gradient", "callable-lm", "callable-minibatch", "mlp"],
+)
+def test_single_fits_on_cuda_equal_cpu(model, options, rtol):
+    rng = np.random.default_rng(5)
+    t = np.linspace(0.0, 4.0, 40)
+    y = 2.0 * np.exp(-0.8 * t) + 0.3 + 0.01 * rng.standard_normal(t.size)
+    cpu = gradfit.fit(model, {"t": t}, y, **options)
+    gpu = gradfit.fit(model, {"t": t}, y, device="cuda", **options)
+    assert gpu.status == cpu.status and gpu.iterations == cpu.iterations
+    np.testing.assert_allclose(gpu.train_loss, cpu.train_loss, rtol=rtol)
+    if cpu.parameters:
+        np.testing.assert_allclose(gpu.values, cpu.values, rtol=rtol)
+    np.testing.assert_allclose(gpu.predict({"t": t}), cpu.predict({"t": t}), rtol=rtol, atol=1e-9)

@@ -100,7 +100,7 @@ def fit(
     report: Annotated[bool, typer.Option("--report", help="Print the full sectioned fit report.")] = False,
     group_by: Annotated[Optional[str], typer.Option(help="Fit every group of rows with this key independently (batched).")] = None,
     chunk: Annotated[Optional[int], typer.Option(help="Groups per batch (default: from available memory).")] = None,
-    device: Annotated[str, typer.Option(help="Group fits: cpu | cuda | auto.")] = "cpu",
+    device: Annotated[str, typer.Option(help="cpu | cuda | auto: where torch work runs (least-squares formula fits run on numpy).")] = "cpu",
     max_iter: Annotated[Optional[int], typer.Option(help="Least squares: iteration cap.")] = None,
     tolerance: Annotated[Optional[float], typer.Option(help="Group fits: relative tolerance (default: certified-accuracy settings).")] = None,
     refit_failed: Annotated[bool, typer.Option(help="Group fits: refit groups that did not converge with 16 starts.")] = False,

@@ -104,6 +104,7 @@ class FitCommand:
             plateau=self.plateau,
             scale=self.scale,
             dtype=self.dtype,
+            device=self.device,
             absolute_sigma=self.absolute_sigma,
             nan_policy=self.nan,
         )

@@ -13,6 +13,8 @@ __all__ = ["FitOptions", "SOLVER_NAMES", "DTYPES"]
 
 SOLVER_NAMES = ("auto", "linear", "lm", "gn", "gradient")
 DTYPES = ("float64", "float32")
+#: where torch work runs (``auto``: a CUDA device when there is one)
+DEVICES = ("cpu", "cuda", "auto")
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,7 @@ class FitOptions:
         check_loss(self.loss)
         _choice("solver", self.solver, SOLVER_NAMES)
         _choice("dtype", self.dtype, DTYPES)
+        _choice("device", self.device, DEVICES)
         _choice("nan_policy", self.nan_policy, ("raise", "omit"))
         if not 0.0 <= self.val < 1.0:
             raise OptionError(f"val must be a fraction in [0, 1), got {self.val} — e.g. 0.2")
@@ -75,3 +78,21 @@ class FitOptions:
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise OptionError(f"unknown {name} '{value}' — choose one of {', '.join(allowed)}")
+
+
+def resolve_device(device: str) -> str:
+    """``"cpu"`` or ``"cuda"`` for one of :data:`DEVICES` (imports torch: call where torch runs).
+
+    Raises
+    ------
+    OptionError
+        If the name is unknown, or CUDA is asked for where there is no CUDA device.
+    """
+    import torch
+
+    _choice("device", device, DEVICES)
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise OptionError("no CUDA device is available — use --device cpu (or auto)")
+    return device

@@ -76,7 +76,9 @@ def fit(
         "gradient"), ``optimizer`` (a ``torch.optim`` name or class), ``optimizer_options``, ``loss``,
         ``epochs``, ``batch_size``, ``val`` (fraction held out, seeded by ``seed``), ``target``,
         ``patience``, ``plateau``, ``scale`` (standardise before solving, default True), ``dtype``,
-        ``absolute_sigma``, ``confidence``, ``nan_policy``, ``callback``.
+        ``device`` (``"cpu"``, ``"cuda"``, ``"auto"``: where torch work runs — networks, gradient
+        solvers, Python functions; least-squares fits of formulas run on numpy), ``absolute_sigma``,
+        ``confidence``, ``nan_policy``, ``callback``.
 
     Returns
     -------
@@ -297,6 +299,7 @@ def _settings_record(options: FitOptions, dataset: Dataset) -> dict[str, Any]:
         "seed": options.seed,
         "scale": options.scale,
         "dtype": options.dtype,
+        "device": options.device,
         "absolute_sigma": options.absolute_sigma,
         "confidence": options.confidence,
         "rows_dropped": int(getattr(dataset, "n_dropped", 0)),

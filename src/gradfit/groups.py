@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from gradfit.config import resolve_device
 from gradfit.errors import DataError, ModelError, OptionError
 from gradfit.group_chunks import BAD_DATA, TOO_FEW, ChunkPlan, fit_chunk
 from gradfit.group_sources import GroupSource, check_columns, open_groups
@@ -339,7 +340,7 @@ def iter_group_fits(
     settings = dict(
         solver=solver, loss=check_loss(loss), loss_scale=loss_scale, optimizer=optimizer, optimizer_options=dict(optimizer_options or {}),
         epochs=epochs, patience=patience, scale=scale, max_iter=max_iter, tolerance=tolerance, starts=starts, val=val, seed=seed,
-        dtype=_dtype(dtype), device=_device(device), absolute_sigma=absolute_sigma,
+        dtype=_dtype(dtype), device=resolve_device(device), absolute_sigma=absolute_sigma,
     )
     _check_settings(settings)
     plan = _plan(built, y, sigma, column_starts, settings)
@@ -604,13 +605,3 @@ def _dtype(dtype: str) -> str:
     return dtype
 
 
-def _device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise OptionError("no CUDA device is available — use --device cpu (or auto)")
-    if device not in ("cpu", "cuda"):
-        raise OptionError(f"unknown device '{device}' — choose cpu, cuda or auto")
-    return device

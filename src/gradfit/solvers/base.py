@@ -77,10 +77,12 @@ class Problem:
     def _torch_problem(self) -> Problem:
         import torch
 
-        dtype = getattr(torch, self.dtype)
+        from gradfit.config import resolve_device
+
+        dtype, device = getattr(torch, self.dtype), resolve_device(self.device)
 
         def tensor(values: Any, kind: Any = dtype) -> Any:
-            return None if values is None else torch.as_tensor(values, dtype=kind, device=self.device)
+            return None if values is None else torch.as_tensor(values, dtype=kind, device=device)
 
         def split(part: Split | None) -> Split | None:
             if part is None:
@@ -89,7 +91,7 @@ class Problem:
             return type(part)(inputs, tensor(part.y), tensor(part.weights))
 
         if hasattr(self.model, "module"):
-            self.model.module.to(dtype=dtype, device=self.device)
+            self.model.module.to(dtype=dtype, device=device)
         return replace(
             self,
             train=split(self.train),

@@ -220,7 +220,7 @@ def load_checkpoint(path: str, fingerprint: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     try:
-        record = torch.load(path, weights_only=True)
+        record = torch.load(path, weights_only=True, map_location="cpu")  # restoring moves each part to the fit's device
     except FileNotFoundError:
         raise OptionError(f"checkpoint '{path}' not found — check the path or drop --resume") from None
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
