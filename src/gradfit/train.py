@@ -277,8 +277,9 @@ def _minibatch_epoch(
 ) -> float:
     import torch
 
-    n = objective.train.n_rows  # type: ignore[attr-defined]
-    order = torch.randperm(n, generator=generator)
+    train = objective.train  # type: ignore[attr-defined]
+    n = train.n_rows
+    order = torch.randperm(n, generator=generator).to(train.y.device)  # the same order on every device, copied once
     total = 0.0
     for batch in order.split(config.batch_size):
 
