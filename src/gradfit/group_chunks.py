@@ -37,7 +37,7 @@ every group of the reference and gradient paths does.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -63,6 +63,47 @@ CONDITION_FAST = 1e10
 FAST_MAX_ITER = 50
 #: trials of the batched solver with only a tolerance given
 FAST_DEFAULT_ITER = 200
+
+
+#: a chunk's result columns by name: arrays, and :class:`Labels` for ``status`` and ``message``
+Rows = dict[str, Any]
+
+
+class Labels:
+    """A text per group (its status or message) as codes into the few texts that occur.
+
+    A table's categorical column is then made from the codes (one gather), not from one Python
+    string per group, which polars converts under the GIL (about a tenth of a linear group fit).
+    """
+
+    def __init__(self, k: int, fill: str) -> None:
+        self.texts: list[str] = [fill]
+        self._codes: dict[str, int] = {fill: 0}
+        self.codes = np.zeros(k, dtype=np.int64)
+
+    def code(self, text: str) -> int:
+        """The code of ``text`` (added to the vocabulary if new)."""
+        if text not in self._codes:
+            self._codes[text] = len(self.texts)
+            self.texts.append(text)
+        return self._codes[text]
+
+    def put(self, where: Any, texts: Any) -> None:
+        """Set the groups ``where`` to ``texts`` (one text for all, or one per group)."""
+        if isinstance(texts, str):
+            self.codes[where] = self.code(texts)
+        else:
+            self.codes[where] = [self.code(text) for text in texts]
+
+    def put_coded(self, where: Any, codes: np.ndarray, texts: Sequence[str]) -> None:
+        """Set the groups ``where`` to ``texts[codes]`` (a solver's integer codes and its texts)."""
+        self.codes[where] = np.array([self.code(text) for text in texts], dtype=np.int64)[codes]
+
+    def column(self) -> pl.Series:
+        """The texts as a categorical column."""
+        import polars as pl
+
+        return pl.Series(self.texts, dtype=pl.Categorical).gather(self.codes)
 
 
 @dataclass(frozen=True)
@@ -118,8 +159,7 @@ def fit_chunk(plan: ChunkPlan, columns: Mapping[str, np.ndarray], index: GroupIn
     chunk = _tensors(plan, packed, bool(finite.all()), index.keys[part])
     enough = chunk.fit_mask.sum(-1).cpu().numpy() >= n_free
     ok = finite & enough
-    status = np.where(~finite, BAD_DATA, np.where(~enough, TOO_FEW, ""))
-    rows = _empty_rows(model, len(packed.counts), status)
+    rows = _empty_rows(model, finite, enough)
     if ok.all():
         _solve(plan, chunk, theta0, rows, np.arange(len(ok)))
     elif ok.any():
@@ -198,19 +238,19 @@ _NOT_FITTED = {
 }
 
 
-def _empty_rows(model: ParametricModel, k: int, status: np.ndarray) -> dict[str, np.ndarray]:
+def _empty_rows(model: ParametricModel, finite: np.ndarray, enough: np.ndarray) -> Rows:
+    k = finite.size
     nan = np.full(k, np.nan)
-    rows: dict[str, np.ndarray] = {}
+    rows: Rows = {}
     for name in model.param_names:
         rows[name], rows[f"{name}_stderr"] = nan.copy(), nan.copy()
     for name in ("r2", "redchi", "aic", "bic", "val_loss"):
         rows[name] = nan.copy()
     rows["iterations"] = np.zeros(k, dtype=np.int64)
-    rows["status"] = status.astype(object)
-    message = np.full(k, "", dtype=object)
-    for name, text in _NOT_FITTED.items():
-        message[status == name] = text
-    rows["message"] = message
+    rows["status"], rows["message"] = Labels(k, ""), Labels(k, "")
+    for name, unfitted in ((BAD_DATA, ~finite), (TOO_FEW, finite & ~enough)):
+        rows["status"].put(unfitted, name)
+        rows["message"].put(unfitted, _NOT_FITTED[name])
     rows["success"] = np.zeros(k, dtype=bool)
     return rows
 
@@ -219,7 +259,7 @@ def _weights(chunk: _Chunk) -> torch.Tensor:
     return chunk.fit_mask if chunk.weights is None else chunk.fit_mask * chunk.weights
 
 
-def _solve(plan: ChunkPlan, chunk: _Chunk, theta0: np.ndarray, rows: dict[str, np.ndarray], where: np.ndarray) -> None:
+def _solve(plan: ChunkPlan, chunk: _Chunk, theta0: np.ndarray, rows: Rows, where: np.ndarray) -> None:
     import torch
 
     start = torch.as_tensor(theta0, dtype=chunk.y.dtype, device=chunk.y.device)
@@ -232,13 +272,13 @@ def _solve(plan: ChunkPlan, chunk: _Chunk, theta0: np.ndarray, rows: dict[str, n
     _record(plan, chunk, weights, theta, rows, where, status, message, iterations, success)
 
 
-def _record(plan: ChunkPlan, chunk: _Chunk, weights: torch.Tensor, theta: torch.Tensor, rows: dict[str, np.ndarray],
+def _record(plan: ChunkPlan, chunk: _Chunk, weights: torch.Tensor, theta: torch.Tensor, rows: Rows,
             where: np.ndarray, status: Any, message: Any, iterations: Any, success: Any) -> None:
     """Statistics by SVD (:func:`gradfit.stats.fit_report`) and the solver's verdict into ``rows``."""
     _statistics(plan, chunk, weights, theta, rows, where)
     rows["iterations"][where] = iterations
-    rows["status"][where] = status
-    rows["message"][where] = message
+    rows["status"].put(where, status)
+    rows["message"].put(where, message)
     rows["success"][where] = success
 
 
@@ -249,7 +289,7 @@ def _subset_where(chunk: _Chunk, start: torch.Tensor, where: np.ndarray, mask: n
     return _subset(chunk, selected), start.index_select(0, selected), where[mask]
 
 
-def _solve_fast(plan: ChunkPlan, chunk: _Chunk, start: torch.Tensor, rows: dict[str, np.ndarray], where: np.ndarray) -> None:
+def _solve_fast(plan: ChunkPlan, chunk: _Chunk, start: torch.Tensor, rows: Rows, where: np.ndarray) -> None:
     """The fused batched solver; groups it cannot settle go to the exact or reference path."""
     import torch
 
@@ -283,12 +323,11 @@ def _solve_fast(plan: ChunkPlan, chunk: _Chunk, start: torch.Tensor, rows: dict[
     for name, values in stats.items():
         rows[name][at] = values[keep]
     rows["iterations"][at] = solution.n_iter.cpu().numpy()[keep]
-    names, messages = np.array(STATUS_NAMES, dtype=object), np.array(STATUS_MESSAGES, dtype=object)
+    messages = list(STATUS_MESSAGES)
     if plan.linear:
-        messages = messages.copy()
         messages[CONVERGED] = "solved: the normal equations (one Gauss-Newton step is exact for a model linear in its parameters)"
-    rows["status"][at] = names[code[keep]]
-    rows["message"][at] = messages[code[keep]]
+    rows["status"].put_coded(at, code[keep], STATUS_NAMES)
+    rows["message"].put_coded(at, code[keep], messages)
     rows["success"][at] = code[keep] == CONVERGED
     if chunk.val_mask is not None:
         rows["val_loss"][at] = _validation_loss(plan, chunk, solution.theta)[keep]
@@ -474,7 +513,7 @@ def _best_of_starts(solution: Any, k: int, n_starts: int) -> list[int]:
     return (torch.argmin(rank, dim=-1) + torch.arange(k, device=rank.device) * n_starts).tolist()
 
 
-def _statistics(plan: ChunkPlan, chunk: _Chunk, weights: torch.Tensor, theta: torch.Tensor, rows: dict[str, np.ndarray], where: np.ndarray) -> None:
+def _statistics(plan: ChunkPlan, chunk: _Chunk, weights: torch.Tensor, theta: torch.Tensor, rows: Rows, where: np.ndarray) -> None:
     import torch
 
     from gradfit import stats
@@ -497,9 +536,9 @@ def _statistics(plan: ChunkPlan, chunk: _Chunk, weights: torch.Tensor, theta: to
         rows[name][where] = report.statistics[name]
 
 
-def _table(rows: dict[str, np.ndarray], model: ParametricModel) -> pl.DataFrame:
+def _table(rows: Rows, model: ParametricModel) -> pl.DataFrame:
     import polars as pl
 
     order = ["n_points", *[c for n in model.param_names for c in (n, f"{n}_stderr")], "r2", "redchi", "aic", "bic", "val_loss", "iterations", "status", "success", "message"]
     # statuses and messages repeat: categorical columns hold each text once (1M groups: 4 MB, not 100)
-    return pl.DataFrame({name: pl.Series(rows[name], dtype=pl.Categorical) if rows[name].dtype == object else rows[name] for name in order})
+    return pl.DataFrame({name: rows[name].column() if isinstance(rows[name], Labels) else rows[name] for name in order})
