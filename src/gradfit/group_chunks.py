@@ -150,9 +150,10 @@ def fit_chunk(plan: ChunkPlan, columns: Mapping[str, np.ndarray], index: GroupIn
     """Fit the groups ``part`` of the indexed ``columns``: one row per group, in index order."""
     import torch
 
-    packed = pack(columns, index, part)
     model = plan.model
-    used = [packed.columns[n] for n in (*model.input_names, plan.y, *([plan.sigma] if plan.sigma else []))]
+    points = (*model.input_names, plan.y, *([plan.sigma] if plan.sigma else []))
+    packed = pack({name: columns[name] for name in points}, index, part)  # start columns: first values only
+    used = [packed.columns[n] for n in points]
     finite = finite_groups(used, packed.mask) & _positive_sigma(packed, plan.sigma)
     theta0 = _starting_values(plan, columns, index, part, packed)
     n_free = sum(not p.fixed for p in model.parameters)
