@@ -80,6 +80,45 @@ def test_torch_module_is_trained_by_gradient_descent():
     np.testing.assert_allclose(result.predict(x), y, atol=0.15)
 
 
+def test_a_float32_module_stays_float32_and_keeps_its_training():
+    """The fit runs in float64, but the user's module ends in its own dtype: calling it on float32
+    tensors afterwards works, and without scaling it predicts what the result predicts."""
+    import torch
+
+    torch.manual_seed(0)
+    x = np.linspace(-2, 2, 64)
+    y = 0.5 * x + 1.0
+    net = torch.nn.Linear(1, 1)
+    result = gradfit.fit(net, x, y, epochs=400, optimizer_options={"lr": 0.05}, scale=False)
+    assert result.settings["dtype"] == "float64"
+    assert all(p.dtype == torch.float32 for p in net.parameters())
+    with torch.no_grad():
+        direct = net(torch.tensor(x, dtype=torch.float32)[:, None])[:, 0].numpy()
+    np.testing.assert_allclose(direct, result.predict(x), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(result.predict(x), y, atol=0.05)
+
+
+def test_a_module_keeps_its_dtype_when_the_fit_stops_early_or_fails():
+    import torch
+
+    x = np.linspace(0, 1, 16)
+    net = torch.nn.Linear(1, 1)
+
+    def interrupt(epoch: int, *_: object) -> None:
+        if epoch == 3:
+            raise KeyboardInterrupt
+
+    assert gradfit.fit(net, x, 2 * x, epochs=50, callback=interrupt).status == "interrupted"
+    assert next(net.parameters()).dtype == torch.float32
+
+    def fail(epoch: int, *_: object) -> None:
+        raise RuntimeError("callback failed")
+
+    with pytest.raises(RuntimeError, match="callback failed"):
+        gradfit.fit(net, x, 2 * x, epochs=50, callback=fail)
+    assert next(net.parameters()).dtype == torch.float32
+
+
 def test_tensor_inputs_and_float32():
     import torch
 

@@ -25,6 +25,7 @@ Only numpy is used at import; torch is imported when an ``mlp`` is built.
 
 from __future__ import annotations
 
+import contextlib
 import keyword
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -133,13 +134,21 @@ class BuiltinFormulaModel(FormulaModel):
 
 @dataclass(frozen=True)
 class BuiltinModuleModel(ModuleModel):
-    """The ``mlp:H`` network: a :class:`~gradfit.model.ModuleModel` with a readable description."""
+    """The ``mlp:H`` network: a :class:`~gradfit.model.ModuleModel` with a readable description.
+
+    gradfit owns this network, so it stays in the fit's dtype and on its device after the fit
+    (a user's module returns to its own): its predictions keep the fit's precision.
+    """
 
     label: str = "mlp"
 
     @property
     def description(self) -> str:
         return self.label
+
+    def placement_kept(self) -> contextlib.AbstractContextManager[None]:
+        """No restoring: the network lives where the fit put it."""
+        return contextlib.nullcontext()
 
 
 def is_builtin(spec: Any) -> bool:

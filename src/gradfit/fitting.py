@@ -52,7 +52,8 @@ def fit(
     model
         A formula string (``"w*t_u + b"``), a Python function ``f(x, w, b)`` of torch tensors, or a
         ``torch.nn.Module``. In a formula, names that are data columns are inputs and the others are
-        parameters.
+        parameters. A module is trained in place and returns to its own dtype and device; with
+        ``scale`` on it learns standardised data (predict with the result's ``predict``).
     x
         Inputs: an array ``(n,)`` (named ``x``) or ``(n, d)`` (``x0``...), a mapping of column name to
         array, a polars or pandas frame, or a tensor.
@@ -184,11 +185,16 @@ def fit_dataset(
         check_enough_rows(train_set.n_rows, sum(not p.fixed for p in model.parameters))
     problem = _problem(model, train_set, val_set, options)
     name, reason = choose_solver(model, options, problem.bounded)
-    with _thread_policy(model, train_set, name):
+    with _thread_policy(model, train_set, name), _placement_kept(model):
         started = time.perf_counter()
         outcome = get_solver(name)(problem, options)
         elapsed = time.perf_counter() - started
         return _assemble(problem, outcome, options, name, reason, elapsed, dataset)
+
+
+def _placement_kept(model: Any) -> Any:
+    """A network returns to its own dtype and device after the fit (:meth:`ModuleModel.placement_kept`)."""
+    return model.placement_kept() if isinstance(model, ModuleModel) else contextlib.nullcontext()
 
 
 def _thread_policy(model: Any, train: Dataset, solver: str) -> Any:

@@ -15,11 +15,12 @@ errors), and evaluating it on numpy arrays, cost no torch import.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import math
 import re
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -376,7 +377,11 @@ class CallableModel(ParametricModel):
 class ModuleModel:
     """A ``torch.nn.Module`` whose input is the stacked input columns ``(n, d)``.
 
-    The module's own tensors are its parameters; they are trained in place by the gradient solvers.
+    The module's own tensors are its parameters; they are trained in place by the gradient solvers,
+    in the fit's dtype and on its device, and the module returns to its own dtype and device
+    afterwards (:meth:`placement_kept`). With scaling on (the default) it is trained on
+    standardised inputs and output, so its raw outputs are in standardised units: predict with
+    the result's ``predict``, or fit with ``scale=False`` to call the module directly.
     """
 
     module: Any
@@ -401,6 +406,28 @@ class ModuleModel:
         import torch
 
         return torch.stack([inputs[name] for name in self.input_names], dim=-1)
+
+    def as_module_input(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` in the dtype and on the device of the module's floating-point tensors (a no-op
+        during a fit, where both are the fit's; afterwards the module is back in its own)."""
+        reference = self._floating_tensor()
+        return x if reference is None else x.to(dtype=reference.dtype, device=reference.device)
+
+    @contextlib.contextmanager
+    def placement_kept(self) -> Iterator[None]:
+        """Move the module back to the dtype and device it had when the block began, whatever
+        the block did to it (a fit moves it to its own dtype and device), also when it fails."""
+        reference = self._floating_tensor()
+        placement = None if reference is None else {"dtype": reference.dtype, "device": reference.device}
+        try:
+            yield
+        finally:
+            if placement is not None:
+                self.module.to(**placement)
+
+    def _floating_tensor(self) -> torch.Tensor | None:
+        tensors = (*self.module.parameters(), *self.module.buffers())
+        return next((t for t in tensors if t.is_floating_point()), None)
 
     def predict(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Evaluate the module on the input columns; returns shape ``(n,)``."""

@@ -196,7 +196,7 @@ class ModuleObjective(_Objective):
         x = self.model.stack_inputs(inputs)
         if self.x_scaler is not None:
             x = self.x_scaler.transform(x)
-        out = self.model.module(x)
+        out = self.model.module(self.model.as_module_input(x))
         out = out.reshape(out.shape[0], -1)[:, 0] if out.dim() > 1 else out
         return self.y_scaler.inverse(out) if self.y_scaler is not None else out
 
