@@ -125,3 +125,27 @@ def test_network_models_are_copied_and_validation_is_recorded() -> None:
     reg = ParametricRegressor(model=net, epochs=30, val=0.25).fit(X, y)
     assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))
     assert reg.result_.n_val == 10 and len(reg.result_.history.val) == 30 and reg.params_ == {}
+
+
+def test_an_unknown_device_is_refused_in_plain_words() -> None:
+    X, y = _quadratic_data(20)
+    with pytest.raises(ValueError, match="device"):
+        ParametricRegressor(model="mlp:4", device="gpu0").fit(X, y)
+
+
+@pytest.mark.gpu
+def test_networks_and_functions_fit_on_cuda_and_predict_on_the_host() -> None:
+    import torch
+
+    X, y = _quadratic_data(40)
+    reg = ParametricRegressor(model="mlp:6", epochs=60, optimizer_options={"lr": 0.05}, device="cuda").fit(X, y)
+    assert next(reg.model_.module.parameters()).device.type == "cuda"
+    assert reg.result_.settings["device"] == "cuda"
+    np.testing.assert_allclose(reg.predict(X), reg.result_.predict({"x": X[:, 0]}), rtol=1e-12, atol=1e-12)
+
+    def quadratic(x: torch.Tensor, a: float = 1.0, b: float = 0.0, c: float = 0.0) -> torch.Tensor:
+        return a * x**2 + b * x + c
+
+    cpu = ParametricRegressor(model=quadratic).fit(X, y)
+    cuda = ParametricRegressor(model=quadratic, device="cuda").fit(X, y)
+    np.testing.assert_allclose(cuda.predict(X), cpu.predict(X), rtol=1e-9)

@@ -66,6 +66,9 @@ class ParametricRegressor(RegressorMixin, BaseEstimator):
         ``"k>=0, 0<c<10"`` or ``{"k": (0, 10)}``.
     dtype
         ``"float64"`` or ``"float32"``.
+    device
+        ``"cpu"``, ``"cuda"`` or ``"auto"``: where torch work runs (networks, gradient solvers,
+        Python functions); least-squares fits of formulas run on numpy.
 
     Attributes
     ----------
@@ -111,6 +114,7 @@ class ParametricRegressor(RegressorMixin, BaseEstimator):
         params: Mapping[str, Any] | Sequence[Any] | None = None,
         bounds: Mapping[str, tuple[float, float]] | str | None = None,
         dtype: str = "float64",
+        device: str = "cpu",
     ) -> None:
         self.model = model
         self.solver = solver
@@ -126,6 +130,7 @@ class ParametricRegressor(RegressorMixin, BaseEstimator):
         self.params = params
         self.bounds = bounds
         self.dtype = dtype
+        self.device = device
 
     # -- fitting ------------------------------------------------------------------------------------
     def fit(self, X: Any, y: Any) -> ParametricRegressor:
@@ -191,6 +196,7 @@ class ParametricRegressor(RegressorMixin, BaseEstimator):
             seed=self.seed,
             scale=self.scale,
             dtype=self.dtype,
+            device=self.device,
         )
 
     def _fresh_model(self) -> Any:
@@ -279,7 +285,6 @@ def _module_predict(model: Any, scalers: tuple[np.ndarray, np.ndarray, float, fl
     x = np.column_stack([columns[n] for n in model.input_names])
     if scalers is not None:
         x = (x - scalers[0]) / scalers[1]
-    dtype = next(model.module.parameters()).dtype
-    out = model.module(torch.as_tensor(x, dtype=dtype))
-    out = (out.reshape(out.shape[0], -1)[:, 0] if out.dim() > 1 else out).double().numpy()
+    out = model.module(model.as_module_input(torch.as_tensor(x, dtype=torch.float64)))
+    out = (out.reshape(out.shape[0], -1)[:, 0] if out.dim() > 1 else out).double().cpu().numpy()
     return out * scalers[3] + scalers[2] if scalers is not None else out.astype(float)
