@@ -256,3 +256,12 @@ def test_single_fits_on_cuda_equal_cpu(model, options, rtol):
     if cpu.parameters:
         np.testing.assert_allclose(gpu.values, cpu.values, rtol=rtol)
     np.testing.assert_allclose(gpu.predict({"t": t}), cpu.predict({"t": t}), rtol=rtol, atol=1e-9)
+
+
+@pytest.mark.parametrize("solver", ["lm", "gn"])
+def test_a_sum_of_squares_that_overflows_is_non_finite_not_converged(solver: str):
+    """Residuals of 1e200 are finite, their squares are not: the fit must say so, never "converged"."""
+    t = np.linspace(0, 5, 20)
+    result = gradfit.fit("a*exp(-k*t) + c", {"t": t}, 1e200 * np.exp(-t), params={"a": 1, "k": 1, "c": 0}, solver=solver)
+    assert result.status == "non_finite" and not result.success
+    assert "overflow" in result.message and "rescale the data" in result.message

@@ -146,6 +146,18 @@ def test_data_summary_equals_numpy(report_with_data: Page) -> None:
             assert float(attrs["data-value"]) == pytest.approx(expected, rel=1e-14)
 
 
+def test_data_summary_of_values_near_the_float64_limit_does_not_overflow() -> None:
+    from gradfit.data import Dataset
+
+    x = np.linspace(1.0, 2.0, 9)
+    y = 1e300 * x
+    summary = data_summary(Dataset(inputs={"x": x}, y=y, y_name="y"))["columns"]["y"]
+    assert summary["mean"] == pytest.approx(1e300 * x.mean(), rel=1e-14)
+    assert summary["std"] == pytest.approx(1e300 * x.std(ddof=1), rel=1e-14)
+    with_nan = data_summary(Dataset(inputs={"x": x}, y=np.where(x > 1.9, np.nan, y), y_name="y"))["columns"]["y"]
+    assert with_nan["std"] == pytest.approx(1e300 * x[x <= 1.9].std(ddof=1), rel=1e-14)
+
+
 def test_the_fit_split_is_reproduced(line_fit: FitResult) -> None:
     """Least squares with an intercept leaves training residuals that sum to zero: only the true split does."""
     points = resolve_data(line_fit, DATA)

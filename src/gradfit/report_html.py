@@ -133,13 +133,20 @@ def data_summary(train: Dataset, val: Dataset | None = None) -> dict[str, Any]:
 
 
 def _describe_rows(table: np.ndarray) -> list[dict[str, float | None]]:
-    """min, max, mean and sample standard deviation of each row's finite values."""
+    """min, max, mean and sample standard deviation of each row's finite values.
+
+    Each row is divided by its largest magnitude first, so that values near the float64 limit
+    (1e200, say) neither overflow when squared nor when summed.
+    """
     if not np.isfinite(table).all():
         return [_describe(row) for row in table]
     n = table.shape[1]
-    mean = table.sum(1) / n
-    std = np.sqrt(np.square(table - mean[:, None]).sum(1) / (n - 1)) if n > 1 else np.full(len(table), np.nan)
-    rows = zip(table.min(1).tolist(), table.max(1).tolist(), mean.tolist(), std.tolist())
+    largest = np.abs(table).max(1)
+    scale = np.where(largest > 0, largest, 1.0)
+    unit = table / scale[:, None]
+    mean = unit.sum(1) / n
+    std = np.sqrt(np.square(unit - mean[:, None]).sum(1) / (n - 1)) * scale if n > 1 else np.full(len(table), np.nan)
+    rows = zip(table.min(1).tolist(), table.max(1).tolist(), (mean * scale).tolist(), std.tolist())
     return [{"min": lo, "max": hi, "mean": mu, "std": sd if n > 1 else None} for lo, hi, mu, sd in rows]
 
 
@@ -147,8 +154,7 @@ def _describe(values: np.ndarray) -> dict[str, float | None]:
     finite = values[np.isfinite(values)]
     if finite.size == 0:
         return {"min": None, "max": None, "mean": None, "std": None}
-    std = float(finite.std(ddof=1)) if finite.size > 1 else None
-    return {"min": float(finite.min()), "max": float(finite.max()), "mean": float(finite.mean()), "std": std}
+    return _describe_rows(finite[None, :])[0]
 
 
 def resolve_data(result: FitResult, data: Any) -> ReportData | None:

@@ -119,7 +119,7 @@ def test_a_nan_fit_does_not_disturb_the_others():
     starts = START.repeat(3, 1)
     batch = solve_least_squares(residual_fn, starts)
     assert batch.status[1] is Status.NON_FINITE and not batch.status[1].converged
-    assert "non-finite" in batch.status[1].value
+    assert "not finite at the starting values" in batch.status[1].value
     for i in (0, 2):
         alone = solve_least_squares(decay_residuals(X, ys[i])[0], START)
         np.testing.assert_allclose(batch.theta[i].numpy(), alone.theta[0].numpy(), rtol=1e-10)

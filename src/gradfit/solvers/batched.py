@@ -100,8 +100,9 @@ STATUS_MESSAGES = (
     "still running (internal state, never returned)",
     "converged: a full Gauss-Newton step would change the sum of squares or the parameters by less than the tolerance",
     "stopped at the iteration limit before converging — raise max_iter or give better starting values",
-    "the model produced non-finite values (NaN or inf) at the starting values — "
-    "give starting values where the model and its derivatives are finite",
+    "the sum of squares is not finite at the starting values (the model or its derivatives are NaN or inf "
+    "on some points there, or the residuals overflow when squared) — give starting values where the model "
+    "is finite on every point, or rescale the data",
     "stopped: JᵀJ is singular — some parameter combination does not change the model for this group's data; "
     "fix parameters or check the model and the starting values",
     "stopped: no step lowers the sum of squares although the convergence tests are not met — "

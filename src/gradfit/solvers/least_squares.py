@@ -113,8 +113,9 @@ class Status(enum.Enum):
         "check the model and the starting values"
     )
     NON_FINITE = (
-        "the model produced non-finite values (NaN or inf) at the starting values — "
-        "give starting values where the model and its derivatives are finite"
+        "the sum of squares is not finite at the starting values (the model or its derivatives are NaN or inf "
+        "on some points there, or the residuals overflow when squared) — give starting values where the model "
+        "is finite on every point, or rescale the data"
     )
 
     @property
@@ -922,10 +923,11 @@ def _run_single(prob: _Problem, theta0: Array) -> _State:
     free = prob.free[0]
     res, handle = evaluator.residuals(theta0)
     jac = evaluator.jacobian(handle, dtype)
-    if not (np.isfinite(res).all() and np.isfinite(jac).all()):
-        return _run(replace(prob, single=False), theta0)
     res1, jac1 = res[0], jac[0] if prob.all_free else jac[0] * free
-    cost = 0.5 * float(res1 @ res1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        cost = 0.5 * float(res1 @ res1)
+    if not (math.isfinite(cost) and np.isfinite(jac).all()):  # the general path reports it as non-finite
+        return _run(replace(prob, single=False), theta0)
     theta = theta0[0].tolist()
     pt = _decompose_single(jac1, res1, np.zeros(len(theta), dtype=dtype))
     start_norms = np.array(pt.col_norms, dtype=dtype)
