@@ -265,3 +265,10 @@ def test_a_sum_of_squares_that_overflows_is_non_finite_not_converged(solver: str
     result = gradfit.fit("a*exp(-k*t) + c", {"t": t}, 1e200 * np.exp(-t), params={"a": 1, "k": 1, "c": 0}, solver=solver)
     assert result.status == "non_finite" and not result.success
     assert "overflow" in result.message and "rescale the data" in result.message
+
+
+def test_a_constant_signal_fitted_exactly_warns_that_its_standard_errors_mean_nothing():
+    t = np.linspace(0, 5, 20)
+    result = gradfit.fit("a*exp(-k*t) + c", {"t": t}, np.full(20, 3.0), params={"a": 1, "k": 1, "c": 0})
+    assert result.params["c"] == pytest.approx(3.0)
+    assert any("residuals are exactly zero" in w for w in result.warnings)

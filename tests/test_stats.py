@@ -237,3 +237,16 @@ def test_a_given_decomposition_changes_nothing_and_single_fits_give_floats():
     batch = stats.fit_report(np.stack([jac, jac]), np.stack([res, res]), Y)
     assert batch.statistics["r2"].shape == (2,) and batch.covariance.shape == (2, 3, 3)
     np.testing.assert_allclose(batch.statistics["aic"], fresh.statistics["aic"], rtol=1e-14)
+
+
+def test_residuals_that_are_exactly_zero_say_so() -> None:
+    """Zero scatter gives zero standard errors by the formula; the report must not let them pass
+    for certainty (a saturated pixel, a dead sensor's constant reading)."""
+    x = np.linspace(0.0, 1.0, 8)
+    jac = np.column_stack([x, np.ones_like(x)])
+    exact = stats.fit_report(jac, np.zeros_like(x), 2 * x + 1)
+    assert (exact.stderr == 0).all() and stats.EXACT_FIT_WARNING in exact.warnings
+    absolute = stats.fit_report(jac, np.zeros_like(x), 2 * x + 1, absolute_sigma=True)
+    assert stats.EXACT_FIT_WARNING not in absolute.warnings and (absolute.stderr > 0).all()
+    noisy = stats.fit_report(jac, np.full_like(x, 1e-3), 2 * x + 1)
+    assert stats.EXACT_FIT_WARNING not in noisy.warnings

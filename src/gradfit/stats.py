@@ -62,10 +62,17 @@ __all__ = [
     "prediction_band",
     "fit_report",
     "ILL_CONDITIONED",
+    "EXACT_FIT_WARNING",
 ]
 
 #: scaled condition number of JᵀJ above which a fit is reported as ill-conditioned
 ILL_CONDITIONED = 1e10
+#: why zero standard errors from residuals that are exactly zero mean nothing
+EXACT_FIT_WARNING = (
+    "the residuals are exactly zero (the data show no scatter about the model): the standard errors are 0 and "
+    "say nothing about the parameters' uncertainty — check for constant, saturated or duplicated data, or give sigma "
+    "with absolute_sigma"
+)
 #: squared loading on an unseen direction above which a parameter counts as non-identifiable
 _LOADING = 1e-8
 
@@ -511,6 +518,8 @@ def fit_report(
     half = stderr * np.asarray(t_quantile(confidence, dof))[..., None]
     names = list(param_names) if param_names is not None else [f"p{i}" for i in range(p)]
     warnings = _warnings(dof, statistics["condition_scaled"], ident, free_mask, names)
+    if not absolute_sigma and n_params and _any((chisqr == 0) & (dof > 0)):
+        warnings.append(EXACT_FIT_WARNING)
     if not fits:
         statistics = {k: float(v) for k, v in statistics.items()}
     return FitReport(cov, stderr, half, dof, statistics, ident, warnings)
