@@ -77,6 +77,18 @@ def test_failing_groups_are_reported_and_leave_the_others_alone(fleet):
     assert "non-finite" in dirty.table.filter(pl.col("sensor") == 5)["message"][0]
 
 
+def test_a_group_with_zero_or_negative_sigma_is_bad_data_and_warns_nothing(fleet):
+    sigma = fleet["sigma"].to_numpy().copy()
+    sensor = fleet["sensor"].to_numpy()
+    sigma[np.flatnonzero(sensor == 2)[0]], sigma[np.flatnonzero(sensor == 4)[1]] = 0.0, -1.0
+    broken = fleet.with_columns(pl.Series("sigma", sigma))
+    clean = fit_groups(DECAY, fleet, group="sensor", y="y", sigma="sigma", params=START).table
+    dirty = fit_groups(DECAY, broken, group="sensor", y="y", sigma="sigma", params=START).table
+    assert dirty.filter(pl.col("sensor").is_in([2, 4]))["status"].to_list() == ["bad_data", "bad_data"]
+    kept = pl.col("sensor").is_in([2, 4]).not_()
+    np.testing.assert_allclose(dirty.filter(kept)["k"].to_numpy(), clean.filter(kept)["k"].to_numpy(), rtol=0)
+
+
 def test_per_group_starting_values_from_a_column_and_validation(fleet):
     frame = fleet.with_columns(pl.lit(2.0).alias("a_guess"))
     result = fit_groups(DECAY, frame, group="sensor", y="y", params={"a": "a_guess", "k": 1.0, "c": 0.0}, val=0.25, seed=1)

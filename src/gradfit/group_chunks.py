@@ -170,6 +170,13 @@ def fit_chunk(plan: ChunkPlan, columns: Mapping[str, np.ndarray], index: GroupIn
     return _table(rows, model)
 
 
+def _usable_sigma(sigma: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``sigma`` where it is a positive number on a real point, else 1 (padding, and the points of
+    groups that :func:`_positive_sigma` marks as bad data, which are not fitted)."""
+    with np.errstate(invalid="ignore"):
+        return np.where((mask > 0) & (sigma > 0), sigma, 1.0)
+
+
 def _positive_sigma(packed: PackedGroups, sigma: str | None) -> np.ndarray:
     if sigma is None:
         return np.ones(packed.mask.shape[0], dtype=bool)
@@ -217,7 +224,7 @@ def _tensors(plan: ChunkPlan, packed: PackedGroups, all_finite: bool, keys: np.n
         held = held_out(keys, packed.mask.shape[1], plan.options["val"], plan.options["seed"]) & (packed.mask > 0)
         val_mask = tensor(held.astype(float))
         fit_mask = real - val_mask
-    weights = None if plan.sigma is None else tensor(1.0 / np.where(packed.mask > 0, packed.columns[plan.sigma], 1.0))
+    weights = None if plan.sigma is None else tensor(1.0 / _usable_sigma(packed.columns[plan.sigma], packed.mask))
     inputs = {name: tensor(packed.columns[name]) for name in plan.model.input_names}
     padded = val_mask is not None or bool((packed.counts < packed.mask.shape[1]).any())
     return _Chunk(inputs, tensor(packed.columns[plan.y]), weights, fit_mask, val_mask, packed.counts, padded)
