@@ -71,6 +71,7 @@ def test_robust_group_fit_by_gradient_descent(folder):
         (["--out", "table.xlsx"], "must end in .parquet"),
         (["--loss", "mae", "--solver", "lm"], "use solver 'gradient'"),
         (["--loss", "mae", "--refit-failed"], "(--refit-failed) uses more least-squares starting points"),
+        (["--chunk", "0"], "chunk must be at least 1 group, got 0"),
     ],
 )
 def test_group_fit_input_errors_are_one_line(folder, extra, fragment):

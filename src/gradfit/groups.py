@@ -343,6 +343,8 @@ def iter_group_fits(
         dtype=_dtype(dtype), device=resolve_device(device), absolute_sigma=absolute_sigma,
     )
     _check_settings(settings)
+    if chunk is not None and chunk < 1:
+        raise OptionError(f"chunk must be at least 1 group, got {chunk} — or leave it out to size chunks from the free memory")
     plan = _plan(built, y, sigma, column_starts, settings)
     if refit_failed and plan.path == "gradient":
         raise OptionError(
