@@ -272,3 +272,12 @@ def test_a_constant_signal_fitted_exactly_warns_that_its_standard_errors_mean_no
     result = gradfit.fit("a*exp(-k*t) + c", {"t": t}, np.full(20, 3.0), params={"a": 1, "k": 1, "c": 0})
     assert result.params["c"] == pytest.approx(3.0)
     assert any("residuals are exactly zero" in w for w in result.warnings)
+
+
+def test_a_linear_model_undefined_on_some_points_says_where_not_huge_values(thermometer):
+    """log(t_u - 40) is NaN for the three readings below 40: the exact solve must say that, and
+    not blame huge values."""
+    t_u, t_c = thermometer
+    result = gradfit.fit("a*log(t_u - 40) + b", {"t_u": t_u}, t_c)
+    assert result.solver == "linear" and result.status == "non_finite" and not result.success
+    assert f"on {int((t_u <= 40).sum())} of {t_u.size} points" in result.message

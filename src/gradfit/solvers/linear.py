@@ -92,6 +92,10 @@ def _polynomial_powers(columns: tuple[Any, ...], free: tuple[bool, ...]) -> tupl
 def solve_linear(problem: Problem, options: Any = None) -> SolveOutcome:
     """Fit a linear-in-parameters formula model exactly."""
     a, b = design_matrix(problem)
+    with np.errstate(invalid="ignore"):
+        broken = ~(np.isfinite(a).all(axis=1) & np.isfinite(b))
+    if broken.any():
+        return SolveOutcome(np.array(problem.theta0, copy=True), "non_finite", _not_finite(int(broken.sum()), b.size), False, 0)
     free = np.asarray(problem.free)
     theta = np.array(problem.theta0, copy=True)
     if free.all():
@@ -108,6 +112,13 @@ def solve_linear(problem: Problem, options: Any = None) -> SolveOutcome:
     return SolveOutcome(
         theta, "converged" if ok else "non_finite", message, ok, 1,
         inverse_normal=inverse_normal, residuals=residuals, jacobian=a, decomposition=decomposition,
+    )
+
+
+def _not_finite(count: int, total: int) -> str:
+    return (
+        f"the model is not finite (NaN or inf) on {count} of {total} points — e.g. the log or square root of a "
+        "negative number, or a division by zero there; change the model or leave those points out"
     )
 
 
