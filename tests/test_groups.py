@@ -97,6 +97,24 @@ def test_per_group_starting_values_from_a_column_and_validation(fleet):
     assert (converged["val_loss"].drop_nans() >= 0).all() and converged["val_loss"].drop_nans().len() >= 15
 
 
+def test_validation_loss_is_the_loss_of_a_single_fit_on_the_same_split(fleet):
+    """Each group's val_loss equals an independent computation: gradfit.fit on the group's training
+    points (the split rebuilt from packing.held_out), then the mean squared error on the others."""
+    from gradfit.packing import held_out
+
+    result = fit_groups(DECAY, fleet, group="sensor", y="y", params=START, val=0.3, seed=2).table
+    for key in (0, 1, 11, 23):
+        part = fleet.filter(pl.col("sensor") == key)
+        held = held_out(np.array([key]), part.height, 0.3, 2)[0]
+        assert held.sum() == round(0.3 * part.height)
+        t, y = part["t"].to_numpy(), part["y"].to_numpy()
+        alone = gradfit.fit(DECAY, {"t": t[~held]}, y[~held], params=START)
+        expected = np.mean((alone.predict({"t": t[held]}) - y[held]) ** 2)
+        row = result.filter(pl.col("sensor") == key)
+        assert row["n_points"][0] == part.height
+        assert row["val_loss"][0] == pytest.approx(expected, rel=1e-8)
+
+
 def test_summary_and_worst_groups(fleet):
     result = fit_groups(DECAY, fleet, group="sensor", y="y", params=START)
     summary = result.summary()

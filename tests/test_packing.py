@@ -25,3 +25,16 @@ def test_a_text_keys_split_does_not_depend_on_the_other_keys():
     split = held_out(names, 30, 0.3, seed=1)
     assert abs(split.mean() - 0.3) < 0.03
     np.testing.assert_array_equal(held_out(names[150:], 30, 0.3, seed=1), split[150:])
+
+
+def test_each_group_holds_out_what_a_single_fits_split_of_its_size_would():
+    from gradfit.data import holdout_split
+
+    counts = np.array([1, 2, 3, 7, 15, 20, 20])
+    keys = np.arange(counts.size) * 7919
+    for fraction in (0.05, 0.2, 0.5, 0.9):
+        held = held_out(keys, 20, fraction, seed=3, counts=counts)
+        expected = [holdout_split(int(n), fraction, 0)[1].size for n in counts]
+        assert held.sum(1).tolist() == expected
+        assert not (held & (np.arange(20)[None, :] >= counts[:, None])).any()  # padding is never held out
+    assert not np.array_equal(held_out(keys, 20, 0.5, seed=3, counts=counts), held_out(keys, 20, 0.5, seed=4, counts=counts))

@@ -221,7 +221,7 @@ def _tensors(plan: ChunkPlan, packed: PackedGroups, all_finite: bool, keys: np.n
     real = tensor(packed.mask)
     fit_mask, val_mask = real, None
     if plan.options["val"] > 0:
-        held = held_out(keys, packed.mask.shape[1], plan.options["val"], plan.options["seed"]) & (packed.mask > 0)
+        held = held_out(keys, packed.mask.shape[1], plan.options["val"], plan.options["seed"], packed.counts)
         val_mask = tensor(held.astype(float))
         fit_mask = real - val_mask
     weights = None if plan.sigma is None else tensor(1.0 / _usable_sigma(packed.columns[plan.sigma], packed.mask))

@@ -149,20 +149,43 @@ def finite_groups(columns: Sequence[np.ndarray], packed_mask: np.ndarray) -> np.
     return ok
 
 
-def held_out(keys: np.ndarray, width: int, fraction: float, seed: int) -> np.ndarray:
+def held_out(keys: np.ndarray, width: int, fraction: float, seed: int, counts: np.ndarray | None = None) -> np.ndarray:
     """``(K, width)`` which points of each group a validation split holds out.
 
-    Point ``j`` of the group with key ``key`` is held out when a counter-based hash of
-    ``(seed, key, j)`` (splitmix64), read as a uniform number in [0, 1), falls below ``fraction``:
-    a group's split depends on its key, its points and the seed only — not on which other groups
-    share its chunk or batch, nor on the order of the groups, nor on the versions of the libraries.
-    Integer, float and date keys hash by value; text keys by FNV-1a of their UTF-8 bytes.
+    Each group holds out as many of its points as a single fit's split of the same size would
+    (:func:`gradfit.data.holdout_split`: ``round(fraction·n)``, at least one when ``fraction > 0``
+    and ``n >= 2``, never all): those whose counter-based hash of ``(seed, key, j)`` (splitmix64)
+    is smallest. So a group's split depends on its key, its points and the seed only — not on which
+    other groups share its chunk or batch, nor on the order of the groups, nor on the versions of
+    the libraries. Integer, float and date keys hash by value; text keys by FNV-1a of their UTF-8
+    bytes.
+
+    Parameters
+    ----------
+    keys
+        ``(K,)`` group keys.
+    width
+        Points per row (a padded group's real points come first).
+    fraction
+        Fraction held out, in ``[0, 1)``.
+    seed
+        Seed of the split.
+    counts
+        ``(K,)`` real points per group (default: every row is full).
     """
     codes = _key_codes(keys)
     with np.errstate(over="ignore"):
         state = codes[:, None] * np.uint64(0x9E3779B97F4A7C15) + np.arange(width, dtype=np.uint64)[None, :]
         state = _splitmix64(state + np.uint64(seed) * np.uint64(0xD1B54A32D192ED03))
-    return (state >> np.uint64(11)).astype(np.float64) * 2.0**-53 < fraction
+    draws = (state >> np.uint64(11)).astype(np.float64) * 2.0**-53
+    n = np.full(codes.shape[0], width, dtype=np.int64) if counts is None else np.asarray(counts, dtype=np.int64)
+    real = np.arange(width)[None, :] < n[:, None]
+    ranks = np.argsort(np.argsort(np.where(real, draws, np.inf), axis=1, kind="stable"), axis=1, kind="stable")
+    n_val = np.floor(n * fraction + 0.5).astype(np.int64)
+    if fraction > 0:
+        n_val = np.where(n >= 2, np.maximum(n_val, 1), n_val)
+    n_val = np.minimum(n_val, np.maximum(n - 1, 0))
+    return ranks < n_val[:, None]
 
 
 def _key_codes(keys: np.ndarray) -> np.ndarray:
