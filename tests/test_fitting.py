@@ -281,3 +281,19 @@ def test_a_linear_model_undefined_on_some_points_says_where_not_huge_values(ther
     result = gradfit.fit("a*log(t_u - 40) + b", {"t_u": t_u}, t_c)
     assert result.solver == "linear" and result.status == "non_finite" and not result.success
     assert f"on {int((t_u <= 40).sum())} of {t_u.size} points" in result.message
+
+
+def test_a_start_outside_the_bounds_moves_to_the_nearest_bound_and_finds_the_bounded_optimum():
+    """k <= 0.3 with the optimum at k = 0.4: the answer sits on the bound (scipy's bounded trust
+    region agrees). A start of k = 1 used to be moved to upper - 1 = -0.7, a growing exponential,
+    from which the fit ran off to a spurious k -> 0, a -> -2e5 with 14 times the cost."""
+    from scipy.optimize import least_squares
+
+    rng = np.random.default_rng(0)
+    x = np.linspace(0, 10, 40)
+    y = 3 * np.exp(-0.4 * x) + 0.5 + 0.05 * rng.standard_normal(40)
+    result = gradfit.fit("a*exp(-k*x) + c", x, y, params={"a": 1, "k": 1, "c": 0}, bounds="k<=0.3")
+    reference = least_squares(lambda p: p[0] * np.exp(-p[1] * x) + p[2] - y, [1.0, 0.29, 0.0],
+                              bounds=([-np.inf, -np.inf, -np.inf], [np.inf, 0.3, np.inf]), xtol=1e-15, ftol=1e-15, gtol=1e-15)
+    np.testing.assert_allclose(result.values, reference.x, rtol=1e-8)
+    assert result.success and next(p for p in result.parameters if p.name == "k").at_bound

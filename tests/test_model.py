@@ -45,7 +45,13 @@ def test_parameter_checks_bounds_and_fixed():
         Parameter("k", lower=2.0, upper=1.0)
     with pytest.raises(ModelError, match="fixed but has no value"):
         Parameter("k", fixed=True)
-    assert Parameter("k", init=-5.0, lower=0.0, upper=10.0).start == 5.0
+    # a start outside its bounds goes to the nearest one, just inside (lmfit clips to the bound)
+    assert Parameter("k", init=-5.0, lower=0.0, upper=10.0).start == 1e-3
+    assert Parameter("k", init=1.0, upper=0.3).start == pytest.approx(0.299)
+    assert Parameter("k", init=50.0, lower=0.0, upper=10.0).start == pytest.approx(9.99)
+    assert Parameter("k", init=3.0, lower=1.0, upper=1.0).start == 1.0
+    assert Parameter("k", lower=2.0, upper=4.0).start == 3.0  # no start given: the middle of the box
+    assert Parameter("k", lower=5.0).start == pytest.approx(5.005)
 
 
 def test_parse_assignments_and_bounds():

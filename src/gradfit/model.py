@@ -80,11 +80,18 @@ class Parameter:
 
     @property
     def start(self) -> float:
-        """The starting value: ``init``, moved inside the bounds if needed."""
+        """The starting value: ``init`` (default 1), moved inside the bounds if needed.
+
+        A value outside goes to the nearest bound, a thousandth of the bound's scale inside it (a
+        bound is often where the model stops being defined, as ``log(k)`` at ``k = 0``), as lmfit
+        clips a value to its bounds; without ``init``, to the middle of a finite box.
+        """
         value = 1.0 if self.init is None else float(self.init)
-        if value < self.lower or value > self.upper:
-            value = _inside(self.lower, self.upper)
-        return value
+        if self.lower <= value <= self.upper:
+            return value
+        if self.init is None and math.isfinite(self.lower) and math.isfinite(self.upper):
+            return 0.5 * (self.lower + self.upper)
+        return _nearest_inside(value, self.lower, self.upper)
 
     @property
     def bounded(self) -> bool:
@@ -92,12 +99,10 @@ class Parameter:
         return math.isfinite(self.lower) or math.isfinite(self.upper)
 
 
-def _inside(lower: float, upper: float) -> float:
-    if math.isfinite(lower) and math.isfinite(upper):
-        return 0.5 * (lower + upper)
-    if math.isfinite(lower):
-        return lower + 1.0
-    return upper - 1.0
+def _nearest_inside(value: float, lower: float, upper: float) -> float:
+    bound = lower if value < lower else upper
+    margin = min(1e-3 * max(1.0, abs(bound)), 0.5 * (upper - lower))  # never past the middle of the box
+    return bound + margin if bound == lower else bound - margin
 
 
 @dataclass(frozen=True)
