@@ -115,6 +115,15 @@ def test_validation_loss_is_the_loss_of_a_single_fit_on_the_same_split(fleet):
         assert row["val_loss"][0] == pytest.approx(expected, rel=1e-8)
 
 
+@pytest.mark.parametrize("model", ["w*t + b", DECAY])
+def test_a_group_whose_y_does_not_vary_has_no_r_squared(fleet, model):
+    flat = fleet.with_columns(pl.when(pl.col("sensor") == 3).then(2.5).otherwise(pl.col("y")).alias("y"))
+    table = fit_groups(model, flat, group="sensor", y="y", params=None if model.startswith("w") else START).table
+    assert np.isnan(table.filter(pl.col("sensor") == 3)["r2"][0])
+    others = table.filter(pl.col("success") & (pl.col("sensor") != 3))["r2"].to_numpy()
+    assert np.isfinite(others).all()
+
+
 def test_summary_and_worst_groups(fleet):
     result = fit_groups(DECAY, fleet, group="sensor", y="y", params=START)
     summary = result.summary()

@@ -250,3 +250,13 @@ def test_residuals_that_are_exactly_zero_say_so() -> None:
     assert stats.EXACT_FIT_WARNING not in absolute.warnings and (absolute.stderr > 0).all()
     noisy = stats.fit_report(jac, np.full_like(x, 1e-3), 2 * x + 1)
     assert stats.EXACT_FIT_WARNING not in noisy.warnings
+
+
+def test_r_squared_is_undefined_for_data_that_do_not_vary() -> None:
+    x = np.linspace(0.0, 1.0, 6)
+    residuals = np.array([[1e-3, -1e-3, 0, 0, 0, 0], [0.1, -0.1, 0.2, -0.2, 0, 0]])
+    y = np.stack([np.full(6, 7.0), 2 * x])
+    r2 = stats.r_squared(residuals, y)
+    assert np.isnan(r2[0]) and r2[1] == pytest.approx(1 - 0.1 / np.sum((2 * x - 1) ** 2))
+    report = stats.fit_report(np.column_stack([x, np.ones_like(x)]), residuals[0], y[0])
+    assert np.isnan(report.statistics["r2"])

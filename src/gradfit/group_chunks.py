@@ -391,7 +391,7 @@ def _fast_statistics(plan: ChunkPlan, chunk: _Chunk, solution: Any) -> dict[str,
     sst = (w2 * (chunk.y - mean) ** 2).sum(-1)
     aic, bic = stats.information_criteria(chisqr, n_points, n_free)
     out = {
-        "r2": (1.0 - chisqr / sst).cpu().numpy(),
+        "r2": torch.where(sst > 0, 1.0 - chisqr / sst, math.nan).cpu().numpy(),  # R² is undefined where y is constant
         "redchi": torch.where(dof > 0, chisqr / dof, torch.full_like(chisqr, math.nan)).cpu().numpy(),
         "aic": aic,
         "bic": bic,

@@ -295,7 +295,7 @@ def confidence_intervals(theta: Any, stderr: Any, dof: Any, confidence: float = 
 
 
 def r_squared(residuals: Any, y: Any, weights: Any = None, mask: Any = None) -> Any:
-    """Coefficient of determination ``1 - SSR/SST`` per fit.
+    """Coefficient of determination ``1 - SSR/SST`` per fit (NaN where ``y`` does not vary).
 
     Parameters
     ----------
@@ -311,7 +311,12 @@ def r_squared(residuals: Any, y: Any, weights: Any = None, mask: Any = None) -> 
     res = as_array(residuals)
     target = np.broadcast_to(as_array(y).astype(res.dtype, copy=False), res.shape)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return 1.0 - np.vecdot(res, res) / _total_sum_of_squares(target, weights, mask)
+        return _r2(np.vecdot(res, res), _total_sum_of_squares(target, weights, mask))
+
+
+def _r2(chisqr: Any, sst: Any) -> Any:
+    """``1 - SSR/SST``; NaN where the data do not vary (``SST = 0``: R² is undefined, not -inf)."""
+    return np.where(sst > 0, 1.0 - chisqr / sst, np.nan)
 
 
 def _total_sum_of_squares(target: Array, weights: Any, mask: Any) -> Any:
@@ -537,7 +542,7 @@ def _per_fit_statistics(
     dof = n - n_params
     base = n * np.log(chisqr / n)
     return {
-        "r2": 1.0 - chisqr / sst,
+        "r2": _r2(chisqr, sst),
         "rmse": np.sqrt(raw_ss / n),
         "chisqr": chisqr,
         "redchi": np.where(dof > 0, chisqr / dof, np.nan),
