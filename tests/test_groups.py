@@ -124,6 +124,26 @@ def test_a_group_whose_y_does_not_vary_has_no_r_squared(fleet, model):
     assert np.isfinite(others).all()
 
 
+@pytest.mark.parametrize("solver", ["auto", "lm", "gradient"])
+def test_groups_that_end_on_a_bound_are_flagged_as_single_fits_are(fleet, solver):
+    options = dict(params=START, bounds="k<=0.6, c>=-0.2", solver=solver)
+    if solver == "gradient":
+        options.update(epochs=300, optimizer_options={"lr": 0.05})
+    table = fit_groups(DECAY, fleet, group="sensor", y="y", **options).table
+    flagged = table.filter(pl.col("at_bound") != "")
+    assert 3 <= flagged.height < table.height
+    for key in table["sensor"].to_list()[:12]:
+        row = table.filter(pl.col("sensor") == key)
+        if not row["success"][0] and row["status"][0] in ("bad_data", "too_few_points"):
+            assert row["at_bound"][0] == ""
+            continue
+        alone = _single(DECAY, fleet, key, **options)
+        expected = ",".join(p.name for p in alone.parameters if p.at_bound)
+        assert row["at_bound"][0] == expected, key
+    unbounded = fit_groups(DECAY, fleet, group="sensor", y="y", params=START).table
+    assert (unbounded["at_bound"] == "").all()
+
+
 def test_summary_and_worst_groups(fleet):
     result = fit_groups(DECAY, fleet, group="sensor", y="y", params=START)
     summary = result.summary()

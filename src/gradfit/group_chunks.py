@@ -167,7 +167,24 @@ def fit_chunk(plan: ChunkPlan, columns: Mapping[str, np.ndarray], index: GroupIn
         selected = torch.as_tensor(np.flatnonzero(ok), device=chunk.y.device)
         _solve(plan, _subset(chunk, selected), theta0[ok], rows, np.flatnonzero(ok))
     rows["n_points"] = packed.counts.astype(np.int64)
+    _flag_bounds(model, rows)
     return _table(rows, model)
+
+
+def _flag_bounds(model: ParametricModel, rows: Rows) -> None:
+    """``at_bound``: the free parameters that ended on a bound, by name (``"k"``, ``"a,k"``), as a
+    single fit flags them; their standard errors are then not reliable."""
+    from gradfit.solvers.least_squares import at_bound
+
+    params = model.parameters
+    if not any(p.bounded for p in params):
+        return
+    theta = np.column_stack([rows[p.name] for p in params])
+    with np.errstate(invalid="ignore"):  # groups not fitted have NaN parameters: never on a bound
+        flags = at_bound(theta, np.array([p.lower for p in params]), np.array([p.upper for p in params]), np.array([not p.fixed for p in params]))
+    patterns, codes = np.unique(flags, axis=0, return_inverse=True)
+    texts = [",".join(p.name for p, on in zip(params, pattern) if on) for pattern in patterns]
+    rows["at_bound"].put_coded(slice(None), codes.reshape(-1), texts)
 
 
 def _usable_sigma(sigma: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -255,7 +272,7 @@ def _empty_rows(model: ParametricModel, finite: np.ndarray, enough: np.ndarray) 
     for name in ("r2", "redchi", "aic", "bic", "val_loss"):
         rows[name] = nan.copy()
     rows["iterations"] = np.zeros(k, dtype=np.int64)
-    rows["status"], rows["message"] = Labels(k, ""), Labels(k, "")
+    rows["status"], rows["message"], rows["at_bound"] = Labels(k, ""), Labels(k, ""), Labels(k, "")
     for name, unfitted in ((BAD_DATA, ~finite), (TOO_FEW, finite & ~enough)):
         rows["status"].put(unfitted, name)
         rows["message"].put(unfitted, _NOT_FITTED[name])
@@ -547,6 +564,6 @@ def _statistics(plan: ChunkPlan, chunk: _Chunk, weights: torch.Tensor, theta: to
 def _table(rows: Rows, model: ParametricModel) -> pl.DataFrame:
     import polars as pl
 
-    order = ["n_points", *[c for n in model.param_names for c in (n, f"{n}_stderr")], "r2", "redchi", "aic", "bic", "val_loss", "iterations", "status", "success", "message"]
+    order = ["n_points", *[c for n in model.param_names for c in (n, f"{n}_stderr")], "r2", "redchi", "aic", "bic", "val_loss", "iterations", "status", "success", "at_bound", "message"]
     # statuses and messages repeat: categorical columns hold each text once (1M groups: 4 MB, not 100)
     return pl.DataFrame({name: rows[name].column() if isinstance(rows[name], Labels) else rows[name] for name in order})

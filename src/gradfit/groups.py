@@ -61,7 +61,8 @@ class GroupFitResult:
     table
         One row per group: the key, ``n_points``, each parameter and its ``_stderr``, ``r2``,
         ``redchi``, ``aic``, ``bic``, ``val_loss`` (with a validation fraction), ``iterations``,
-        ``status``, ``success`` and ``message``.
+        ``status``, ``success``, ``at_bound`` (the parameters that ended on a bound, by name, e.g.
+        ``"k"`` or ``"a,k"``; empty when none) and ``message``.
     model
         The model's description.
     param_names
@@ -388,7 +389,7 @@ class GroupFits:
         for name in self.param_names:
             columns[name] = columns[f"{name}_stderr"] = pl.Float64
         columns.update({name: pl.Float64 for name in ("r2", "redchi", "aic", "bic", "val_loss")})
-        columns.update(iterations=pl.Int64, status=pl.Categorical, success=pl.Boolean, message=pl.Categorical)
+        columns.update(iterations=pl.Int64, status=pl.Categorical, success=pl.Boolean, at_bound=pl.Categorical, message=pl.Categorical)
         return columns
 
     def __iter__(self) -> Iterator[pl.DataFrame]:
