@@ -75,3 +75,16 @@ def test_unknown_columns_and_broken_files_are_data_errors(tmp_path, ragged):
     broken.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(DataError):
         fit_groups(DECAY, broken, group="sensor", y="y")
+
+
+@pytest.mark.parametrize("kind", ["text", "float"])
+def test_missing_group_keys_are_a_data_error_in_a_frame_and_in_a_streamed_file(tmp_path, ragged, kind):
+    keys = ragged["sensor"].cast(pl.Utf8 if kind == "text" else pl.Float64)
+    missing = pl.Series([None, None]) if kind == "text" else pl.Series([None, float("nan")])
+    last = ragged.height - 1  # the last rows: their own run at the end, so the file still streams
+    broken = ragged.with_columns(keys.scatter([last - 1, last], missing).alias("sensor"))
+    path = tmp_path / "fleet.parquet"
+    broken.write_parquet(path)
+    for data in (broken, path):
+        with pytest.raises(DataError, match="the group column 'sensor' has 2 missing keys"):
+            fit_groups(DECAY, data, group="sensor", y="y", params=START)

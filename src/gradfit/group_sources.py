@@ -90,8 +90,16 @@ def open_groups(data: Any, group: str) -> GroupSource:
             return source
     frame = _frame(data)
     _check_columns(frame.columns, [group])
-    n_groups = int(frame[group].n_unique()) if frame.height else 0
+    key = frame[group]
+    _check_keys(group, key.null_count() + (int(key.is_nan().sum()) if key.dtype.is_float() else 0))
+    n_groups = int(key.n_unique()) if frame.height else 0
     return GroupSource(list(frame.columns), n_groups, False, _frame=frame, _group=group)
+
+
+def _check_keys(group: str, missing: int) -> None:
+    """Every row must name its group."""
+    if missing:
+        raise DataError(f"the group column '{group}' has {missing} missing keys (null or NaN) — fill them or drop those rows")
 
 
 def check_columns(columns: Sequence[str], names: Sequence[str]) -> None:
@@ -161,8 +169,10 @@ def _parquet_source(path: Path, group: str) -> GroupSource | None:
     columns = list(schema.names())
     _check_columns(columns, [group])
     key = pl.col(group)
-    counts = _collect(_scan(path).select(rows=pl.len(), groups=key.n_unique(), runs=key.rle_id().max()), path)
-    rows, n_groups, runs = counts.row(0)
+    missing = key.null_count() + (key.is_nan().sum() if schema[group].is_float() else 0)
+    counts = _collect(_scan(path).select(rows=pl.len(), groups=key.n_unique(), runs=key.rle_id().max(), missing=missing), path)
+    rows, n_groups, runs, n_missing = counts.row(0)
+    _check_keys(group, int(n_missing))
     if rows == 0 or runs is None or runs + 1 != n_groups:  # empty, or some group's rows are apart
         return None
     return GroupSource(columns, int(n_groups), True, _path=path, _group=group, _rows_per_group=rows / n_groups)
