@@ -135,19 +135,26 @@ def data_summary(train: Dataset, val: Dataset | None = None) -> dict[str, Any]:
 def _describe_rows(table: np.ndarray) -> list[dict[str, float | None]]:
     """min, max, mean and sample standard deviation of each row's finite values.
 
-    Each row is divided by its largest magnitude first, so that values near the float64 limit
-    (1e200, say) neither overflow when squared nor when summed.
+    Rows with values near the float64 limit (1e200, say) are divided by their largest magnitude
+    first, so that their squares do not overflow.
     """
     if not np.isfinite(table).all():
         return [_describe(row) for row in table]
     n = table.shape[1]
-    largest = np.abs(table).max(1)
-    scale = np.where(largest > 0, largest, 1.0)
-    unit = table / scale[:, None]
+    lows, highs = table.min(1).tolist(), table.max(1).tolist()
+    huge = max(max(highs), -min(lows)) > _SQUARES_OVERFLOW
+    scale = np.maximum(np.abs(table).max(1), 1.0) if huge else None
+    unit = table / scale[:, None] if huge else table
     mean = unit.sum(1) / n
-    std = np.sqrt(np.square(unit - mean[:, None]).sum(1) / (n - 1)) * scale if n > 1 else np.full(len(table), np.nan)
-    rows = zip(table.min(1).tolist(), table.max(1).tolist(), (mean * scale).tolist(), std.tolist())
+    std = np.sqrt(np.square(unit - mean[:, None]).sum(1) / (n - 1)) if n > 1 else np.full(len(table), np.nan)
+    if huge:
+        mean, std = mean * scale, std * scale
+    rows = zip(lows, highs, mean.tolist(), std.tolist())
     return [{"min": lo, "max": hi, "mean": mu, "std": sd if n > 1 else None} for lo, hi, mu, sd in rows]
+
+
+#: magnitudes above which squares (or sums of many values) could overflow float64
+_SQUARES_OVERFLOW = 1e150
 
 
 def _describe(values: np.ndarray) -> dict[str, float | None]:

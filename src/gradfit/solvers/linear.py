@@ -92,18 +92,15 @@ def _polynomial_powers(columns: tuple[Any, ...], free: tuple[bool, ...]) -> tupl
 def solve_linear(problem: Problem, options: Any = None) -> SolveOutcome:
     """Fit a linear-in-parameters formula model exactly."""
     a, b = design_matrix(problem)
-    with np.errstate(invalid="ignore"):
-        broken = ~(np.isfinite(a).all(axis=1) & np.isfinite(b))
-    if broken.any():
-        return SolveOutcome(np.array(problem.theta0, copy=True), "non_finite", _not_finite(int(broken.sum()), b.size), False, 0)
-    free = np.asarray(problem.free)
-    theta = np.array(problem.theta0, copy=True)
-    if free.all():
-        theta, inverse_normal, residuals, decomposition = _exact(problem, a, b)
-    else:
-        b = b - a[:, ~free] @ theta[~free]
-        theta[free], inverse_normal, residuals, decomposition = _exact(problem, a[:, free], b)
+    try:
+        theta, inverse_normal, residuals, decomposition = _solve_free(problem, a, b)
+    except FitError:  # a design made singular by NaN points is the model's domain, not the data's spread
+        if _non_finite_rows(a, b):
+            return _undefined(problem, a, b)
+        raise
     ok = bool(np.isfinite(theta).all())
+    if not ok and _non_finite_rows(a, b):
+        return _undefined(problem, a, b)
     message = (
         "solved exactly: one least-squares solve of the linear system (no iterations needed)"
         if ok
@@ -113,6 +110,27 @@ def solve_linear(problem: Problem, options: Any = None) -> SolveOutcome:
         theta, "converged" if ok else "non_finite", message, ok, 1,
         inverse_normal=inverse_normal, residuals=residuals, jacobian=a, decomposition=decomposition,
     )
+
+
+def _solve_free(problem: Problem, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, Any, np.ndarray, Any]:
+    """:func:`_exact` over the free parameters (fixed ones move to the right-hand side)."""
+    free = np.asarray(problem.free)
+    if free.all():
+        return _exact(problem, a, b)
+    theta = np.array(problem.theta0, copy=True)
+    theta[free], inverse_normal, residuals, decomposition = _exact(problem, a[:, free], b - a[:, ~free] @ theta[~free])
+    return theta, inverse_normal, residuals, decomposition
+
+
+def _non_finite_rows(a: np.ndarray, b: np.ndarray) -> int:
+    """Rows of the design or target that are NaN or inf."""
+    return int((~(np.isfinite(a).all(axis=1) & np.isfinite(b))).sum())
+
+
+def _undefined(problem: Problem, a: np.ndarray, b: np.ndarray) -> SolveOutcome:
+    """The outcome of a model that is NaN or inf on some points: not fitted, and why."""
+    message = _not_finite(_non_finite_rows(a, b), b.size)
+    return SolveOutcome(np.array(problem.theta0, copy=True), "non_finite", message, False, 0)
 
 
 def _not_finite(count: int, total: int) -> str:
