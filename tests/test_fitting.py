@@ -297,3 +297,12 @@ def test_a_start_outside_the_bounds_moves_to_the_nearest_bound_and_finds_the_bou
                               bounds=([-np.inf, -np.inf, -np.inf], [np.inf, 0.3, np.inf]), xtol=1e-15, ftol=1e-15, gtol=1e-15)
     np.testing.assert_allclose(result.values, reference.x, rtol=1e-8)
     assert result.success and next(p for p in result.parameters if p.name == "k").at_bound
+
+
+def test_a_non_finite_start_reports_no_statistics_warnings_it_cannot_know():
+    """The solver zeroes a non-finite fit's residuals internally: they must not read as an exact fit
+    (zero residuals) or a rank-deficient Jacobian."""
+    t = np.linspace(0, 5, 20)
+    result = gradfit.fit("a*exp(-k*t) + c", {"t": t}, 2 * np.exp(-0.5 * t), params={"a": float("nan"), "k": 1, "c": 0})
+    assert result.status == "non_finite" and result.warnings == ()
+    assert np.isnan(result.statistics["chisqr"])

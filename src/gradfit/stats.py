@@ -363,9 +363,10 @@ def _singular_values(jac: Array, finite: bool) -> Array:
 
 
 def _condition_ratio(s: Array) -> Any:
-    """``(s_max / s_min)²`` over the last axis: the condition number of ``JᵀJ`` (``inf`` if singular)."""
+    """``(s_max / s_min)²`` over the last axis: the condition number of ``JᵀJ`` (``inf`` if singular,
+    NaN where the Jacobian was not finite)."""
     smallest = s[..., -1]
-    return np.where(smallest > 0, (s[..., 0] / smallest) ** 2, np.inf)
+    return np.where(smallest > 0, (s[..., 0] / smallest) ** 2, np.where(np.isnan(smallest), np.nan, np.inf))
 
 
 def _band_variance(pred_jacobian: Any, cov: Any) -> Array:

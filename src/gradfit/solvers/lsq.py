@@ -48,7 +48,7 @@ def residual_functions(problem: Problem) -> dict[str, Any]:
 
 def _solve(problem: Problem, options: FitOptions, method: str) -> SolveOutcome:
     from gradfit.losses import SOLVER_LOSS
-    from gradfit.solvers.least_squares import LeastSquaresOptions, solve_least_squares
+    from gradfit.solvers.least_squares import LeastSquaresOptions, Status, solve_least_squares
 
     settings = LeastSquaresOptions(max_iter=options.max_iter) if options.max_iter else None
     functions = residual_functions(problem)
@@ -70,6 +70,9 @@ def _solve(problem: Problem, options: FitOptions, method: str) -> SolveOutcome:
     best = best_start(as_array(solution.cost), [s.converged for s in solution.status])
     status = solution.status[best]
     message = status.value + (f" (best of {len(starts)} starting points)" if len(starts) > 1 else "")
+    # a non-finite start's residuals and Jacobian were zeroed inside the solver: the statistics
+    # evaluate the model instead (NaN), rather than report an exact fit
+    finite = status is not Status.NON_FINITE
     return SolveOutcome(
         theta=as_array(solution.theta[best]),
         status="converged" if status.converged else status.name.lower(),
@@ -77,8 +80,8 @@ def _solve(problem: Problem, options: FitOptions, method: str) -> SolveOutcome:
         success=status.converged,
         iterations=int(solution.n_iter[best]),
         at_bound=tuple(as_array(solution.at_bound[best]).tolist()),
-        residuals=as_array(solution.residuals[best]),
-        jacobian=as_array(solution.jacobian[best]),
+        residuals=as_array(solution.residuals[best]) if finite else None,
+        jacobian=as_array(solution.jacobian[best]) if finite else None,
     )
 
 
