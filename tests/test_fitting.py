@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 
 import gradfit
-from gradfit.errors import DataError, ModelError
+from gradfit.errors import DataError, ModelError, OptionError
 
 
 def test_default_linear_fit_is_the_least_squares_solution(thermometer):
@@ -306,3 +306,24 @@ def test_a_non_finite_start_reports_no_statistics_warnings_it_cannot_know():
     result = gradfit.fit("a*exp(-k*t) + c", {"t": t}, 2 * np.exp(-0.5 * t), params={"a": float("nan"), "k": 1, "c": 0})
     assert result.status == "non_finite" and result.warnings == ()
     assert np.isnan(result.statistics["chisqr"])
+
+
+def test_options_the_fit_cannot_honour_are_refused_in_plain_words(thermometer):
+    t_u, t_c = thermometer
+    data = {"t_u": t_u}
+    with pytest.raises(OptionError, match="cannot keep parameters within bounds"):
+        gradfit.fit("w*t_u + b", data, t_c, solver="linear", bounds={"b": (2, 3)})
+    with pytest.raises(ModelError, match="fixed at 5, outside its bounds"):
+        gradfit.fit("w*t_u + b", data, t_c, fix={"w": 5.0}, bounds={"w": (0, 1)})
+    for bad in (0, 1.5, -2):
+        with pytest.raises(OptionError, match="max_iter must be a whole number"):
+            gradfit.fit("a*exp(-k*t_u) + c", data, t_c, max_iter=bad)
+
+
+def test_no_degrees_of_freedom_with_absolute_sigma_is_no_warning():
+    x, y = np.array([0.0, 1.0]), np.array([1.0, 3.0])
+    relative = gradfit.fit("w*x + b", x, y, sigma=[0.1, 0.1])
+    absolute = gradfit.fit("w*x + b", x, y, sigma=[0.1, 0.1], absolute_sigma=True)
+    assert any("no degrees of freedom" in w for w in relative.warnings)
+    assert not any("no degrees of freedom" in w for w in absolute.warnings)
+    np.testing.assert_allclose(absolute.covariance, [[0.02, -0.01], [-0.01, 0.01]], rtol=1e-12)

@@ -66,6 +66,8 @@ class FitOptions:
             raise OptionError(f"checkpoint_every must be at least 1, got {self.checkpoint_every}")
         if self.starts < 1:
             raise OptionError(f"starts must be at least 1, got {self.starts}")
+        if self.max_iter is not None and not (isinstance(self.max_iter, int) and self.max_iter >= 1):
+            raise OptionError(f"max_iter must be a whole number of at least 1, got {self.max_iter!r}")
         if self.loss_scale <= 0:
             raise OptionError(f"loss scale must be positive, got {self.loss_scale}")
 

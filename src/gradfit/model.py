@@ -77,6 +77,11 @@ class Parameter:
             )
         if self.fixed and self.init is None:
             raise ModelError(f"parameter '{self.name}' is fixed but has no value — give it one")
+        if self.fixed and not self.lower <= self.init <= self.upper:
+            raise ModelError(
+                f"parameter '{self.name}' is fixed at {self.init:g}, outside its bounds [{self.lower:g}, {self.upper:g}] "
+                "— change the value or the bounds"
+            )
 
     @property
     def start(self) -> float:

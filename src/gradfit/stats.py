@@ -523,7 +523,7 @@ def fit_report(
         statistics = _per_fit_statistics(chisqr, sst, raw_ss, n_points + 0 * chisqr, s_raw, s_scaled, n_params)
     half = stderr * np.asarray(t_quantile(confidence, dof))[..., None]
     names = list(param_names) if param_names is not None else [f"p{i}" for i in range(p)]
-    warnings = _warnings(dof, statistics["condition_scaled"], ident, free_mask, names)
+    warnings = _warnings(dof, statistics["condition_scaled"], ident, free_mask, names, absolute_sigma)
     if not absolute_sigma and n_params and _any((chisqr == 0) & (dof > 0)):
         warnings.append(EXACT_FIT_WARNING)
     if not fits:
@@ -557,9 +557,9 @@ def _per_fit_statistics(
     }
 
 
-def _warnings(dof: Any, condition_scaled: Any, ident: Array, free: Array, names: list[str]) -> list[str]:
+def _warnings(dof: Any, condition_scaled: Any, ident: Array, free: Array, names: list[str], absolute_sigma: bool) -> list[str]:
     out = []
-    if _any(dof <= 0):
+    if _any(dof <= 0) and not absolute_sigma:  # with absolute sigma the errors need no residual variance
         out.append("no degrees of freedom left (data points <= free parameters): standard errors are undefined — add data or fix parameters")
     lost = [] if ident.all() else [name for name, gone in zip(names, (free & ~ident.reshape(-1, free.size).all(0)).tolist()) if gone]
     if lost:

@@ -64,7 +64,7 @@ def choose_solver(model: Any, options: FitOptions, bounded: bool) -> tuple[str, 
     if options.uses_optimizer:
         return "gradient", f"gradient descent with {optimizer_label(options.optimizer)}, as asked"
     if options.solver != "auto":
-        _check_explicit(options.solver, model, options, parametric)
+        _check_explicit(options.solver, model, options, parametric, bounded)
         return options.solver, "as asked"
     if not parametric:
         return "gradient", "neural networks are trained by gradient descent (Adam)"
@@ -85,7 +85,9 @@ def optimizer_label(optimizer: Any) -> str:
     return getattr(optimizer, "__name__", type(optimizer).__name__)
 
 
-def _check_explicit(name: str, model: Any, options: FitOptions, parametric: bool) -> None:
+def _check_explicit(name: str, model: Any, options: FitOptions, parametric: bool, bounded: bool) -> None:
+    if name == "linear" and bounded:
+        raise OptionError("solver 'linear' (one exact solve) cannot keep parameters within bounds — use 'lm' or auto")
     if not parametric:
         raise OptionError(f"solver '{name}' needs a parametric model — use an optimizer for networks")
     if name == "linear" and not (getattr(model, "formula", None) and model.is_linear):
