@@ -327,3 +327,16 @@ def test_no_degrees_of_freedom_with_absolute_sigma_is_no_warning():
     assert any("no degrees of freedom" in w for w in relative.warnings)
     assert not any("no degrees of freedom" in w for w in absolute.warnings)
     np.testing.assert_allclose(absolute.covariance, [[0.02, -0.01], [-0.01, 0.01]], rtol=1e-12)
+
+
+@pytest.mark.parametrize("model", ["w*t_u + b", "w*t_u + b*exp(0*t_u)"])
+def test_every_parameter_fixed_evaluates_the_model_against_the_data(thermometer, model):
+    """A known calibration (5/9 per degree, the °F→°C offset) checked against the readings: nothing to
+    estimate, the statistics of the model as given."""
+    t_u, t_c = thermometer
+    result = gradfit.fit(model, {"t_u": t_u}, t_c, fix={"w": 0.5, "b": -17.0})
+    residuals = 0.5 * t_u - 17.0 - t_c
+    assert result.solver == "fixed" and result.success and result.iterations == 0
+    assert result.params == {"w": 0.5, "b": -17.0} and result.stderr == {"w": None, "b": None}
+    assert result.statistics["r2"] == pytest.approx(1 - residuals @ residuals / np.sum((t_c - t_c.mean()) ** 2), rel=1e-12)
+    assert result.train_loss == pytest.approx(np.mean(residuals**2), rel=1e-12)

@@ -27,6 +27,7 @@ SOLVER_FAMILIES = {
     "lm": "gradfit.solvers.lsq:solve_lm",
     "gn": "gradfit.solvers.lsq:solve_gn",
     "gradient": "gradfit.solvers.gradient:solve_gradient",
+    "fixed": "gradfit.solvers.lsq:solve_fixed",
 }
 
 
@@ -61,6 +62,8 @@ def choose_solver(model: Any, options: FitOptions, bounded: bool) -> tuple[str, 
         A key of :data:`SOLVER_FAMILIES` and a sentence for the report.
     """
     parametric = not isinstance(model, ModuleModel)
+    if parametric and all(p.fixed for p in model.parameters):
+        return "fixed", "every parameter is fixed: the model is evaluated at the given values, nothing is estimated"
     if options.uses_optimizer:
         return "gradient", f"gradient descent with {optimizer_label(options.optimizer)}, as asked"
     if options.solver != "auto":

@@ -17,7 +17,7 @@ from gradfit.stats import as_array
 if TYPE_CHECKING:
     from gradfit.config import FitOptions
 
-__all__ = ["solve_lm", "solve_gn", "residual_functions", "starting_points"]
+__all__ = ["solve_lm", "solve_gn", "solve_fixed", "residual_functions", "starting_points"]
 
 
 def residual_functions(problem: Problem) -> dict[str, Any]:
@@ -117,3 +117,14 @@ def solve_lm(problem: Problem, options: FitOptions) -> SolveOutcome:
 def solve_gn(problem: Problem, options: FitOptions) -> SolveOutcome:
     """Gauss-Newton with step halving."""
     return _solve(problem, options, "gn")
+
+
+def solve_fixed(problem: Problem, options: FitOptions) -> SolveOutcome:
+    """No parameter is free: the model at the given values, for its statistics against the data."""
+    return SolveOutcome(
+        theta=np.array(problem.theta0, copy=True),
+        status="converged",
+        message="nothing to estimate: every parameter is fixed, and the model is evaluated at the given values",
+        success=True,
+        iterations=0,
+    )
