@@ -61,9 +61,12 @@ def test_parse_assignments_and_bounds():
     assert parse_bounds("b>=0, 0<k<10, w<=5, 3 > z") == {
         "b": {"lower": 0.0}, "k": {"lower": 0.0, "upper": 10.0}, "w": {"upper": 5.0}, "z": {"upper": 3.0},
     }
-    for bad in ("b", "b=0", "0<1", "a<b", "k<ten"):
+    assert parse_bounds("10 > k > 0, 0 <= w <= inf") == {"k": {"upper": 10.0, "lower": 0.0}, "w": {"lower": 0.0, "upper": math.inf}}
+    for bad in ("b", "b=0", "0<1", "a<b", "k<ten", "k<0<1", "0<k<1<2", "0<k>1", "k>1e400", "k<-inf", "k>nan"):
         with pytest.raises(ModelError):
             parse_bounds(bad)
+    with pytest.raises(ModelError, match="'k' has two upper bounds"):
+        parse_bounds("k<1, k<2")
 
 
 def test_bounds_are_respected_and_flagged():

@@ -597,35 +597,59 @@ def parse_bounds(text: str) -> dict[str, dict[str, float]]:
     Parameters
     ----------
     text
-        Comma-separated comparisons between one parameter name and numbers; ``<`` and ``<=`` are
-        treated alike (bounds are closed).
+        Comma-separated comparisons of one parameter name with a number (``k>=0``, ``5>w``) or a
+        chain with the name in the middle and both signs the same way (``0<k<10``, ``10>k>0``);
+        ``<`` and ``<=`` are treated alike (bounds are closed), and ``inf`` is a number.
 
     Returns
     -------
     dict
         ``{"k": {"lower": 0.0, "upper": 10.0}, ...}``.
+
+    Raises
+    ------
+    ModelError
+        For anything else, a bound given twice, or a bound that leaves no room (``k > inf``).
     """
     bounds: dict[str, dict[str, float]] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         parts = _COMPARISON.split(item)
         terms, operators = parts[0::2], parts[1::2]
-        names = [t for t in terms if t.isidentifier()]
-        if len(terms) < 2 or len(names) != 1 or "=" in operators:
+        names = [i for i, t in enumerate(terms) if t.isidentifier() and t.lower() not in _INFINITIES]
+        if len(names) != 1 or not _readable_chain(len(terms), names[0], operators):
             raise ModelError(f"--bounds: cannot read '{item}' — write e.g. 'b>=0, 0<k<10'")
-        name = names[0]
-        field_values = bounds.setdefault(name, {})
+        name = terms[names[0]]
         for left, operator, right in zip(terms, operators, terms[1:]):
-            _bound_from(left, operator, right, name, item, field_values)
+            side, value = _bound_from(left, operator, right, name, item)
+            if side in bounds.setdefault(name, {}):
+                raise ModelError(f"--bounds: '{name}' has two {side} bounds (in '{text}') — give each once")
+            bounds[name][side] = value
     return bounds
 
 
-def _bound_from(left: str, operator: str, right: str, name: str, item: str, out: dict[str, float]) -> None:
+#: names that read as numbers in bounds
+_INFINITIES = ("inf", "infinity")
+
+
+def _readable_chain(n_terms: int, position: int, operators: list[str]) -> bool:
+    """``name op number``, ``number op name``, or ``number op name op number`` with both ``op`` alike."""
+    if "=" in operators:
+        return False
+    if n_terms == 2:
+        return True
+    return n_terms == 3 and position == 1 and operators[0][0] == operators[1][0]
+
+
+def _bound_from(left: str, operator: str, right: str, name: str, item: str) -> tuple[str, float]:
     number_side, below = (right, operator.startswith("<")) if left == name else (left, operator.startswith(">"))
     try:
         value = float(number_side)
     except ValueError:
         raise ModelError(f"--bounds: '{number_side}' is not a number (in '{item}')") from None
-    out["upper" if below else "lower"] = value
+    side = "upper" if below else "lower"
+    if math.isnan(value) or value == (-math.inf if below else math.inf):
+        raise ModelError(f"--bounds: '{item}' leaves '{name}' no value — give a finite {side} bound")
+    return side, value
 
 
 def parameter_overrides(
