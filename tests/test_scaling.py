@@ -39,3 +39,17 @@ def test_gradient_descent_on_a_model_with_a_redundant_parameter_converges_and_sa
     assert result.success and result.status == "max_epochs"
     assert result.params["a"] * np.sqrt(result.params["k"]) == pytest.approx(2.0 * np.sqrt(0.7), rel=1e-6)
     assert any("cannot be determined" in w for w in result.warnings)
+
+
+def test_column_scaling_is_diagonal_and_gives_each_parameter_the_output_spread():
+    import torch
+
+    from gradfit.scaling import column_scaling
+
+    t = torch.linspace(0, 1, 50, dtype=torch.float64)
+    jac = torch.stack([t, 1e6 * torch.ones_like(t), torch.zeros_like(t)], 1)  # a, b, and a parameter with no effect
+    p = column_scaling(jac, 2.0)
+    assert torch.equal(p, torch.diag(torch.diagonal(p)))
+    rms = torch.linalg.vector_norm(jac @ p, dim=0) / 50**0.5
+    torch.testing.assert_close(rms[:2], torch.full((2,), 2.0, dtype=torch.float64))
+    assert float(p[2, 2]) == pytest.approx(2.0 / 1e6, rel=1e-12)  # no effect: the largest column's scale, not an amplified one

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from gradfit.scaling import Standardizer, reference_loss, whitening
+from gradfit.scaling import Standardizer, column_scaling, reference_loss, whitening
 
 if TYPE_CHECKING:
     import torch
@@ -131,7 +131,9 @@ class ParametricObjective(_Objective):
         if self.train.weights is not None:
             jac = jac * self.train.weights[:, None]
         spread = float(self.train.y.std(correction=0)) if self.train.n_rows > 1 else 1.0
-        return whitening(jac[:, self.free_index], spread if spread > 0 else 1.0)
+        bounded = bool((torch.isfinite(self.lower[self.free_index]) | torch.isfinite(self.upper[self.free_index])).any())
+        scaling = column_scaling if bounded else whitening  # a box must stay a box (see column_scaling)
+        return scaling(jac[:, self.free_index], spread if spread > 0 else 1.0)
 
     def theta(self) -> torch.Tensor:
         """The full parameter vector ``(p,)`` in the user's units (differentiable)."""

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["whitening", "whitening_divisors", "reference_loss", "Standardizer"]
+__all__ = ["whitening", "whitening_divisors", "column_scaling", "reference_loss", "Standardizer"]
 
 #: singular values of J below this fraction of the largest are raised to it (cond(JᵀJ) ≤ 1e6)
 SINGULAR_FLOOR = 1e-3
@@ -66,6 +66,27 @@ def whitening(jacobian: torch.Tensor, y_scale: float) -> torch.Tensor:
     if not torch.isfinite(largest) or largest <= 0:
         return torch.eye(p, dtype=jacobian.dtype, device=jacobian.device) * y_scale
     return y_scale * (vh.mT / whitening_divisors(s, largest)) @ vh
+
+
+def column_scaling(jacobian: torch.Tensor, y_scale: float) -> torch.Tensor:
+    """Return a diagonal ``P`` (p, p): each parameter scaled alone, so that a unit of its ``u``
+    moves the predictions by about ``y_scale`` (RMS over the points).
+
+    For bounded fits: a box in the parameters stays a box in ``u``, where clamping is the exact
+    projection. (Whitening mixes parameters; clamping one then moves the others' ``u``, and an
+    optimizer's momentum fights the box.) Columns the data do not determine (RMS at or below
+    :data:`NULL_FLOOR` of the largest) keep the unit scale of the largest.
+    """
+    import torch
+
+    n, p = jacobian.shape
+    if p == 0:
+        return jacobian.new_zeros((0, 0))
+    rms = torch.linalg.vector_norm(jacobian, dim=0) / n**0.5
+    largest = rms.max()
+    if not bool(torch.isfinite(rms).all()) or largest <= 0:
+        return torch.eye(p, dtype=jacobian.dtype, device=jacobian.device) * y_scale
+    return torch.diag(y_scale / torch.where(rms <= largest * NULL_FLOOR, largest, rms))
 
 
 def reference_loss(loss_fn: Callable[[torch.Tensor], torch.Tensor], y: torch.Tensor) -> float:

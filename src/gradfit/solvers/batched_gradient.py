@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from gradfit.errors import OptionError
 from gradfit.losses import pointwise_loss
-from gradfit.scaling import whitening_divisors
+from gradfit.scaling import NULL_FLOOR, whitening_divisors
 from gradfit.train import StopReason
 
 if TYPE_CHECKING:
@@ -179,6 +179,7 @@ class _GroupObjective:
         self.val_count = None if val_weights is None else torch.clamp((val_weights != 0).sum(-1), min=1).to(theta0.dtype)
         k, q = theta0.shape[0], self.free_index.numel()
         self.shape = (k, q)
+        self.bounded_free = any(math.isfinite(lower[j]) or math.isfinite(upper[j]) for j, f in enumerate(free) if f)
         self.transform = self._whitening() if scale else None
         self.unit = self._reference() if scale else torch.ones(k, dtype=theta0.dtype, device=theta0.device)
         start = theta0.new_zeros(k * q) if scale else theta0.index_select(1, self.free_index).reshape(-1).clone()
@@ -211,7 +212,9 @@ class _GroupObjective:
             self.leaf.copy_(clamped.reshape(-1))
 
     def _whitening(self) -> Tensor:
-        """``P_k`` ``(K, q, q)`` with ``P_kᵀ (J_kᵀJ_k / n_k) P_k = sd(y_k)² I`` (see :func:`gradfit.scaling.whitening`)."""
+        """``P_k`` ``(K, q, q)`` with ``P_kᵀ (J_kᵀJ_k / n_k) P_k = sd(y_k)² I`` (see :func:`gradfit.scaling.whitening`),
+        or, when a free parameter is bounded, each parameter scaled alone (as
+        :func:`gradfit.scaling.column_scaling`: a box stays a box)."""
         import torch
 
         with torch.no_grad():
@@ -223,6 +226,8 @@ class _GroupObjective:
             mean = (self.y * mask).sum(-1) / n
             spread = torch.sqrt((((self.y - mean[:, None]) * mask) ** 2).sum(-1) / n)
             spread = torch.where((spread > 0) & (n > 1), spread, 1.0)
+            if self.bounded_free:
+                return _column_scaling(jac / torch.sqrt(n)[:, None, None], spread)
             _, s, vh = torch.linalg.svd(jac / torch.sqrt(n)[:, None, None], full_matrices=False)
             largest = s.amax(-1, keepdim=True)
             usable = torch.isfinite(largest) & (largest > 0)
@@ -294,3 +299,16 @@ class _Record:
             objective.leaf.copy_(final.reshape(-1))
             theta = objective.theta().detach().clone()
         return GroupGradientSolution(theta, self.epochs, self.code)
+
+
+def _column_scaling(scaled_jac: Tensor, spread: Tensor) -> Tensor:
+    """``(K, q, q)`` diagonal: ``spread_k`` over each column's RMS (``scaled_jac = J_k / sqrt(n_k)``);
+    columns at or below ``NULL_FLOOR`` of the largest keep its scale; groups whose Jacobian is zero or
+    not finite are scaled by ``spread_k`` alone (as :func:`gradfit.scaling.column_scaling`)."""
+    import torch
+
+    rms = torch.linalg.vector_norm(scaled_jac, dim=-2)  # (K, q)
+    largest = rms.amax(-1, keepdim=True)
+    usable = torch.isfinite(rms).all(-1, keepdim=True) & (largest > 0)
+    divisors = torch.where(usable, torch.where(rms <= largest * NULL_FLOOR, largest, rms), 1.0)
+    return torch.diag_embed(spread[:, None] / divisors)
