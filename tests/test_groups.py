@@ -144,6 +144,17 @@ def test_groups_that_end_on_a_bound_are_flagged_as_single_fits_are(fleet, solver
     assert (unbounded["at_bound"] == "").all()
 
 
+@pytest.mark.parametrize("model", ["linear", "poly:2", "exp_decay(t)"])
+def test_a_group_with_a_nan_input_is_bad_data_for_the_guessing_built_in_models_too(fleet, model):
+    """The built-ins guess each group's start from its points: a NaN input made that guess's SVD
+    fail and stopped every group."""
+    t = fleet["t"].to_numpy().copy()
+    t[np.flatnonzero(fleet["sensor"].to_numpy() == 4)[2]] = np.nan
+    table = fit_groups(model, fleet.with_columns(pl.Series("t", t)).drop("sigma"), group="sensor", y="y").table
+    assert table.filter(pl.col("sensor") == 4)["status"][0] == "bad_data"
+    assert table.filter(pl.col("sensor") != 4)["success"].sum() >= 20
+
+
 def test_summary_and_worst_groups(fleet):
     result = fit_groups(DECAY, fleet, group="sensor", y="y", params=START)
     summary = result.summary()

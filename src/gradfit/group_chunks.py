@@ -155,7 +155,7 @@ def fit_chunk(plan: ChunkPlan, columns: Mapping[str, np.ndarray], index: GroupIn
     packed = pack({name: columns[name] for name in points}, index, part)  # start columns: first values only
     used = [packed.columns[n] for n in points]
     finite = finite_groups(used, packed.mask) & _positive_sigma(packed, plan.sigma)
-    theta0 = _starting_values(plan, columns, index, part, packed)
+    theta0 = _starting_values(plan, columns, index, part, packed, finite)
     n_free = sum(not p.fixed for p in model.parameters)
     chunk = _tensors(plan, packed, bool(finite.all()), index.keys[part])
     enough = chunk.fit_mask.sum(-1).cpu().numpy() >= n_free
@@ -201,26 +201,28 @@ def _positive_sigma(packed: PackedGroups, sigma: str | None) -> np.ndarray:
     return np.all((values > 0) | (packed.mask == 0), axis=1)
 
 
-def _starting_values(plan: ChunkPlan, columns: Mapping[str, np.ndarray], index: GroupIndex, part: slice, packed: PackedGroups) -> np.ndarray:
+def _starting_values(plan: ChunkPlan, columns: Mapping[str, np.ndarray], index: GroupIndex, part: slice,
+                     packed: PackedGroups, finite: np.ndarray) -> np.ndarray:
     """``(K, p)`` each group's start: a given number, a column's first value in the group, or — for
-    a built-in model's parameters given neither — its guess from the group's own points."""
+    a built-in model's parameters given neither — its guess from the group's own points (groups
+    with bad data, which are not fitted, are not guessed from either)."""
     model = plan.model
     theta0 = np.tile(np.array([p.start for p in model.parameters]), (part.stop - part.start, 1))
     for name, column in plan.starts.items():
         theta0[:, model.param_names.index(name)] = first_in_group(columns[column], index, part)
     guessed = [j for j, p in enumerate(model.parameters) if p.init is None and not p.fixed and p.name not in plan.starts]
     if guessed and hasattr(model, "initial_guess"):
-        _guess_starts(model, packed, plan.y, theta0, guessed)
+        _guess_starts(model, packed, plan.y, theta0, guessed, finite)
     return theta0
 
 
-def _guess_starts(model: Any, packed: PackedGroups, y: str, theta0: np.ndarray, guessed: list[int]) -> None:
+def _guess_starts(model: Any, packed: PackedGroups, y: str, theta0: np.ndarray, guessed: list[int], finite: np.ndarray) -> None:
     """Fill ``theta0[:, guessed]`` with the built-in model's data-driven guesses, group by group
     (as a single fit guesses from its training points; groups with fewer than 2 points keep 1.0)."""
     names = model.param_names
     real = packed.mask > 0
     with np.errstate(all="ignore"):
-        for row in np.flatnonzero(packed.counts >= 2):
+        for row in np.flatnonzero((packed.counts >= 2) & finite):
             keep = real[row]
             guess = model.initial_guess({name: packed.columns[name][row, keep] for name in model.input_names}, packed.columns[y][row, keep])
             for j in guessed:
