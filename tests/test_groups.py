@@ -155,6 +155,30 @@ def test_a_group_with_a_nan_input_is_bad_data_for_the_guessing_built_in_models_t
     assert table.filter(pl.col("sensor") != 4)["success"].sum() >= 20
 
 
+def test_ill_conditioned_polynomial_groups_are_solved_as_single_fits_are():
+    """A quadratic in epoch seconds (x near 1.7e9): single fits solve it in a centred basis; the
+    groups' SVD of the raw design lost six digits."""
+    rng = np.random.default_rng(5)
+    x = 1.7e9 + np.sort(rng.uniform(0, 3600, 3 * 50))
+    y = 20 + 1e-3 * (x - 1.7e9) + 1e-7 * (x - 1.7e9) ** 2 + rng.normal(0, 0.01, x.size)
+    frame = pl.DataFrame({"g": np.repeat([0, 1, 2], 50), "x": x, "y": y})
+    table = fit_groups("w2*x**2 + w1*x + b", frame, group="g", y="y").table
+    for key in range(3):
+        part = frame.filter(pl.col("g") == key)
+        single = gradfit.fit("w2*x**2 + w1*x + b", {"x": part["x"].to_numpy()}, part["y"].to_numpy())
+        row = table.filter(pl.col("g") == key)
+        np.testing.assert_allclose([row[n][0] for n in ("w2", "w1", "b")], single.values, rtol=1e-8)
+        assert row["status"][0] == "converged"
+
+
+def test_a_linear_group_whose_numbers_overflow_is_non_finite_not_converged():
+    frame = pl.DataFrame({"g": [0] * 5 + [1] * 5, "t": [0.0, 1, 2, 3, 4, 0.0, 1e160, 2, 3, 4],
+                          "y": [1.0, 2, 3, 4, 5, 1.0, 0.7, 0.5, 0.4, 0.3]})
+    table = fit_groups("w2*t**2 + w1*t + b", frame, group="g", y="y").table
+    assert table["status"].to_list() == ["converged", "non_finite"]
+    assert "not finite (NaN or inf) on 1 of 5 points" in table["message"][1] and not table["success"][1]
+
+
 def test_summary_and_worst_groups(fleet):
     result = fit_groups(DECAY, fleet, group="sensor", y="y", params=START)
     summary = result.summary()

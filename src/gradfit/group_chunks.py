@@ -442,24 +442,48 @@ def _validation_loss(plan: ChunkPlan, chunk: _Chunk, theta: torch.Tensor) -> np.
 
 
 def _solve_linear(plan: ChunkPlan, chunk: _Chunk, weights: torch.Tensor, start: torch.Tensor) -> tuple:
-    """Exact batched least squares (SVD of the design) for models linear in their parameters."""
+    """Exact batched least squares for models linear in their parameters, as a single fit solves
+    them: polynomials in one input in a centred basis (:func:`~gradfit.solvers.least_squares.polynomial_least_squares`),
+    other designs by an SVD; groups where the model is not finite are ``non_finite``."""
     import torch
 
-    from gradfit.solvers.linear import batched_least_squares
+    from gradfit.solvers.linear import batched_least_squares, non_finite_message, polynomial_powers
 
     model = plan.model
     assert isinstance(model, FormulaModel)
 
     offset, design = model.design(chunk.inputs)
     free = torch.tensor([not p.fixed for p in model.parameters], device=start.device)
-    rhs = (chunk.y - offset - design[..., ~free] @ start[:, ~free, None][..., 0] if (~free).any() else chunk.y - offset) * weights
-    solution, singular = batched_least_squares(design[..., free] * weights[..., None], rhs)
+    target = chunk.y - offset - design[..., ~free] @ start[:, ~free, None][..., 0] if (~free).any() else chunk.y - offset
+    a, rhs = design[..., free] * weights[..., None], target * weights
+    broken = (~(torch.isfinite(a).all(-1) & torch.isfinite(rhs)) & (weights != 0)).sum(-1).cpu().numpy()
+    a, rhs = torch.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0), torch.nan_to_num(rhs, nan=0.0, posinf=0.0, neginf=0.0)
+    polynomial = polynomial_powers(model, free.tolist()) if start.dtype == torch.float64 else None
+    if polynomial is None:
+        solution, singular = batched_least_squares(a, rhs)
+    else:
+        solution, singular = _polynomial_groups(chunk, polynomial, torch.nan_to_num(target), weights)
     theta = start.clone()
     theta[:, free] = torch.as_tensor(solution, dtype=theta.dtype, device=theta.device)
-    status = np.where(singular, "singular", "converged")
+    bad = broken > 0
+    theta[torch.as_tensor(bad, device=theta.device)] = start[torch.as_tensor(bad, device=theta.device)]
+    counts = (weights != 0).sum(-1).cpu().numpy()
+    status = np.where(bad, "non_finite", np.where(singular, "singular", "converged")).astype(object)
     message = np.where(singular, "the design matrix is singular: parameters cannot be told apart by this group's data",
-                       "solved exactly: one least-squares solve")
-    return theta, status, message, 1, ~singular
+                       "solved exactly: one least-squares solve").astype(object)
+    for i in np.flatnonzero(bad):
+        message[i] = non_finite_message(int(broken[i]), int(counts[i]))
+    return theta, status, message, np.where(bad, 0, 1), ~singular & ~bad
+
+
+def _polynomial_groups(chunk: _Chunk, polynomial: tuple[str, list[int]], target: torch.Tensor, weights: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Coefficients ``(K, q)`` of ``1, x, x², ...`` (the free powers) per group, and which groups are rank-deficient."""
+    from gradfit.solvers.least_squares import polynomial_least_squares
+
+    name, powers = polynomial
+    with np.errstate(all="ignore"):  # groups whose numbers overflow are set aside by the caller
+        accurate = polynomial_least_squares(chunk.inputs[name], target, max(powers), weights)
+    return accurate.theta[:, powers], accurate.rank < len(powers)
 
 
 def _solve_nonlinear(plan: ChunkPlan, chunk: _Chunk, weights: torch.Tensor, start: torch.Tensor) -> tuple:

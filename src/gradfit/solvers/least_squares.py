@@ -1350,8 +1350,9 @@ def polynomial_least_squares(
         for k in range(j + 1):
             mapping[:, k, j] = math.comb(j, k) * (-centre) ** (j - k) / half**j
     theta = np.einsum("kpj,kj->kp", mapping, inner.theta)
-    if refinements and xs.dtype == np.float64:
-        theta = _refine_polynomial(xs, y, w, theta, basis, mapping, refinements)
+    full = np.flatnonzero(inner.rank == p)  # refinement needs full rank; each fit is refined alone
+    if refinements and xs.dtype == np.float64 and full.size:
+        theta[full] = _refine_polynomial(xs[full], y[full], w[full], theta[full], basis[full], mapping[full], refinements)
     fit_hi, fit_lo = _dd_polyval(xs, theta)
     residuals = _dd_round(*_dd_add(fit_hi, fit_lo, -y, np.zeros(y.shape))) * w
     condition = np.full(xs.shape[0], np.nan)  # of the monomial design: not computed (see inner)

@@ -18,7 +18,7 @@ from gradfit.errors import FitError
 from gradfit.solvers.base import Problem, SolveOutcome
 from gradfit.solvers.least_squares import linear_least_squares, polynomial_least_squares
 
-__all__ = ["solve_linear", "design_matrix", "least_squares_qr", "batched_least_squares"]
+__all__ = ["solve_linear", "design_matrix", "least_squares_qr", "batched_least_squares", "non_finite_message", "polynomial_powers"]
 
 
 
@@ -129,11 +129,12 @@ def _non_finite_rows(a: np.ndarray, b: np.ndarray) -> int:
 
 def _undefined(problem: Problem, a: np.ndarray, b: np.ndarray) -> SolveOutcome:
     """The outcome of a model that is NaN or inf on some points: not fitted, and why."""
-    message = _not_finite(_non_finite_rows(a, b), b.size)
+    message = non_finite_message(_non_finite_rows(a, b), b.size)
     return SolveOutcome(np.array(problem.theta0, copy=True), "non_finite", message, False, 0)
 
 
-def _not_finite(count: int, total: int) -> str:
+def non_finite_message(count: int, total: int) -> str:
+    """What to tell a user whose linear model is NaN or inf on ``count`` of ``total`` points."""
     return (
         f"the model is not finite (NaN or inf) on {count} of {total} points — e.g. the log or square root of a "
         "negative number, or a division by zero there; change the model or leave those points out"
@@ -148,20 +149,23 @@ def _exact(problem: Problem, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, 
     alone could lose digits (degree 2 and up, or a scaled condition number above
     :data:`ILL_CONDITIONED`)."""
     solution = linear_least_squares(a, b)
-    if solution.rank[0] < a.shape[-1]:
-        raise FitError(
-            "the design matrix is singular: some parameters cannot be told apart by the data — "
-            "remove a parameter or add varied data"
-        )
+    full_rank = solution.rank[0] == a.shape[-1]
     polynomial = polynomial_powers(problem.model, problem.free.tolist())
-    if polynomial is None or a.dtype != np.float64 or (max(polynomial[1]) < 2 and solution.condition[0] < ILL_CONDITIONED):
+    if polynomial is None or a.dtype != np.float64 or (max(polynomial[1]) < 2 and full_rank and solution.condition[0] < ILL_CONDITIONED):
+        if not full_rank:
+            raise FitError(_SINGULAR)
         return solution.theta[0], None, solution.residuals[0], solution.decomposition[0]
-    name, powers = polynomial
+    name, powers = polynomial  # solved in a centred basis: the raw design may only look singular
     weights = problem.train.weights
     target = b if weights is None else b / weights
     accurate = polynomial_least_squares(problem.train.inputs[name], target, max(powers), weights)
+    if accurate.rank[0] < len(powers):
+        raise FitError(_SINGULAR)
     factor = accurate.inverse_factor[0][powers]
     return accurate.theta[0][powers], factor @ factor.T, accurate.residuals[0], solution.decomposition[0]
+
+
+_SINGULAR = "the design matrix is singular: some parameters cannot be told apart by the data — remove a parameter or add varied data"
 
 
 #: straight lines whose column-scaled design is worse conditioned than this get the polynomial
