@@ -524,9 +524,14 @@ def degenerate(jac: Array, start_norms: Array, free: Array, bound: Array) -> Arr
     return np.any((norms <= _VANISHED * start_norms) & free & ~bound, axis=-1)
 
 
-def restart_points(start: Array, free: Array, rng: np.random.Generator, spread: float = 1.0) -> Array:
-    """Jittered starting points: free values times ``exp(spread·N(0,1))``; zeros get ``0.1·N(0,1)``."""
-    noise = rng.standard_normal(start.shape + (2,))
+def restart_points(start: Array, free: Array, seed: int, round_: int, spread: float = 1.0) -> Array:
+    """Jittered starting points: free values times ``exp(spread·N(0,1))``; zeros get ``0.1·N(0,1)``.
+
+    Each fit draws from its own generator, seeded by ``(seed, round_)`` and the bits of its own
+    starting point, so that its restarts do not depend on which other fits share the batch.
+    """
+    bits = np.ascontiguousarray(start, dtype=np.float64).view(np.uint64).reshape(start.shape)
+    noise = np.stack([np.random.default_rng([seed, round_, *row.tolist()]).standard_normal(start.shape[1:] + (2,)) for row in bits])
     jittered = np.where(start != 0, start * np.exp(spread * noise[..., 0]), 0.1 * noise[..., 1])
     return np.where(free, jittered, start).astype(start.dtype)
 
@@ -1023,11 +1028,11 @@ def _solve_with_restarts(prob: _Problem, start: Array) -> _State:
     need = ~_good(prob, state, start_norms)
     if not need.any():
         return state
-    rng = np.random.default_rng(prob.options.restart_seed)
     for round_ in range(prob.options.restarts):
         if not need.any():
             break
-        points = restart_points(start, prob.free, rng, spread=1.0 + 0.5 * round_)
+        points, rows = start.copy(), np.flatnonzero(need)  # only the fits that go on draw
+        points[rows] = restart_points(start[rows], np.broadcast_to(prob.free, start.shape)[rows], prob.options.restart_seed, round_, spread=1.0 + 0.5 * round_)
         if prob.bounded:
             points = np.clip(points, prob.lower, prob.upper)
         candidate = _run(replace(prob, options=replace(prob.options, max_iter=min(prob.options.max_iter, _RESTART_ITER))), points, active=need)
