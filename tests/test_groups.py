@@ -7,6 +7,7 @@ import polars as pl
 import pytest
 
 import gradfit
+from gradfit.errors import ModelError
 from gradfit.groups import fit_groups
 
 DECAY = "a*exp(-k*t) + c"
@@ -462,3 +463,12 @@ def test_python_functions_fit_groups_through_vmapped_autograd(fleet):
     ok = pl.col("success")
     for name in ("a", "k", "c", "a_stderr"):
         np.testing.assert_allclose(result.table.filter(ok)[name].to_numpy(), formula.filter(ok)[name].to_numpy(), rtol=1e-8)
+
+
+@pytest.mark.parametrize(("model", "options", "column"), [
+    ("w*t + sensor", {}, "sensor"), ("w*t + b*y", {}, "y"), ("a*exp(-k*t) + c*k0", {"params": {"k": "k0"}}, "k0"),
+])
+def test_a_model_cannot_use_the_key_target_or_start_columns_as_parameters(fleet, model, options, column):
+    frame = fleet.with_columns(pl.lit(1.0).alias("k0"))
+    with pytest.raises(ModelError, match=f"'{column}' is the .* column, so the model cannot use it"):
+        fit_groups(model, frame, group="sensor", y="y", **options)

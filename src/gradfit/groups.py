@@ -521,6 +521,10 @@ def _model(
     built = make_model(spec, candidates, _merge_overrides(numeric, bounds, fix))
     if not isinstance(built, ParametricModel):
         raise ModelError("group fits need a parametric model (a formula or a function) — not a network")
+    named = {group: "the group key", y: "the target", sigma: "sigma", **{column: f"the starts of '{name}'" for name, column in column_starts.items()}}
+    clash = next((name for name in built.param_names if name in named), None)
+    if clash is not None:
+        raise ModelError(f"'{clash}' is {named[clash]} column, so the model cannot use it — rename the column or the model's name")
     unknown = set(column_starts) - set(built.param_names)
     if unknown:
         raise ModelError(f"'{sorted(unknown)[0]}' is not a parameter of the model — its parameters are {', '.join(built.param_names)}")
