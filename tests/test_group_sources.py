@@ -88,3 +88,17 @@ def test_missing_group_keys_are_a_data_error_in_a_frame_and_in_a_streamed_file(t
     for data in (broken, path):
         with pytest.raises(DataError, match="the group column 'sensor' has 2 missing keys"):
             fit_groups(DECAY, data, group="sensor", y="y", params=START)
+
+
+def test_keys_that_are_not_plain_values_are_a_data_error(tmp_path):
+    import decimal
+
+    base = pl.DataFrame({"t": np.tile(np.arange(5.0), 2), "y": np.arange(10.0)})
+    keys = {"list": pl.Series([[1]] * 5 + [[2]] * 5), "struct": pl.Series([{"a": 1}] * 5 + [{"a": 2}] * 5),
+            "decimal": pl.Series([decimal.Decimal("1.5")] * 5 + [decimal.Decimal("2.5")] * 5)}
+    for name, key in keys.items():
+        frame = base.with_columns(key.alias("g"))
+        frame.write_parquet(tmp_path / f"{name}.parquet")
+        for data in (frame, tmp_path / f"{name}.parquet"):
+            with pytest.raises(DataError, match="group keys must be numbers, text or dates"):
+                fit_groups("w*t + b", data, group="g", y="y")

@@ -91,9 +91,19 @@ def open_groups(data: Any, group: str) -> GroupSource:
     frame = _frame(data)
     _check_columns(frame.columns, [group])
     key = frame[group]
+    _check_key_type(group, key.dtype)
     _check_keys(group, key.null_count() + (int(key.is_nan().sum()) if key.dtype.is_float() else 0))
     n_groups = int(key.n_unique()) if frame.height else 0
     return GroupSource(list(frame.columns), n_groups, False, _frame=frame, _group=group)
+
+
+def _check_key_type(group: str, dtype: Any) -> None:
+    """Keys must be plain values: numbers, text, booleans, dates or times."""
+    import polars as pl
+
+    plain = dtype.is_numeric() or dtype.is_temporal() or dtype in (pl.String, pl.Boolean, pl.Categorical) or isinstance(dtype, (pl.Categorical, pl.Enum))
+    if not plain or dtype.is_decimal():
+        raise DataError(f"the group column '{group}' holds {dtype} values — group keys must be numbers, text or dates: cast the column")
 
 
 def _check_keys(group: str, missing: int) -> None:
@@ -168,6 +178,7 @@ def _parquet_source(path: Path, group: str) -> GroupSource | None:
         return None
     columns = list(schema.names())
     _check_columns(columns, [group])
+    _check_key_type(group, schema[group])
     key = pl.col(group)
     missing = key.null_count() + (key.is_nan().sum() if schema[group].is_float() else 0)
     counts = _collect(_scan(path).select(rows=pl.len(), groups=key.n_unique(), runs=key.rle_id().max(), missing=missing), path)
