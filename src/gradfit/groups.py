@@ -235,7 +235,8 @@ def fit_groups(model: Any, data: Any, *, group: str, y: str, callback: Callable[
     Returns
     -------
     GroupFitResult
-        One row per group (sorted by key for data in memory; in file order for a streamed file).
+        One row per group: in the data's order when each group's rows are together (a streamed
+        file always is), else sorted by key.
     """
     import polars as pl
 
