@@ -340,3 +340,26 @@ def test_every_parameter_fixed_evaluates_the_model_against_the_data(thermometer,
     assert result.params == {"w": 0.5, "b": -17.0} and result.stderr == {"w": None, "b": None}
     assert result.statistics["r2"] == pytest.approx(1 - residuals @ residuals / np.sum((t_c - t_c.mean()) ** 2), rel=1e-12)
     assert result.train_loss == pytest.approx(np.mean(residuals**2), rel=1e-12)
+
+
+def test_a_python_function_that_works_along_the_data_sees_one_fit_at_a_time():
+    """cumsum(a*x, 0) and x / x[0] run along the points: the function must see scalar parameters
+    and 1-D columns (it saw (1, 1) parameters, summed over the batch and still said converged)."""
+    import torch
+    from scipy.optimize import curve_fit
+
+    x = np.linspace(0.1, 2, 20)
+    y = 3 * np.cumsum(x) + 1 + 0.01 * np.random.default_rng(0).standard_normal(20)
+
+    def integrated(x, a=1.0, b=0.0):
+        return torch.cumsum(a * x, 0) + b
+
+    def relative(x, a=1.0, b=0.0):
+        return a * x / x[0] + b
+
+    for function, numpy_version in ((integrated, lambda x, a, b: np.cumsum(a * x) + b), (relative, lambda x, a, b: a * x / x[0] + b)):
+        result = gradfit.fit(function, x, y)
+        expected, _ = curve_fit(numpy_version, x, y, p0=[1.0, 0.0])
+        assert result.success
+        np.testing.assert_allclose(result.values, expected, rtol=1e-6)
+        np.testing.assert_allclose(result.predict(x), numpy_version(x, *result.values), rtol=1e-12)

@@ -472,3 +472,18 @@ def test_a_model_cannot_use_the_key_target_or_start_columns_as_parameters(fleet,
     frame = fleet.with_columns(pl.lit(1.0).alias("k0"))
     with pytest.raises(ModelError, match=f"'{column}' is the .* column, so the model cannot use it"):
         fit_groups(model, frame, group="sensor", y="y", **options)
+
+
+
+def test_a_python_function_along_the_data_is_fitted_per_group_as_alone(fleet):
+    import torch
+
+    def integrated(t, a=1.0, b=0.0):
+        return torch.cumsum(a * t, 0) + b
+
+    table = fit_groups(integrated, fleet, group="sensor", y="y").table
+    for key in (0, 1, 10):
+        part = fleet.filter(pl.col("sensor") == key)
+        single = gradfit.fit(integrated, {"t": part["t"].to_numpy()}, part["y"].to_numpy())
+        row = table.filter(pl.col("sensor") == key)
+        np.testing.assert_allclose([row["a"][0], row["b"][0]], single.values, rtol=1e-8)

@@ -377,10 +377,34 @@ class CallableModel(ParametricModel):
             with torch.no_grad():
                 out = self.predict(_as_tensors(inputs), torch.from_numpy(theta))
             return out.cpu().numpy()
-        values = dict(zip(self.param_names, _param_slices(theta, self.n_params)))
+        if theta.shape[:-1].numel() == 1 and all(inputs[col].ndim <= 1 for col in self.input_names):
+            # one fit: the function sees scalar parameters and 1-D columns, as it is written, so that
+            # an operation along the data (cumsum(x, 0), x[:5], x / x[0]) runs along the points
+            single = theta.reshape(-1)
+            out = _broadcast_to_inputs(self._call(inputs, list(single.unbind(0))), inputs, single)
+            return out.reshape(theta.shape[:-1] + out.shape)
+        return self._batched(inputs, theta)
+
+    def _batched(self, inputs: Mapping[str, Any], theta: Any) -> Any:
+        """K fits ``theta (K, p)`` (columns ``(n,)`` shared, or ``(K, n)`` one row per fit): the function
+        is mapped over the fits (``torch.func.vmap``), so that each call sees one fit as above."""
+        import torch
+
+        if theta.ndim != 2:
+            raise ModelError(f"a Python function model takes parameters of shape (p,) or (K, p), got {tuple(theta.shape)}")
+        columns = [inputs[col] for col in self.input_names]
+        dims = tuple(0 if column.ndim == 2 else None for column in columns)
+
+        def one(t: Any, *values: Any) -> Any:
+            named = dict(zip(self.input_names, values))
+            return _broadcast_to_inputs(self._call(named, list(t.unbind(0))), named, t)
+
+        return torch.func.vmap(one, in_dims=(0, *dims))(theta, *columns)
+
+    def _call(self, inputs: Mapping[str, Any], params: list[Any]) -> Any:
+        values = dict(zip(self.param_names, params))
         values.update({arg: inputs[col] for arg, col in zip(self.input_arguments, self.input_names)})
-        out = self.function(**{name: values[name] for name in self.argument_names})
-        return _broadcast_to_inputs(out, inputs, theta)
+        return self.function(**{name: values[name] for name in self.argument_names})
 
 
 @dataclass(frozen=True)
