@@ -102,3 +102,11 @@ def test_keys_that_are_not_plain_values_are_a_data_error(tmp_path):
         for data in (frame, tmp_path / f"{name}.parquet"):
             with pytest.raises(DataError, match="group keys must be numbers, text or dates"):
                 fit_groups("w*t + b", data, group="g", y="y")
+
+
+@pytest.mark.parametrize("dtype", [pl.Categorical, pl.Enum(["s1", "s2", "s3"])])
+def test_categorical_keys_come_back_in_their_own_type_so_results_join_the_data(dtype):
+    frame = pl.DataFrame({"g": pl.Series(["s1"] * 5 + ["s2"] * 5 + ["s3"] * 5, dtype=dtype), "t": np.tile(np.arange(5.0), 3), "y": np.arange(15.0)})
+    table = fit_groups("w*t + b", frame, group="g", y="y").table
+    assert table["g"].dtype == frame["g"].dtype
+    assert frame.join(table.select("g", "w"), on="g").height == frame.height

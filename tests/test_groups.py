@@ -487,3 +487,9 @@ def test_a_python_function_along_the_data_is_fitted_per_group_as_alone(fleet):
         single = gradfit.fit(integrated, {"t": part["t"].to_numpy()}, part["y"].to_numpy())
         row = table.filter(pl.col("sensor") == key)
         np.testing.assert_allclose([row["a"][0], row["b"][0]], single.values, rtol=1e-8)
+
+
+def test_an_empty_table_fits_no_groups_at_zero_fits_per_second():
+    empty = pl.DataFrame({"g": pl.Series([], dtype=pl.Int64), "t": pl.Series([], dtype=pl.Float64), "y": pl.Series([], dtype=pl.Float64)})
+    result = fit_groups("w*t + b", empty, group="g", y="y")
+    assert result.table.height == 0 and result.summary()["fits_per_second"] == 0.0

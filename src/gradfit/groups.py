@@ -166,7 +166,7 @@ class GroupSummary:
             "status": self.status_counts(),
             "r2": self._spread("r2"),
             "parameters": {name: self._spread(name) for name in self.param_names},
-            "fits_per_second": self.groups / elapsed if elapsed > 0 else math.inf,
+            "fits_per_second": self.groups / elapsed if elapsed > 0 else (math.inf if self.groups else 0.0),
         }
 
     def _spread(self, name: str) -> dict[str, float]:
@@ -413,10 +413,16 @@ class GroupFits:
         columns = _columns(batch, self.plan)
         size = self.chunk or auto_chunk_size(int(index.counts.max()), self.plan.model.n_params, 4 if self.plan.options["dtype"] == "float32" else 8, device=self.plan.options["device"])
         for part, table in workers.fit(columns, index, _balanced_chunks(index.n_groups, size, exact=self.chunk is not None)):
-            table = table.with_columns(pl.Series(self.group, index.keys[part])).select(list(self.schema))
+            table = table.with_columns(self._keys(index.keys[part])).select(list(self.schema))
             if self.refit_failed:
                 table = self._refit(table, batch)
             yield table
+
+    def _keys(self, keys: np.ndarray) -> pl.Series:
+        """The key column of a result table, in the data's type (categorical keys stay categorical)."""
+        import polars as pl
+
+        return pl.Series(self.group, keys).cast(self.schema[self.group])
 
     def _refit(self, table: pl.DataFrame, batch: pl.DataFrame) -> pl.DataFrame:
         """Refit the chunk's groups that did not converge with more starts; keep what converged."""
@@ -429,7 +435,7 @@ class GroupFits:
         plan = _plan(self.plan.model, self.plan.y, self.plan.sigma, self.plan.starts, {**self.plan.options, "starts": max(REFIT_STARTS, self.plan.options["starts"])})
         index = index_groups(rows[self.group].to_numpy())
         again = fit_chunk(plan, _columns(rows, plan), index, slice(0, index.n_groups))
-        again = again.with_columns(pl.Series(self.group, index.keys)).select(list(self.schema)).filter(pl.col("success"))
+        again = again.with_columns(self._keys(index.keys)).select(list(self.schema)).filter(pl.col("success"))
         return table.update(again, on=self.group) if again.height else table
 
 
