@@ -90,3 +90,8 @@ def test_fixed_parameter_in_a_nonlinear_fit():
     assert result.params["c"] == 0.5
     np.testing.assert_allclose([result.params["a"], result.params["k"]], [2.0, 1.3], rtol=1e-9)
     assert result.stderr["c"] is None or math.isnan(result.stderr["c"])
+
+
+def test_a_column_named_like_a_constant_is_explained():
+    with pytest.raises(ModelError, match="'e' in a formula is the constant e: rename that column"):
+        make_model("w*e + b", ["e"])

@@ -534,8 +534,16 @@ def _formula_model(text: str, columns: tuple[str, ...]) -> FormulaModel:
             f"({', '.join(inputs) or 'none'}) — add a parameter such as 'w*x + b'"
         )
     if columns and not inputs:
-        raise ModelError(f"the formula '{text}' uses no data column{_typo_hint(names, columns)} — columns are {', '.join(columns)}")
+        raise ModelError(f"the formula '{text}' uses no data column{_typo_hint(names, columns)}{_constant_hint(columns)} — columns are {', '.join(columns)}")
     return FormulaModel(inputs, tuple(Parameter(n) for n in names), formula)
+
+
+def _constant_hint(columns: Sequence[str]) -> str:
+    """A note for columns that a formula reads as its constants (``e``, ``pi``)."""
+    from gradfit.formula import CONSTANTS
+
+    shadowed = [c for c in columns if c in CONSTANTS]
+    return f" ('{shadowed[0]}' in a formula is the constant {shadowed[0]}: rename that column)" if shadowed else ""
 
 
 def _typo_hint(names: Sequence[str], columns: Sequence[str]) -> str:
