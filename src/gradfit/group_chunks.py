@@ -466,7 +466,8 @@ def _solve_linear(plan: ChunkPlan, chunk: _Chunk, weights: torch.Tensor, start: 
     theta = start.clone()
     theta[:, free] = torch.as_tensor(solution, dtype=theta.dtype, device=theta.device)
     bad = broken > 0
-    theta[torch.as_tensor(bad, device=theta.device)] = start[torch.as_tensor(bad, device=theta.device)]
+    rows = torch.as_tensor(bad, device=theta.device)
+    theta[rows] = start[rows]  # not fitted: they keep their starts
     counts = (weights != 0).sum(-1).cpu().numpy()
     status = np.where(bad, "non_finite", np.where(singular, "singular", "converged")).astype(object)
     message = np.where(singular, "the design matrix is singular: parameters cannot be told apart by this group's data",

@@ -101,8 +101,8 @@ def _check_key_type(group: str, dtype: Any) -> None:
     """Keys must be plain values: numbers, text, booleans, dates or times."""
     import polars as pl
 
-    plain = dtype.is_numeric() or dtype.is_temporal() or dtype in (pl.String, pl.Boolean, pl.Categorical) or isinstance(dtype, (pl.Categorical, pl.Enum))
-    if not plain or dtype.is_decimal():
+    plain = (dtype.is_numeric() and not dtype.is_decimal()) or dtype.is_temporal() or dtype in (pl.String, pl.Boolean) or isinstance(dtype, (pl.Categorical, pl.Enum))
+    if not plain:
         raise DataError(f"the group column '{group}' holds {dtype} values — group keys must be numbers, text or dates: cast the column")
 
 
