@@ -493,3 +493,18 @@ def test_an_empty_table_fits_no_groups_at_zero_fits_per_second():
     empty = pl.DataFrame({"g": pl.Series([], dtype=pl.Int64), "t": pl.Series([], dtype=pl.Float64), "y": pl.Series([], dtype=pl.Float64)})
     result = fit_groups("w*t + b", empty, group="g", y="y")
     assert result.table.height == 0 and result.summary()["fits_per_second"] == 0.0
+
+
+def test_noise_free_groups_converge_as_single_fits_do():
+    # synthetic data without noise, computed in another order than the model: rounding-level residuals
+    rng = np.random.default_rng(2)
+    t = np.linspace(0, 5, 20)
+    truth = np.column_stack([rng.uniform(1, 3, 40), rng.uniform(0.3, 1.5, 40), rng.uniform(-1, 1, 40)])
+    y = (truth[:, [2]] + np.exp(-t * truth[:, [1]]) * truth[:, [0]]).ravel()
+    frame = pl.DataFrame({"sensor": np.repeat(np.arange(40), t.size), "t": np.tile(t, 40), "y": y})
+    result = fit_groups(DECAY, frame, group="sensor", y="y", params=START)
+    assert result.status_counts() == {"converged": 40}
+    np.testing.assert_allclose(result.table.select("a", "k", "c").to_numpy(), truth, rtol=1e-9)
+    for key in (0, 17):
+        single = gradfit.fit(DECAY, {"t": t}, y[key * t.size:(key + 1) * t.size], params=START)
+        assert single.success and single.status == "converged", single.message

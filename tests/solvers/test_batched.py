@@ -332,3 +332,14 @@ def test_a_singular_linear_group_is_reported_not_solved():
     t = torch.linspace(0, 1, 8, dtype=torch.float64).expand(2, 8).clone()
     solution = solve_linear_batched(system, torch.zeros(2, 2, dtype=torch.float64), {"t": t, "__y": 2 * t})
     assert (solution.code == SINGULAR).all()
+
+
+def test_noise_free_data_converges_at_the_truth():
+    # the data's arithmetic differs from the model's (another order of operations, numpy's exp):
+    # the residuals at the truth are rounding errors that no step can lower — converged, not stalled
+    truth, _ = decay_data(300, seed=5)
+    y = truth[:, [2]] + np.exp(-T * truth[:, [1]]) * truth[:, [0]]
+    start = torch.tensor([[1.0, 1.0, 0.0]], dtype=torch.float64).expand(300, 3)
+    sol = solve_batched(formula_system(DECAY, [True] * 3), start, decay_inputs(y), options=BatchedOptions(max_iter=100))
+    assert set(sol.status_names()) == {"converged"}
+    np.testing.assert_allclose(sol.theta.numpy(), truth, rtol=1e-9)

@@ -446,3 +446,17 @@ def test_problem_on_torch_is_the_same_problem_as_tensors():
     np.testing.assert_array_equal(tensors.train.inputs["x"].numpy(), problem.train.inputs["x"])
     np.testing.assert_array_equal(tensors.train.weights.numpy(), problem.train.weights)
     np.testing.assert_array_equal(tensors.theta0.numpy(), problem.theta0)
+
+
+@pytest.mark.parametrize("method", ["lm", "gn"])
+@pytest.mark.parametrize("batched", [False, True])
+def test_noise_free_data_converges_at_the_truth(method, batched):
+    # data computed in another order than the model: the residuals at the truth are rounding errors,
+    # not zeros, and no step can lower them; that is convergence, not a stall
+    rng = np.random.default_rng(4)
+    truth = np.column_stack([rng.uniform(1, 3, 12), rng.uniform(0.3, 1.5, 12), rng.uniform(-1, 1, 12)])
+    for block in [truth] if batched else np.split(truth, len(truth)):
+        y = block[:, [2]] + np.exp(-X * block[:, [1]]) * block[:, [0]]
+        sol = solve_least_squares(decay_residuals(X, y)[0], START.expand(len(block), 3).clone(), method=method)
+        assert all(status.converged for status in sol.status), sol.status
+        np.testing.assert_allclose(sol.theta.numpy(), block, rtol=1e-9)

@@ -36,7 +36,9 @@ Statuses (integer codes; names in :data:`STATUS_NAMES`):
 ``converged``
     At an accepted point, a full Gauss-Newton step could lower the cost by at most ``ftol``
     relative, or would change every free parameter by at most ``xtol·(|θ| + xtol)`` (tested only
-    where that gain is below 1% of the cost), or the residuals are exactly zero.
+    where that gain is below 1% of the cost), or the residuals are exactly zero; or no damped step
+    lowers the cost while that full step is below ``xtol`` (the residuals are rounding errors, as
+    on noise-free data: their part along the Jacobian, which the gain measures, is rounding noise).
 ``max_iter``
     The trial budget ran out first.
 ``non_finite``
@@ -47,7 +49,8 @@ Statuses (integer codes; names in :data:`STATUS_NAMES`):
     or ``JᵀJ`` is not numerically positive definite and no damped step could lower the cost by more
     than ``ftol`` (the floor of a flat valley), or the budget ran out with ``JᵀJ`` singular.
 ``stalled``
-    The damping grew past ``1e16`` without an acceptable step.
+    The damping grew past ``1e16`` without an acceptable step, and a full Gauss-Newton step would
+    still move a parameter by more than ``xtol``.
 
 Standard errors come from the same factorisation at the solution:
 :attr:`BatchedSolution.inverse_diagonal` is the diagonal of ``(JᵀJ)⁻¹`` (``cov = s² (JᵀJ)⁻¹``), with an upper bound of the
@@ -838,6 +841,7 @@ def _iterate(system: Callable[..., Tensor], work: _Work, s: _Settings, state: Te
             keep = torch.nonzero(trying).flatten()
             work = work.subset(keep)
             trial, gn_ok, gain, predicted, cost = trial[:, keep], gn_ok[keep], gain[keep], predicted[keep], cost[keep]
+            gn_small = gn_small[keep]
             trying = torch.ones_like(trying[:n_trying])
         _normal(system, trial[:p], work.data, q, s.block, out=trial[p:])
         trial_cost = 0.5 * trial[cost_row]
@@ -854,7 +858,9 @@ def _iterate(system: Callable[..., Tensor], work: _Work, s: _Settings, state: Te
         work.damping = work.damping * torch.where(accept, shrink, grow)
         work.nu = torch.where(accept, 2.0, work.nu * grow)
         work.n_iter += trying
-        work.code = torch.where(trying & (work.damping > _MAX_DAMPING), STALLED, work.code)
+        # no step can move it: the minimum to rounding if Gauss-Newton puts it within xtol (noise-free data)
+        stuck = torch.where(gn_ok & gn_small, CONVERGED, STALLED)
+        work.code = torch.where(trying & (work.damping > _MAX_DAMPING), stuck, work.code)
     work.store(state, n_iter, code)
 
 

@@ -47,7 +47,9 @@ Method
   step never passes for convergence): the relative reduction of the cost that a full Gauss-Newton
   step could still bring is at most ``ftol``; or that step changes every free parameter by at most
   ``xtol`` relative; or every cosine between residuals and a Jacobian column is at most ``gtol``;
-  or the residuals are exactly zero.
+  or the residuals are exactly zero. A fit that no step can move any more (the trust region shrunk
+  to rounding) has converged by ``xtol`` if that full step is below it — its residuals are rounding
+  errors, as on noise-free data — and is ``stalled`` otherwise.
 * **Rounding noise**: once a Gauss-Newton step could gain less than 1e-10 of the cost, differences
   of the cost are mostly rounding noise; a step is then taken unless it raises the cost by more
   than 1e-9 relative. The gradient, computed without that cancellation, still points to the
@@ -492,14 +494,31 @@ def convergence_code(dec: Decomposition, theta: Array, cost: Array, options: Lea
     near = dec.gn_gain <= 0.01 * cost
     if not near.any():
         return np.where(cost <= 0, _EXACT, _RUN)
-    gn_step = step_from_coefficients(dec, dec.gn_coef)
-    x_ok = (np.abs(gn_step) <= options.xtol * (np.abs(theta) + options.xtol)).all(-1)
+    x_ok = small_gn_step(dec, theta, options)
     # cosine_j = |J̃_jᵀ r̃| / (‖J̃_j‖ ‖r̃‖), with J̃ᵀ r̃ = D V (s g)
     gradient = np.abs(dec.d * np.einsum("kpq,kq->kp", dec.vt, dec.sg))
     g_ok = (gradient <= options.gtol * dec.col_norms * np.sqrt(dec.res_norm2)[:, None]).all(-1)
     return np.select(
         [cost <= 0, dec.gn_gain <= options.ftol * cost, near & x_ok, near & g_ok], [_EXACT, _FTOL, _XTOL, _GTOL], _RUN
     )
+
+
+def small_gn_step(dec: Decomposition, theta: Array, options: LeastSquaresOptions) -> Array:
+    """Fits whose full Gauss-Newton step changes every free parameter by at most ``xtol`` relative (pure)."""
+    gn_step = step_from_coefficients(dec, dec.gn_coef)
+    return (np.abs(gn_step) <= options.xtol * (np.abs(theta) + options.xtol)).all(-1)
+
+
+def stall_code(small_step: Array) -> Array:
+    """Code of fits that no step can move (pure): converged by ``xtol`` where the full Gauss-Newton
+    step is below it, stalled elsewhere.
+
+    With exact derivatives, a point where no step lowers the cost while Gauss-Newton puts the
+    minimum within ``xtol`` is the minimum to within the rounding of the cost itself: the residuals
+    are rounding errors (noise-free data), so their part along the Jacobian (the gain the ``ftol``
+    test reads) is rounding noise too, a sizeable fraction of the cost.
+    """
+    return np.where(small_step, _XTOL, _STALL)
 
 
 def active_set(theta: Array, gradient: Array, lower: Array, upper: Array) -> Array:
@@ -820,7 +839,8 @@ def _update_step_control(prob: _Problem, state: _State, step_norm: Array, ratio:
             stalled = radius * radius <= np.finfo(radius.dtype).eps ** 2 * np.einsum("kp,kp->k", scaled, scaled)
     state.radius = np.where(running, radius, state.radius)
     if stalled.any():
-        state.code = np.where(running & stalled & (state.code == _RUN), _STALL, state.code)
+        stuck = running & stalled & (state.code == _RUN)
+        state.code = np.where(stuck, stall_code(small_gn_step(state.dec, state.theta, prob.options)), state.code)
 
 
 def _run(prob: _Problem, theta0: Array, active: Array | None = None) -> _State:
@@ -884,15 +904,20 @@ def _convergence_single(pt: _Point, theta: list[float], cost: float, options: Le
         return _FTOL
     if pt.gn_gain > 0.01 * cost:
         return _RUN
-    d = pt.d.tolist()
-    step = (pt.vt @ np.array(pt.gn_coef)).tolist()
-    if all(abs(st / dj) <= options.xtol * (abs(th) + options.xtol) for st, dj, th in zip(step, d, theta)):
+    if _small_step_single(pt, theta, options):
         return _XTOL
+    d = pt.d.tolist()
     gradient = (pt.vt @ np.array([si * gi for si, gi in zip(pt.s, pt.g)])).tolist()
     scale = options.gtol * math.sqrt(pt.res_norm2)
     if all(abs(dj * gr) <= scale * cn for dj, gr, cn in zip(d, gradient, pt.col_norms)):
         return _GTOL
     return _RUN
+
+
+def _small_step_single(pt: _Point, theta: list[float], options: LeastSquaresOptions) -> bool:
+    """Scalar twin of :func:`small_gn_step`."""
+    step = (pt.vt @ np.array(pt.gn_coef)).tolist()
+    return all(abs(st / dj) <= options.xtol * (abs(th) + options.xtol) for st, dj, th in zip(step, pt.d.tolist(), theta))
 
 
 def _damping_single(pt: _Point, radius: float, lam: float, iterations: int = 10) -> float:
@@ -975,7 +1000,7 @@ def _run_single(prob: _Problem, theta0: Array) -> _State:
         if code == _RUN and poor:
             scaled = math.sqrt(sum((dj * th) ** 2 for dj, th in zip(pt.d.tolist(), theta)))
             if radius <= np.finfo(dtype).eps * scaled:
-                code = _STALL
+                code = _XTOL if _small_step_single(pt, theta, options) else _STALL
     if code == _RUN:
         code = _MAXIT
     theta_arr = np.array([theta], dtype=dtype)
