@@ -144,6 +144,21 @@ def test_explicit_validation_set_and_predict(thermometer):
     assert result.val_loss == pytest.approx(np.mean((predicted - t_c[8:]) ** 2), rel=1e-12)
 
 
+def test_a_weighted_fit_weighs_its_validation_loss_by_the_validation_sigma(thermometer):
+    t_u, t_c = thermometer
+    sigma = np.linspace(0.5, 2.0, t_u.size)
+    train, val = {"t_u": t_u[:8]}, {"t_u": t_u[8:]}
+    result = gradfit.fit("w*t_u + b", train, t_c[:8], sigma=sigma[:8], val_data=(val, t_c[8:], sigma[8:]))
+    predicted = result.predict(val)
+    assert result.val_loss == pytest.approx(np.mean(((predicted - t_c[8:]) / sigma[8:]) ** 2), rel=1e-12)
+    assert result.train_loss == pytest.approx(np.mean(((result.predict(train) - t_c[:8]) / sigma[:8]) ** 2), rel=1e-12)
+    assert not result.warnings
+    unweighted = gradfit.fit("w*t_u + b", train, t_c[:8], sigma=sigma[:8], val_data=(val, t_c[8:]))
+    assert any("not comparable" in w for w in unweighted.warnings)
+    with pytest.raises(OptionError, match=r"val_data must be \(x, y\) or \(x, y, sigma\)"):
+        gradfit.fit("w*t_u + b", train, t_c[:8], val_data=(val,))
+
+
 def test_json_round_trip_predicts_without_the_model(thermometer):
     t_u, t_c = thermometer
     result = gradfit.fit("w*t_u + b", {"t_u": t_u}, t_c, val=0.2)

@@ -16,6 +16,7 @@ import numpy as np
 
 from gradfit.config import FitOptions
 from gradfit.data import Dataset, as_dataset, check_enough_rows, holdout_split
+from gradfit.errors import OptionError
 from gradfit.model import CallableModel, FormulaModel, ModuleModel, Parameter, ParametricModel, make_model
 from gradfit.objective import Split
 from gradfit.result import FitResult
@@ -42,7 +43,7 @@ def fit(
     params: Sequence[Parameter] | Mapping[str, Any] | None = None,
     bounds: Mapping[str, tuple[float, float]] | str | None = None,
     fix: Mapping[str, float] | None = None,
-    val_data: tuple[Any, Any] | None = None,
+    val_data: tuple[Any, ...] | None = None,
     **options: Any,
 ) -> FitResult:
     """Estimate a model's parameters from input/output pairs.
@@ -71,7 +72,8 @@ def fit(
     fix
         ``{"w": 1.0}``: hold these parameters at the given values.
     val_data
-        ``(x_val, y_val)``: an explicit validation set, instead of a random ``val`` fraction.
+        ``(x_val, y_val)`` or ``(x_val, y_val, sigma_val)``: an explicit validation set, instead of a
+        random ``val`` fraction. A weighted fit's validation loss is weighted only if it has ``sigma_val``.
     **options
         Any field of :class:`~gradfit.config.FitOptions`: ``solver`` ("auto", "linear", "lm", "gn",
         "gradient"), ``optimizer`` (a ``torch.optim`` name or class), ``optimizer_options``, ``loss``,
@@ -98,8 +100,16 @@ def fit(
     built, dataset = prepare(model, x, y, sigma=sigma, inputs=inputs, params=overrides, nan_policy=settings.nan_policy)
     validation = None
     if val_data is not None:
-        _, validation = prepare(built, val_data[0], val_data[1], sigma=None, inputs=built.input_names, nan_policy=settings.nan_policy)
+        x_val, y_val, sigma_val = _validation_parts(val_data)
+        _, validation = prepare(built, x_val, y_val, sigma=sigma_val, inputs=built.input_names, nan_policy=settings.nan_policy)
     return fit_dataset(built, dataset, settings, validation)
+
+
+def _validation_parts(val_data: Any) -> tuple[Any, Any, Any]:
+    """``(x, y, sigma)`` from ``val_data = (x, y)`` or ``(x, y, sigma)``."""
+    if not isinstance(val_data, (tuple, list)) or len(val_data) not in (2, 3):
+        raise OptionError("val_data must be (x, y) or (x, y, sigma) — e.g. val_data=(x_val, y_val)")
+    return val_data[0], val_data[1], val_data[2] if len(val_data) == 3 else None
 
 
 def _merge_overrides(

@@ -57,7 +57,17 @@ def _module_summary(problem: Problem, outcome: SolveOutcome) -> Summary:
     with torch.no_grad():
         train_loss = float(loss_fn(tensors.train.residuals(predict(tensors.train.inputs))))
         val_loss = None if tensors.val is None else float(loss_fn(tensors.val.residuals(predict(tensors.val.inputs))))
-    return Summary((), None, {}, train_loss, val_loss, (), _torch_predictor(tensors, predict))
+    return Summary((), None, {}, train_loss, val_loss, _loss_warnings(problem), _torch_predictor(tensors, predict))
+
+
+def _loss_warnings(problem: Problem) -> tuple[str, ...]:
+    """A weighted training loss beside an unweighted validation loss cannot be compared."""
+    if problem.val is None or problem.train.weights is None or problem.val.weights is not None:
+        return ()
+    return (
+        "the training loss is weighted by sigma but the validation set has none, so the two losses are "
+        "not comparable — give the validation set its sigma: val_data=(x, y, sigma)",
+    )
 
 
 def _torch_predictor(problem: Problem, predict: Callable[[Any], Any]) -> Callable[[Mapping[str, np.ndarray]], np.ndarray]:
@@ -131,7 +141,7 @@ def _parametric_quantities(problem: Problem, outcome: SolveOutcome, options: Fit
         f"parameter '{e.name}' is at a bound ({e.value:g}); its uncertainty is not reliable"
         for e in estimates
         if e.at_bound
-    )
+    ) + _loss_warnings(problem)
     return Summary(
         estimates,
         tuple(map(tuple, covariance.astype(float).tolist())),
