@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
+import torch
 
 import gradfit
 from gradfit.errors import ModelError
@@ -95,3 +97,30 @@ def test_fixed_parameter_in_a_nonlinear_fit():
 def test_a_column_named_like_a_constant_is_explained():
     with pytest.raises(ModelError, match="'e' in a formula is the constant e: rename that column"):
         make_model("w*e + b", ["e"])
+
+
+def _decay(t, a=1.0, k=1.0, c=0.0):
+    return a * torch.exp(-k * t) + c
+
+
+@pytest.mark.parametrize(
+    ("function", "fragment"),
+    [
+        (lambda t, a=1.0: torch.as_tensor(np.asarray(a * t)), "must compute with torch operations"),
+        (lambda t, a=1.0: (a * t)[:5], "returned shape (5,) for inputs of shape (30,) — return one value per point"),
+        (lambda t, a=1.0, k=1.0, c=0.0: _decay(t, a, k, c).float(), "returns float32 values in a float64 fit"),
+    ],
+)
+def test_a_python_function_that_cannot_serve_as_a_model_is_a_model_error(function, fragment):
+    t = np.linspace(0, 5, 30)
+    with pytest.raises(ModelError, match=re.escape(fragment)):
+        gradfit.fit(function, t, _decay(torch.as_tensor(t), 2.0, 0.7, 0.3).numpy())
+
+
+def test_an_exception_inside_a_python_function_is_reported_with_its_cause():
+    def broken(t, a=1.0):
+        raise ValueError("boom\nsecond line")
+
+    with pytest.raises(ModelError, match=r"broken\(t, a\) raised ValueError: boom — ") as caught:
+        gradfit.fit(broken, np.arange(5.0), np.arange(5.0))
+    assert isinstance(caught.value.__cause__, ValueError) and "\n" not in str(caught.value)

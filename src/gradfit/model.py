@@ -349,7 +349,13 @@ def _broadcast_to_inputs(
 
     out = torch.as_tensor(out, dtype=theta.dtype, device=theta.device)
     shapes = [out.shape, theta.shape[:-1] + (1,)] + [t.shape for t in inputs.values()]
-    return torch.broadcast_to(out, torch.broadcast_shapes(*shapes))
+    try:
+        return torch.broadcast_to(out, torch.broadcast_shapes(*shapes))
+    except RuntimeError as error:
+        points = tuple(next(iter(inputs.values())).shape) if inputs else ()
+        raise ModelError(
+            f"the model returned shape {tuple(out.shape)} for inputs of shape {points} — return one value per point"
+        ) from error
 
 
 @dataclass(frozen=True)
@@ -404,7 +410,30 @@ class CallableModel(ParametricModel):
     def _call(self, inputs: Mapping[str, Any], params: list[Any]) -> Any:
         values = dict(zip(self.param_names, params))
         values.update({arg: inputs[col] for arg, col in zip(self.input_arguments, self.input_names)})
-        return self.function(**{name: values[name] for name in self.argument_names})
+        try:
+            out = self.function(**{name: values[name] for name in self.argument_names})
+        except Exception as error:  # the user's code: say where it failed, keep the cause chained
+            first_line = (str(error).strip().splitlines() or [""])[0]
+            raise ModelError(
+                f"the model function {self.description} raised {type(error).__name__}: {first_line} — it is called "
+                "with torch tensors and must compute with torch operations"
+            ) from error
+        _check_precision(out, params[0] if params else None)
+        return out
+
+
+def _check_precision(out: Any, param: Any) -> None:
+    """A function computing in a lower precision than the fit would stop it at its own rounding."""
+    import torch
+
+    if not (isinstance(out, torch.Tensor) and isinstance(param, torch.Tensor) and out.is_floating_point()):
+        return
+    if torch.finfo(out.dtype).eps > torch.finfo(param.dtype).eps:
+        returned, fitted = (str(dtype).removeprefix("torch.") for dtype in (out.dtype, param.dtype))
+        raise ModelError(
+            f"the model function returns {returned} values in a {fitted} fit, whose rounding would stop the fit "
+            f"early — compute in the dtype of the tensors it is given, or fit with dtype='{returned}'"
+        )
 
 
 @dataclass(frozen=True)
