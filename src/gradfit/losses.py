@@ -48,7 +48,8 @@ def _rho(name: str, z: Any) -> Any:
     if name == "soft_l1":
         return 2.0 * (xp.sqrt(1.0 + z) - 1.0)
     if name == "huber":
-        return xp.where(z <= 1.0, z, 2.0 * xp.sqrt(z) - 1.0)
+        # the square root only of z >= 1: where's unused branch still carries a gradient, NaN at z = 0
+        return xp.where(z <= 1.0, z, 2.0 * xp.sqrt(xp.clip(z, 1.0, None)) - 1.0)
     if name == "cauchy":
         return xp.log1p(z)
     return z
