@@ -63,6 +63,37 @@ def test_target_stops_the_run(thermometer):
     assert result.history.train[-1] <= 3.5 < result.history.train[0]
 
 
+@pytest.mark.parametrize("val", [0.0, 0.2])
+def test_the_parameters_returned_at_the_target_are_those_that_met_it(thermometer, val):
+    # a large learning rate jumps far past the optimum: the parameters after the step that met the
+    # target are much worse than those before it
+    t_u, t_c = thermometer
+    options = {"optimizer": "adam", "optimizer_options": {"lr": 0.5}, "epochs": 2000, "val": val, "seed": 0}
+    result = gradfit.fit("w*t_u + b", {"t_u": t_u}, t_c, target=5.0, **options)
+    assert result.status == "target" and result.success
+    monitored = result.val_loss if val else result.train_loss
+    assert monitored <= 5.0
+    assert monitored == pytest.approx((result.history.val or result.history.train)[-1], rel=1e-12)
+
+
+def test_a_run_that_ends_far_above_its_start_diverged_and_keeps_its_best_parameters(thermometer):
+    t_u, t_c = thermometer
+    result = gradfit.fit("w*t_u + b", {"t_u": t_u}, t_c, optimizer="sgd", optimizer_options={"lr": 1.05}, epochs=50)
+    assert result.history.train[-1] > 1e4 * result.history.train[0]  # steadily growing, never 1e8 times
+    assert result.status == "diverged" and not result.success
+    assert result.train_loss == pytest.approx(min(result.history.train), rel=1e-12)
+
+
+@pytest.mark.parametrize(("model", "start"), [("linear", None), ("w*x + b", {"w": 3.0, "b": 2.0})])
+def test_a_fit_that_starts_at_or_next_to_a_perfect_fit_is_no_divergence(model, start):
+    # the first loss is ~0 (the built-in line guesses its start from the data): growing to 1e-17 is not "exploding"
+    x = np.arange(8.0)
+    y = 3.0 * x + 2.0 + (np.array([1e-9, -1e-9] * 4) if start else 0.0)
+    result = gradfit.fit(model, x, y, optimizer="adam", epochs=200, params=start)
+    assert result.status == "max_epochs" and result.success
+    np.testing.assert_allclose(result.values, [3.0, 2.0], atol=1e-2)
+
+
 def test_validation_pass_builds_no_graph(thermometer):
     import torch
 

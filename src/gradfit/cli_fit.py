@@ -181,7 +181,7 @@ class FitCommand:
     def _divergence_message(self, result: Any) -> str:
         fixes = "lower the learning rate (--opt lr=...)" + ("" if self.scale else " or drop --no-scale")
         return (
-            f"the fit diverged: the loss became non-finite or exploded within {result.iterations} "
+            f"the fit diverged: the loss became non-finite, exploded or ended far above its start within {result.iterations} "
             f"epochs — {fixes}; nothing was written"
         )
 

@@ -3,7 +3,7 @@
 An objective owns the leaf tensors an optimizer updates, computes the training loss (optionally on a
 minibatch of rows) with a graph, the validation loss without one, and can snapshot and restore its
 state so that the loop can return the best parameters it saw. ``unit`` converts internal losses back
-to the user's units.
+to the user's units; ``baseline`` is the loss of a constant model, the loop's sense of scale.
 """
 
 from __future__ import annotations
@@ -51,6 +51,16 @@ class Split:
         """Weighted residuals ``(prediction - y) / sigma``."""
         r = prediction - self.y
         return r if self.weights is None else r * self.weights
+
+
+def baseline_loss(loss_fn: Loss, train: Split) -> float:
+    """The loss, in the user's units, of predicting the mean target everywhere (0 if not finite): the
+    scale below which the training loop treats losses as near zero (see :mod:`gradfit.train`)."""
+    import torch
+
+    with torch.no_grad():
+        value = float(loss_fn(train.residuals(train.y.mean().expand_as(train.y))))
+    return value if value < float("inf") else 0.0
 
 
 class _Objective:
@@ -117,6 +127,7 @@ class ParametricObjective(_Objective):
         self.free_index = torch.nonzero(free).flatten()
         self.identity = not scale and bool(free.all())
         self.unit = reference_loss(loss_fn, train.y) if scale else 1.0
+        self.baseline = baseline_loss(loss_fn, train)
         self.transform = self._transform(scale)
         start = theta0.clone() if self.identity else torch.zeros_like(theta0[self.free_index])
         self.leaf = start.requires_grad_(True)
@@ -191,6 +202,7 @@ class ModuleObjective(_Objective):
         self.x_scaler = Standardizer.fit(x) if scale else None
         self.y_scaler = Standardizer.fit(train.y) if scale else None
         self.unit = reference_loss(loss_fn, train.y) if scale else 1.0
+        self.baseline = baseline_loss(loss_fn, train)
         self.tensors = [p for p in model.module.parameters() if p.requires_grad]
 
     def predict(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:

@@ -162,7 +162,10 @@ class ParametricRegressor(RegressorMixin, BaseEstimator):
             _check_samples(train.n_rows, sum(not p.fixed for p in model.parameters), model.description)
         result = fit_dataset(model, train, replace(options, val=0.0), validation)
         if result.status == "diverged":
-            raise DivergenceError(f"the fit diverged: {result.message} — lower the learning rate (optimizer_options={{'lr': ...}})")
+            raise DivergenceError(
+                f"the fit diverged (the loss became non-finite, exploded or ended far above its start) within "
+                f"{result.iterations} epochs — lower the learning rate (optimizer_options={{'lr': ...}}) or keep scale=True"
+            )
         if result.status == "non_finite":
             raise FitError(result.message)
         self.result_ = result

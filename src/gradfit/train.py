@@ -28,8 +28,8 @@ class StopReason(enum.Enum):
     TARGET = "the monitored loss reached the target"
     EARLY_STOPPED = "validation loss stopped improving; restored the parameters of the best epoch"
     DIVERGED = (
-        "the loss diverged (non-finite or exploding); kept the best finite parameters — lower the "
-        "learning rate (--opt lr=...) or keep input scaling on"
+        "the loss diverged (non-finite, exploding, or ending far above its start); kept the best finite "
+        "parameters — lower the learning rate (--opt lr=...) or keep input scaling on"
     )
     INTERRUPTED = "interrupted; kept the best parameters found so far"
     NON_FINITE = (
@@ -38,11 +38,20 @@ class StopReason(enum.Enum):
     )
 
 
+#: a training loss this many times its first value (or the floor below) counts as divergence
+EXPLODE_FACTOR = 1e8
+#: losses below this fraction of the baseline are all "near zero": growing from there is no divergence
+FLOOR_FRACTION = 1e-8
+#: a run whose last loss is this many times above both its first loss and the baseline has diverged
+END_GROWTH = 10.0
+
+
 class Objective(Protocol):
     """What the loop needs from an objective (see :mod:`gradfit.objective`)."""
 
     tensors: list[torch.Tensor]
     unit: float
+    baseline: float  # the loss of a constant model (the training targets' mean), in the user's units
 
     def train_loss(self, index: torch.Tensor | None = None) -> torch.Tensor: ...
 
@@ -74,7 +83,8 @@ class TrainConfig:
     min_delta
         Relative improvement that counts as an improvement for ``patience``.
     explode_factor
-        A training loss this many times its first value counts as divergence.
+        A training loss this many times its first value (or :data:`FLOOR_FRACTION` of the
+        objective's baseline, if larger) counts as divergence.
     seed
         Seed of the minibatch shuffling.
     plateau_patience
@@ -88,7 +98,7 @@ class TrainConfig:
     target: float | None = None
     patience: int | None = None
     min_delta: float = 0.0
-    explode_factor: float = 1e8
+    explode_factor: float = EXPLODE_FACTOR
     seed: int = 0
     plateau_patience: int | None = None
     checkpoint_every: int = 100
@@ -177,6 +187,8 @@ def run_training(
             stop = StopReason.MAX_EPOCHS
     except KeyboardInterrupt:
         stop = StopReason.INTERRUPTED
+    if stop is StopReason.MAX_EPOCHS and ended_far_above_start(progress.train_history, objective.baseline):
+        stop = StopReason.DIVERGED
     if stop is not StopReason.MAX_EPOCHS and stop is not StopReason.TARGET and progress.best.state is not None:
         objective.restore(progress.best.state)
     return TrainOutcome(progress.train_history, progress.val_history, progress.epoch, progress.best.epoch, stop)
@@ -205,7 +217,7 @@ def _epoch(
     progress.first = train if progress.first is None else progress.first
     if callback is not None:
         callback(progress.epoch, train, val_value)
-    if _diverged(train, monitored, progress.first, config):
+    if _diverged(train, monitored, max(progress.first, FLOOR_FRACTION * objective.baseline), config):
         if progress.best.state is None:  # diverged at once: keep the starting parameters
             progress.best = _Best(math.inf, progress.epoch - 1, state)
         return StopReason.NON_FINITE if progress.epoch == 1 and not math.isfinite(train) else StopReason.DIVERGED
@@ -214,6 +226,7 @@ def _epoch(
     if scheduler is not None:
         scheduler.step(monitored)
     if config.target is not None and monitored <= config.target:
+        objective.restore(state)  # the parameters whose loss met the target: those before this epoch's step
         return StopReason.TARGET
     if config.patience is not None and progress.epoch - progress.best.epoch >= config.patience:
         return StopReason.EARLY_STOPPED
@@ -244,10 +257,17 @@ def _restore(state: dict[str, Any], objective: Objective, optimizer: Any, schedu
     return _Progress(state["epoch"], list(state["train_history"]), list(state["val_history"]), best, state["first"])
 
 
-def _diverged(train: float, monitored: float, first: float, config: TrainConfig) -> bool:
+def _diverged(train: float, monitored: float, reference: float, config: TrainConfig) -> bool:
+    """Non-finite, or ``explode_factor`` times the first loss (floored near zero)."""
     if not (math.isfinite(train) and math.isfinite(monitored)):
         return True
-    return first > 0 and train > config.explode_factor * first
+    return reference > 0 and train > config.explode_factor * reference
+
+
+def ended_far_above_start(train_history: list[float], baseline: float) -> bool:
+    """Whether a run's last training loss is :data:`END_GROWTH` times above both its first loss and
+    the baseline: a run that made the fit worse than its start and than a constant model failed."""
+    return bool(train_history) and train_history[-1] > END_GROWTH * max(train_history[0], baseline)
 
 
 def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> Any:

@@ -166,3 +166,17 @@ def test_huber_groups_shorter_than_the_longest_equal_single_fits(heavy_tailed):
         single = _single(ragged, key, **options)
         row = result.table.filter(pl.col("g") == key)
         np.testing.assert_allclose([row[n][0] for n in "akc"], single.values, rtol=1e-9, atol=1e-12)
+
+
+def test_a_group_whose_loss_ends_far_above_its_start_diverged_as_its_single_fit_did():
+    # plain SGD, the same learning rate: stable on the short range, slowly growing (never 1e8 times) on the long one
+    t = np.linspace(0.0, 1.0, 10)
+    frame = pl.DataFrame({"g": np.repeat([0, 1], 10), "t": np.concatenate([t, 1.6 * t]), "y": np.concatenate([2 * t + 1, 3.2 * t + 1])})
+    options = {"optimizer": "sgd", "optimizer_options": {"lr": 0.6}, "epochs": 60, "scale": False}
+    table = fit_groups("w*t + b", frame, group="g", y="y", **options).table
+    for key, span in ((0, 1.0), (1, 1.6)):
+        single = gradfit.fit("w*t + b", {"t": span * t}, 2 * span * t + 1, **options)
+        row = table.filter(pl.col("g") == key)
+        assert row["status"][0] == single.status == ("max_epochs", "diverged")[key]
+        np.testing.assert_allclose([row["w"][0], row["b"][0]], single.values, rtol=1e-9)
+    assert table["w"][1] == 1.0 and table["b"][1] == 1.0  # the diverged group keeps its best (starting) parameters

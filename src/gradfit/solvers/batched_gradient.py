@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from gradfit.errors import OptionError
 from gradfit.losses import pointwise_loss
 from gradfit.scaling import NULL_FLOOR, whitening_divisors
-from gradfit.train import StopReason
+from gradfit.train import END_GROWTH, EXPLODE_FACTOR, FLOOR_FRACTION, StopReason
 
 if TYPE_CHECKING:
     import torch
@@ -42,8 +42,6 @@ STOP_CODES = (StopReason.MAX_EPOCHS, StopReason.EARLY_STOPPED, StopReason.DIVERG
 _MAX_EPOCHS, _EARLY, _DIVERGED, _NON_FINITE = range(4)
 #: the codes of groups that did not end at a proper stopping point
 FAILED_CODES = (_DIVERGED, _NON_FINITE)
-#: a training loss this many times its first value counts as divergence (as in the training loop)
-EXPLODE_FACTOR = 1e8
 #: optimizers whose update mixes the elements of a parameter tensor, and why
 _COUPLING = {
     "lbfgs": "runs one line search on the total loss of all groups",
@@ -182,6 +180,7 @@ class _GroupObjective:
         self.bounded_free = any(math.isfinite(lower[j]) or math.isfinite(upper[j]) for j, f in enumerate(free) if f)
         self.transform = self._whitening() if scale else None
         self.unit = self._reference() if scale else torch.ones(k, dtype=theta0.dtype, device=theta0.device)
+        self.baseline = self._baseline()
         start = theta0.new_zeros(k * q) if scale else theta0.index_select(1, self.free_index).reshape(-1).clone()
         self.leaf = start.requires_grad_(True)  # flat: an optimizer's per-tensor rules see elements only
 
@@ -246,6 +245,18 @@ class _GroupObjective:
             return torch.where(torch.isfinite(value) & (value > 0), value, 1.0)
 
 
+    def _baseline(self) -> Tensor:
+        """``(K,)`` each group's weighted loss of predicting its mean target (0 where not finite), in the
+        user's units: the scale of :mod:`gradfit.train`'s divergence rules."""
+        import torch
+
+        with torch.no_grad():
+            mask = (self.fit_weights != 0).to(self.y.dtype)
+            mean = (self.y * mask).sum(-1) / self.fit_count
+            value = self.pointwise((mean[:, None] - self.y) * self.fit_weights).sum(-1) / self.fit_count
+            return torch.where(torch.isfinite(value), value, 0.0)
+
+
 class _Record:
     """Each group's stop rule state: best monitored loss and its parameters, first loss, status."""
 
@@ -260,6 +271,9 @@ class _Record:
         self.best_state = objective.leaf.detach().clone().reshape(objective.shape)
         self.has_best = torch.zeros(k, dtype=torch.bool, device=like.device)
         self.first: Tensor | None = None
+        self.floor = FLOOR_FRACTION * objective.baseline
+        self.baseline = objective.baseline
+        self.last = torch.zeros(k, dtype=like.dtype, device=like.device)  # the last training loss
         self.code = torch.full((k,), _MAX_EPOCHS, dtype=torch.int64, device=like.device)
         self.epochs = torch.zeros(k, dtype=torch.int64, device=like.device)
         self.final = self.best_state.clone()  # parameters of groups that stopped
@@ -272,7 +286,10 @@ class _Record:
         self.first = train if self.first is None else self.first
         active = self.active
         self.epochs = torch.where(active, epoch, self.epochs)
-        diverged = active & (~torch.isfinite(train) | ~torch.isfinite(monitored) | ((self.first > 0) & (train > EXPLODE_FACTOR * self.first)))
+        self.last = torch.where(active, train, self.last)
+        reference = torch.maximum(self.first, self.floor)  # as gradfit.train's rules
+        exploded = (reference > 0) & (train > EXPLODE_FACTOR * reference)
+        diverged = active & (~torch.isfinite(train) | ~torch.isfinite(monitored) | exploded)
         first_time = diverged & ~self.has_best  # diverged at once: keep the starting parameters
         self.best_state = torch.where(first_time[:, None], state, self.best_state)
         self.has_best |= first_time
@@ -290,9 +307,16 @@ class _Record:
         self.active = active & ~stopped
 
     def solution(self, objective: _GroupObjective) -> GroupGradientSolution:
-        """Groups still going ended at the epoch limit, with the parameters after the last step."""
+        """Groups still going ended at the epoch limit, with the parameters after the last step, unless
+        their loss ended far above its start (:func:`gradfit.train.ended_far_above_start`): those
+        diverged, and keep their best parameters."""
         import torch
 
+        if self.first is not None:
+            worse = self.active & (self.last > END_GROWTH * torch.maximum(self.first, self.baseline))
+            self.code = torch.where(worse, _DIVERGED, self.code)
+            self.final = torch.where(worse[:, None], self.best_state, self.final)
+            self.active &= ~worse
         current = objective.leaf.detach().reshape(objective.shape)
         final = torch.where(self.active[:, None], current, self.final)
         with torch.no_grad():
