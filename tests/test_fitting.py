@@ -119,6 +119,27 @@ def test_a_module_keeps_its_dtype_when_the_fit_stops_early_or_fails():
     assert next(net.parameters()).dtype == torch.float32
 
 
+@pytest.mark.parametrize("user_mode", ["train", "eval"])
+def test_a_module_trains_in_training_mode_and_is_evaluated_in_evaluation_mode(user_mode):
+    """Dropout and batch norm act while training only: validation, statistics and predictions use the
+    module as ``module.eval()`` has it, and the module ends in the mode the user gave it."""
+    import torch
+
+    torch.manual_seed(0)
+    x, x_val = np.linspace(-2, 2, 40), np.linspace(-1.9, 1.9, 9)
+    net = torch.nn.Sequential(torch.nn.Linear(1, 16), torch.nn.BatchNorm1d(16), torch.nn.Tanh(), torch.nn.Dropout(0.3), torch.nn.Linear(16, 1))
+    getattr(net, user_mode)()
+    result = gradfit.fit(net, x, np.sin(x), epochs=200, scale=False, val_data=(x_val, np.sin(x_val)))
+    assert all(m.training == (user_mode == "train") for m in net.modules())
+    net.eval()
+    with torch.no_grad():
+        direct = net(torch.tensor(x_val, dtype=torch.float32)[:, None])[:, 0].double().numpy()
+    np.testing.assert_allclose(result.predict(x_val), direct, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(result.predict(x_val[:1]), direct[:1], rtol=1e-5, atol=1e-6)  # one point: no batch statistics
+    assert result.val_loss == pytest.approx(np.mean((direct - np.sin(x_val)) ** 2), rel=1e-4)
+    assert result.history.val[0] != result.history.val[1]  # the running statistics moved as it trained
+
+
 def test_tensor_inputs_and_float32():
     import torch
 

@@ -479,14 +479,29 @@ class ModuleModel:
     @contextlib.contextmanager
     def placement_kept(self) -> Iterator[None]:
         """Move the module back to the dtype and device it had when the block began, whatever
-        the block did to it (a fit moves it to its own dtype and device), also when it fails."""
+        the block did to it (a fit moves it to its own dtype and device), also when it fails; its
+        (sub)modules return to their training or evaluation modes too."""
         reference = self._floating_tensor()
         placement = None if reference is None else {"dtype": reference.dtype, "device": reference.device}
         try:
-            yield
+            with self.evaluating(False):
+                yield
         finally:
             if placement is not None:
                 self.module.to(**placement)
+
+    @contextlib.contextmanager
+    def evaluating(self, evaluate: bool = True) -> Iterator[None]:
+        """Evaluation mode (``module.eval()``: dropout off, batch norm's running statistics) inside the
+        block when ``evaluate``, and every (sub)module's own mode back afterwards."""
+        modes = [(module, module.training) for module in self.module.modules()]
+        if evaluate:
+            self.module.eval()
+        try:
+            yield
+        finally:
+            for module, training in modes:
+                module.training = training
 
     def _floating_tensor(self) -> torch.Tensor | None:
         tensors = (*self.module.parameters(), *self.module.buffers())

@@ -214,9 +214,27 @@ class ModuleObjective(_Objective):
         out = out.reshape(out.shape[0], -1)[:, 0] if out.dim() > 1 else out
         return self.y_scaler.inverse(out) if self.y_scaler is not None else out
 
+    def evaluate(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Predictions in the user's units in evaluation mode (dropout off, batch norm's running
+        statistics), without a graph: what validation, the statistics and ``predict`` see."""
+        import torch
+
+        with torch.no_grad(), self.model.evaluating():
+            return self.predict(inputs)
+
     def loss(self, part: Split) -> torch.Tensor:
         """Internal loss on ``part``."""
         return self.loss_fn(part.residuals(self.predict(part.inputs))) / self.unit
+
+    def train_loss(self, index: torch.Tensor | None = None) -> torch.Tensor:
+        """Internal training loss in training mode (as ``module.train()``), on the rows ``index`` when given."""
+        self.model.module.train()
+        return super().train_loss(index)
+
+    def val_loss(self) -> torch.Tensor | None:
+        """Internal validation loss in evaluation mode, without a graph."""
+        with self.model.evaluating():
+            return super().val_loss()
 
     def project(self) -> None:
         """Modules have no bounds."""

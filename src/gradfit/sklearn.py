@@ -288,6 +288,7 @@ def _module_predict(model: Any, scalers: tuple[np.ndarray, np.ndarray, float, fl
     x = np.column_stack([columns[n] for n in model.input_names])
     if scalers is not None:
         x = (x - scalers[0]) / scalers[1]
-    out = model.module(model.as_module_input(torch.as_tensor(x, dtype=torch.float64)))
+    with model.evaluating():
+        out = model.module(model.as_module_input(torch.as_tensor(x, dtype=torch.float64)))
     out = (out.reshape(out.shape[0], -1)[:, 0] if out.dim() > 1 else out).double().cpu().numpy()
     return out * scalers[3] + scalers[2] if scalers is not None else out.astype(float)

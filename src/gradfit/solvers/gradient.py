@@ -172,7 +172,7 @@ def solve_gradient(problem: Problem, options: FitOptions) -> SolveOutcome:
     outcome = run_training(objective, optimizer, config, options.callback, save, resume)
     success = outcome.stop not in (StopReason.DIVERGED, StopReason.INTERRUPTED, StopReason.NON_FINITE)
     theta = objective.result_theta() if isinstance(objective, ParametricObjective) else None
-    predict = objective.predict if isinstance(objective, ModuleObjective) else None
+    predict = objective.evaluate if isinstance(objective, ModuleObjective) else None
     return SolveOutcome(
         theta,
         outcome.stop.name.lower(),
