@@ -16,16 +16,57 @@ def test_bands_equal_the_closed_form_ols_bands(thermometer):
     result = gradfit.FitResult.from_json(gradfit.fit("w*t_u + b", {"t_u": t_u}, t_c).to_json())
     grid = np.linspace(10, 90, 7)
     curve, confidence, prediction = prediction_bands(result, {"t_u": grid})
-    design = np.column_stack([t_u, np.ones_like(t_u)])
-    coef, ssr, *_ = np.linalg.lstsq(design, t_c, rcond=None)
-    s2 = ssr[0] / (len(t_u) - 2)
-    inverse = np.linalg.inv(design.T @ design)
-    new = np.column_stack([grid, np.ones_like(grid)])
-    leverage = np.einsum("ij,jk,ik->i", new, inverse, new)
-    t = scipy_stats.t.ppf(0.975, len(t_u) - 2)
-    np.testing.assert_allclose(curve, new @ coef, rtol=1e-10)
+    t, s2, leverage = _ols_bands(t_u, t_c, grid)
+    np.testing.assert_allclose(curve, np.polyval(np.polyfit(t_u, t_c, 1), grid), rtol=1e-10)
     np.testing.assert_allclose(confidence, t * np.sqrt(s2 * leverage), rtol=1e-8)
     np.testing.assert_allclose(prediction, t * np.sqrt(s2 * (1 + leverage)), rtol=1e-8)
+
+
+def _ols_bands(t_u, t_c, grid):
+    """t factor, residual variance s² and leverage x₀ᵀ(XᵀX)⁻¹x₀ of the closed-form OLS line."""
+    design = np.column_stack([t_u, np.ones_like(t_u)])
+    _, ssr, *_ = np.linalg.lstsq(design, t_c, rcond=None)
+    new = np.column_stack([grid, np.ones_like(grid)])
+    leverage = np.einsum("ij,jk,ik->i", new, np.linalg.inv(design.T @ design), new)
+    t = scipy_stats.t.ppf(0.975, len(t_u) - 2)
+    s2 = ssr[0] / (len(t_u) - 2)
+    return t, s2, leverage
+
+
+@pytest.mark.parametrize("saved", [False, True])
+def test_a_weighted_fit_adds_the_new_points_noise_in_the_datas_units(thermometer, saved):
+    t_u, t_c = thermometer
+    grid = np.linspace(10, 90, 7)
+    t, s2, leverage = _ols_bands(t_u, t_c, grid)
+
+    def bands(**options):
+        result = gradfit.fit("w*t_u + b", {"t_u": t_u}, t_c, sigma=np.full(t_u.size, 0.5), **options)
+        return gradfit.FitResult.from_json(result.to_json()) if saved else result
+
+    relative = bands()  # a constant relative sigma changes nothing
+    _, confidence, prediction = prediction_bands(relative, {"t_u": grid}, sigma=0.5)
+    np.testing.assert_allclose(confidence, t * np.sqrt(s2 * leverage), rtol=1e-8)
+    np.testing.assert_allclose(prediction, t * np.sqrt(s2 * (1 + leverage)), rtol=1e-8)
+    assert np.isnan(prediction_bands(relative, {"t_u": grid})[2]).all()  # its noise at new points is unknown
+    absolute = bands(absolute_sigma=True)  # cov = 0.25 (XᵀX)⁻¹, a new point's variance 0.25
+    _, confidence, prediction = prediction_bands(absolute, {"t_u": grid}, sigma=0.5)
+    np.testing.assert_allclose(confidence, t * np.sqrt(0.25 * leverage), rtol=1e-8)
+    np.testing.assert_allclose(prediction, t * np.sqrt(0.25 * (1 + leverage)), rtol=1e-8)
+
+
+def test_bands_leave_fixed_parameters_out_and_are_unknown_where_a_parameter_is_not_identifiable(thermometer):
+    t_u, t_c = thermometer
+    fixed = gradfit.fit("w*t_u + b", {"t_u": t_u}, t_c, fix={"b": -17.0})
+    w = fixed.params["w"]
+    _, confidence, _ = prediction_bands(fixed, {"t_u": [50.0]})
+    t = scipy_stats.t.ppf(0.975, len(t_u) - 1)
+    assert confidence[0] == pytest.approx(t * 50.0 * fixed.stderr["w"], rel=1e-10) and np.isfinite(w)
+    x = np.linspace(-1, 1, 20)
+    undetermined = gradfit.fit("a*b*x + c", x, np.exp(x))  # only a·b is determined
+    for result in (undetermined, gradfit.FitResult.from_json(undetermined.to_json())):
+        assert result.stderr["a"] == np.inf
+        _, confidence, prediction = prediction_bands(result, {"x": [0.5]})
+        assert np.isnan(confidence).all() and np.isnan(prediction).all()
 
 
 def test_missing_input_column_is_a_clear_error(thermometer):

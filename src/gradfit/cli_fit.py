@@ -385,11 +385,11 @@ class _progress:
 
 def result_table(result: Any) -> Table:
     """The parameters of a result as a rich table."""
-    from gradfit.report_text import format_number
+    from gradfit.report_text import format_number, format_percent
 
     confidence = result.settings.get("confidence", 0.95)
     table = Table(title=f"{result.y_name} = {result.model}", title_justify="left")
-    for header in ("parameter", "value", "std. error", f"{confidence:.0%} CI"):
+    for header in ("parameter", "value", "std. error", f"{format_percent(confidence)} CI"):
         table.add_column(header, justify="right" if header != "parameter" else "left")
     for p in result.parameters:
         ci = "" if p.ci_low is None else f"[{format_number(p.ci_low, 6)}, {format_number(p.ci_high, 6)}]"
@@ -399,13 +399,13 @@ def result_table(result: Any) -> Table:
 
 
 def _print_result(result: Any) -> None:
-    from gradfit.report_text import format_number
+    from gradfit.report_text import format_number, loss_label
 
     console = Console()
     if result.parameters:
         console.print(result_table(result))
     lines = [
-        ("train loss", f"{format_number(result.train_loss)} ({result.loss}, {result.n_train} points)"),
+        ("train loss", f"{format_number(result.train_loss)} ({loss_label(result)}, {result.n_train} points)"),
         ("validation loss", "-" if result.val_loss is None else f"{format_number(result.val_loss)} ({result.n_val} points)"),
         ("R²", format_number(result.statistics.get("r2"), 6)),
         ("iterations" if not result.history.train else "epochs", str(result.iterations)),

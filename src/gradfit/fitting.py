@@ -317,6 +317,7 @@ def _settings_record(options: FitOptions, dataset: Dataset) -> dict[str, Any]:
         "dtype": options.dtype,
         "device": options.device,
         "absolute_sigma": options.absolute_sigma,
+        "weighted": dataset.sigma is not None,
         "confidence": options.confidence,
         "rows_dropped": int(getattr(dataset, "n_dropped", 0)),
         "data_summary": _data_summary(dataset),

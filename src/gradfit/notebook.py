@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from gradfit.report_text import format_number
+from gradfit.report_text import format_number, format_percent
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -196,7 +196,7 @@ def parameter_table(
     -------
     str
     """
-    headers = ["parameter", "value", "std. error", "relative", f"{confidence:.0%} CI low", f"{confidence:.0%} CI high", "note"]
+    headers = ["parameter", "value", "std. error", "relative", f"{format_percent(confidence)} CI low", f"{format_percent(confidence)} CI high", "note"]
     rows = [({"data-param": p.name}, _parameter_cells(p)) for p in parameters]
     if not any(p.fixed or p.at_bound for p in parameters):  # no notes: no empty column
         headers, rows = headers[:-1], [(attrs, cells[:-1]) for attrs, cells in rows]
@@ -363,7 +363,7 @@ def draw_curve(ax: Any, result: FitResult, span: tuple[float, float], *, show_ra
     """
     import numpy as np
 
-    from gradfit.plot import CURVE_COLOR
+    from gradfit.plot import CURVE_COLOR, draw_bands
     from gradfit.predict import prediction_bands
 
     name = result.input_names[0]
@@ -374,9 +374,7 @@ def draw_curve(ax: Any, result: FitResult, span: tuple[float, float], *, show_ra
     bands = prediction_bands(result, {name: grid})
     level = float(result.settings.get("confidence", 0.95))
     if bands is not None:
-        _, confidence, prediction = bands
-        ax.fill_between(grid, curve - prediction, curve + prediction, color=CURVE_COLOR, alpha=0.08, lw=0, label=f"{level:.0%} prediction band")
-        ax.fill_between(grid, curve - confidence, curve + confidence, color=CURVE_COLOR, alpha=0.22, lw=0, label=f"{level:.0%} confidence band")
+        draw_bands(ax, grid, bands, CURVE_COLOR, level)
     ax.plot(grid, curve, color=CURVE_COLOR, lw=1.8, label="fit")
     if show_range:
         ax.axvspan(low, high, color="0.5", alpha=0.07, lw=0, label="range of the data")

@@ -14,6 +14,7 @@ import numpy as np
 
 from gradfit.io import atomic_path
 from gradfit.predict import prediction_bands
+from gradfit.report_text import format_percent
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -103,14 +104,20 @@ def _draw_curve(
         ax.scatter(val.inputs[name], val.y, s=26, marker="s", color=VAL_COLOR, label="validation data", zorder=3)
     bands = prediction_bands(result, {name: grid}) if show_bands else None
     if bands is not None:
-        curve, confidence, prediction = bands
-        level = result.settings.get("confidence", 0.95)
-        ax.fill_between(grid, curve - prediction, curve + prediction, color=color, alpha=0.08, lw=0, label=f"{level:.0%} prediction band")
-        ax.fill_between(grid, curve - confidence, curve + confidence, color=color, alpha=0.22, lw=0, label=f"{level:.0%} confidence band")
+        draw_bands(ax, grid, bands, color, float(result.settings.get("confidence", 0.95)))
     ax.plot(grid, result.predict({name: grid}), color=color, lw=1.8, label=mathtext_safe(label or f"fit: {result.model}"))
     ax.set_xlabel(mathtext_safe(name))
     ax.set_ylabel(mathtext_safe(result.y_name))
     ax.legend()
+
+
+def draw_bands(ax: Axes, grid: np.ndarray, bands: tuple[np.ndarray, np.ndarray, np.ndarray], color: str, level: float) -> None:
+    """Shade the prediction band (where it is known: a weighted fit's is not) and the confidence band
+    of :func:`gradfit.predict.prediction_bands` around the curve."""
+    curve, confidence, prediction = bands
+    for half, alpha, kind in ((prediction, 0.08, "prediction"), (confidence, 0.22, "confidence")):
+        if np.isfinite(half).any():
+            ax.fill_between(grid, curve - half, curve + half, color=color, alpha=alpha, lw=0, label=f"{format_percent(level)} {kind} band")
 
 
 def _draw_parity(ax: Axes, result: FitResult, train: Dataset, val: Dataset | None) -> None:

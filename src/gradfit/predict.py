@@ -67,12 +67,28 @@ def predict_columns(result: FitResult, x: Any) -> np.ndarray:
     return np.broadcast_to(values, (n,)).copy()
 
 
-def prediction_bands(result: FitResult, x: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+def prediction_bands(
+    result: FitResult, x: Any, sigma: Any = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """Fitted curve and half-widths of its confidence and prediction bands at ``x``.
 
     Available for formula models with a covariance (in memory or loaded from JSON); ``None``
-    otherwise. The prediction band adds the residual variance of one new observation (the reduced
-    chi-square, or 1 with ``absolute_sigma``).
+    otherwise. The prediction band adds the variance of one new observation: the residual variance
+    ``s²`` (the reduced chi-square) of an unweighted fit; for a weighted fit, ``sigma² · s²`` (or
+    ``sigma²`` with ``absolute_sigma``), where ``sigma`` is the new points' standard deviation. A
+    weighted fit's prediction band is NaN without ``sigma``: its noise at new points is unknown.
+    Fixed parameters add no variance; a parameter that is not identifiable makes both bands NaN
+    wherever the curve depends on it.
+
+    Parameters
+    ----------
+    result
+        A fit of a formula model.
+    x
+        New inputs (as for :meth:`FitResult.predict`).
+    sigma
+        Standard deviations of new observations at ``x`` (scalar or one per point), for a
+        weighted fit.
 
     Returns
     -------
@@ -87,9 +103,21 @@ def prediction_bands(result: FitResult, x: Any) -> tuple[np.ndarray, np.ndarray,
     model = make_model(result.model, result.input_names)
     inputs = {k: np.asarray(v, dtype=np.float64) for k, v in columns.items()}
     prediction, jacobian = model.predict_and_jacobian(inputs, np.asarray(result.values, dtype=np.float64))
-    cov = np.nan_to_num(np.asarray(result.covariance, dtype=float))
+    jacobian = np.broadcast_to(jacobian, (len(next(iter(inputs.values()))), len(result.parameters)))
+    free = np.array([not p.fixed for p in result.parameters])
+    cov = np.asarray(result.covariance, dtype=float)[np.ix_(free, free)]
     dof, level = float(result.statistics["dof"]), float(result.settings.get("confidence", 0.95))
-    noise = 1.0 if result.settings.get("absolute_sigma") else float(result.statistics.get("redchi", 0.0))
-    confidence = stats.confidence_band(jacobian, cov, dof, level)
-    prediction_half = stats.prediction_band(jacobian, cov, dof, noise, level)
+    confidence = stats.confidence_band(jacobian[:, free], cov, dof, level)
+    prediction_half = stats.prediction_band(jacobian[:, free], cov, dof, _new_noise(result, sigma), level)
     return np.array(prediction), confidence, prediction_half
+
+
+def _new_noise(result: FitResult, sigma: Any) -> Any:
+    """The variance of one new observation (see :func:`prediction_bands`)."""
+    redchi = float(result.statistics.get("redchi", np.nan))
+    if not result.settings.get("weighted"):
+        return redchi
+    if sigma is None:
+        return np.nan
+    variance = np.asarray(sigma, dtype=float) ** 2
+    return variance if result.settings.get("absolute_sigma") else variance * redchi

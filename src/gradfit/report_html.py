@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from gradfit.errors import GradfitError
+from gradfit.report_text import format_percent
 from gradfit.notebook import (
     CSS,
     draw_correlation,
@@ -371,15 +372,19 @@ def _figures_section(result: FitResult, data: ReportData | None) -> str:
     return _section("Fit and residuals", body, "fit")
 
 
+def _bands_caption(result: FitResult, labels: set[str]) -> str:
+    level = format_percent(float(result.settings.get("confidence", 0.95)))
+    if f"{level} confidence band" not in labels:
+        return " (no uncertainty bands: they need a formula model with a covariance)."
+    if f"{level} prediction band" not in labels:
+        return f" with its {level} confidence band (where the curve lies; a weighted fit has no prediction band: the noise at new points is unknown)."
+    return f" with its {level} confidence band (dark: where the curve lies) and {level} prediction band (light: where a new observation lies)."
+
+
 def _fit_caption(result: FitResult, data: ReportData | None, fig: Figure) -> str:
     if len(result.input_names) != 1:
         return "Observed against predicted values; points on the line are fitted exactly."
-    level = float(result.settings.get("confidence", 0.95))
-    banded = any("band" in str(c.get_label()) for c in fig.axes[0].collections)
-    text = "Fitted curve" + (
-        f" with its {level:.0%} confidence band (dark: where the curve lies) and {level:.0%} prediction band "
-        "(light: where a new observation lies)." if banded else " (no uncertainty bands: they need a formula model with a covariance)."
-    )
+    text = "Fitted curve" + _bands_caption(result, {str(c.get_label()) for c in fig.axes[0].collections})
     if data is not None:
         return text + " Points: the data."
     return text + " Shaded grey: the range of the data (the points are not stored in the result; pass --data to draw them)."
@@ -390,7 +395,7 @@ def _parameters_section(result: FitResult) -> str:
     if not result.parameters:
         return _section("Parameters", f'<p class="note">A {escape(result.model_kind)} model: its weights are not listed.</p>', "parameters-section")
     body = parameter_table(result.parameters, level)
-    body += f'<p class="muted">± standard errors from the covariance at the solution; {level:.0%} confidence intervals from Student\'s t.</p>'
+    body += f'<p class="muted">± standard errors from the covariance at the solution; {format_percent(level)} confidence intervals from Student\'s t.</p>'
     return _section("Parameters", body, "parameters-section")
 
 

@@ -32,6 +32,16 @@ def format_number(value: float | None, digits: int = 7) -> str:
     return f"{value:.{digits}g}"
 
 
+def format_percent(level: float) -> str:
+    """A confidence level as a percentage with the digits it needs: ``95%``, ``99.99%``, ``68.27%``."""
+    return f"{100.0 * level:.4g}%"
+
+
+def loss_label(result: FitResult) -> str:
+    """The loss's name, and whether it is of weighted residuals ``r / σ``."""
+    return f"{result.loss} of r/σ" if result.settings.get("weighted") else result.loss
+
+
 def format_report(result: FitResult) -> str:
     """Render ``result`` as a sectioned text report."""
     sections = [
@@ -58,7 +68,7 @@ def _fit_lines(r: FitResult) -> list[str]:
         f"status       = {r.message}",
         f"data points  = {r.n_train} training, {r.n_val} validation",
         f"iterations   = {r.iterations}",
-        f"train loss   = {format_number(r.train_loss)} ({r.loss})",
+        f"train loss   = {format_number(r.train_loss)} ({loss_label(r)})",
     ]
 
 
@@ -79,7 +89,7 @@ def _parameter_line(p: ParameterEstimate, r: FitResult) -> str:
         text += f" +/- {format_number(p.stderr, 4)} ({relative:.2f}%)"
     if p.ci_low is not None and p.ci_high is not None:
         level = r.settings.get("confidence", 0.95)
-        text += f"  {level:.0%} CI [{format_number(p.ci_low, 6)}, {format_number(p.ci_high, 6)}]"
+        text += f"  {format_percent(level)} CI [{format_number(p.ci_low, 6)}, {format_number(p.ci_high, 6)}]"
     if p.at_bound:
         text += "  (at bound)"
     return text

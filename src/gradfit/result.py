@@ -70,7 +70,8 @@ class FitResult:
     loss
         Name of the loss.
     train_loss, val_loss
-        Final losses at the returned parameters, in the data's units.
+        Final losses at the returned parameters, in the data's units; with ``sigma``, of the
+        weighted residuals ``r / σ`` (``settings["weighted"]``).
     n_train, n_val
         Number of training and validation points.
     statistics
@@ -158,9 +159,13 @@ class FitResult:
 
     # -- serialisation ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dictionary (non-finite numbers become ``None``)."""
+        """A JSON-ready dictionary. The uncertainties (covariance, standard errors, intervals) write
+        a non-finite number as the text ``"inf"``, ``"-inf"`` or ``"nan"`` (an infinite variance is
+        not a missing one); elsewhere non-finite numbers become ``None``."""
         record = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "predictor"}
-        record["parameters"] = [asdict(p) for p in self.parameters]
+        record["parameters"] = [{**asdict(p), **{k: _text_if_not_finite(getattr(p, k)) for k in _UNCERTAINTIES}} for p in self.parameters]
+        if self.covariance is not None:
+            record["covariance"] = [[_text_if_not_finite(v) for v in row] for row in self.covariance]
         record["history"] = asdict(self.history)
         record["format_version"] = FORMAT_VERSION
         return _json_safe(record)
@@ -174,16 +179,12 @@ class FitResult:
         """Rebuild a result from :meth:`to_dict` output."""
         try:
             data = {f.name: record[f.name] for f in fields(cls) if f.name in record}
-            data["parameters"] = tuple(
-                ParameterEstimate(**_restore_infinities(p)) for p in record["parameters"]
-            )
+            data["parameters"] = tuple(ParameterEstimate(**_restore_infinities(p)) for p in record["parameters"])
             data["history"] = History(**{k: tuple(v) for k, v in record["history"].items()})
             data["input_names"] = tuple(record["input_names"])
             data["warnings"] = tuple(record.get("warnings", ()))
             if record.get("covariance") is not None:
-                data["covariance"] = tuple(
-                    tuple(math.nan if v is None else v for v in row) for row in record["covariance"]
-                )
+                data["covariance"] = tuple(tuple(_number(v, math.nan) for v in row) for row in record["covariance"])
             return cls(**data)
         except (KeyError, TypeError) as exc:
             raise DataError(f"not a gradfit result file (missing or bad field {exc}) — fit again") from None
@@ -238,8 +239,32 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+#: fields of a ParameterEstimate whose non-finite values are written as text
+_UNCERTAINTIES = ("stderr", "ci_low", "ci_high")
+_NON_FINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
+
+
+def _text_if_not_finite(value: float | None) -> float | str | None:
+    if value is None or math.isfinite(value):
+        return value
+    return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+
+
+def _number(value: Any, missing: float | None) -> Any:
+    """A number written by :func:`_text_if_not_finite` (``missing`` for ``None``)."""
+    if value is None:
+        return missing
+    if isinstance(value, str):
+        if value not in _NON_FINITE:
+            raise TypeError(f"'{value}' is not a number")
+        return _NON_FINITE[value]
+    return value
+
+
 def _restore_infinities(record: Mapping[str, Any]) -> dict[str, Any]:
     data = dict(record)
     data["lower"] = -math.inf if data.get("lower") is None else data["lower"]
     data["upper"] = math.inf if data.get("upper") is None else data["upper"]
+    for name in _UNCERTAINTIES:
+        data[name] = _number(data.get(name), None)
     return data

@@ -371,9 +371,9 @@ def _condition_ratio(s: Array) -> Any:
 
 def _band_variance(pred_jacobian: Any, cov: Any) -> Array:
     jac, c = as_array(pred_jacobian), as_array(cov)
-    c = np.where(np.isnan(c), 0.0, c)  # fixed parameters add no uncertainty
-    variance = np.einsum("...mi,...ij,...mj->...m", jac, c, jac)
-    return np.maximum(variance, 0.0)
+    with np.errstate(invalid="ignore"):  # an undetermined parameter's inf or NaN: the band is unknown
+        variance = np.einsum("...mi,...ij,...mj->...m", jac, c, jac)
+    return np.where(np.isnan(variance), np.nan, np.maximum(variance, 0.0))
 
 
 def confidence_band(pred_jacobian: Any, cov: Any, dof: Any, confidence: float = 0.95) -> Array:
@@ -384,7 +384,8 @@ def confidence_band(pred_jacobian: Any, cov: Any, dof: Any, confidence: float = 
     pred_jacobian
         Jacobian of the model's predictions at the new points, ``(..., m, p)``.
     cov
-        Parameter covariance ``(..., p, p)`` (fixed parameters' NaN entries count as 0).
+        Covariance of the free parameters ``(..., p, p)`` (leave fixed ones out: they add no
+        variance). Non-finite entries, of parameters that are not identifiable, make the band NaN.
     dof
         Degrees of freedom for the t factor (one per fit).
     confidence

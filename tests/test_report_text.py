@@ -1,0 +1,23 @@
+"""The text report's labels against the fit's settings."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gradfit
+from gradfit.report_text import format_percent
+
+
+def test_confidence_levels_keep_the_digits_they_need():
+    assert [format_percent(level) for level in (0.95, 0.9999, 0.6827, 0.5)] == ["95%", "99.99%", "68.27%", "50%"]
+
+
+def test_the_report_names_the_confidence_level_and_a_weighted_loss(thermometer):
+    t_u, t_c = thermometer
+    result = gradfit.fit("w*t_u + b", {"t_u": t_u}, t_c, sigma=np.full(t_u.size, 0.5), confidence=0.9999)
+    report = str(result)
+    assert "99.99% CI [" in report and "100% CI" not in report
+    assert "train loss   = " in report and "(mse of r/σ)" in report
+    assert result.train_loss == pytest.approx(np.mean(((result.predict({"t_u": t_u}) - t_c) / 0.5) ** 2), rel=1e-12)
+    assert "(mse)" in str(gradfit.fit("w*t_u + b", {"t_u": t_u}, t_c))
