@@ -399,3 +399,41 @@ def test_a_python_function_that_works_along_the_data_sees_one_fit_at_a_time():
         assert result.success
         np.testing.assert_allclose(result.values, expected, rtol=1e-6)
         np.testing.assert_allclose(result.predict(x), numpy_version(x, *result.values), rtol=1e-12)
+
+
+def test_an_ill_conditioned_polynomial_reports_intervals_and_warnings_that_agree_with_its_errors():
+    # a cubic in x near 1e4: the monomial design is numerically singular, the centred basis is not.
+    # Reference: the fit in u = x - x0, its covariance mapped to monomial coefficients (c = A c').
+    from math import comb
+
+    from scipy import stats as scipy_stats
+
+    x0 = 1e4
+    u = np.linspace(0.0, 1.0, 40)
+    x, y = x0 + u, np.cos(3 * u) + 1e-3 * np.sin(7 * (x0 + u))
+    result = gradfit.fit("c3*x**3 + c2*x**2 + c1*x + c0", x, y)
+    design = np.vander(u, 4)  # u³, u², u, 1
+    _, ssr, *_ = np.linalg.lstsq(design, y, rcond=None)
+    cov_u = ssr[0] / (u.size - 4) * np.linalg.inv(design.T @ design)
+    # c_k (power k of x) = Σ_j c'_j comb(j, k) (-x0)^(j-k), ordered high power first
+    powers = [3, 2, 1, 0]
+    a = np.array([[comb(j, k) * (-x0) ** (j - k) if j >= k else 0.0 for j in powers] for k in powers])
+    stderr = np.sqrt(np.diag(a @ cov_u @ a.T))
+    np.testing.assert_allclose([result.stderr[n] for n in ("c3", "c2", "c1", "c0")], stderr, rtol=1e-6)
+    t = scipy_stats.t.ppf(0.975, u.size - 4)
+    for p, se in zip(result.parameters, stderr):
+        assert p.ci_low == pytest.approx(p.value - t * se, rel=1e-6) and p.ci_high == pytest.approx(p.value + t * se, rel=1e-6)
+    assert not any("cannot be determined" in w for w in result.warnings)
+    assert any("ill-conditioned" in w for w in result.warnings)  # strongly correlated monomials: true
+
+
+def test_a_polynomial_with_no_degrees_of_freedom_has_infinite_variances_as_a_line_does():
+    quadratic = gradfit.fit("a*x**2 + b*x + c", [0.0, 1.0, 2.0], [2.0, 0.1, 0.0])
+    line = gradfit.fit("a*x + b", [0.0, 1.0], [2.0, 0.1])
+    assert np.isinf(np.diag(quadratic.covariance)).all() and np.isinf(np.diag(line.covariance)).all()
+
+
+def test_statistics_stay_counts_when_the_sum_of_squares_overflows():
+    x = np.linspace(0, 10, 20)
+    result = gradfit.fit("a*x + b", x, (2 * x + 1 + np.sin(x)) * 1e156)
+    assert (result.statistics["n_points"], result.statistics["dof"], result.statistics["n_params"]) == (20, 18, 2)

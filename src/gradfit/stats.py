@@ -244,13 +244,27 @@ def _covariance_from(svd: ScaledSvd, chisqr: Any, dof: Any, absolute_sigma: bool
     scaled_v = svd.v * (inv_s[..., None, :] / svd.d[..., :, None])
     cov = scaled_v @ scaled_v.mT
     if not absolute_sigma:
-        s2 = np.where(dof > 0, chisqr / dof, np.inf)
-        cov = cov * s2[..., None, None]
+        cov = cov * residual_variance(chisqr, dof)[..., None, None]
     if lost is not None and lost.any():
         cov = np.where(lost[..., :, None] | lost[..., None, :], np.nan, cov)
         diagonal = np.einsum("...ii->...i", cov)  # a writable view
         diagonal[...] = np.where(lost, np.inf, diagonal)
     return _embed(cov, free_mask, math.nan)
+
+
+def residual_variance(chisqr: Any, dof: Any) -> Array:
+    """``s² = χ² / dof``, the scale of a relative-sigma covariance; ``inf`` with no degrees of freedom
+    (call with floating-point warnings off)."""
+    return np.where(dof > 0, chisqr / dof, np.inf)
+
+
+def _solver_covariance(inverse_normal: Any, chisqr: Any, dof: Any, absolute_sigma: bool, free_mask: Array) -> tuple[Array, Array]:
+    """Covariance and identifiability from a solver's own ``(JᵀJ)⁻¹`` of the free parameters."""
+    inverse = as_array(inverse_normal)
+    cov = inverse if absolute_sigma else inverse * residual_variance(chisqr, dof)[..., None, None]
+    ident = np.ones(cov.shape[:-2] + (free_mask.size,), dtype=bool)
+    ident[..., free_mask] = np.isfinite(np.einsum("...ii->...i", inverse))
+    return _embed(cov, free_mask, math.nan), ident
 
 
 def standard_errors(cov: Any) -> Array:
@@ -467,6 +481,7 @@ def fit_report(
     mask: Any = None,
     param_names: list[str] | tuple[str, ...] | None = None,
     decomposition: ScaledSvd | None = None,
+    inverse_normal: Any = None,
 ) -> FitReport:
     """Every statistic of a least-squares fit at its solution.
 
@@ -493,6 +508,10 @@ def fit_report(
     decomposition
         :func:`scaled_svd` of the free columns of ``jacobian``, when the caller already has it
         (an exact linear solve factors the same matrix).
+    inverse_normal
+        A solver's own, more accurate ``(JᵀJ)⁻¹`` of the free parameters ``(..., q, q)`` (a
+        polynomial solved in a better-conditioned basis): the covariance, standard errors,
+        intervals and identifiability come from it instead of the SVD of ``jacobian``.
 
     Returns
     -------
@@ -510,9 +529,11 @@ def fit_report(
         if n_params:
             free_jac = jac if n_params == p else jac[..., free_mask]
             svd = decomposition or scaled_svd(free_jac)
-            cov = _covariance_from(svd, chisqr, dof, absolute_sigma, free_mask)
+            if inverse_normal is None:
+                cov, ident = _covariance_from(svd, chisqr, dof, absolute_sigma, free_mask), _identifiable_from(svd, free_mask)
+            else:
+                cov, ident = _solver_covariance(inverse_normal, chisqr, dof, absolute_sigma, free_mask)
             s_raw, s_scaled = _singular_values(free_jac, svd.finite), svd.s
-            ident = _identifiable_from(svd, free_mask)
         else:
             cov = np.full(fits + (p, p), np.nan, dtype=res.dtype)
             s_raw = s_scaled = np.ones(fits + (1,), dtype=res.dtype)
@@ -521,7 +542,7 @@ def fit_report(
         raw_ss = chisqr if weights is None else np.vecdot(raw := res / as_array(weights), raw)
         target = np.broadcast_to(as_array(y).astype(res.dtype, copy=False), res.shape)
         sst = _total_sum_of_squares(target, weights, mask)
-        statistics = _per_fit_statistics(chisqr, sst, raw_ss, n_points + 0 * chisqr, s_raw, s_scaled, n_params)
+        statistics = _per_fit_statistics(chisqr, sst, raw_ss, n_points + np.zeros_like(chisqr), s_raw, s_scaled, n_params)
     half = stderr * np.asarray(t_quantile(confidence, dof))[..., None]
     names = list(param_names) if param_names is not None else [f"p{i}" for i in range(p)]
     warnings = _warnings(dof, statistics["condition_scaled"], ident, free_mask, names, absolute_sigma)

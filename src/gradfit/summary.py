@@ -118,10 +118,9 @@ def _parametric_quantities(problem: Problem, outcome: SolveOutcome, options: Fit
         free=free,
         param_names=model.param_names,
         decomposition=outcome.decomposition,
+        inverse_normal=outcome.inverse_normal,
     )
     covariance, stderr, half = report.covariance, report.stderr, report.ci_half_width
-    if outcome.inverse_normal is not None:
-        covariance, stderr, half = _accurate_covariance(stats.as_array(outcome.inverse_normal), report, free, options)
     at_bound = outcome.at_bound or (_at_bound(problem, theta) if problem.bounded else [False] * theta.size)
     estimates = tuple(
         ParameterEstimate(
@@ -151,18 +150,6 @@ def _parametric_quantities(problem: Problem, outcome: SolveOutcome, options: Fit
         warnings,
         _parametric_predictor(model, theta),
     )
-
-
-def _accurate_covariance(inverse_normal: np.ndarray, report: Any, free: np.ndarray, options: FitOptions) -> tuple:
-    """Covariance, standard errors and CI half-widths from a solver's own ``(JᵀJ)⁻¹``."""
-    scale = 1.0 if options.absolute_sigma else report.statistics["redchi"]
-    covariance = np.full_like(report.covariance, np.nan)
-    index = np.flatnonzero(free)
-    covariance[index[:, None], index[None, :]] = inverse_normal * scale
-    with np.errstate(invalid="ignore"):
-        stderr = np.sqrt(np.diagonal(covariance))
-        ratio = report.ci_half_width / report.stderr
-    return covariance, stderr, stderr * ratio
 
 
 def _weighted(jac: np.ndarray, train: Split) -> np.ndarray:
