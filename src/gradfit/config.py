@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from numbers import Integral, Real
 from typing import Any
 
 from gradfit.errors import OptionError
@@ -52,29 +53,44 @@ class FitOptions:
         _choice("dtype", self.dtype, DTYPES)
         _choice("device", self.device, DEVICES)
         _choice("nan_policy", self.nan_policy, ("raise", "omit"))
+        self._check_counts()
+        self._check_numbers()
+        if self.optimizer_options is None:
+            object.__setattr__(self, "optimizer_options", {})
+        if not isinstance(self.optimizer_options, Mapping):
+            raise OptionError(f"optimizer_options must be a mapping such as {{'lr': 0.01}}, got {self.optimizer_options!r}")
+        if not (self.optimizer is None or isinstance(self.optimizer, str) or callable(self.optimizer)):
+            raise OptionError(
+                f"optimizer must be a name such as 'adam', a torch.optim class or a factory, got {self.optimizer!r}"
+            )
+
+    def _check_counts(self) -> None:
+        for name, minimum in (("epochs", 1), ("checkpoint_every", 1), ("starts", 1), ("seed", 0)):
+            _whole(name, getattr(self, name), minimum)
+        for name in ("batch_size", "patience", "plateau", "max_iter"):
+            if getattr(self, name) is not None:
+                _whole(name, getattr(self, name), 1)
+
+    def _check_numbers(self) -> None:
+        for name in ("val", "confidence", "loss_scale") + (() if self.target is None else ("target",)):
+            if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), Real):
+                raise OptionError(f"{name} must be a number, got {getattr(self, name)!r}")
         if not 0.0 <= self.val < 1.0:
             raise OptionError(f"val must be a fraction in [0, 1), got {self.val} — e.g. 0.2")
-        if self.epochs < 1:
-            raise OptionError(f"epochs must be at least 1, got {self.epochs}")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise OptionError(f"batch size must be at least 1, got {self.batch_size}")
-        if self.patience is not None and self.patience < 1:
-            raise OptionError(f"patience must be at least 1, got {self.patience}")
         if not 0.0 < self.confidence < 1.0:
             raise OptionError(f"confidence must be in (0, 1), got {self.confidence} — e.g. 0.95")
-        if self.checkpoint_every < 1:
-            raise OptionError(f"checkpoint_every must be at least 1, got {self.checkpoint_every}")
-        if self.starts < 1:
-            raise OptionError(f"starts must be at least 1, got {self.starts}")
-        if self.max_iter is not None and not (isinstance(self.max_iter, int) and self.max_iter >= 1):
-            raise OptionError(f"max_iter must be a whole number of at least 1, got {self.max_iter!r}")
-        if self.loss_scale <= 0:
+        if not self.loss_scale > 0:
             raise OptionError(f"loss scale must be positive, got {self.loss_scale}")
 
     @property
     def uses_optimizer(self) -> bool:
         """Whether the gradient family was asked for."""
         return self.optimizer is not None or self.solver == "gradient"
+
+
+def _whole(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
+        raise OptionError(f"{name} must be a whole number of at least {minimum}, got {value!r}")
 
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
