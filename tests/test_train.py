@@ -43,6 +43,14 @@ def test_a_start_where_the_model_is_not_finite_is_named_not_called_divergence(sc
     assert result.params == {"a": 1.0, "k": 1.0}
 
 
+def test_a_start_where_the_model_is_not_finite_on_validation_points_only_is_named_too():
+    t = np.linspace(2.0, 6.0, 12)
+    t_val = np.array([0.5, 3.0])  # sqrt(t - k) is NaN at the first validation point
+    y = lambda t: 2.0 * np.sqrt(np.abs(t - 1.2))  # noqa: E731
+    result = gradfit.fit("a*sqrt(t - k)", {"t": t}, y(t), params={"a": 1.0, "k": 1.0}, loss="mae", val_data=({"t": t_val}, y(t_val)))
+    assert result.status == "non_finite" and "learning rate" not in result.message
+
+
 def test_early_stopping_restores_best_validation_parameters():
     rng = np.random.default_rng(3)
     x = np.linspace(-1, 1, 40)

@@ -220,7 +220,8 @@ def _epoch(
     if _diverged(train, monitored, max(progress.first, FLOOR_FRACTION * objective.baseline), config):
         if progress.best.state is None:  # diverged at once: keep the starting parameters
             progress.best = _Best(math.inf, progress.epoch - 1, state)
-        return StopReason.NON_FINITE if progress.epoch == 1 and not math.isfinite(train) else StopReason.DIVERGED
+        at_start = progress.epoch == 1 and not (math.isfinite(train) and math.isfinite(monitored))
+        return StopReason.NON_FINITE if at_start else StopReason.DIVERGED
     if monitored < progress.best.loss * (1.0 - config.min_delta) or progress.best.state is None:
         progress.best = _Best(monitored, progress.epoch, state)
     if scheduler is not None:

@@ -301,7 +301,8 @@ class _Record:
         self.has_best |= improved
         early = going & torch.full_like(going, patience is not None) & (epoch - self.best_epoch >= (patience or 0))
         stopped = diverged | early
-        failed = torch.where(~torch.isfinite(train) & (epoch == 1), _NON_FINITE, _DIVERGED)  # at the start: not finite there
+        at_start = (~torch.isfinite(train) | ~torch.isfinite(monitored)) & (epoch == 1)  # not finite at the start
+        failed = torch.where(at_start, _NON_FINITE, _DIVERGED)
         self.code = torch.where(diverged, failed, torch.where(early, _EARLY, self.code))
         self.final = torch.where(stopped[:, None], self.best_state, self.final)
         self.active = active & ~stopped
