@@ -437,3 +437,19 @@ def test_statistics_stay_counts_when_the_sum_of_squares_overflows():
     x = np.linspace(0, 10, 20)
     result = gradfit.fit("a*x + b", x, (2 * x + 1 + np.sin(x)) * 1e156)
     assert (result.statistics["n_points"], result.statistics["dof"], result.statistics["n_params"]) == (20, 18, 2)
+
+
+@pytest.mark.parametrize("scale", [1e-150, 1e-100, 1e100, 1e150])
+def test_a_fit_is_equivariant_under_extreme_scales_of_its_data_and_parameters(scale):
+    # a*exp(-k*x) + c on (x·s, y·s) is the unscaled fit with a·s, k/s, c·s: squares of the
+    # Jacobian's entries under- or overflow at these scales, its column norms must not
+    rng = np.random.default_rng(0)
+    x = np.linspace(0, 4, 25)
+    y = 3 * np.exp(-0.7 * x) + 0.5 + rng.normal(0, 0.1, 25)
+    start = {"a": 1.0, "k": 1.0, "c": 0.0}
+    plain = gradfit.fit("a*exp(-k*x) + c", x, y, params=start)
+    factors = np.array([scale, 1 / scale, scale])
+    scaled = gradfit.fit("a*exp(-k*x) + c", x * scale, y * scale, params=dict(zip("akc", factors * [1.0, 1.0, 0.0])))
+    assert scaled.status == "converged"
+    np.testing.assert_allclose(scaled.values / factors, plain.values, rtol=1e-7)
+    np.testing.assert_allclose([scaled.stderr[n] for n in "akc"] / factors, [plain.stderr[n] for n in "akc"], rtol=1e-6)

@@ -59,9 +59,10 @@ class FitOptions:
             object.__setattr__(self, "optimizer_options", {})
         if not isinstance(self.optimizer_options, Mapping):
             raise OptionError(f"optimizer_options must be a mapping such as {{'lr': 0.01}}, got {self.optimizer_options!r}")
-        if not (self.optimizer is None or isinstance(self.optimizer, str) or callable(self.optimizer)):
+        optimizer = self.optimizer
+        if not (optimizer is None or isinstance(optimizer, str) or callable(optimizer) or hasattr(optimizer, "param_groups")):
             raise OptionError(
-                f"optimizer must be a name such as 'adam', a torch.optim class or a factory, got {self.optimizer!r}"
+                f"optimizer must be a name such as 'adam', a torch.optim class, a factory or an optimizer, got {optimizer!r}"
             )
 
     def _check_counts(self) -> None:

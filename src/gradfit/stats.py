@@ -138,6 +138,29 @@ class ScaledSvd:
         return ScaledSvd(self.d[index], self.u[index], self.s[index], self.v[index], self.null[index], self.finite)
 
 
+#: margin inside sqrt(tiny)..sqrt(max) beyond which column norms are recomputed scaled
+_NORM_MARGIN = 1e9
+
+
+def column_norms(jac: Array) -> Array:
+    """Euclidean norms of the Jacobian's columns along the points ``(..., p)`` (pure).
+
+    Squares of entries beyond about ``1e±154`` under- or overflow; such columns (a parameter with
+    scale ``1e100`` against data of scale ``1e-100``, say) are recomputed divided by their largest
+    entry, so that column scaling (here and in Moré's LM) stays right at any scale.
+    """
+    with np.errstate(over="ignore", under="ignore"):
+        norms = np.sqrt(np.vecdot(jac, jac, axis=-2))
+    info = np.finfo(norms.dtype)
+    if (norms >= np.sqrt(info.tiny) * _NORM_MARGIN).all() and (norms <= np.sqrt(info.max) / _NORM_MARGIN).all():
+        return norms
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore", under="ignore"):
+        largest = np.max(np.abs(jac), axis=-2)
+        safe = np.where((largest > 0) & np.isfinite(largest), largest, 1.0)
+        scaled = jac / safe[..., None, :]
+        return safe * np.sqrt(np.vecdot(scaled, scaled, axis=-2)) * np.where(largest > 0, 1.0, 0.0)
+
+
 def scaled_svd(jacobian: Array) -> ScaledSvd:
     """Factor Jacobians ``(..., n, q)`` as :class:`ScaledSvd` (call with floating-point warnings off).
 
@@ -148,7 +171,7 @@ def scaled_svd(jacobian: Array) -> ScaledSvd:
     if not finite:  # such fits get NaN statistics; the others are unaffected
         broken = ~np.isfinite(jacobian).all(axis=(-2, -1))
         jacobian = np.where(broken[..., None, None], 0.0, jacobian)
-    d = np.sqrt(np.vecdot(jacobian, jacobian, axis=-2))
+    d = column_norms(jacobian)
     d = d + (d == 0)
     n, q = jacobian.shape[-2:]
     u, s, vh = np.linalg.svd(jacobian / d[..., None, :], full_matrices=n < q)
@@ -241,10 +264,12 @@ def _covariance_from(svd: ScaledSvd, chisqr: Any, dof: Any, absolute_sigma: bool
     """``s² (JᵀJ)⁻¹`` from the scaled SVD (call with floating-point warnings off)."""
     lost = _lost(svd)
     inv_s = 1.0 / svd.s if lost is None else np.where(svd.null, 0.0, 1.0 / svd.s)
-    scaled_v = svd.v * (inv_s[..., None, :] / svd.d[..., :, None])
+    s2 = np.ones_like(svd.s[..., 0]) if absolute_sigma else residual_variance(chisqr, dof)
+    finite = np.isfinite(s2)  # s (JᵀJ)^-½ before squaring: at extreme scales (JᵀJ)⁻¹ alone may overflow
+    scaled_v = svd.v * ((inv_s * np.sqrt(np.where(finite, s2, 1.0))[..., None])[..., None, :] / svd.d[..., :, None])
     cov = scaled_v @ scaled_v.mT
-    if not absolute_sigma:
-        cov = cov * residual_variance(chisqr, dof)[..., None, None]
+    if not finite.all():  # no degrees of freedom: every entry inf
+        cov = cov * np.where(finite, 1.0, s2)[..., None, None]
     if lost is not None and lost.any():
         cov = np.where(lost[..., :, None] | lost[..., None, :], np.nan, cov)
         diagonal = np.einsum("...ii->...i", cov)  # a writable view

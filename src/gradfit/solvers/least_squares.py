@@ -76,7 +76,7 @@ from typing import Any, Literal
 import numpy as np
 
 from gradfit.errors import ModelError, OptionError
-from gradfit.stats import as_array, scaled_svd
+from gradfit.stats import as_array, column_norms, scaled_svd
 
 __all__ = [
     "Status",
@@ -392,7 +392,7 @@ class Decomposition:
 
 def decompose(jac: Array, res: Array, d_prev: Array) -> Decomposition:
     """Update the scaling and factor the scaled Jacobian (pure)."""
-    col_norms = np.sqrt(np.einsum("knp,knp->kp", jac, jac))
+    col_norms = column_norms(jac)
     d = np.maximum(d_prev, col_norms)
     d[d == 0] = 1.0
     u, s, vh = np.linalg.svd(jac / d[:, None, :], full_matrices=False)
@@ -883,7 +883,7 @@ class _Point:
 
 
 def _decompose_single(jac: Array, res: Array, d_prev: Array) -> _Point:
-    col = np.sqrt(np.vecdot(jac, jac, axis=0))
+    col = column_norms(jac)
     d = np.maximum(d_prev, col)
     d[d == 0] = 1.0
     u, s_arr, vh = np.linalg.svd(jac / d, full_matrices=False)
