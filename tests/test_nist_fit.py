@@ -50,3 +50,14 @@ def test_linear_problem_through_fit(name):
     assert lre(values, problem.certified).min() >= 9, lre(values, problem.certified)
     stderr = np.array([result.stderr[n] for n in problem.param_names])
     assert lre(stderr, problem.certified_sd).min() >= 9, lre(stderr, problem.certified_sd)
+
+
+def test_a_parameter_that_runs_off_to_infinity_is_no_convergence():
+    # Gauss-Newton from MGH09's first start sends b3 and b4 towards infinity, where the model stops
+    # depending on them (a spurious stationary point); the restarts do not recover, and the status says so
+    problem = load("MGH09")
+    params = dict(zip(problem.param_names, problem.starts()[0]))
+    result = gradfit.fit(problem.formula, dict(problem.x), problem.target, params=params, solver="gn")
+    assert result.status == "singular" and not result.success
+    assert "ran off towards infinity" in result.message
+    assert abs(result.params["b3"]) > 1e6  # where it ended, far from the certified 0.12

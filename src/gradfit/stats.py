@@ -142,23 +142,29 @@ class ScaledSvd:
 _NORM_MARGIN = 1e9
 
 
+@functools.lru_cache(maxsize=None)
+def _plain_norm_range(dtype: np.dtype) -> tuple[float, float]:
+    info = np.finfo(dtype)
+    return math.sqrt(float(info.tiny)) * _NORM_MARGIN, math.sqrt(float(info.max)) / _NORM_MARGIN
+
+
 def column_norms(jac: Array) -> Array:
-    """Euclidean norms of the Jacobian's columns along the points ``(..., p)`` (pure).
+    """Euclidean norms of the Jacobian's columns along the points ``(..., p)`` (pure; call with
+    floating-point warnings off).
 
     Squares of entries beyond about ``1e±154`` under- or overflow; such columns (a parameter with
     scale ``1e100`` against data of scale ``1e-100``, say) are recomputed divided by their largest
     entry, so that column scaling (here and in Moré's LM) stays right at any scale.
     """
-    with np.errstate(over="ignore", under="ignore"):
-        norms = np.sqrt(np.vecdot(jac, jac, axis=-2))
-    info = np.finfo(norms.dtype)
-    if (norms >= np.sqrt(info.tiny) * _NORM_MARGIN).all() and (norms <= np.sqrt(info.max) / _NORM_MARGIN).all():
+    norms = np.sqrt(np.vecdot(jac, jac, axis=-2))
+    values = norms.ravel().tolist()  # min and max of a few numbers: cheaper in Python than in numpy
+    low, high = _plain_norm_range(norms.dtype)
+    if not values or (low <= min(values) and max(values) <= high):
         return norms
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore", under="ignore"):
-        largest = np.max(np.abs(jac), axis=-2)
-        safe = np.where((largest > 0) & np.isfinite(largest), largest, 1.0)
-        scaled = jac / safe[..., None, :]
-        return safe * np.sqrt(np.vecdot(scaled, scaled, axis=-2)) * np.where(largest > 0, 1.0, 0.0)
+    largest = np.max(np.abs(jac), axis=-2)
+    safe = np.where((largest > 0) & np.isfinite(largest), largest, 1.0)
+    scaled = jac / safe[..., None, :]
+    return safe * np.sqrt(np.vecdot(scaled, scaled, axis=-2)) * np.where(largest > 0, 1.0, 0.0)
 
 
 def scaled_svd(jacobian: Array) -> ScaledSvd:

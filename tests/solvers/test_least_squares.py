@@ -357,6 +357,17 @@ def test_trust_region_damping_hits_the_radius():
     assert np.all(big == 0)
 
 
+def test_each_fits_damping_is_what_it_would_be_alone():
+    # fits that reach the radius early stop iterating, whatever the others still need
+    rng = np.random.default_rng(6)
+    jac, res, dec = _random_decomposition(rng)
+    radius = dec.gn_norm * np.array([0.9, 0.05, 1e-4])  # near, far and very far inside the GN step
+    together = trust_region_damping(dec, radius, np.zeros(3))
+    for i in range(3):
+        alone = decompose(jac[i : i + 1], res[i : i + 1], np.zeros((1, jac.shape[-1])))
+        assert trust_region_damping(alone, radius[i : i + 1], np.zeros(1))[0] == together[i]
+
+
 def test_radius_update_rules():
     radius, norm = np.array([1.0, 1.0, 1.0, 1.0]), np.array([0.5, 0.5, 1.0, 1.0])
     ratio = np.array([0.1, -np.inf, 0.9, 0.5])

@@ -58,7 +58,8 @@ Method
   vanished (a parameter running off to infinity), is started again from jittered copies of its
   starting point (each value times ``exp(σ N(0,1))``, σ growing from 1 by ½ per round; at most
   200 iterations each), all fits of a round in one batch, until it converges properly. The lowest
-  cost is kept (at a tie, a converged result); the status always describes the result returned.
+  cost is kept (at a tie, a converged result); the status always describes the result returned:
+  one still converged where a Jacobian column vanished is no minimum and ends ``singular``.
 """
 
 from __future__ import annotations
@@ -111,7 +112,8 @@ class Status(enum.Enum):
         "the result is approximate; rescale the parameters or give better starting values"
     )
     SINGULAR = (
-        "stopped: the Jacobian is zero — the model does not depend on its parameters here; "
+        "stopped: the model does not depend on some parameter here (its Jacobian column is zero, or vanished as "
+        "the parameter ran off towards infinity); "
         "check the model and the starting values"
     )
     NON_FINITE = (
@@ -437,7 +439,8 @@ def trust_region_damping(dec: Decomposition, radius: Array, start: Array, iterat
 
     ``λ = 0`` where the Gauss-Newton step fits in the region. Elsewhere Newton's method on Moré's
     secular equation ``1/Δ - 1/‖D δ(λ)‖ = 0``, nearly linear in ``λ``, from ``start`` (clipped at
-    0; convergence is monotone from below). Stops once every length is within 10% of ``Δ``.
+    0; convergence is monotone from below). Each fit stops once its length is within 10% of ``Δ``
+    (as :func:`_damping_single` does), so that its damping does not depend on the rest of the batch.
     """
     need = dec.gn_norm > 1.1 * radius
     if not need.any():
@@ -448,11 +451,13 @@ def trust_region_damping(dec: Decomposition, radius: Array, start: Array, iterat
         coef = np.where(dec.rank | (lam[:, None] > 0), dec.sg / np.where(denom > 0, denom, 1.0), 0.0)
         norm2 = np.einsum("kq,kq->k", coef, coef)
         norm = np.sqrt(norm2)
-        if not (need & (np.abs(norm - radius) > 0.1 * radius)).any():
+        need = need & (np.abs(norm - radius) > 0.1 * radius)
+        if not need.any():
             break
         slope = np.einsum("kq,kq->k", coef * coef, 1.0 / np.where(denom > 0, denom, np.inf))
         newton = lam + (norm / radius - 1.0) * norm2 / np.where(slope > 0, slope, 1.0)
         lam = np.where(need & (slope > 0), np.maximum(newton, 0.0), lam)
+        need = need & (slope > 0)  # a fit whose slope vanished keeps its damping, as _damping_single
     return lam
 
 
@@ -539,8 +544,7 @@ def degenerate(jac: Array, start_norms: Array, free: Array, bound: Array) -> Arr
     A Jacobian column shrunk to ``1e-8`` of its size at the start (or to zero) means the parameter
     ran off towards infinity, e.g. a rate in ``exp(-b x)``: a spurious stationary point.
     """
-    norms = np.sqrt(np.vecdot(jac, jac, axis=-2))
-    return np.any((norms <= _VANISHED * start_norms) & free & ~bound, axis=-1)
+    return np.any((column_norms(jac) <= _VANISHED * start_norms) & free & ~bound, axis=-1)
 
 
 def restart_points(start: Array, free: Array, seed: int, round_: int, spread: float = 1.0) -> Array:
@@ -1064,6 +1068,9 @@ def _solve_with_restarts(prob: _Problem, start: Array) -> _State:
         state.n_iter += np.where(need, candidate.n_iter + 1, 0)
         _take(need & _better(candidate, state), candidate, state)
         need &= ~_good(prob, state, start_norms)
+    # still "converged" where a parameter stopped affecting the model: no minimum, report it singular
+    spurious = need & (state.code >= _FTOL) & (state.code <= _EXACT)
+    state.code = np.where(spurious, _SING, state.code)
     return state
 
 
@@ -1321,7 +1328,7 @@ def linear_least_squares(design: Any, target: Any, refinements: int = 1) -> Line
     a, y = as_array(design), as_array(target)
     a = a[None] if a.ndim == 2 else a
     y = (y[None] if y.ndim == 1 else y)[..., None]  # (K, n, 1)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(all="ignore"):  # a design of huge or tiny entries: see column_norms
         svd = scaled_svd(a)
         full_rank = ~svd.null.any(-1)
         inv_s = 1.0 / svd.s if full_rank.all() else np.where(svd.null, 0.0, 1.0 / svd.s)
