@@ -157,9 +157,13 @@ def column_norms(jac: Array) -> Array:
     entry, so that column scaling (here and in Moré's LM) stays right at any scale.
     """
     norms = np.sqrt(np.vecdot(jac, jac, axis=-2))
-    values = norms.ravel().tolist()  # min and max of a few numbers: cheaper in Python than in numpy
     low, high = _plain_norm_range(norms.dtype)
-    if not values or (low <= min(values) and max(values) <= high):
+    if norms.size <= 64:  # a single fit's few numbers: Python's min and max are cheaper than numpy's
+        values = norms.ravel().tolist()
+        smallest, largest_norm = (min(values), max(values)) if values else (low, high)
+    else:
+        smallest, largest_norm = norms.min(), norms.max()
+    if low <= smallest and largest_norm <= high:
         return norms
     largest = np.max(np.abs(jac), axis=-2)
     safe = np.where((largest > 0) & np.isfinite(largest), largest, 1.0)
