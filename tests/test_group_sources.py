@@ -110,3 +110,18 @@ def test_categorical_keys_come_back_in_their_own_type_so_results_join_the_data(d
     table = fit_groups("w*t + b", frame, group="g", y="y").table
     assert table["g"].dtype == frame["g"].dtype
     assert frame.join(table.select("g", "w"), on="g").height == frame.height
+
+
+def test_csv_keys_are_read_as_written(tmp_path):
+    # "007" and "7" are two sensors; 20-digit identifiers are exact; plain integers stay integers
+    t = np.linspace(0, 3, 6)
+    rows = [("007", 2.0), ("7", 3.0), ("12345678901234567890", 1.5), ("12345678901234567891", 0.5)]
+    lines = ["key,t,y"] + [f"{key},{ti},{slope * ti + 1}" for key, slope in rows for ti in t]
+    (tmp_path / "text.csv").write_text("\n".join(lines) + "\n")
+    table = fit_groups("a*t + b", tmp_path / "text.csv", group="key", y="y").table
+    assert table["key"].to_list() == [key for key, _ in rows]
+    np.testing.assert_allclose(table["a"].to_numpy(), [slope for _, slope in rows], rtol=1e-12)
+    lines = ["key,t,y"] + [f"{key},{ti},{key * ti}" for key in (3, -1, 10) for ti in t]
+    (tmp_path / "ints.csv").write_text("\n".join(lines) + "\n")
+    table = fit_groups("a*t + b", tmp_path / "ints.csv", group="key", y="y").table
+    assert table["key"].dtype == pl.Int64 and sorted(table["key"].to_list()) == [-1, 3, 10]

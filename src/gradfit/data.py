@@ -190,7 +190,7 @@ class Dataset:
 # --------------------------------------------------------------------------------------------------
 
 
-def read_table(path: str | os.PathLike[str]) -> pl.DataFrame:
+def read_table(path: str | os.PathLike[str], text_columns: Sequence[str] = ()) -> pl.DataFrame:
     """Read a CSV, Parquet or NDJSON file into a polars DataFrame.
 
     CSV-like files (``.csv``, ``.tsv``, ``.txt``) must be UTF-8; a byte-order mark is removed, the
@@ -204,6 +204,9 @@ def read_table(path: str | os.PathLike[str]) -> pl.DataFrame:
     path
         File to read; the extension chooses the format (case-insensitive): ``.csv``, ``.tsv``,
         ``.txt``, ``.parquet``, ``.pq``, ``.ndjson``, ``.jsonl``.
+    text_columns
+        Columns of a CSV-like file to read as text, uninterpreted (group keys: ``007`` and ``7``
+        are different sensors).
 
     Returns
     -------
@@ -235,7 +238,7 @@ def read_table(path: str | os.PathLike[str]) -> pl.DataFrame:
     raw = raw.removeprefix(_BOM)
     if suffix in _NDJSON_SUFFIXES:
         return _read_ndjson(raw, name)
-    return _read_csv(raw, name, suffix)
+    return _read_csv(raw, name, suffix, text_columns)
 
 
 def _check_is_file(p: Path, name: str) -> None:
@@ -318,15 +321,17 @@ def _check_text(sample: bytes, name: str) -> str:
         return sample[: exc.start].decode("utf-8")
 
 
-def _read_csv(raw: bytes, name: str, suffix: str) -> pl.DataFrame:
+def _read_csv(raw: bytes, name: str, suffix: str, text_columns: Sequence[str] = ()) -> pl.DataFrame:
     raw = _lf_if_cr_lines(raw)
     truncated = len(raw) > _SNIFF_BYTES
     sample = _check_text(raw[:_SNIFF_BYTES], name)
     rows = _sample_rows(sample, truncated)
     delimiter = _sniff_delimiter(rows, default="\t" if suffix == ".tsv" else ",")
-    names = _clean_header(_header_row(sample, delimiter, name), name)
+    header = _header_row(sample, delimiter, name)
+    names = _clean_header(header, name)
+    as_text = {raw_name: pl.String for raw_name, clean in zip(header, names) if clean in text_columns}
     try:
-        frame = _polars_csv(raw, delimiter)
+        frame = _polars_csv(raw, delimiter, as_text)
     except _POLARS_FAILURES as exc:  # polars raises ComputeError and others for malformed CSV
         if "utf-8" in str(exc).lower():
             raise DataError(f"{name} is not UTF-8 text — save it as UTF-8") from None
@@ -372,15 +377,15 @@ def _first_line_break(raw: bytes) -> bytes | None:
     return None
 
 
-def _polars_csv(raw: bytes, delimiter: str) -> pl.DataFrame:
-    """Read CSV bytes with polars, inferring column types from the whole file.
+def _polars_csv(raw: bytes, delimiter: str, as_text: Mapping[str, Any] | None = None) -> pl.DataFrame:
+    """Read CSV bytes with polars, inferring column types from the whole file (but ``as_text``).
 
     Inference can fail on valid text (an integer too long for Int128, digits polars takes for an
     integer but cannot parse); then every column is read as text and converted later, strictly,
     by the column conversion of :func:`make_dataset`.
     """
     try:
-        return pl.read_csv(io.BytesIO(raw), separator=delimiter, infer_schema_length=None)
+        return pl.read_csv(io.BytesIO(raw), separator=delimiter, infer_schema_length=None, schema_overrides=as_text or None)
     except pl.exceptions.ComputeError:
         return pl.read_csv(io.BytesIO(raw), separator=delimiter, infer_schema=False)
 

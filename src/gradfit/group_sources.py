@@ -88,7 +88,7 @@ def open_groups(data: Any, group: str) -> GroupSource:
         source = _parquet_source(Path(data), group)
         if source is not None:
             return source
-    frame = _frame(data)
+    frame = _frame(data, group)
     _check_columns(frame.columns, [group])
     key = frame[group]
     _check_key_type(group, key.dtype)
@@ -127,7 +127,7 @@ def _check_columns(columns: Sequence[str], names: Sequence[str]) -> None:
             raise DataError(f"unknown column '{name}'{hint} (columns: {', '.join(columns)})")
 
 
-def _frame(data: Any) -> pl.DataFrame:
+def _frame(data: Any, group: str) -> pl.DataFrame:
     import polars as pl
 
     from gradfit.data import read_table
@@ -137,12 +137,27 @@ def _frame(data: Any) -> pl.DataFrame:
     if isinstance(data, pl.LazyFrame):
         return data.collect()
     if isinstance(data, (str, os.PathLike)):
-        return read_table(data)
+        return _integer_keys_where_exact(read_table(data, text_columns=(group,)), group)
     if isinstance(data, Mapping):
         return pl.DataFrame({k: np.asarray(v) for k, v in data.items()})
     if hasattr(data, "columns") and hasattr(data, "to_numpy"):
         return pl.DataFrame({str(c): data[c].to_numpy() for c in data.columns})
     raise DataError(f"cannot read groups from {type(data).__name__} — give a data frame, a mapping or a file path")
+
+
+def _integer_keys_where_exact(frame: pl.DataFrame, group: str) -> pl.DataFrame:
+    """A text key column (as read from a CSV file) as integers when every key is one, written the
+    way an integer prints (``7``, ``-12``), else as text: ``007`` and ``7`` stay two groups, and
+    20-digit identifiers stay exact."""
+    import polars as pl
+
+    if group not in frame.columns or frame[group].dtype != pl.String:
+        return frame
+    text = frame[group]
+    numbers = text.cast(pl.Int64, strict=False)
+    if numbers.null_count() == text.null_count() and (numbers.cast(pl.String) == text).fill_null(True).all():
+        return frame.with_columns(numbers.alias(group))
+    return frame
 
 
 # ------------------------------------------------------------------------------ Parquet, streamed
