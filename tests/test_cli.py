@@ -294,6 +294,10 @@ INPUT_ERRORS: dict[str, tuple[list[str], list[str]]] = {
     "predict: out into missing dir": (["predict", "nope.json", "data.csv", "--out", "missing/p.csv"], ["does not exist"]),
     "explain: unknown column": (["explain", "data.csv", "--model", LINE, "--y", "tc"], ["did you mean 't_c'"]),
     "explain: nan": (["explain", "nan.csv", "--model", LINE, "--y", "t_c"], ["--nan omit"]),
+    "out over the data": ([*FIT, "--out", "data.csv"], ["--out data.csv would overwrite the data file", "another file name"]),
+    "two outputs on one path": ([*FIT, "--out", "fit.png", "--plot", "fit.png"], ["--plot fit.png would overwrite --out"]),
+    "group out over the data": ([*FIT, "--group-by", "t_u", "--out", "train.parquet", "--val-data", "train.parquet"], ["would overwrite the validation file"]),
+    "predict: out over the data": (["predict", "nope.json", "data.csv", "--out", "data.csv"], ["--out data.csv would overwrite the data file"]),
     "demo: unknown": (["demo", "barometer"], ["unknown demo 'barometer'", "thermometer"]),
     "demo: out-dir is a file": (["demo", "--out-dir", "afile"], ["afile", "not a directory"]),
 }

@@ -90,8 +90,9 @@ class CompareCommand:
 
     def _check_outputs(self) -> None:
         from gradfit.cli_fit import check_image_path
-        from gradfit.io import ensure_writable
+        from gradfit.io import check_distinct, ensure_writable
 
+        check_distinct({"the data file": self.data}, {"--plot": self.plot, "--plot-val": self.plot_val})
         for path, option in ((self.plot, "--plot"), (self.plot_val, "--plot-val")):
             if path is not None:
                 ensure_writable(path)

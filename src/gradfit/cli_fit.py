@@ -112,9 +112,14 @@ class FitCommand:
     def run(self) -> None:
         """Check everything, fit, print and write the outputs."""
         from gradfit.fitting import fit_dataset, split_dataset
-        from gradfit.io import ensure_writable
+        from gradfit.io import check_distinct, ensure_writable
 
         settings = self.settings()
+        check_distinct(
+            {"the data file": self.data, "the validation file": self.val_data},
+            {"--out": self.out, "--plot": self.plot, "--plot-history": self.plot_history,
+             "--report-html": self.report_html, "--checkpoint": self.checkpoint},
+        )
         if self.group_by is not None:
             from gradfit.cli_groups import run_group_fit
 
@@ -432,10 +437,11 @@ def run_predict(result_path: Path, data: Path, out: Path | None, column: str, co
     import polars as pl
 
     from gradfit.data import read_table
-    from gradfit.io import atomic_path, ensure_writable
+    from gradfit.io import atomic_path, check_distinct, ensure_writable
     from gradfit.result import FitResult
 
     if out is not None:
+        check_distinct({"the result file": result_path, "the data file": data}, {"--out": out})
         ensure_writable(out)
     result = FitResult.load(result_path)
     table = read_table(data)

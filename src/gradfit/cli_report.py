@@ -14,7 +14,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gradfit.errors import OptionError
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -68,13 +67,12 @@ def run_report(result_path: Path, out: Path | None, data: Path | None, console: 
     pathlib.Path
         The report's path.
     """
-    from gradfit.io import ensure_writable
+    from gradfit.io import check_distinct, ensure_writable
     from gradfit.report_html import resolve_data, write_report
     from gradfit.result import FitResult
 
     target = out if out is not None else default_report_path(result_path)
-    if target.resolve() == result_path.resolve():
-        raise OptionError(f"the report would overwrite the result file '{result_path}' — give another name with --out")
+    check_distinct({"the result file": result_path, "the data file": data}, {"the report": target})
     ensure_writable(target)
     result = FitResult.load(result_path)
     points: Any = None

@@ -11,12 +11,42 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 from pathlib import Path
 
 from gradfit.errors import OutputError
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "ensure_writable"]
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "check_distinct", "ensure_writable"]
+
+
+def check_distinct(inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> None:
+    """Check, before any work, that no output would replace an input or another output.
+
+    Parameters
+    ----------
+    inputs, outputs
+        Paths by the name the user knows them by (``"the data file"``, ``"--out"``); ``None``
+        entries are skipped.
+
+    Raises
+    ------
+    OutputError
+        Naming the output and what it would overwrite.
+    """
+    seen: dict[Path, str] = {_identity(path): label for label, path in inputs.items() if path is not None}
+    for label, path in outputs.items():
+        if path is None:
+            continue
+        where = _identity(path)
+        if where in seen:
+            raise OutputError(f"{label} {path} would overwrite {seen[where]} — give it another file name")
+        seen[where] = label
+
+
+def _identity(path: Any) -> Path:
+    """A path's absolute location, links resolved (two names of one file are one)."""
+    return Path(path).expanduser().resolve()
 
 
 def ensure_writable(path: str | os.PathLike[str]) -> Path:
