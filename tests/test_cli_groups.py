@@ -100,3 +100,21 @@ def test_an_interrupted_group_fit_keeps_the_groups_done(tmp_path, sig, code):
     assert 2 * 19 <= table.height < 3000 and table["sensor"].to_list() == list(range(table.height))
     assert table["a"].is_finite().sum() == table.height - (1 if 3 < table.height else 0)
     assert not list(tmp_path.glob(".gradfit-parts-*"))
+
+
+def test_an_interruption_before_any_group_is_done_leaves_the_output_as_it_was(tmp_path):
+    _fleet(40, n=30).write_parquet(tmp_path / "big.parquet")
+    (tmp_path / "keep.parquet").write_bytes(b"an earlier result")
+    command = [sys.executable, "-m", "gradfit.cli", "fit", "big.parquet", "--group-by", "sensor", "--model", DECAY, "--y", "y",
+               "--init", INIT, "--loss", "huber", "--optimizer", "adam", "--epochs", "10000000", "--out", "keep.parquet"]
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".gradfit-parts-*")):  # the fit has begun
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the fit never began"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143 and "nothing was written" in stderr and "unchanged" in stderr, stderr
+    assert (tmp_path / "keep.parquet").read_bytes() == b"an earlier result"
+    assert not list(tmp_path.glob(".gradfit-parts-*"))

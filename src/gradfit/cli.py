@@ -48,7 +48,7 @@ def _guarded(action: Callable[[], Any]) -> Any:
         errors.print("interrupted before a result was written")
         raise typer.Exit(130) from None
     except InterruptedFit as stop:
-        errors.print("interrupted: the best parameters so far were written (status 'interrupted')")
+        errors.print(stop.message, highlight=False, markup=False)
         raise typer.Exit(stop.exit_code) from None
 
 

@@ -154,7 +154,9 @@ class FitCommand:
             _print_result(result)
         self._write(result, train, val)
         if result.status == "interrupted":
-            raise InterruptedFit(signals.exit_code)
+            written = [str(path) for path in (self.out, self.plot, self.plot_history, self.report_html) if path is not None]
+            where = f"written to {', '.join(written)}" if written else "shown above (no --out: nothing was written)"
+            raise InterruptedFit(signals.exit_code, f"interrupted: the best parameters so far are {where} (status 'interrupted')")
 
     def _prepare(self, settings: Any) -> tuple[Any, Any, Any]:
         """Read the data files and build the model: every data and formula error surfaces here."""
@@ -313,11 +315,13 @@ def check_optimizer(name: Any, options: dict[str, Any]) -> None:
 
 
 class InterruptedFit(Exception):
-    """A fit stopped by SIGINT or SIGTERM after writing its best parameters; carries the exit code."""
+    """A fit stopped by SIGINT or SIGTERM after keeping what it could; carries the exit code and
+    the line that says what was kept."""
 
-    def __init__(self, exit_code: int) -> None:
-        super().__init__(exit_code)
+    def __init__(self, exit_code: int, message: str) -> None:
+        super().__init__(exit_code, message)
         self.exit_code = exit_code
+        self.message = message
 
 
 class interruptible:

@@ -42,11 +42,20 @@ def run_group_fit(command: Any, settings: Any) -> None:
     summary = GroupSummary(fits.param_names)
     with interruptible() as signals, _Progress(fits.n_groups, command.quiet) as progress:
         tables = _watched(fits, summary, progress)
-        interrupted = write_tables(tables, command.out, fits.schema) if command.out is not None else _consume(tables)
+        written = write_tables(tables, command.out, fits.schema) if command.out is not None else _consume(tables)
+    interrupted = written is not None
     if not command.quiet:
         print_summary(summary, fits, Console(soft_wrap=True), interrupted)
     if interrupted:
-        raise InterruptedFit(signals.exit_code)
+        raise InterruptedFit(signals.exit_code, _interrupted_message(written, command.out))
+
+
+def _interrupted_message(groups: int | None, out: Path | None) -> str:
+    if out is None:
+        return "interrupted: the groups fitted so far are summarised above (no --out: nothing was written)"
+    if not groups:
+        return f"interrupted before any group was fitted: nothing was written ({out} is unchanged)"
+    return f"interrupted: the {groups} groups fitted so far were written to {out}"
 
 
 def _check_flags(command: Any) -> None:
@@ -81,46 +90,58 @@ def _watched(tables: Iterable[Any], summary: Any, progress: _Progress) -> Iterat
         yield table
 
 
-def _consume(tables: Iterable[Any]) -> bool:
-    """Run the fits without writing; True if interrupted."""
+def _consume(tables: Iterable[Any]) -> int | None:
+    """Run the fits without writing; the number of groups done if interrupted, else None."""
+    done = 0
     try:
-        for _ in tables:
-            pass
+        for table in tables:
+            done += table.height
     except KeyboardInterrupt:
-        return True
-    return False
+        return done
+    return None
 
 
-def write_tables(tables: Iterable[Any], path: Path, schema: dict[str, Any]) -> bool:
+def write_tables(tables: Iterable[Any], path: Path, schema: dict[str, Any]) -> int | None:
     """Write the chunks' tables to ``path`` (its extension chooses the format) as they come.
 
     Each table goes to a Parquet part file in a hidden folder beside ``path``; at the end (or at a
     ``KeyboardInterrupt``, with the tables done so far) the parts are streamed into one file,
-    written atomically. Returns whether the tables were interrupted.
+    written atomically. An interruption before the first table leaves ``path`` as it was.
+    Returns None when every table was written, else (interrupted) the number of groups written.
     """
     import polars as pl
 
     from gradfit.io import atomic_path
 
-    interrupted = False
-    with atomic_path(path) as temporary, tempfile.TemporaryDirectory(dir=path.parent, prefix=".gradfit-parts-") as folder:
-        parts: list[Path] = []
-        try:
-            for table in tables:
-                part = Path(folder) / f"part-{len(parts):06d}.parquet"
-                table.write_parquet(part)
-                parts.append(part)
-        except KeyboardInterrupt:
-            interrupted = True
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".gradfit-parts-") as folder:
+        parts, groups, interrupted = _write_parts(tables, Path(folder))
+        if interrupted and not parts:
+            return 0
         joined = pl.scan_parquet(parts) if parts else pl.LazyFrame(schema=schema)
         suffix = path.suffix.lower()
-        if suffix in (".parquet", ".pq"):
-            joined.sink_parquet(temporary)
-        elif suffix == ".csv":
-            joined.sink_csv(temporary)
-        else:
-            joined.sink_ndjson(temporary)
-    return interrupted
+        with atomic_path(path) as temporary:
+            if suffix in (".parquet", ".pq"):
+                joined.sink_parquet(temporary)
+            elif suffix == ".csv":
+                joined.sink_csv(temporary)
+            else:
+                joined.sink_ndjson(temporary)
+    return groups if interrupted else None
+
+
+def _write_parts(tables: Iterable[Any], folder: Path) -> tuple[list[Path], int, bool]:
+    """Each table as a Parquet part file in ``folder``: ``(parts, groups, interrupted)``."""
+    parts: list[Path] = []
+    groups = 0
+    try:
+        for table in tables:
+            part = folder / f"part-{len(parts):06d}.parquet"
+            table.write_parquet(part)
+            parts.append(part)
+            groups += table.height
+    except KeyboardInterrupt:
+        return parts, groups, True
+    return parts, groups, False
 
 
 class _Progress:
