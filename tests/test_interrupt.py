@@ -41,6 +41,26 @@ def test_resume_refuses_a_checkpoint_of_another_fit(tmp_path):
         gradfit.fit(QUADRATIC, {"t_u": T_U}, T_C, optimizer="adam", epochs=40, resume=str(tmp_path / "junk.ckpt"))
 
 
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"optimizer_options": {"lr": 0.01}}, "optimizer_options"),
+        ({"loss": "mae"}, "loss"),
+        ({"scale": False}, "scale"),
+        ({"y": T_C * 2}, "data"),
+        ({"dtype": "float32"}, "dtype"),
+    ],
+)
+def test_resume_refuses_a_checkpoint_written_with_other_settings_or_data(tmp_path, change, named):
+    # each of these would continue from the stored state in the wrong coordinates or on the wrong objective
+    checkpoint = tmp_path / "run.ckpt"
+    common = {"optimizer": "adam", "optimizer_options": {"lr": 0.05}, "epochs": 20}
+    gradfit.fit(QUADRATIC, {"t_u": T_U}, T_C, **common, checkpoint=str(checkpoint), checkpoint_every=10)
+    y = change.pop("y", T_C)
+    with pytest.raises(gradfit.OptionError, match=f"different fit \\({named}: "):
+        gradfit.fit(QUADRATIC, {"t_u": T_U}, y, **{**common, "epochs": 40, **change}, resume=str(checkpoint))
+
+
 def _long_fit(folder: Path, *extra: str, stderr: int = subprocess.PIPE) -> subprocess.Popen:
     data = folder / "data.csv"
     rng = np.random.default_rng(0)

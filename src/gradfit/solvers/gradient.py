@@ -190,10 +190,31 @@ def _fingerprint(problem: Problem, optimizer: Any, options: FitOptions) -> dict[
         "model": problem.model.description,
         "parameters": list(getattr(problem.model, "param_names", ())),
         "n_train": problem.train.n_rows,
+        "dtype": options.dtype,
+        "data": _digest(problem),  # a SHA-256 of the data
         "optimizer": type(optimizer).__name__,
+        "optimizer_options": {k: repr(v) for k, v in sorted(options.optimizer_options.items())},
+        "loss": f"{options.loss} (scale {options.loss_scale!r})",
+        "scale": options.scale,
         "seed": options.seed,
         "batch_size": options.batch_size,
     }
+
+
+def _digest(problem: Problem) -> str:
+    """SHA-256 of the training and validation data (inputs, targets, weights), as the fit sees them."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for part in (problem.train, problem.val):
+        if part is None:
+            continue
+        for name in sorted(part.inputs):
+            digest.update(name.encode())
+            digest.update(part.inputs[name].detach().cpu().numpy().tobytes())
+        for values in (part.y, part.weights):
+            digest.update(b"-" if values is None else values.detach().cpu().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _checkpoint_writer(path: str, fingerprint: dict[str, Any]) -> Any:
