@@ -449,6 +449,8 @@ def run_predict(result_path: Path, data: Path, out: Path | None, column: str, co
         ensure_writable(out)
     result = FitResult.load(result_path)
     table = read_table(data)
+    if column in table.columns:
+        raise OptionError(f"{data} already has a column '{column}' — name the predictions with --column")
     table = table.with_columns(pl.Series(column, result.predict(table)))
     if out is None:
         sys.stdout.write(table.write_csv())

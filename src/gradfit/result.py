@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -176,7 +176,16 @@ class FitResult:
 
     @classmethod
     def from_dict(cls, record: Mapping[str, Any]) -> FitResult:
-        """Rebuild a result from :meth:`to_dict` output."""
+        """Rebuild a result from :meth:`to_dict` output.
+
+        Raises
+        ------
+        DataError
+            If ``record`` is not a result: a field is missing or of the wrong kind.
+        """
+        problem = _record_problem(record)
+        if problem:
+            raise DataError(f"not a gradfit result file ({problem}) — fit again")
         try:
             data = {f.name: record[f.name] for f in fields(cls) if f.name in record}
             data["parameters"] = tuple(ParameterEstimate(**_restore_infinities(p)) for p in record["parameters"])
@@ -186,8 +195,10 @@ class FitResult:
             if record.get("covariance") is not None:
                 data["covariance"] = tuple(tuple(_number(v, math.nan) for v in row) for row in record["covariance"])
             return cls(**data)
-        except (KeyError, TypeError) as exc:
-            raise DataError(f"not a gradfit result file (missing or bad field {exc}) — fit again") from None
+        except KeyError as exc:
+            raise DataError(f"not a gradfit result file (no field {exc}) — fit again") from None
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"not a gradfit result file ({_first_line(exc)}) — fit again") from None
 
     @classmethod
     def from_json(cls, text: str) -> FitResult:
@@ -202,6 +213,8 @@ class FitResult:
         """Read a result written with ``--out`` or :meth:`to_json`."""
         try:
             return cls.from_json(Path(path).read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise DataError(f"not a gradfit result file: '{path}' is not UTF-8 JSON text — give the .json file a fit wrote") from None
         except OSError as exc:
             raise DataError(f"cannot read result file '{path}': {exc.strerror} — check the path") from None
 
@@ -239,9 +252,51 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def _record_problem(record: Any) -> str | None:
+    """What makes ``record`` not a result (the first problem found), or None."""
+    if not isinstance(record, Mapping):
+        return f"a JSON {type(record).__name__}, not an object"
+    required = [f.name for f in fields(FitResult) if f.default is MISSING and f.default_factory is MISSING]
+    missing = [name for name in required if name not in record]
+    if missing:
+        return f"no field '{missing[0]}'"
+    for name, kinds in _RECORD_FIELDS.items():
+        if name in record and not isinstance(record[name], kinds):
+            return f"field '{name}' is {type(record[name]).__name__}"
+    if not all(isinstance(n, str) for n in record.get("input_names", [])):
+        return "field 'input_names' must list column names"
+    parameters = record.get("parameters", [])
+    for entry in parameters:
+        if not (isinstance(entry, Mapping) and isinstance(entry.get("name"), str) and _is_number(entry.get("value"))):
+            return "every parameter needs a name and a numeric value"
+    covariance = record.get("covariance")
+    if covariance is not None and not (
+        len(covariance) == len(parameters) and all(isinstance(row, list) and len(row) == len(parameters) for row in covariance)
+    ):
+        return f"field 'covariance' must be {len(parameters)} × {len(parameters)}"
+    return None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+#: the JSON kinds of a result record's fields
+_RECORD_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "model": str, "model_kind": str, "y_name": str, "input_names": list, "parameters": list, "solver": str,
+    "status": str, "message": str, "iterations": int, "covariance": (list, type(None)), "statistics": Mapping,
+    "settings": Mapping, "history": Mapping, "warnings": list,
+}
+
+
 #: fields of a ParameterEstimate whose non-finite values are written as text
 _UNCERTAINTIES = ("stderr", "ci_low", "ci_high")
 _NON_FINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def _text_if_not_finite(value: float | None) -> float | str | None:

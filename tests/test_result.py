@@ -1,0 +1,74 @@
+"""FitResult records: the JSON round trip, and files that are not results."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+import gradfit
+from gradfit.errors import DataError, OptionError
+from tests.conftest import T_C, T_U
+
+
+@pytest.fixture(scope="module")
+def record() -> dict:
+    return json.loads(gradfit.fit("w*t_u + b", {"t_u": T_U}, T_C).to_json())
+
+
+def _edit(record: dict, path: tuple, value: object) -> dict:
+    edited = copy.deepcopy(record)
+    target = edited
+    for key in path[:-1]:
+        target = target[key]
+    if value is KeyError:
+        del target[path[-1]]
+    else:
+        target[path[-1]] = value
+    return edited
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "fragment"),
+    [
+        (("parameters", 0, "value"), "abc", "numeric value"),
+        (("parameters", 0, "value"), None, "numeric value"),
+        (("parameters", 0, "name"), None, "needs a name"),
+        (("history",), "x", "field 'history' is str"),
+        (("covariance",), [[1.0]], "'covariance' must be 2 × 2"),
+        (("statistics",), None, "field 'statistics' is NoneType"),
+        (("settings",), "x", "field 'settings' is str"),
+        (("input_names",), "t_u", "field 'input_names' is str"),
+        (("model",), KeyError, "no field 'model'"),
+        (("covariance", 0, 0), "many", "'many' is not a number"),
+    ],
+)
+def test_a_record_with_a_bad_field_is_a_data_error_naming_it(record, path, value, fragment):
+    with pytest.raises(DataError, match="not a gradfit result file") as caught:
+        gradfit.FitResult.from_dict(_edit(record, path, value))
+    assert fragment in str(caught.value)
+
+
+def test_files_that_are_not_result_json_are_data_errors(tmp_path, record):
+    (tmp_path / "binary.json").write_bytes(bytes(range(256)))
+    with pytest.raises(DataError, match="not UTF-8 JSON text"):
+        gradfit.FitResult.load(tmp_path / "binary.json")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(DataError, match="a JSON list, not an object"):
+        gradfit.FitResult.load(tmp_path / "list.json")
+    assert gradfit.FitResult.from_dict(record).params == pytest.approx(dict(zip(("w", "b"), [p["value"] for p in record["parameters"]])))
+
+
+def test_predict_refuses_to_replace_a_column_of_the_data(tmp_path, thermometer):
+    from rich.console import Console
+
+    from gradfit.cli_fit import run_predict
+
+    t_u, t_c = thermometer
+    (tmp_path / "r.json").write_text(gradfit.fit("w*t_u + b", {"t_u": t_u}, t_c).to_json())
+    (tmp_path / "new.csv").write_text("t_u,prediction\n50,1\n")
+    for column in ("t_u", "prediction"):
+        with pytest.raises(OptionError, match=f"already has a column '{column}'"):
+            run_predict(tmp_path / "r.json", tmp_path / "new.csv", tmp_path / "p.csv", column, Console())
+    assert not (tmp_path / "p.csv").exists()
