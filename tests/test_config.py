@@ -36,3 +36,10 @@ def test_numpy_integers_and_no_optimizer_options_are_accepted():
     assert options.epochs == 10 and options.optimizer_options == {}
     result = gradfit.fit("w*x + b", [0.0, 1.0, 2.0], [1.0, 3.0, 5.0], optimizer="sgd", optimizer_options=None, epochs=np.int64(5))
     assert result.iterations == 5
+
+
+def test_an_optimizer_with_a_least_squares_solver_is_refused_not_ignored():
+    for solver in ("linear", "lm", "gn"):
+        with pytest.raises(OptionError, match=f"solver '{solver}' was asked for — drop one of them"):
+            FitOptions(solver=solver, optimizer="adam")
+    assert FitOptions(solver="gradient", optimizer="sgd").uses_optimizer

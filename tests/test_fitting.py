@@ -453,3 +453,10 @@ def test_a_fit_is_equivariant_under_extreme_scales_of_its_data_and_parameters(sc
     assert scaled.status == "converged"
     np.testing.assert_allclose(scaled.values / factors, plain.values, rtol=1e-7)
     np.testing.assert_allclose([scaled.stderr[n] for n in "akc"] / factors, [plain.stderr[n] for n in "akc"], rtol=1e-6)
+
+
+@pytest.mark.parametrize(("role", "options"), [("target", {"y": "x"}), ("sigma", {"y": "y", "sigma": "x"})])
+def test_a_formula_reading_the_target_or_sigma_column_says_so(role, options):
+    frame = {"x": np.arange(5.0), "y": 2 * np.arange(5.0), "s": np.ones(5)}
+    with pytest.raises(ModelError, match=f"'x' is the {role} column, so the formula cannot also read it"):
+        gradfit.fit("a*x + b", frame, options.pop("y"), **options)

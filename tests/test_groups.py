@@ -525,3 +525,11 @@ def test_robust_least_squares_groups_do_not_depend_on_the_other_groups_in_their_
             row = together.filter(pl.col("sensor") == key)
             # to rounding: a batch's sums may round differently in the last bit, and a cost this flat keeps that at ~1e-9
             np.testing.assert_allclose([row[n][0] for n in "akc"], [alone[n][0] for n in "akc"], rtol=1e-7, err_msg=f"{loss} {key}")
+
+
+@pytest.mark.parametrize(("group", "sigma", "fragment"), [("y", None, "both the group key and the target"), ("sensor", "y", "both the target and the sigma")])
+def test_one_column_in_two_roles_is_refused(fleet, group, sigma, fragment):
+    from gradfit.errors import OptionError
+
+    with pytest.raises(OptionError, match=fragment):
+        fit_groups(DECAY, fleet, group=group, y="y", sigma=sigma, params=START)

@@ -59,6 +59,8 @@ class FitOptions:
             object.__setattr__(self, "optimizer_options", {})
         if not isinstance(self.optimizer_options, Mapping):
             raise OptionError(f"optimizer_options must be a mapping such as {{'lr': 0.01}}, got {self.optimizer_options!r}")
+        if self.optimizer is not None and self.solver not in ("auto", "gradient"):
+            raise OptionError(f"an optimizer trains by gradient descent, but solver '{self.solver}' was asked for — drop one of them")
         optimizer = self.optimizer
         if not (optimizer is None or isinstance(optimizer, str) or callable(optimizer) or hasattr(optimizer, "param_groups")):
             raise OptionError(

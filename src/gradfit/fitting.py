@@ -16,7 +16,7 @@ import numpy as np
 
 from gradfit.config import FitOptions
 from gradfit.data import Dataset, as_dataset, check_enough_rows, holdout_split
-from gradfit.errors import OptionError
+from gradfit.errors import ModelError, OptionError
 from gradfit.model import CallableModel, FormulaModel, ModuleModel, Parameter, ParametricModel, make_model
 from gradfit.objective import Split
 from gradfit.result import FitResult
@@ -142,6 +142,7 @@ def prepare(
     """Build the model and the dataset it reads, taking as inputs only the columns the model uses."""
     if isinstance(y, str) or _is_table(x):
         roles = {v for v in (y, sigma) if isinstance(v, str)}
+        _check_roles(model, [(y, "target"), (sigma, "sigma")])
         columns = [c for c in _column_names(x) if c not in roles and (not inputs or c in inputs)]
         built = make_model(model, columns, params, as_parameters)
         names = inputs or built.input_names or columns
@@ -154,6 +155,25 @@ def prepare(
     if isinstance(built, ModuleModel) and not built.input_names:
         built = replace(built, input_names=dataset.input_names)
     return built, dataset
+
+
+def _check_roles(model: Any, roles: Sequence[tuple[Any, str]]) -> None:
+    """A formula cannot read the target or sigma column as an input."""
+    from gradfit.errors import FormulaError
+    from gradfit.formula import parse
+
+    if not isinstance(model, str):
+        return
+    try:
+        names = parse(model).names
+    except FormulaError:
+        return  # a built-in model's name, or a formula error make_model reports
+    for column, role in roles:
+        if isinstance(column, str) and column in names:
+            raise ModelError(
+                f"'{column}' is the {role} column, so the formula cannot also read it as an input — "
+                f"name another {role} column or rename this one"
+            )
 
 
 def _is_table(x: Any) -> bool:

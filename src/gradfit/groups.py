@@ -336,6 +336,7 @@ def iter_group_fits(
     GroupFits
         Iterate over it for one table per chunk.
     """
+    _check_distinct_roles({"group key": group, "target": y, "sigma": sigma})
     source = open_groups(data, group)
     check_columns(source.columns, [y] + ([sigma] if sigma else []))
     built, column_starts = _model(model, source.columns, group, y, sigma, params, bounds, fix)
@@ -537,6 +538,17 @@ def _model(
         raise ModelError(f"'{sorted(unknown)[0]}' is not a parameter of the model — its parameters are {', '.join(built.param_names)}")
     check_columns(columns, list(column_starts.values()))
     return built, column_starts
+
+
+def _check_distinct_roles(roles: Mapping[str, str | None]) -> None:
+    """The group key, target and sigma are three different columns."""
+    seen: dict[str, str] = {}
+    for role, column in roles.items():
+        if column is None:
+            continue
+        if column in seen:
+            raise OptionError(f"'{column}' cannot be both the {seen[column]} and the {role} column — name another column")
+        seen[column] = role
 
 
 def _plan(model: ParametricModel, y: str, sigma: str | None, column_starts: dict[str, str], settings: dict[str, Any]) -> ChunkPlan:
