@@ -124,3 +124,16 @@ def test_an_exception_inside_a_python_function_is_reported_with_its_cause():
     with pytest.raises(ModelError, match=r"broken\(t, a\) raised ValueError: boom — ") as caught:
         gradfit.fit(broken, np.arange(5.0), np.arange(5.0))
     assert isinstance(caught.value.__cause__, ValueError) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(("text", "fragment"), [("w=inf", "'w' must be a finite number"), ("w=nan", "'w' must be a finite number"), ("w=1,w=2", "gives 'w' twice")])
+def test_assignments_must_be_finite_and_given_once(text, fragment):
+    with pytest.raises(ModelError, match=fragment):
+        parse_assignments(text)
+
+
+def test_a_parameter_starting_or_fixed_at_a_non_finite_value_is_refused():
+    with pytest.raises(ModelError, match="starting value inf — give a finite number"):
+        Parameter("w", init=math.inf)
+    with pytest.raises(ModelError, match="fixed value nan"):
+        Parameter("w", init=math.nan, fixed=True)

@@ -14,7 +14,7 @@ def test_values_of_each_kind():
     assert parse_options("history_size=10") == {"history_size": 10}
 
 
-@pytest.mark.parametrize("text", ["lr", "lr=1e-2;x", "=3", "betas=(0.9,abc)", "lr=__import__('os')"])
+@pytest.mark.parametrize("text", ["lr", "lr=1e-2;x", "=3", "betas=(0.9,abc)", "lr=__import__('os')", "lr=", "lr=0.1,momentum="])
 def test_bad_options_are_errors(text):
     with pytest.raises(OptionError):
         parse_options(text)

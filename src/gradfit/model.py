@@ -77,6 +77,9 @@ class Parameter:
             )
         if self.fixed and self.init is None:
             raise ModelError(f"parameter '{self.name}' is fixed but has no value — give it one")
+        if self.init is not None and not math.isfinite(self.init):
+            kind = "fixed value" if self.fixed else "starting value"
+            raise ModelError(f"parameter '{self.name}' has {kind} {self.init} — give a finite number")
         if self.fixed and not self.lower <= self.init <= self.upper:
             raise ModelError(
                 f"parameter '{self.name}' is fixed at {self.init:g}, outside its bounds [{self.lower:g}, {self.upper:g}] "
@@ -658,9 +661,14 @@ def parse_assignments(text: str, option: str = "--init") -> dict[str, float]:
         if not sep or not name.isidentifier():
             raise ModelError(f"{option} expects name=value pairs such as 'w=1,b=0', got '{item}'")
         try:
-            values[name] = float(raw)
+            value = float(raw)
         except ValueError:
             raise ModelError(f"{option}: '{raw.strip()}' is not a number (in '{item}')") from None
+        if name in values:
+            raise ModelError(f"{option} gives '{name}' twice — keep one value")
+        if not math.isfinite(value):
+            raise ModelError(f"{option}: '{name}' must be a finite number, got '{raw.strip()}'")
+        values[name] = value
     return values
 
 

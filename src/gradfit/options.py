@@ -40,6 +40,8 @@ def parse_options(text: str, option: str = "--opt") -> dict[str, OptionValue]:
                 f"{option}: cannot read '{text[position:]}' — write key=value pairs such as "
                 "'lr=1e-2,momentum=0.9'"
             )
+        if not match.group(2).strip():
+            raise OptionError(f"{option}: '{match.group(1)}' has no value — write e.g. '{match.group(1)}=0.01'")
         result[match.group(1)] = _value(match.group(2).strip(), option)
         position = match.end()
     return result

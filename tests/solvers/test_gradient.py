@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 import gradfit
 from gradfit.errors import OptionError
@@ -74,3 +75,19 @@ def test_a_bounded_gradient_fit_with_scaling_ends_at_the_bounded_optimum():
     result = gradfit.fit("a*exp(-k*x)+c", x, y, solver="gradient", epochs=2000, **options)
     np.testing.assert_allclose(result.values, reference.values, rtol=1e-6)
     assert result.train_loss <= min(result.history.train) * (1 + 1e-9)
+
+
+@pytest.mark.parametrize(
+    ("options", "fragment"),
+    [
+        ({"differentiable": True}, "cannot use Adam(differentiable=True): a leaf Variable"),
+        ({"capturable": True}, "cannot use Adam(capturable=True)"),
+        ({"lr": "abc"}, "cannot use Adam(lr='abc')"),
+        ({"betas": 0.9}, "cannot use Adam(betas=0.9)"),
+    ],
+)
+def test_options_torch_refuses_only_at_the_first_step_are_refused_before_the_fit(options, fragment):
+    import re
+
+    with pytest.raises(OptionError, match=re.escape(fragment)):
+        make_optimizer("adam", [torch.zeros(3, requires_grad=True)], options)

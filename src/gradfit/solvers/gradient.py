@@ -96,10 +96,35 @@ def make_optimizer(
         kwargs["lr"] = DEFAULT_LR
     if cls.__name__ == "LBFGS":
         kwargs.setdefault("line_search_fn", "strong_wolfe")
+    name = getattr(cls, "__name__", str(cls))
+    shown = ", ".join(f"{k}={v!r}" for k, v in (options or {}).items())
     try:
-        return cls(params, **kwargs)
-    except (TypeError, ValueError) as exc:
-        raise OptionError(f"cannot build {getattr(cls, '__name__', cls)}: {exc}") from None
+        optimizer = cls(params, **kwargs)
+        _trial_step(cls, kwargs, params)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for options it cannot use
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise OptionError(f"cannot use {name}({shown}): {first} — change or drop these options") from None
+    return optimizer
+
+
+def _trial_step(cls: Any, kwargs: Mapping[str, Any], params: list[torch.Tensor]) -> None:
+    """One step of a twin optimizer on a scratch copy of the first tensor: options that torch accepts
+    at construction but refuses at the first step (``capturable``, ``differentiable`` on a CPU) fail
+    here, before the fit, not in the middle of it."""
+    import torch
+
+    if not params:
+        return
+    scratch = torch.zeros_like(params[0][:1].detach().reshape(-1)).requires_grad_(True)
+    twin = cls([scratch], **kwargs)
+
+    def closure() -> torch.Tensor:
+        twin.zero_grad()
+        loss = ((scratch - 1.0) ** 2).sum()
+        loss.backward()
+        return loss
+
+    twin.step(closure)
 
 
 def _adopt(optimizer: torch.optim.Optimizer, params: list[torch.Tensor], options: Mapping[str, Any] | None) -> torch.optim.Optimizer:
