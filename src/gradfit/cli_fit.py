@@ -125,6 +125,8 @@ class FitCommand:
 
             run_group_fit(self, settings)
             return
+        if self.out is not None:
+            check_suffix(self.out, "--out", (".json",))
         if self.report_html is not None:
             ensure_writable(self.report_html)
         for path in (self.out, self.plot, self.plot_history, self.checkpoint):
@@ -433,6 +435,16 @@ def _escape(text: str) -> str:
     return escape(text)
 
 
+#: file types ``gradfit predict`` writes (the extension chooses)
+PREDICTION_SUFFIXES = (".csv", ".parquet", ".pq", ".ndjson", ".jsonl")
+
+
+def check_suffix(path: Path, option: str, allowed: tuple[str, ...]) -> None:
+    """An output's extension must name a format that is written (nothing is written in another)."""
+    if path.suffix.lower() not in allowed:
+        raise OptionError(f"{option} {path}: gradfit writes {', '.join(allowed)} here — end the name in one of them")
+
+
 def run_predict(result_path: Path, data: Path, out: Path | None, column: str, console: Console) -> None:
     """``gradfit predict``: apply a saved formula fit to a data file.
 
@@ -446,6 +458,7 @@ def run_predict(result_path: Path, data: Path, out: Path | None, column: str, co
 
     if out is not None:
         check_distinct({"the result file": result_path, "the data file": data}, {"--out": out})
+        check_suffix(out, "--out", PREDICTION_SUFFIXES)
         ensure_writable(out)
     result = FitResult.load(result_path)
     table = read_table(data)

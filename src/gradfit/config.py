@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from numbers import Integral, Real
@@ -82,6 +83,8 @@ class FitOptions:
             raise OptionError(f"val must be a fraction in [0, 1), got {self.val} — e.g. 0.2")
         if not 0.0 < self.confidence < 1.0:
             raise OptionError(f"confidence must be in (0, 1), got {self.confidence} — e.g. 0.95")
+        if self.target is not None and not math.isfinite(self.target):
+            raise OptionError(f"target must be a finite loss, got {self.target}")
         if not self.loss_scale > 0:
             raise OptionError(f"loss scale must be positive, got {self.loss_scale}")
 

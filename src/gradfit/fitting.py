@@ -215,6 +215,11 @@ def fit_dataset(
         check_enough_rows(train_set.n_rows, sum(not p.fixed for p in model.parameters))
     problem = _problem(model, train_set, val_set, options)
     name, reason = choose_solver(model, options, problem.bounded)
+    if name != "gradient" and (options.checkpoint or options.resume):
+        raise OptionError(
+            f"checkpoints are for gradient-descent fits, and this one uses the {name} solver ({reason}) — "
+            "drop checkpoint/resume, or choose an optimizer"
+        )
     with _thread_policy(model, train_set, name), _placement_kept(model):
         started = time.perf_counter()
         outcome = get_solver(name)(problem, options)

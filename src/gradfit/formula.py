@@ -473,7 +473,8 @@ class _Converter:
     def convert(self, node: ast.AST, level: int = 1) -> Expr:
         if level > MAX_DEPTH:
             raise self.fail(
-                f"formula nests too deeply (more than {MAX_DEPTH} levels); split or simplify it",
+                f"formula nests too deeply (more than {MAX_DEPTH} levels: a sum or product of more than {MAX_DEPTH} "
+                "terms counts as that many); split or simplify it",
                 self.source.start_of(node),
             )
         if isinstance(node, ast.Constant):
