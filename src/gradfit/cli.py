@@ -83,7 +83,7 @@ def fit(
     val: Annotated[float, typer.Option(help="Fraction of rows held out for validation.")] = 0.0,
     val_data: Annotated[Optional[Path], typer.Option(help="Validation data file (instead of --val).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the split and minibatch order.")] = 0,
-    target: Annotated[Optional[float], typer.Option(help="Stop when validation loss reaches this value.")] = None,
+    target: Annotated[Optional[float], typer.Option(help="Stop when the monitored loss (validation if any, else training) reaches this value.")] = None,
     patience: Annotated[Optional[int], typer.Option(help="Early stopping: epochs without improvement.")] = None,
     plateau: Annotated[Optional[int], typer.Option(help="Halve the learning rate after this many epochs without improvement.")] = None,
     scale: Annotated[bool, typer.Option("--scale/--no-scale", help="Standardise before solving (parameters are reported in your units).")] = True,
