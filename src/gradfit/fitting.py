@@ -160,12 +160,12 @@ def prepare(
 def _check_roles(model: Any, roles: Sequence[tuple[Any, str]]) -> None:
     """A formula cannot read the target or sigma column as an input."""
     from gradfit.errors import FormulaError
-    from gradfit.formula import parse
+    from gradfit.model import parse_formula
 
-    if not isinstance(model, str):
+    if not isinstance(model, str) or not any(isinstance(column, str) for column, _ in roles):
         return
     try:
-        names = parse(model).names
+        names = parse_formula(model).names
     except FormulaError:
         return  # a built-in model's name, or a formula error make_model reports
     for column, role in roles:

@@ -338,10 +338,12 @@ def _derivatives(tree: Any, names: tuple[str, ...]) -> tuple[Any, ...]:
 
 
 @functools.lru_cache(maxsize=256)
-def _parse(text: str) -> Formula:
+def parse_formula(text: str) -> Formula:
+    """:func:`gradfit.formula.parse`, cached: formulas are parsed once per process."""
     from gradfit.formula import parse
 
     return parse(text)
+
 
 
 def _broadcast_to_inputs(
@@ -572,7 +574,7 @@ def _is_module(obj: Any) -> bool:
 @functools.lru_cache(maxsize=256)
 def _formula_model(text: str, columns: tuple[str, ...]) -> FormulaModel:
     """The model of a formula over the data columns (models are immutable: built once, shared)."""
-    formula = _parse(text)
+    formula = parse_formula(text)
     inputs = tuple(name for name in formula.names if name in columns)
     names = tuple(name for name in formula.names if name not in columns)
     if not names:
