@@ -102,19 +102,38 @@ def test_an_interrupted_group_fit_keeps_the_groups_done(tmp_path, sig, code):
     assert not list(tmp_path.glob(".gradfit-parts-*"))
 
 
-def test_an_interruption_before_any_group_is_done_leaves_the_output_as_it_was(tmp_path):
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_an_interrupted_gradient_chunk_keeps_its_groups_best_parameters(tmp_path, threads):
+    # one chunk (or two side by side) training far past the interrupt: its groups come out
+    # "interrupted" with the best parameters so far, as a single fit's would
     _fleet(40, n=30).write_parquet(tmp_path / "big.parquet")
-    (tmp_path / "keep.parquet").write_bytes(b"an earlier result")
-    command = [sys.executable, "-m", "gradfit.cli", "fit", "big.parquet", "--group-by", "sensor", "--model", DECAY, "--y", "y",
-               "--init", INIT, "--loss", "huber", "--optimizer", "adam", "--epochs", "10000000", "--out", "keep.parquet"]
+    command = [sys.executable, "-c", f"import torch; torch.set_num_threads({threads}); from gradfit.cli import main; main()",
+               "fit", "big.parquet", "--group-by", "sensor", "--model", DECAY, "--y", "y", "--init", INIT, "--loss", "huber",
+               "--optimizer", "adam", "--epochs", "10000000", "--chunk", "20", "--out", "keep.parquet"]
     process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not list(tmp_path.glob(".gradfit-parts-*")):  # the fit has begun
         assert process.poll() is None, process.communicate()
         assert time.monotonic() < deadline, "the fit never began"
         time.sleep(0.05)
+    time.sleep(1.0)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 143 and "nothing was written" in stderr and "unchanged" in stderr, stderr
+    assert process.returncode == 143 and "groups fitted so far were written to keep.parquet" in stderr, stderr
+    table = pl.read_parquet(tmp_path / "keep.parquet")
+    trained = table.filter(pl.col("status") != "bad_data")
+    assert table.height in (19, 39) and set(trained["status"].to_list()) == {"interrupted"}  # sensor 3 has NaNs
+    assert (~trained["success"]).all() and trained["a"].is_finite().all() and (trained["iterations"] > 0).all()
+
+
+def test_an_interruption_before_any_chunk_is_written_leaves_the_output_as_it_was(tmp_path):
+    from gradfit.cli_groups import write_tables
+
+    def interrupted_at_once():
+        raise KeyboardInterrupt
+        yield  # a generator
+
+    (tmp_path / "keep.parquet").write_bytes(b"an earlier result")
+    assert write_tables(interrupted_at_once(), tmp_path / "keep.parquet", {"a": pl.Float64}) == 0
     assert (tmp_path / "keep.parquet").read_bytes() == b"an earlier result"
     assert not list(tmp_path.glob(".gradfit-parts-*"))

@@ -37,8 +37,9 @@ every group of the reference and gradient paths does.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -117,6 +118,8 @@ class ChunkPlan:
     path: str  # "linear", "batched", "reference" or "gradient"
     options: dict[str, Any]
     system: Any = None  # the batched solver's compiled model + Jacobian (fast paths)
+    #: set to ask running gradient chunks to stop and keep their best parameters (an interruption)
+    stop: threading.Event = field(default_factory=threading.Event, compare=False, repr=False)
 
     @property
     def linear(self) -> bool:
@@ -536,6 +539,7 @@ def _solve_by_gradient(plan: ChunkPlan, chunk: _Chunk, weights: torch.Tensor, st
         [not p.fixed for p in model.parameters], [p.lower for p in model.parameters], [p.upper for p in model.parameters],
         loss=options["loss"], loss_scale=options["loss_scale"], optimizer=options["optimizer"] or "adam",
         optimizer_options=options["optimizer_options"], epochs=options["epochs"], patience=options["patience"], scale=options["scale"],
+        stop=plan.stop,
     )
     codes = solution.code.cpu().numpy()
     status = np.array([r.name.lower() for r in STOP_CODES], dtype=object)[codes]

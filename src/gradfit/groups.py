@@ -498,12 +498,40 @@ class _ChunkWorkers:
         return self
 
     def fit(self, columns: Mapping[str, np.ndarray], index: Any, parts: list[slice]) -> Iterator[tuple[slice, pl.DataFrame]]:
-        """``(part, table)`` for every chunk, in order."""
+        """``(part, table)`` for every chunk, in order.
+
+        At a ``KeyboardInterrupt`` the gradient chunks in progress stop (``plan.stop``) and their
+        tables come out, groups still training marked ``interrupted`` with their best parameters so
+        far; then the interrupt goes on. Chunks not begun are dropped.
+        """
         if self.pool is None or len(parts) == 1:
             for part in parts:
                 yield part, fit_chunk(self.plan, columns, index, part)
+                self._raise_if_stopped()
             return
-        yield from zip(parts, self.pool.map(lambda part: fit_chunk(self.plan, columns, index, part), parts))
+        futures = [self.pool.submit(fit_chunk, self.plan, columns, index, part) for part in parts]
+        for position, (part, future) in enumerate(zip(parts, futures)):
+            try:
+                table = future.result()
+            except KeyboardInterrupt:
+                self.plan.stop.set()
+                yield from self._begun(parts[position:], futures[position:])
+                raise
+            yield part, table
+            self._raise_if_stopped()
+
+    def _begun(self, parts: list[slice], futures: list[Any]) -> Iterator[tuple[slice, pl.DataFrame]]:
+        """The chunks already running, as they stop; the others are cancelled."""
+        for future in futures:
+            future.cancel()
+        for part, future in zip(parts, futures):
+            if future.cancelled():
+                return  # later ones have not begun either: the output stays a prefix
+            yield part, future.result()
+
+    def _raise_if_stopped(self) -> None:
+        if self.plan.stop.is_set():  # a chunk caught the interrupt in this thread and kept its groups
+            raise KeyboardInterrupt
 
     def __exit__(self, *exc: object) -> None:
         import torch

@@ -19,6 +19,7 @@ that stopped keeps its result while the others go on; the run ends when every gr
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -38,10 +39,10 @@ if TYPE_CHECKING:
 __all__ = ["GroupGradientSolution", "solve_groups_by_gradient", "check_group_optimizer", "STOP_CODES", "FAILED_CODES", "EXPLODE_FACTOR"]
 
 #: the stop reasons a group can end with, by code
-STOP_CODES = (StopReason.MAX_EPOCHS, StopReason.EARLY_STOPPED, StopReason.DIVERGED, StopReason.NON_FINITE)
-_MAX_EPOCHS, _EARLY, _DIVERGED, _NON_FINITE = range(4)
+STOP_CODES = (StopReason.MAX_EPOCHS, StopReason.EARLY_STOPPED, StopReason.DIVERGED, StopReason.NON_FINITE, StopReason.INTERRUPTED)
+_MAX_EPOCHS, _EARLY, _DIVERGED, _NON_FINITE, _INTERRUPTED = range(5)
 #: the codes of groups that did not end at a proper stopping point
-FAILED_CODES = (_DIVERGED, _NON_FINITE)
+FAILED_CODES = (_DIVERGED, _NON_FINITE, _INTERRUPTED)
 #: optimizers whose update mixes the elements of a parameter tensor, and why
 _COUPLING = {
     "lbfgs": "runs one line search on the total loss of all groups",
@@ -100,6 +101,7 @@ def solve_groups_by_gradient(
     epochs: int = 1000,
     patience: int | None = None,
     scale: bool = True,
+    stop: threading.Event | None = None,
 ) -> GroupGradientSolution:
     """Train K groups' parameters together with a ``torch.optim`` optimizer.
 
@@ -125,6 +127,9 @@ def solve_groups_by_gradient(
         monitored loss (its validation loss if it has validation points, else its training loss).
     scale
         Whitened coordinates and normalised losses per group (see the module notes).
+    stop
+        When set (by another thread), or at a ``KeyboardInterrupt`` (which also sets it), the groups
+        still training stop with status ``interrupted`` and their best parameters so far.
     """
     import torch
 
@@ -134,8 +139,24 @@ def solve_groups_by_gradient(
     objective = _GroupObjective(model, inputs, y, fit_weights, val_weights, theta0, free, lower, upper, loss, loss_scale, scale)
     opt = make_optimizer(optimizer, [objective.leaf], optimizer_options)
     record = _Record(objective)
+    try:
+        _train(objective, opt, record, epochs, patience, stop)
+    except KeyboardInterrupt:
+        if stop is not None:
+            stop.set()  # the caller learns of it, and re-raises once this chunk's table is out
+        record.interrupt()
+    return record.solution(objective)
+
+
+def _train(objective: _GroupObjective, opt: Any, record: _Record, epochs: int, patience: int | None, stop: threading.Event | None) -> None:
+    """The epochs: losses before each step (validation without a graph), one step, the stop rules."""
+    import torch
+
     for epoch in range(1, epochs + 1):
         if not bool(record.active.any()):
+            break
+        if stop is not None and stop.is_set():
+            record.interrupt()
             break
         state = objective.leaf.detach().clone()
         with torch.no_grad():
@@ -153,7 +174,6 @@ def solve_groups_by_gradient(
         objective.project()
         train = closure.train  # type: ignore[attr-defined]
         record.update(epoch, state, train, train if val is None else torch.where(objective.has_val, val, train), patience)
-    return record.solution(objective)
 
 
 class _GroupObjective:
@@ -306,6 +326,14 @@ class _Record:
         self.code = torch.where(diverged, failed, torch.where(early, _EARLY, self.code))
         self.final = torch.where(stopped[:, None], self.best_state, self.final)
         self.active = active & ~stopped
+
+    def interrupt(self) -> None:
+        """The groups still training stop here with their best parameters so far."""
+        import torch
+
+        self.code = torch.where(self.active, _INTERRUPTED, self.code)
+        self.final = torch.where(self.active[:, None], self.best_state, self.final)
+        self.active = torch.zeros_like(self.active)
 
     def solution(self, objective: _GroupObjective) -> GroupGradientSolution:
         """Groups still going ended at the epoch limit, with the parameters after the last step, unless
