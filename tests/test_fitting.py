@@ -460,3 +460,16 @@ def test_a_formula_reading_the_target_or_sigma_column_says_so(role, options):
     frame = {"x": np.arange(5.0), "y": 2 * np.arange(5.0), "s": np.ones(5)}
     with pytest.raises(ModelError, match=f"'x' is the {role} column, so the formula cannot also read it"):
         gradfit.fit("a*x + b", frame, options.pop("y"), **options)
+
+
+def test_a_power_law_fits_data_that_start_at_zero():
+    # d(a*x**b)/db = a*x**b*log(x) is 0 at x = 0: the fit used to refuse such data as "not finite"
+    from scipy.optimize import curve_fit
+
+    x = np.array([0.0, 1, 2, 3, 4, 5, 6])
+    y = np.array([0.02, 1.1, 2.7, 5.3, 7.9, 11.3, 14.6])
+    result = gradfit.fit("a*x**b", x, y, params={"a": 1.0, "b": 1.0})
+    reference, covariance = curve_fit(lambda x, a, b: a * x**b, x, y, p0=[1.0, 1.0])
+    assert result.success
+    np.testing.assert_allclose(result.values, reference, rtol=1e-6)
+    np.testing.assert_allclose([result.stderr["a"], result.stderr["b"]], np.sqrt(np.diag(covariance)), rtol=1e-5)

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from gradfit.errors import ModelError
 from gradfit.evaluate import compile_torch, evaluate_numpy
 from gradfit.formula import (
+    ARITIES,
     BINARY_OPS,
     FUNCTIONS,
     MAX_DEPTH,
@@ -187,7 +188,8 @@ CLOSED_FORMS = {
 
 
 def test_every_function_has_a_derivative_and_a_folder() -> None:
-    assert set(DERIVATIVES) == set(FUNCTIONS) == set(FOLDERS)
+    assert set(DERIVATIVES) == set(ARITIES) == set(FOLDERS)
+    assert set(ARITIES) - set(FUNCTIONS) == {"xlogy"}  # derivative trees only
     assert set(CLOSED_FORMS) == {name for name, arity in FUNCTIONS.items() if arity == 1}
 
 
@@ -455,3 +457,18 @@ def _values_n_x(expr: Expr, env: dict[str, object], x: np.ndarray) -> np.ndarray
 def test_linear_design_rejects_nonlinear_models() -> None:
     with pytest.raises(ModelError, match="not linear"):
         linear_design(tree("a*exp(-k*t)"), ["a", "k"])
+
+
+def test_a_power_with_a_parameter_exponent_has_a_finite_derivative_where_its_base_is_zero() -> None:
+    # d(x**p)/dp = x**p*log(x) is 0 at x = 0 (p > 0), as autograd has it, not 0*(-inf) = NaN
+    import torch
+
+    from gradfit.evaluate import evaluate_numpy
+
+    tree = diff(parse("a*x**p").tree, "p")
+    x = np.array([0.0, 0.5, 2.0])
+    values = evaluate_numpy(tree, {"a": 1.5, "p": 2.0, "x": x})
+    p = torch.tensor(2.0, dtype=torch.float64, requires_grad=True)
+    expected = [torch.autograd.grad(1.5 * torch.tensor(v, dtype=torch.float64) ** p, p)[0].item() for v in x]
+    np.testing.assert_allclose(values, expected, rtol=1e-14)
+    assert values[0] == 0.0

@@ -25,6 +25,8 @@ def render_explanation(explanation: Any, console: Console) -> None:
     for row in explanation.rows:
         console.print(f"  df/d{row.parameter} = {escape(row.derivative)}", highlight=False, soft_wrap=True)
         console.print(f"  {escape(row.chain_rule)}", highlight=False, soft_wrap=True)
+    if any("xlogy(" in row.derivative for row in explanation.rows):
+        console.print("  (xlogy(u, v) = u*log(v), and 0 where u = 0)", highlight=False, soft_wrap=True)
     table = Table(title="gradient of the loss at the starting point", title_justify="left")
     for header in ("parameter", "value", "chain rule (hand)", "autograd", "finite diff.", "rel. diff"):
         table.add_column(header, justify="left" if header == "parameter" else "right")

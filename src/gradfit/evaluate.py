@@ -32,6 +32,15 @@ __all__ = ["NUMPY_FUNCTIONS", "CompiledExpressions", "NumpyProgram", "compile_nu
 
 _erf = np.vectorize(math.erf, otypes=[np.float64])
 
+
+def _xlogy(x: Any, y: Any) -> Any:
+    """``x * log(y)``, and 0 where ``x`` is 0 (unless ``y`` is NaN), as ``torch.xlogy``: the
+    derivative of ``b**p`` along ``p`` is ``xlogy(b**p, b)``, 0 at ``b = 0`` (not used in formulas:
+    derivative trees only)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        product = np.multiply(x, np.log(y))
+    return np.where((np.asarray(x) == 0) & ~np.isnan(y), 0.0, product)
+
 #: Reference implementation of every whitelisted function with numpy.
 NUMPY_FUNCTIONS: dict[str, Callable[..., Any]] = {
     "exp": np.exp,
@@ -56,6 +65,7 @@ NUMPY_FUNCTIONS: dict[str, Callable[..., Any]] = {
     "sign": np.sign,
     "erf": _erf,
     "arctan2": np.arctan2,
+    "xlogy": _xlogy,
 }
 
 _BINARY = {
@@ -89,6 +99,7 @@ _TORCH_NAMES = {
     "sign": "sign",
     "erf": "erf",
     "arctan2": "atan2",
+    "xlogy": "xlogy",
 }
 
 

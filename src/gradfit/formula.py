@@ -74,6 +74,11 @@ FUNCTIONS: dict[str, int] = {
     "erf": 1,
     "arctan2": 2,
 }
+#: Functions that appear only in derivative trees, never in a formula: ``xlogy(a, b) = a·log(b)``,
+#: 0 where ``a`` is 0 (the derivative of ``b**p`` along ``p``, which is 0 at ``b = 0``).
+DERIVATIVE_FUNCTIONS: dict[str, int] = {"xlogy": 2}
+#: Arity of every function a tree may call.
+ARITIES: dict[str, int] = {**FUNCTIONS, **DERIVATIVE_FUNCTIONS}
 #: Accepted alternative spellings, mapped to the canonical name. ``pow(a, b)`` becomes ``a ** b``.
 ALIASES: dict[str, str] = {
     "ln": "log",
@@ -191,7 +196,7 @@ class Call(Expr):
     _hash: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if FUNCTIONS.get(self.func) != len(self.args):
+        if ARITIES.get(self.func) != len(self.args):
             raise ValueError(f"bad function call {self.func!r} with {len(self.args)} argument(s)")
         object.__setattr__(self, "args", tuple(self.args))
         _set_hash(self, (Call, self.func, self.args))

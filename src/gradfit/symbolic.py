@@ -89,6 +89,7 @@ FOLDERS: dict[str, Callable[..., float]] = {
     "sign": _sign,
     "erf": math.erf,
     "arctan2": math.atan2,
+    "xlogy": lambda x, y: 0.0 if x == 0 and y == y else x * math.log(y),
 }
 
 _BINARY_FOLDERS: dict[str, Callable[[float, float], float]] = {
@@ -292,6 +293,7 @@ DERIVATIVES: dict[str, Callable[..., tuple[Expr, ...]]] = {
         div(x, add(power(x, TWO), power(y, TWO))),
         neg(div(y, add(power(x, TWO), power(y, TWO)))),
     ),
+    "xlogy": lambda x, y: (call("log", y), div(x, y)),
 }
 
 #: Functions whose derivative is zero almost everywhere but which are not constant.
@@ -308,11 +310,12 @@ def _diff_bin(node: Bin, dl: Expr, dr: Expr) -> Expr:
         return add(mul(dl, right), mul(left, dr))
     if node.op == "/":
         return sub(div(dl, right), div(mul(left, dr), power(right, TWO)))
-    # power: d(l**r) = r*l**(r-1)*dl + l**r*log(l)*dr
+    # power: d(l**r) = r*l**(r-1)*dl + l**r*log(l)*dr, where l**r*log(l) is 0 at l = 0 (xlogy)
     base_part = mul(mul(right, power(left, sub(right, ONE))), dl)
     if _is_num(dr, 0.0):
         return base_part
-    exponent_part = mul(mul(node, call("log", left)), dr)
+    constant_base = isinstance(left, Num) and left.value != 0
+    exponent_part = mul(mul(node, call("log", left)) if constant_base else call("xlogy", node, left), dr)
     return add(base_part, exponent_part)
 
 
