@@ -304,6 +304,8 @@ INPUT_ERRORS: dict[str, tuple[list[str], list[str]]] = {
     "solver beside an optimizer": ([*FIT, "--solver", "lm", "--optimizer", "adam"], ["solver 'lm' was asked for — drop one of them"]),
     "infinite --init": ([*FIT, "--init", "w=inf"], ["--init: 'w' must be a finite number"]),
     "--opt without a value": ([*FIT, "--optimizer", "sgd", "--opt", "lr="], ["'lr' has no value"]),
+    "report: not html": (["report", "nope.json", "-o", "report.png"], ["the report report.png: gradfit writes .html"]),
+    "explain: --fix is no option": (["explain", "data.csv", "--model", LINE, "--y", "t_c", "--fix", "w=2"], ["No such option: --fix"]),
     "demo: unknown": (["demo", "barometer"], ["unknown demo 'barometer'", "thermometer"]),
     "demo: out-dir is a file": (["demo", "--out-dir", "afile"], ["afile", "not a directory"]),
 }

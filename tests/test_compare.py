@@ -210,3 +210,13 @@ def test_cli_errors_before_importing_torch(thermometer_csv: Path, tmp_path: Path
         run = subprocess.run([sys.executable, "-c", code, "compare", str(thermometer_csv), *args], capture_output=True, text=True)
         assert run.returncode == 2 and message in run.stderr and run.stdout.strip() == "False", (args, run.stderr)
         assert len(run.stderr.strip().splitlines()) == 1
+
+
+def test_a_comparison_where_no_model_could_be_fitted_exits_2_and_draws_nothing(tmp_path, thermometer_csv) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "gradfit.cli", "compare", str(thermometer_csv), "--y", "t_c", "--model", "linear", "--model", "poly:2",
+         "--optimizer", "sgd", "--opt", "lr=5", "--epochs", "200", "--val", "0.2", "--plot", str(tmp_path / "overlay.png")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 2 and "no model could be fitted (the reasons are above)" in run.stderr, run.stderr
+    assert "Not compared: linear" in run.stdout and not (tmp_path / "overlay.png").exists()

@@ -137,3 +137,18 @@ def test_relative_difference() -> None:
     assert relative_difference(1.0, 1.1) == pytest.approx(0.1 / 1.1)
     assert relative_difference(-2.0, 2.0) == 2.0
     assert np.isnan(relative_difference(np.inf, 1.0))
+
+
+def test_a_zero_gradient_and_its_finite_difference_noise_agree() -> None:
+    # at the minimum of (x - c)**2 the gradient is 0 and the central difference is rounding noise
+    x = np.array([0.0, 1.0, 2.0, 3.0])
+    row = explain("(x-c)**2", {"x": x}, x, {"c": 1.0}).rows[0]
+    assert row.by_hand == 0.0 and row.autograd == 0.0 and abs(row.finite_difference) < 1e-8
+    assert row.rel_diff_finite_difference == 0.0
+    assert relative_difference(1e-12, 0.0, floor=1e-9) == 0.0 and relative_difference(1e-6, 0.0, floor=1e-9) == 1.0
+
+
+def test_the_exponent_derivative_at_a_zero_base_agrees_with_autograd() -> None:
+    x = np.array([0.0, 1.0, 2.0, 3.0])
+    row = explain("a*x**p", {"x": x}, x, {"a": 1.0, "p": 2.0}).rows[1]
+    assert row.by_hand == pytest.approx(row.autograd, rel=1e-12) and row.rel_diff_finite_difference < 1e-6

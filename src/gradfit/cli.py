@@ -134,9 +134,6 @@ def explain(
     y: YOpt,
     init: Annotated[str, typer.Option(help="Point at which to take the gradients, e.g. 'w=1,b=0'.")] = "",
     params: Annotated[str, typer.Option("--params", help="Names to treat as parameters even if a column has that name, e.g. 'w,b'.")] = "",
-    bounds: Annotated[str, typer.Option(help="Parameter bounds, e.g. 'b>=0, 0<k<10'.")] = "",
-    fix: Annotated[str, typer.Option(help="Hold parameters at values, e.g. 'w=1'.")] = "",
-    starts: Annotated[int, typer.Option(help="Least squares: solve from this many starting points at once, keep the best.")] = 1,
     nan: Annotated[str, typer.Option("--nan", help="raise | omit rows with missing or non-finite values.")] = "raise",
 ) -> None:
     """Show dL/dparam by the chain rule, by autograd and by finite differences."""

@@ -14,7 +14,7 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
-from gradfit.errors import DataError, OptionError
+from gradfit.errors import DataError, FitError, OptionError
 
 __all__ = ["CompareCommand"]
 
@@ -65,6 +65,9 @@ class CompareCommand:
         )
         if not self.quiet:
             _print(comparison)
+        if comparison.best is None:
+            reasons = "the reasons are above" if not self.quiet else comparison.verdict
+            raise FitError(f"no model could be fitted ({reasons}) — no figure was written")
         if self.plot is not None:
             comparison.plot(self.plot)
         if self.plot_val is not None:

@@ -128,6 +128,7 @@ class FitCommand:
         if self.out is not None:
             check_suffix(self.out, "--out", (".json",))
         if self.report_html is not None:
+            check_suffix(self.report_html, "--report-html", (".html", ".htm"))
             ensure_writable(self.report_html)
         for path in (self.out, self.plot, self.plot_history, self.checkpoint):
             if path is not None:

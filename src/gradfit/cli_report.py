@@ -67,12 +67,14 @@ def run_report(result_path: Path, out: Path | None, data: Path | None, console: 
     pathlib.Path
         The report's path.
     """
+    from gradfit.cli_fit import check_suffix
     from gradfit.io import check_distinct, ensure_writable
     from gradfit.report_html import resolve_data, write_report
     from gradfit.result import FitResult
 
     target = out if out is not None else default_report_path(result_path)
     check_distinct({"the result file": result_path, "the data file": data}, {"the report": target})
+    check_suffix(target, "the report", (".html", ".htm"))
     ensure_writable(target)
     result = FitResult.load(result_path)
     points: Any = None

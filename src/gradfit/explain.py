@@ -105,13 +105,17 @@ class Explanation:
         return max(diffs, default=0.0)
 
 
-def relative_difference(a: float, b: float) -> float:
-    """Return ``|a - b| / max(|a|, |b|)`` (0 when both are 0, nan when either is not finite).
+def relative_difference(a: float, b: float, floor: float = 0.0) -> float:
+    """Return ``|a - b| / max(|a|, |b|)``: 0 when both are at most ``floor`` in size (or both 0),
+    nan when either is not finite.
 
     Parameters
     ----------
     a, b
         The two values.
+    floor
+        The size below which values are noise: a finite difference's rounding error, so that a
+        zero gradient and its finite difference of ``1e-11`` do not read as 100% apart.
 
     Returns
     -------
@@ -120,7 +124,13 @@ def relative_difference(a: float, b: float) -> float:
     if not (math.isfinite(a) and math.isfinite(b)):
         return math.nan
     scale = max(abs(a), abs(b))
-    return 0.0 if scale == 0.0 else abs(a - b) / scale
+    return 0.0 if scale <= floor else abs(a - b) / scale
+
+
+def _rounding_of_difference(residual: np.ndarray, step: float) -> float:
+    """The rounding error of a central difference of the loss: about ``eps·L / h``."""
+    loss = float(np.mean(residual**2))
+    return 100.0 * float(np.finfo(np.float64).eps) * loss / float(step) if step > 0 else 0.0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -280,7 +290,7 @@ def explain(
                 finite_difference=fd,
                 step=float(step),
                 rel_diff_autograd=relative_difference(by_hand, autograd[name]),
-                rel_diff_finite_difference=relative_difference(by_hand, fd),
+                rel_diff_finite_difference=relative_difference(by_hand, fd, _rounding_of_difference(residual, step)),
             )
         )
     return Explanation(
