@@ -185,7 +185,7 @@ class FitResult:
         """
         problem = _record_problem(record)
         if problem:
-            raise DataError(f"not a gradfit result file ({problem}) — fit again")
+            raise DataError(f"not a gradfit result file ({problem}) — {_WHAT_IS_A_RESULT}")
         try:
             data = {f.name: record[f.name] for f in fields(cls) if f.name in record}
             data["parameters"] = tuple(ParameterEstimate(**_restore_infinities(p)) for p in record["parameters"])
@@ -196,9 +196,9 @@ class FitResult:
                 data["covariance"] = tuple(tuple(_number(v, math.nan) for v in row) for row in record["covariance"])
             return cls(**data)
         except KeyError as exc:
-            raise DataError(f"not a gradfit result file (no field {exc}) — fit again") from None
+            raise DataError(f"not a gradfit result file (no field {exc}) — {_WHAT_IS_A_RESULT}") from None
         except (TypeError, ValueError) as exc:
-            raise DataError(f"not a gradfit result file ({_first_line(exc)}) — fit again") from None
+            raise DataError(f"not a gradfit result file ({_first_line(exc)}) — {_WHAT_IS_A_RESULT}") from None
 
     @classmethod
     def from_json(cls, text: str) -> FitResult:
@@ -206,7 +206,7 @@ class FitResult:
         try:
             return cls.from_dict(json.loads(text))
         except json.JSONDecodeError as exc:
-            raise DataError(f"not a gradfit result file: invalid JSON ({exc.msg} at line {exc.lineno})") from None
+            raise DataError(f"not a gradfit result file: invalid JSON ({exc.msg} at line {exc.lineno}) — {_WHAT_IS_A_RESULT}") from None
 
     @classmethod
     def load(cls, path: str | Path) -> FitResult:
@@ -214,7 +214,7 @@ class FitResult:
         try:
             return cls.from_json(Path(path).read_text(encoding="utf-8"))
         except UnicodeDecodeError:
-            raise DataError(f"not a gradfit result file: '{path}' is not UTF-8 JSON text — give the .json file a fit wrote") from None
+            raise DataError(f"not a gradfit result file: '{path}' is not UTF-8 JSON text — {_WHAT_IS_A_RESULT}") from None
         except OSError as exc:
             raise DataError(f"cannot read result file '{path}': {exc.strerror} — check the path") from None
 
@@ -287,6 +287,10 @@ _RECORD_FIELDS: dict[str, type | tuple[type, ...]] = {
     "status": str, "message": str, "iterations": int, "covariance": (list, type(None)), "statistics": Mapping,
     "settings": Mapping, "history": Mapping, "warnings": list,
 }
+
+
+#: what a result file is, for the errors about files that are not
+_WHAT_IS_A_RESULT = "give the .json that 'gradfit fit --out' wrote for a single fit (group fits write tables, not results)"
 
 
 #: fields of a ParameterEstimate whose non-finite values are written as text
