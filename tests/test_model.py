@@ -137,3 +137,11 @@ def test_a_parameter_starting_or_fixed_at_a_non_finite_value_is_refused():
         Parameter("w", init=math.inf)
     with pytest.raises(ModelError, match="fixed value nan"):
         Parameter("w", init=math.nan, fixed=True)
+
+
+def test_a_column_whose_name_a_formula_cannot_use_is_named_with_a_renaming_hint():
+    frame = {"raw reading": np.arange(4.0), "temp (C)": np.arange(4.0)}
+    with pytest.raises(ModelError, match=r"the column 'raw reading' is not a name a formula can use: rename it, e.g. to 'raw_reading'"):
+        gradfit.fit("w*raw_reading + b", frame, np.arange(4.0))
+    with pytest.raises(ModelError, match=r"columns such as 'raw reading' are not names a formula can use"):
+        gradfit.fit("w*t + b", frame, np.arange(4.0))

@@ -600,9 +600,18 @@ def _typo_hint(names: Sequence[str], columns: Sequence[str]) -> str:
 
     for name in names:
         close = difflib.get_close_matches(name, columns, n=1)
+        if close and not close[0].isidentifier():
+            return f"; the column '{close[0]}' is not a name a formula can use: rename it, e.g. to '{_as_name(close[0])}'"
         if close:
             return f"; did you mean '{close[0]}' instead of '{name}'?"
-    return ""
+    unusable = [c for c in columns if not c.isidentifier()]
+    return f"; columns such as '{unusable[0]}' are not names a formula can use: rename them" if unusable else ""
+
+
+def _as_name(column: str) -> str:
+    """A formula name like ``column``: other characters become underscores."""
+    name = re.sub(r"\W+", "_", column).strip("_") or "x"
+    return name if name.isidentifier() else f"x_{name}"
 
 
 def _callable_model(function: Callable[..., Any], columns: tuple[str, ...]) -> CallableModel:
