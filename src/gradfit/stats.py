@@ -275,8 +275,10 @@ def _covariance_from(svd: ScaledSvd, chisqr: Any, dof: Any, absolute_sigma: bool
     lost = _lost(svd)
     inv_s = 1.0 / svd.s if lost is None else np.where(svd.null, 0.0, 1.0 / svd.s)
     s2 = np.ones_like(svd.s[..., 0]) if absolute_sigma else residual_variance(chisqr, dof)
-    finite = np.isfinite(s2)  # s (JᵀJ)^-½ before squaring: at extreme scales (JᵀJ)⁻¹ alone may overflow
-    scaled_v = svd.v * ((inv_s * np.sqrt(np.where(finite, s2, 1.0))[..., None])[..., None, :] / svd.d[..., :, None])
+    finite = np.isfinite(s2)
+    # s·(JᵀJ)^-½ before squaring: at extreme scales (JᵀJ)⁻¹ alone may overflow where s²(JᵀJ)⁻¹ does not
+    inv_s = inv_s * np.sqrt(np.where(finite, s2, 1.0))[..., None]
+    scaled_v = svd.v * (inv_s[..., None, :] / svd.d[..., :, None])
     cov = scaled_v @ scaled_v.mT
     if not finite.all():  # no degrees of freedom: every entry inf
         cov = cov * np.where(finite, 1.0, s2)[..., None, None]
@@ -422,7 +424,7 @@ def _band_variance(pred_jacobian: Any, cov: Any) -> Array:
     jac, c = as_array(pred_jacobian), as_array(cov)
     with np.errstate(invalid="ignore"):  # an undetermined parameter's inf or NaN: the band is unknown
         variance = np.einsum("...mi,...ij,...mj->...m", jac, c, jac)
-    return np.where(np.isnan(variance), np.nan, np.maximum(variance, 0.0))
+    return np.maximum(variance, 0.0)  # NaN stays NaN
 
 
 def confidence_band(pred_jacobian: Any, cov: Any, dof: Any, confidence: float = 0.95) -> Array:

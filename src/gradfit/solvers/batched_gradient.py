@@ -258,23 +258,25 @@ class _GroupObjective:
         """``(K,)`` the loss of each group's constant model ``mean(y)`` (1 where it is 0 or not finite)."""
         import torch
 
-        with torch.no_grad():
-            mask = (self.fit_weights != 0).to(self.y.dtype)
-            mean = (self.y * mask).sum(-1) / self.fit_count
-            value = (self.pointwise((self.y - mean[:, None]) * mask)).sum(-1) / self.fit_count
-            return torch.where(torch.isfinite(value) & (value > 0), value, 1.0)
-
+        value = self._constant_model_loss(weighted=False)
+        return torch.where(torch.isfinite(value) & (value > 0), value, 1.0)
 
     def _baseline(self) -> Tensor:
         """``(K,)`` each group's weighted loss of predicting its mean target (0 where not finite), in the
         user's units: the scale of :mod:`gradfit.train`'s divergence rules."""
         import torch
 
+        value = self._constant_model_loss(weighted=True)
+        return torch.where(torch.isfinite(value), value, 0.0)
+
+    def _constant_model_loss(self, weighted: bool) -> Tensor:
+        """``(K,)`` each group's mean loss of ``mean(y)`` over its fitted points, of weighted or plain residuals."""
+        import torch
+
         with torch.no_grad():
             mask = (self.fit_weights != 0).to(self.y.dtype)
             mean = (self.y * mask).sum(-1) / self.fit_count
-            value = self.pointwise((mean[:, None] - self.y) * self.fit_weights).sum(-1) / self.fit_count
-            return torch.where(torch.isfinite(value), value, 0.0)
+            return self.pointwise((self.y - mean[:, None]) * (self.fit_weights if weighted else mask)).sum(-1) / self.fit_count
 
 
 class _Record:
