@@ -56,6 +56,9 @@ class FitOptions:
         _choice("nan_policy", self.nan_policy, ("raise", "omit"))
         self._check_counts()
         self._check_numbers()
+        self._check_optimizer()
+
+    def _check_optimizer(self) -> None:
         if self.optimizer_options is None:
             object.__setattr__(self, "optimizer_options", {})
         if not isinstance(self.optimizer_options, Mapping):
