@@ -48,10 +48,11 @@ def test_a_weighted_fit_adds_the_new_points_noise_in_the_datas_units(thermometer
     np.testing.assert_allclose(confidence, t * np.sqrt(s2 * leverage), rtol=1e-8)
     np.testing.assert_allclose(prediction, t * np.sqrt(s2 * (1 + leverage)), rtol=1e-8)
     assert np.isnan(prediction_bands(relative, {"t_u": grid})[2]).all()  # its noise at new points is unknown
-    absolute = bands(absolute_sigma=True)  # cov = 0.25 (XᵀX)⁻¹, a new point's variance 0.25
+    absolute = bands(absolute_sigma=True)  # cov = 0.25 (XᵀX)⁻¹, a new point's variance 0.25, a known scale: z
     _, confidence, prediction = prediction_bands(absolute, {"t_u": grid}, sigma=0.5)
-    np.testing.assert_allclose(confidence, t * np.sqrt(0.25 * leverage), rtol=1e-8)
-    np.testing.assert_allclose(prediction, t * np.sqrt(0.25 * (1 + leverage)), rtol=1e-8)
+    z = scipy_stats.norm.ppf(0.975)
+    np.testing.assert_allclose(confidence, z * np.sqrt(0.25 * leverage), rtol=1e-8)
+    np.testing.assert_allclose(prediction, z * np.sqrt(0.25 * (1 + leverage)), rtol=1e-8)
 
 
 def test_bands_leave_fixed_parameters_out_and_are_unknown_where_a_parameter_is_not_identifiable(thermometer):
@@ -67,6 +68,30 @@ def test_bands_leave_fixed_parameters_out_and_are_unknown_where_a_parameter_is_n
         assert result.stderr["a"] == np.inf
         _, confidence, prediction = prediction_bands(result, {"x": [0.5]})
         assert np.isnan(confidence).all() and np.isnan(prediction).all()
+
+
+def test_bands_of_absolute_sigma_use_the_normal_quantile_and_need_no_degrees_of_freedom():
+    x, sigma = np.array([0.0, 1.0]), np.array([0.1, 0.1])
+    exact = gradfit.fit("a + b*x", x, 1.0 + 2.0 * x, sigma=sigma, absolute_sigma=True)  # 2 points, 2 parameters
+    curve, confidence, prediction = prediction_bands(exact, {"x": [0.5]}, sigma=0.2)
+    g = np.array([1.0, 0.5])
+    variance = g @ np.asarray(exact.covariance) @ g
+    z = scipy_stats.norm.ppf(0.975)
+    assert curve[0] == pytest.approx(2.0)
+    assert confidence[0] == pytest.approx(z * np.sqrt(variance), rel=1e-10)
+    assert prediction[0] == pytest.approx(z * np.sqrt(variance + 0.04), rel=1e-10)
+    unweighted = gradfit.fit("a + b*x", [0.0, 1.0, 2.0], [1.0, 3.1, 4.9], absolute_sigma=True)  # σ = 1, as curve_fit
+    _, confidence, prediction = prediction_bands(unweighted, {"x": [1.0]})
+    assert prediction[0] == pytest.approx(np.sqrt(confidence[0] ** 2 + z**2), rel=1e-10)
+
+
+def test_bands_where_the_curve_does_not_depend_on_an_undetermined_parameter_are_known():
+    x = np.linspace(0.0, 3.0, 20)
+    result = gradfit.fit("a*b*x + c", x, 2.0 * x + 1.0 + 0.05 * np.sin(7.0 * x), params={"a": 1.0, "b": 1.0, "c": 0.0})
+    _, confidence, _ = prediction_bands(result, {"x": [0.0, 1.0]})
+    t = scipy_stats.t.ppf(0.975, result.statistics["dof"])
+    assert confidence[0] == pytest.approx(t * result.stderr["c"], rel=1e-10)
+    assert np.isnan(confidence[1])
 
 
 def test_missing_input_column_is_a_clear_error(thermometer):

@@ -191,6 +191,27 @@ def test_absolute_sigma_ignores_the_residual_scale():
     np.testing.assert_array_equal(a, b)
 
 
+def test_intervals_of_absolute_sigma_use_the_normal_quantile_whatever_the_degrees_of_freedom():
+    # the errors' scale is known, not estimated: z, not t (a 95% t(1) interval is 6.5 times wider)
+    x = np.array([0.0, 1.0, 2.0])
+    jac = np.column_stack([np.ones(3), x]) / 0.1
+    report = stats.fit_report(jac, np.array([0.5, -0.8, 0.2]), np.zeros(3), absolute_sigma=True)
+    np.testing.assert_allclose(report.ci_half_width / report.stderr, sps.norm.ppf(0.975), rtol=1e-12)
+    exact = stats.fit_report(jac[:2], np.zeros(2), np.zeros(2), absolute_sigma=True)  # dof = 0
+    assert np.isfinite(exact.ci_half_width).all()
+    estimated = stats.fit_report(jac, np.array([0.5, -0.8, 0.2]), np.zeros(3))
+    np.testing.assert_allclose(estimated.ci_half_width / estimated.stderr, sps.t.ppf(0.975, 1), rtol=1e-12)
+    band = stats.confidence_band(np.array([[1.0, 0.5]]), report.covariance, 1, 0.9, absolute_sigma=True)
+    assert band[0] == pytest.approx(sps.norm.ppf(0.95) * np.sqrt([1.0, 0.5] @ report.covariance @ [1.0, 0.5]), rel=1e-12)
+
+
+def test_a_band_is_known_where_the_curve_does_not_depend_on_an_undetermined_parameter():
+    cov = np.array([[np.inf, np.nan], [np.nan, 0.25]])
+    band = stats.confidence_band(np.array([[0.0, 2.0], [1.0, 2.0]]), cov, 10)
+    assert band[0] == pytest.approx(sps.t.ppf(0.975, 10) * 1.0, rel=1e-12)
+    assert np.isnan(band[1])
+
+
 def test_t_quantile_validates_confidence():
     assert stats.t_quantile(0.95, 10) == pytest.approx(sps.t.ppf(0.975, 10), rel=1e-12)
     assert stats.t_quantile(0.95, 0) == math.inf

@@ -76,7 +76,9 @@ def prediction_bands(
     otherwise. The prediction band adds the variance of one new observation: the residual variance
     ``s²`` (the reduced chi-square) of an unweighted fit; for a weighted fit, ``sigma² · s²`` (or
     ``sigma²`` with ``absolute_sigma``), where ``sigma`` is the new points' standard deviation. A
-    weighted fit's prediction band is NaN without ``sigma``: its noise at new points is unknown.
+    weighted fit's prediction band is NaN without ``sigma``: its noise at new points is unknown;
+    ``absolute_sigma`` without sigma takes σ = 1, as the covariance does. Bands use Student's t, or
+    the normal quantile with ``absolute_sigma`` (then they exist with no degrees of freedom left).
     Fixed parameters add no variance; a parameter that is not identifiable makes both bands NaN
     wherever the curve depends on it.
 
@@ -94,7 +96,8 @@ def prediction_bands(
     -------
     (prediction, confidence half-width, prediction half-width) or None
     """
-    if result.model_kind != "formula" or result.covariance is None or not result.statistics.get("dof"):
+    absolute = bool(result.settings.get("absolute_sigma"))
+    if result.model_kind != "formula" or result.covariance is None or not (absolute or result.statistics.get("dof")):
         return None
     from gradfit import stats
     from gradfit.model import make_model
@@ -107,17 +110,18 @@ def prediction_bands(
     free = np.array([not p.fixed for p in result.parameters])
     cov = np.asarray(result.covariance, dtype=float)[np.ix_(free, free)]
     dof, level = float(result.statistics["dof"]), float(result.settings.get("confidence", 0.95))
-    confidence = stats.confidence_band(jacobian[:, free], cov, dof, level)
-    prediction_half = stats.prediction_band(jacobian[:, free], cov, dof, _new_noise(result, sigma), level)
+    confidence = stats.confidence_band(jacobian[:, free], cov, dof, level, absolute)
+    prediction_half = stats.prediction_band(jacobian[:, free], cov, dof, _new_noise(result, sigma), level, absolute)
     return np.array(prediction), confidence, prediction_half
 
 
 def _new_noise(result: FitResult, sigma: Any) -> Any:
     """The variance of one new observation (see :func:`prediction_bands`)."""
     redchi = float(result.statistics.get("redchi", np.nan))
+    absolute = bool(result.settings.get("absolute_sigma"))
     if not result.settings.get("weighted"):
-        return redchi
+        return 1.0 if absolute else redchi  # absolute sigma without sigma: σ = 1, as curve_fit takes it
     if sigma is None:
         return np.nan
     variance = np.asarray(sigma, dtype=float) ** 2
-    return variance if result.settings.get("absolute_sigma") else variance * redchi
+    return variance if absolute else variance * redchi

@@ -28,7 +28,9 @@ Conventions
 * ``condition`` is the condition number of ``JᵀJ`` as given (depends on parameter units);
   ``condition_scaled`` that of the column-equilibrated ``JᵀJ`` (unit-free; large means strongly
   correlated parameters).
-* Intervals use Student's t with ``dof`` degrees of freedom (:mod:`gradfit.tdist`).
+* Intervals and bands use Student's t with ``dof`` degrees of freedom (:mod:`gradfit.tdist`): the
+  errors' scale ``s`` is estimated. With ``absolute_sigma=True`` it is known, and the factor is the
+  normal quantile (1.96 at 95%), whatever ``dof``.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass, field
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -53,6 +56,7 @@ __all__ = [
     "standard_errors",
     "correlation",
     "t_quantile",
+    "interval_factor",
     "confidence_intervals",
     "r_squared",
     "information_criteria",
@@ -324,8 +328,7 @@ def correlation(cov: Any) -> Array:
 
 def t_quantile(confidence: float, dof: Any) -> Array | float:
     """Two-sided Student t factor: ``t_{(1+confidence)/2}(dof)`` (``inf`` where ``dof <= 0``)."""
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    _check_level(confidence)
     dof_array = as_array(dof).astype(float)
     if dof_array.ndim == 0:
         return _t_factor(confidence, float(dof_array))
@@ -336,6 +339,30 @@ def t_quantile(confidence: float, dof: Any) -> Array | float:
 @functools.lru_cache(maxsize=4096)
 def _t_factor(confidence: float, dof: float) -> float:
     return float(t_ppf(0.5 + 0.5 * confidence, dof)) if dof > 0 else math.inf
+
+
+def interval_factor(confidence: float, dof: Any, absolute_sigma: bool = False) -> Array | float:
+    """Two-sided factor of intervals and bands, shaped like ``dof``.
+
+    Student's t (:func:`t_quantile`) when the errors' scale was estimated from the residuals; the
+    normal quantile ``z_{(1+confidence)/2}`` with ``absolute_sigma`` (the scale is known, so the
+    degrees of freedom do not matter, and an exactly determined fit still has intervals).
+    """
+    if not absolute_sigma:
+        return t_quantile(confidence, dof)
+    _check_level(confidence)
+    z = _normal_factor(confidence)
+    return z if np.ndim(dof) == 0 else np.full(np.shape(dof), z)
+
+
+@functools.lru_cache(maxsize=64)
+def _normal_factor(confidence: float) -> float:
+    return NormalDist().inv_cdf(0.5 + 0.5 * confidence)
+
+
+def _check_level(confidence: float) -> None:
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
 
 
 def confidence_intervals(theta: Any, stderr: Any, dof: Any, confidence: float = 0.95) -> tuple[Array, Array]:
@@ -421,13 +448,17 @@ def _condition_ratio(s: Array) -> Any:
 
 
 def _band_variance(pred_jacobian: Any, cov: Any) -> Array:
+    """``g C gᵀ`` per point; NaN where the curve depends on an undetermined (non-finite) entry of ``C``
+    — a point where the curve does not depend on that parameter (``g_i = 0``) keeps its band."""
     jac, c = as_array(pred_jacobian), as_array(cov)
-    with np.errstate(invalid="ignore"):  # an undetermined parameter's inf or NaN: the band is unknown
-        variance = np.einsum("...mi,...ij,...mj->...m", jac, c, jac)
-    return np.maximum(variance, 0.0)  # NaN stays NaN
+    known = np.isfinite(c)
+    variance = np.einsum("...mi,...ij,...mj->...m", jac, np.where(known, c, 0.0), jac)
+    moves = (jac != 0).astype(c.dtype)
+    unknown = np.einsum("...mi,...ij,...mj->...m", moves, (~known).astype(c.dtype), moves) > 0
+    return np.where(unknown, np.nan, np.maximum(variance, 0.0))
 
 
-def confidence_band(pred_jacobian: Any, cov: Any, dof: Any, confidence: float = 0.95) -> Array:
+def confidence_band(pred_jacobian: Any, cov: Any, dof: Any, confidence: float = 0.95, absolute_sigma: bool = False) -> Array:
     """Half-width of the confidence band of the fitted curve at new points.
 
     Parameters
@@ -441,6 +472,8 @@ def confidence_band(pred_jacobian: Any, cov: Any, dof: Any, confidence: float = 
         Degrees of freedom for the t factor (one per fit).
     confidence
         Coverage probability.
+    absolute_sigma
+        The covariance is of absolute sigma: the normal factor instead of t (:func:`interval_factor`).
 
     Returns
     -------
@@ -448,7 +481,7 @@ def confidence_band(pred_jacobian: Any, cov: Any, dof: Any, confidence: float = 
         ``t · sqrt(g C gᵀ)`` per point, ``(..., m)``.
     """
     variance = _band_variance(pred_jacobian, cov)
-    return np.sqrt(variance) * np.asarray(t_quantile(confidence, dof))[..., None]
+    return np.sqrt(variance) * np.asarray(interval_factor(confidence, dof, absolute_sigma))[..., None]
 
 
 def prediction_band(
@@ -457,17 +490,19 @@ def prediction_band(
     dof: Any,
     noise_variance: Any,
     confidence: float = 0.95,
+    absolute_sigma: bool = False,
 ) -> Array:
     """Half-width of the prediction band (a new observation) at new points.
 
     ``t · sqrt(g C gᵀ + noise_variance)``, where ``noise_variance`` is the variance of one new
-    observation: the residual variance ``s²`` of an unweighted fit, or ``σ²`` at the new point.
+    observation: the residual variance ``s²`` of an unweighted fit, or ``σ²`` at the new point;
+    ``absolute_sigma`` as for :func:`confidence_band`.
     """
     variance = _band_variance(pred_jacobian, cov)
     noise = as_array(noise_variance).astype(variance.dtype)
     if noise.ndim == 1 and variance.ndim == 2:
         noise = noise[:, None]
-    return np.sqrt(variance + noise) * np.asarray(t_quantile(confidence, dof))[..., None]
+    return np.sqrt(variance + noise) * np.asarray(interval_factor(confidence, dof, absolute_sigma))[..., None]
 
 
 @dataclass(frozen=True)
@@ -580,7 +615,7 @@ def fit_report(
         target = np.broadcast_to(as_array(y).astype(res.dtype, copy=False), res.shape)
         sst = _total_sum_of_squares(target, weights, mask)
         statistics = _per_fit_statistics(chisqr, sst, raw_ss, n_points + np.zeros_like(chisqr), s_raw, s_scaled, n_params)
-    half = stderr * np.asarray(t_quantile(confidence, dof))[..., None]
+    half = stderr * np.asarray(interval_factor(confidence, dof, absolute_sigma))[..., None]
     names = list(param_names) if param_names is not None else [f"p{i}" for i in range(p)]
     warnings = _warnings(dof, statistics["condition_scaled"], ident, free_mask, names, absolute_sigma)
     if not absolute_sigma and n_params and _any((chisqr == 0) & (dof > 0)):
