@@ -72,3 +72,33 @@ def test_predict_refuses_to_replace_a_column_of_the_data(tmp_path, thermometer):
         with pytest.raises(OptionError, match=f"already has a column '{column}'"):
             run_predict(tmp_path / "r.json", tmp_path / "new.csv", tmp_path / "p.csv", column, Console())
     assert not (tmp_path / "p.csv").exists()
+
+
+def test_non_finite_losses_and_statistics_survive_the_round_trip():
+    import math
+
+    import numpy as np
+
+    from gradfit.predict import prediction_bands
+
+    x = np.linspace(1.0, 6.0, 30)
+    result = gradfit.fit("a*log(x - 2) + c", {"x": x}, np.log(np.abs(x - 2) + 0.1), val_data=({"x": [3.0, 4.0, 5.0]}, [1.0, 1.5, 2.0]))
+    assert result.status == "non_finite" and math.isnan(result.train_loss) and math.isnan(result.statistics["redchi"])
+    loaded = gradfit.FitResult.from_json(result.to_json())
+    assert math.isnan(loaded.train_loss) and loaded.val_loss == pytest.approx(result.val_loss)
+    assert all(math.isnan(v) for k, v in loaded.statistics.items() if math.isnan(result.statistics[k]))
+    assert loaded.report() == result.report()  # printing a loaded result no longer fails on None
+    _, confidence, _ = prediction_bands(loaded, {"x": [4.0]})
+    assert np.isnan(confidence).all() == np.isnan(prediction_bands(result, {"x": [4.0]})[1]).all()
+    lost = gradfit.fit("a*log(x - 2) + c", {"x": x}, np.log(np.abs(x - 2) + 0.1), val_data=({"x": [1.0, 1.5, 3.0]}, [1.0, 1.5, 2.0]))
+    assert math.isnan(lost.val_loss)
+    assert math.isnan(gradfit.FitResult.from_json(lost.to_json()).val_loss)  # a NaN validation loss is not "no validation set"
+
+
+def test_results_written_with_null_statistics_load_them_as_nan(record):
+    import math
+
+    old = _edit(_edit(record, ("statistics", "redchi"), None), ("train_loss",), None)
+    loaded = gradfit.FitResult.from_dict(old)
+    assert math.isnan(loaded.statistics["redchi"]) and math.isnan(loaded.train_loss)
+    loaded.report()

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from gradfit.cli_render import loss_table
+from gradfit.cli_render import loss_table, print_table
 from gradfit.errors import OptionError, OutputError
 from gradfit.report_text import format_number
 
@@ -52,7 +52,7 @@ def _book(demo: ThermometerDemo, console: Console) -> None:
     book = demo.book
     console.rule("(a) the book's recipe: w*t_un + b, t_un = 0.1*t_u, SGD lr=1e-2, 5000 epochs, float32")
     rows = [(str(epoch), f"{loss:.6f}") for epoch, loss in demo.book_losses()]
-    console.print(loss_table("training loss (before each step, as the book prints it)", rows, ("epoch", "loss")))
+    print_table(console, loss_table("training loss (before each step, as the book prints it)", rows, ("epoch", "loss")))
     console.print(
         f"w = {book.params['w']:.4f}, b = {book.params['b']:.4f}, loss at epoch 5000 = "
         f"{book.history.train[-1]:.6f}   (book: w = 5.3671, b = -17.3012, loss 2.927648)   "
@@ -71,7 +71,7 @@ def _default(demo: ThermometerDemo, console: Console, slope: float, intercept: f
         ("b", _pm(fit, "b"), f"{intercept:.6f}", f"{demo.book.params['b']:.6f}"),
         ("train MSE", f"{fit.train_loss:.6f}", "", f"{demo.book.train_loss:.6f}"),
     ]
-    console.print(loss_table("least-squares optimum vs the true °F→°C conversion", rows, ("", "gradfit (± std. error)", "true °F→°C", "book (per unit t_u)")))
+    print_table(console, loss_table("least-squares optimum vs the true °F→°C conversion", rows, ("", "gradfit (± std. error)", "true °F→°C", "book (per unit t_u)")))
     inside = all(abs(fit.params[k] - v) <= 2 * fit.stderr[k] for k, v in (("w", slope), ("b", intercept)))
     console.print(
         "the true conversion lies " + ("within" if inside else "outside") + " two standard errors of the fit: "
@@ -93,7 +93,7 @@ def _exercise(demo: ThermometerDemo, console: Console) -> None:
         for label, r in (("linear", linear), ("quadratic", quadratic))
     ]
     headers = ("model", "train MSE", "val MSE", "RMS vs true °F→°C", "params")
-    console.print(loss_table(f"{linear.n_train} training and {linear.n_val} validation points", rows, headers))
+    print_table(console, loss_table(f"{linear.n_train} training and {linear.n_val} validation points", rows, headers))
     lower = demo.quadratic_lower_train_loss
     console.print(
         f"Is the loss lower? {'yes' if lower else 'no'}: quadratic {quadratic.train_loss:.4f} vs linear "

@@ -397,12 +397,14 @@ class _progress:
 
 def result_table(result: Any) -> Table:
     """The parameters of a result as a rich table."""
+    from gradfit.cli_render import NUMBER_COLUMN
     from gradfit.report_text import format_number, format_percent
 
     confidence = result.settings.get("confidence", 0.95)
     table = Table(title=f"{result.y_name} = {result.model}", title_justify="left")
-    for header in ("parameter", "value", "std. error", f"{format_percent(confidence)} CI"):
-        table.add_column(header, justify="right" if header != "parameter" else "left")
+    table.add_column("parameter", no_wrap=True)
+    for header in ("value", "std. error", f"{format_percent(confidence)} CI"):
+        table.add_column(header, **NUMBER_COLUMN)
     for p in result.parameters:
         ci = "" if p.ci_low is None else f"[{format_number(p.ci_low, 6)}, {format_number(p.ci_high, 6)}]"
         value = format_number(p.value, 8) + (" (fixed)" if p.fixed else "") + (" (at bound)" if p.at_bound else "")
@@ -413,9 +415,11 @@ def result_table(result: Any) -> Table:
 def _print_result(result: Any) -> None:
     from gradfit.report_text import format_number, loss_label
 
+    from gradfit.cli_render import print_table
+
     console = Console()
     if result.parameters:
-        console.print(result_table(result))
+        print_table(console, result_table(result))
     lines = [
         ("train loss", f"{format_number(result.train_loss)} ({loss_label(result)}, {result.n_train} points)"),
         ("validation loss", "-" if result.val_loss is None else f"{format_number(result.val_loss)} ({result.n_val} points)"),

@@ -16,7 +16,7 @@ from typing import Any
 
 from rich.console import Console
 
-from gradfit.cli_render import loss_table
+from gradfit.cli_render import loss_table, print_table
 from gradfit.errors import OptionError
 from gradfit.report_text import format_number
 
@@ -178,11 +178,11 @@ def print_summary(summary: Any, fits: Any, console: Console, interrupted: bool =
     numbers = summary.result(fits.elapsed)
     done = f" (interrupted: {numbers['groups']} of {fits.n_groups} groups fitted)" if interrupted else ""
     console.print(f"[bold]{numbers['groups']}[/] groups of {fits.model_description} — {fits.solver}, {numbers['fits_per_second']:.0f} fits/s{done}", highlight=False)
-    console.print(loss_table("groups by status", [(k, str(v)) for k, v in numbers["status"].items()], ("status", "groups")))
+    print_table(console, loss_table("groups by status", [(k, str(v)) for k, v in numbers["status"].items()], ("status", "groups")))
     quantiles = ("q0", "q5", "q50", "q95", "q100")
     rows = [(name, *(format_number(spread.get(q), 5) for q in quantiles)) for name, spread in (("R²", numbers["r2"]), *numbers["parameters"].items())]
-    console.print(loss_table("distribution over converged groups", rows, ("", "min", "5%", "median", "95%", "max")))
+    print_table(console, loss_table("distribution over converged groups", rows, ("", "min", "5%", "median", "95%", "max")))
     worst = summary.worst()
     if worst is not None:
         rows = [(str(r[fits.group]), r["status"], format_number(r["r2"], 4), str(r["n_points"])) for r in worst.iter_rows(named=True)]
-        console.print(loss_table("worst groups", rows, (fits.group, "status", "R²", "points")))
+        print_table(console, loss_table("worst groups", rows, (fits.group, "status", "R²", "points")))

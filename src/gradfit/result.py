@@ -159,13 +159,16 @@ class FitResult:
 
     # -- serialisation ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dictionary. The uncertainties (covariance, standard errors, intervals) write
-        a non-finite number as the text ``"inf"``, ``"-inf"`` or ``"nan"`` (an infinite variance is
-        not a missing one); elsewhere non-finite numbers become ``None``."""
+        """A JSON-ready dictionary. The uncertainties (covariance, standard errors, intervals), the
+        losses and the statistics write a non-finite number as the text ``"inf"``, ``"-inf"`` or
+        ``"nan"`` (an infinite variance is not a missing one, a NaN validation loss not a missing
+        validation set); elsewhere non-finite numbers become ``None``."""
         record = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "predictor"}
         record["parameters"] = [{**asdict(p), **{k: _text_if_not_finite(getattr(p, k)) for k in _UNCERTAINTIES}} for p in self.parameters]
         if self.covariance is not None:
             record["covariance"] = [[_text_if_not_finite(v) for v in row] for row in self.covariance]
+        record["statistics"] = {k: _text_if_not_finite(v) if _is_number(v) else v for k, v in self.statistics.items()}
+        record["train_loss"], record["val_loss"] = _text_if_not_finite(self.train_loss), _text_if_not_finite(self.val_loss)
         record["history"] = asdict(self.history)
         record["format_version"] = FORMAT_VERSION
         return _json_safe(record)
@@ -194,6 +197,9 @@ class FitResult:
             data["warnings"] = tuple(record.get("warnings", ()))
             if record.get("covariance") is not None:
                 data["covariance"] = tuple(tuple(_number(v, math.nan) for v in row) for row in record["covariance"])
+            data["statistics"] = {k: _number(v, math.nan) for k, v in record["statistics"].items()}
+            data["train_loss"] = _number(record["train_loss"], math.nan)
+            data["val_loss"] = _number(record.get("val_loss"), None)
             return cls(**data)
         except KeyError as exc:
             raise DataError(f"not a gradfit result file (no field {exc}) — {_WHAT_IS_A_RESULT}") from None
