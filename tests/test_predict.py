@@ -99,3 +99,11 @@ def test_missing_input_column_is_a_clear_error(thermometer):
     result = gradfit.fit("w*t_u + b", {"t_u": t_u}, t_c)
     with pytest.raises(DataError, match="no column 't_u'"):
         result.predict({"x": t_u})
+
+
+def test_sigma_of_the_wrong_length_is_a_data_error(thermometer):
+    t_u, t_c = thermometer
+    weighted = gradfit.fit("w*t_u + b", {"t_u": t_u}, t_c, sigma=np.full(t_u.size, 0.5))
+    with pytest.raises(DataError, match="one per new point"):
+        prediction_bands(weighted, {"t_u": [1.0, 2.0]}, sigma=[0.1, 0.2, 0.3])
+    assert prediction_bands(weighted, {"t_u": [1.0, 2.0]}, sigma=[0.1, 0.2])[2].shape == (2,)

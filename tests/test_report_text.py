@@ -21,3 +21,12 @@ def test_the_report_names_the_confidence_level_and_a_weighted_loss(thermometer):
     assert "train loss   = " in report and "(mse of r/σ)" in report
     assert result.train_loss == pytest.approx(np.mean(((result.predict({"t_u": t_u}) - t_c) / 0.5) ** 2), rel=1e-12)
     assert "(mse)" in str(gradfit.fit("w*t_u + b", {"t_u": t_u}, t_c))
+
+
+def test_a_parameter_of_value_zero_gets_no_relative_error():
+    x = np.linspace(0.0, 1.0, 20)
+    y = 2.0 * x - 0.5 + 0.01 * np.sin(9.0 * x)
+    result = gradfit.fit("w*x + c", {"x": x}, y, bounds="c>=0")
+    assert result.params["c"] == 0.0
+    line = next(line for line in result.report().splitlines() if line.strip().startswith("c "))
+    assert "+/-" in line and "%)" not in line and "inf" not in line

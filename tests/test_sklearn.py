@@ -149,3 +149,12 @@ def test_networks_and_functions_fit_on_cuda_and_predict_on_the_host() -> None:
     cpu = ParametricRegressor(model=quadratic).fit(X, y)
     cuda = ParametricRegressor(model=quadratic, device="cuda").fit(X, y)
     np.testing.assert_allclose(cuda.predict(X), cpu.predict(X), rtol=1e-9)
+
+
+def test_the_result_records_the_validation_fraction_it_was_fitted_with():
+    rng = np.random.default_rng(0)
+    X = rng.uniform(0, 1, (60, 1))
+    y = 2.0 * X[:, 0] + 1.0 + 0.01 * rng.standard_normal(60)
+    estimator = ParametricRegressor(model="w*x + b", val=0.2, seed=3).fit(X, y)
+    assert estimator.result_.settings["val"] == 0.2 and estimator.result_.settings["seed"] == 3
+    assert estimator.result_.n_val == 12

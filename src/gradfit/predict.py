@@ -111,12 +111,12 @@ def prediction_bands(
     cov = np.asarray(result.covariance, dtype=float)[np.ix_(free, free)]
     dof, level = float(result.statistics["dof"]), float(result.settings.get("confidence", 0.95))
     confidence = stats.confidence_band(jacobian[:, free], cov, dof, level, absolute)
-    prediction_half = stats.prediction_band(jacobian[:, free], cov, dof, _new_noise(result, sigma), level, absolute)
+    prediction_half = stats.prediction_band(jacobian[:, free], cov, dof, _new_noise(result, sigma, jacobian.shape[0]), level, absolute)
     return np.array(prediction), confidence, prediction_half
 
 
-def _new_noise(result: FitResult, sigma: Any) -> Any:
-    """The variance of one new observation (see :func:`prediction_bands`)."""
+def _new_noise(result: FitResult, sigma: Any, n_points: int) -> Any:
+    """The variance of one new observation at each of ``n_points`` (see :func:`prediction_bands`)."""
     redchi = float(result.statistics.get("redchi", np.nan))
     absolute = bool(result.settings.get("absolute_sigma"))
     if not result.settings.get("weighted"):
@@ -124,4 +124,6 @@ def _new_noise(result: FitResult, sigma: Any) -> Any:
     if sigma is None:
         return np.nan
     variance = np.asarray(sigma, dtype=float) ** 2
+    if variance.ndim > 1 or variance.size not in (1, n_points):
+        raise DataError(f"sigma must be one number or one per new point ({n_points}), got {variance.size} values — pass sigma for x")
     return variance if absolute else variance * redchi

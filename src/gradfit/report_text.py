@@ -85,8 +85,9 @@ def _parameter_line(p: ParameterEstimate, r: FitResult) -> str:
     if p.fixed:
         return text + " (fixed)"
     if p.stderr is not None and math.isfinite(p.stderr):
-        relative = abs(p.stderr / p.value) * 100 if p.value else math.inf
-        text += f" +/- {format_number(p.stderr, 4)} ({relative:.2f}%)"
+        text += f" +/- {format_number(p.stderr, 4)}"
+        if p.value:  # a relative error of a value of 0 means nothing
+            text += f" ({abs(p.stderr / p.value) * 100:.2f}%)"
     if p.ci_low is not None and p.ci_high is not None:
         level = r.settings.get("confidence", 0.95)
         text += f"  {format_percent(level)} CI [{format_number(p.ci_low, 6)}, {format_number(p.ci_high, 6)}]"

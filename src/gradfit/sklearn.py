@@ -160,7 +160,7 @@ class ParametricRegressor(RegressorMixin, BaseEstimator):
         model = model_for(self._fresh_model(), train, params=self._overrides(), seed=self.seed)
         if isinstance(model, ParametricModel):
             _check_samples(train.n_rows, sum(not p.fixed for p in model.parameters), model.description)
-        result = fit_dataset(model, train, replace(options, val=0.0), validation)
+        result = fit_dataset(model, train, options, validation)  # the split is made: validation is given
         if result.status == "diverged":
             raise DivergenceError(
                 f"the fit diverged (the loss became non-finite, exploded or ended far above its start) within "

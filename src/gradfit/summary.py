@@ -177,7 +177,7 @@ def _unfinished_descent(outcome: SolveOutcome, loss: str, jac: np.ndarray, resid
     return (
         f"gradient descent stopped at its epoch limit short of a minimum: one Gauss-Newton step from where it "
         f"ended lowers the loss by {100.0 * drop:.3g}% — train for more epochs or with a larger learning rate, "
-        "or fit with solver='lm'",
+        "or fit with the lm solver",
     )
 
 

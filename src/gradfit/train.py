@@ -29,7 +29,7 @@ class StopReason(enum.Enum):
     EARLY_STOPPED = "validation loss stopped improving; restored the parameters of the best epoch"
     DIVERGED = (
         "the loss diverged (non-finite, exploding, or ending far above its start); kept the best finite "
-        "parameters — lower the learning rate (--opt lr=...) or keep input scaling on"
+        "parameters — lower the learning rate (lr in the optimizer's options) or keep input scaling on"
     )
     INTERRUPTED = "interrupted; kept the best parameters found so far"
     NON_FINITE = (
