@@ -281,3 +281,13 @@ def test_r_squared_is_undefined_for_data_that_do_not_vary() -> None:
     assert np.isnan(r2[0]) and r2[1] == pytest.approx(1 - 0.1 / np.sum((2 * x - 1) ** 2))
     report = stats.fit_report(np.column_stack([x, np.ones_like(x)]), residuals[0], y[0])
     assert np.isnan(report.statistics["r2"])
+
+
+def test_the_m_estimator_variance_of_least_squares_is_the_residual_variance():
+    rng = np.random.default_rng(0)
+    r = rng.standard_normal((3, 20))
+    np.testing.assert_allclose(stats.m_estimator_variance(r, np.ones_like(r), 2), (r * r).sum(-1) / 18, rtol=1e-14)
+    mask = np.ones_like(r)
+    mask[:, 15:] = 0.0
+    np.testing.assert_allclose(stats.m_estimator_variance(r * mask, np.ones_like(r), 2, mask), (r[:, :15] ** 2).sum(-1) / 13, rtol=1e-14)
+    assert stats.m_estimator_variance(r[0, :2], np.ones(2), 2) == np.inf

@@ -573,14 +573,22 @@ def _statistics(plan: ChunkPlan, chunk: _Chunk, weights: torch.Tensor, theta: to
     import torch
 
     from gradfit import stats
+    from gradfit.losses import SOLVER_LOSS
+    from gradfit.solvers.least_squares import robust_error_variance
 
     model = plan.model
+    free = [not p.fixed for p in model.parameters]
     with torch.no_grad():
         prediction, jac = model.predict_and_jacobian(chunk.inputs, theta)
+        residuals = (prediction - chunk.y) * weights
         report = stats.fit_report(
-            jac * weights[..., None], (prediction - chunk.y) * weights, chunk.y,
+            jac * weights[..., None], residuals, chunk.y,
             weights=chunk.weights, absolute_sigma=plan.options["absolute_sigma"],
-            free=torch.tensor([not p.fixed for p in model.parameters]), mask=chunk.fit_mask,
+            free=torch.tensor(free), mask=chunk.fit_mask,
+            error_variance=robust_error_variance(
+                SOLVER_LOSS.get(plan.options["loss"], "linear"), residuals.cpu().numpy(), plan.options["loss_scale"],
+                sum(free), plan.options["absolute_sigma"], chunk.fit_mask.cpu().numpy(),
+            ),
         )
         if chunk.val_mask is not None:
             rows["val_loss"][where] = _validation_loss(plan, chunk, theta)

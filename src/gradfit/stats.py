@@ -14,7 +14,8 @@ once; results are numpy arrays.
 Conventions
 -----------
 * Covariance ``C = s² (JᵀJ)⁻¹`` with ``s² = Σr² / (n - p)`` (``p`` = free parameters), or ``s² = 1``
-  with ``absolute_sigma=True`` — as ``scipy.optimize.curve_fit``. ``(JᵀJ)⁻¹`` comes from an SVD of
+  with ``absolute_sigma=True`` — as ``scipy.optimize.curve_fit``; a robust fit gives its own ``s²``
+  (:func:`m_estimator_variance`). ``(JᵀJ)⁻¹`` comes from an SVD of
   the column-equilibrated Jacobian, never from forming ``JᵀJ``: the normal equations square the
   condition number and lose the digits NIST's certified standard deviations need.
 * A direction of parameter space the Jacobian does not see (singular value below
@@ -65,6 +66,7 @@ __all__ = [
     "confidence_band",
     "prediction_band",
     "fit_report",
+    "m_estimator_variance",
     "ILL_CONDITIONED",
     "EXACT_FIT_WARNING",
 ]
@@ -271,14 +273,20 @@ def covariance(
     with np.errstate(all="ignore"):
         svd = scaled_svd(jac[..., free_mask])
         dof = _points(res, mask) - int(np.count_nonzero(free_mask))
-        return _covariance_from(svd, np.vecdot(res, res), dof, absolute_sigma, free_mask)
+        return _covariance_from(svd, _error_variance(np.vecdot(res, res), dof, absolute_sigma, None), free_mask)
 
 
-def _covariance_from(svd: ScaledSvd, chisqr: Any, dof: Any, absolute_sigma: bool, free_mask: Array) -> Array:
+def _error_variance(chisqr: Any, dof: Any, absolute_sigma: bool, given: Any) -> Array:
+    """``s²`` of the covariance: ``given``, else 1 with absolute sigma, else ``χ² / dof``."""
+    if given is not None:
+        return np.broadcast_to(as_array(given).astype(np.result_type(chisqr, float)), np.shape(chisqr))
+    return np.ones_like(chisqr) if absolute_sigma else residual_variance(chisqr, dof)
+
+
+def _covariance_from(svd: ScaledSvd, s2: Array, free_mask: Array) -> Array:
     """``s² (JᵀJ)⁻¹`` from the scaled SVD (call with floating-point warnings off)."""
     lost = _lost(svd)
     inv_s = 1.0 / svd.s if lost is None else np.where(svd.null, 0.0, 1.0 / svd.s)
-    s2 = np.ones_like(svd.s[..., 0]) if absolute_sigma else residual_variance(chisqr, dof)
     finite = np.isfinite(s2)
     # s·(JᵀJ)^-½ before squaring: at extreme scales (JᵀJ)⁻¹ alone may overflow where s²(JᵀJ)⁻¹ does not
     inv_s = inv_s * np.sqrt(np.where(finite, s2, 1.0))[..., None]
@@ -299,10 +307,39 @@ def residual_variance(chisqr: Any, dof: Any) -> Array:
     return np.where(dof > 0, chisqr / dof, np.inf)
 
 
-def _solver_covariance(inverse_normal: Any, chisqr: Any, dof: Any, absolute_sigma: bool, free_mask: Array) -> tuple[Array, Array]:
+def m_estimator_variance(psi: Any, dpsi: Any, n_params: int, mask: Any = None) -> Array:
+    """``s²`` of an M-estimator's covariance ``s² (JᵀJ)⁻¹`` (Huber's first estimate, statsmodels' H1).
+
+    ``s² = K² · Σψ² / (n - p) / m²`` with ``m`` the mean of ``ψ'`` and the small-sample correction
+    ``K = 1 + (p/n) · var(ψ') / m²``. For least squares (``ψ = r``, ``ψ' = 1``) it is ``Σr²/(n - p)``;
+    for a robust loss the points it down-weights weigh little in it too, where ``Σr²`` would be
+    dominated by them. ``inf`` with no degrees of freedom or where ``m <= 0`` (a redescending loss
+    with most points beyond its scale: the estimate is not determined).
+
+    Parameters
+    ----------
+    psi, dpsi
+        ``ψ(r)`` and ``ψ'(r)`` at the (weighted) residuals, ``(..., n)``.
+    n_params
+        Free parameters.
+    mask
+        ``(..., n)`` real points of a padded batch.
+    """
+    psi, dpsi = as_array(psi), as_array(dpsi)
+    weight = np.ones_like(psi) if mask is None else as_array(mask).astype(psi.dtype)
+    with np.errstate(all="ignore"):
+        n = weight.sum(-1)
+        mean = (dpsi * weight).sum(-1) / n
+        spread = (((dpsi - mean[..., None]) ** 2) * weight).sum(-1) / n
+        correction = 1.0 + n_params / n * spread / mean**2
+        variance = correction**2 * (psi * psi * weight).sum(-1) / (n - n_params) / mean**2
+        return np.where((n > n_params) & (mean > 0), variance, np.inf)
+
+
+def _solver_covariance(inverse_normal: Any, s2: Array, free_mask: Array) -> tuple[Array, Array]:
     """Covariance and identifiability from a solver's own ``(JᵀJ)⁻¹`` of the free parameters."""
     inverse = as_array(inverse_normal)
-    cov = inverse if absolute_sigma else inverse * residual_variance(chisqr, dof)[..., None, None]
+    cov = inverse * s2[..., None, None]
     ident = np.ones(cov.shape[:-2] + (free_mask.size,), dtype=bool)
     ident[..., free_mask] = np.isfinite(np.einsum("...ii->...i", inverse))
     return _embed(cov, free_mask, math.nan), ident
@@ -554,6 +591,7 @@ def fit_report(
     param_names: list[str] | tuple[str, ...] | None = None,
     decomposition: ScaledSvd | None = None,
     inverse_normal: Any = None,
+    error_variance: Any = None,
 ) -> FitReport:
     """Every statistic of a least-squares fit at its solution.
 
@@ -584,6 +622,9 @@ def fit_report(
         A solver's own, more accurate ``(JᵀJ)⁻¹`` of the free parameters ``(..., q, q)`` (a
         polynomial solved in a better-conditioned basis): the covariance, standard errors,
         intervals and identifiability come from it instead of the SVD of ``jacobian``.
+    error_variance
+        ``s²`` of the covariance per fit, in place of ``Σr² / (n - p)`` (or 1 with absolute sigma):
+        a robust fit's :func:`m_estimator_variance`.
 
     Returns
     -------
@@ -601,10 +642,11 @@ def fit_report(
         if n_params:
             free_jac = jac if n_params == p else jac[..., free_mask]
             svd = decomposition or scaled_svd(free_jac)
+            s2 = _error_variance(chisqr, dof, absolute_sigma, error_variance)
             if inverse_normal is None:
-                cov, ident = _covariance_from(svd, chisqr, dof, absolute_sigma, free_mask), _identifiable_from(svd, free_mask)
+                cov, ident = _covariance_from(svd, s2, free_mask), _identifiable_from(svd, free_mask)
             else:
-                cov, ident = _solver_covariance(inverse_normal, chisqr, dof, absolute_sigma, free_mask)
+                cov, ident = _solver_covariance(inverse_normal, s2, free_mask)
             s_raw, s_scaled = _singular_values(free_jac, svd.finite), svd.s
         else:
             cov = np.full(fits + (p, p), np.nan, dtype=res.dtype)

@@ -119,6 +119,7 @@ def _parametric_quantities(problem: Problem, outcome: SolveOutcome, options: Fit
         param_names=model.param_names,
         decomposition=outcome.decomposition,
         inverse_normal=outcome.inverse_normal,
+        error_variance=_robust_variance(problem, options, residuals, free),
     )
     covariance, stderr, half = report.covariance, report.stderr, report.ci_half_width
     at_bound = outcome.at_bound or (_at_bound(problem, theta) if problem.bounded else [False] * theta.size)
@@ -179,6 +180,15 @@ def _unfinished_descent(outcome: SolveOutcome, loss: str, jac: np.ndarray, resid
         f"ended lowers the loss by {100.0 * drop:.3g}% — train for more epochs or with a larger learning rate, "
         "or fit with the lm solver",
     )
+
+
+def _robust_variance(problem: Problem, options: FitOptions, residuals: np.ndarray, free: np.ndarray) -> Any:
+    """A robust loss's ``s²`` for the covariance (None for least squares and ``mae``)."""
+    from gradfit.losses import SOLVER_LOSS
+    from gradfit.solvers.least_squares import robust_error_variance
+
+    loss = SOLVER_LOSS.get(problem.loss, "linear")
+    return robust_error_variance(loss, residuals, problem.loss_scale, int(np.count_nonzero(free)), options.absolute_sigma)
 
 
 def _weighted(jac: np.ndarray, train: Split) -> np.ndarray:
