@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import gradfit
-from gradfit.compare import ModelScore, _history_rise, _verdict, compare
+from gradfit.compare import ModelScore, _chosen, _flag_gaps, _history_rise, _verdict, compare
 from gradfit.data import holdout_split, kfold_indices
 from gradfit.errors import ModelError, OptionError
 
@@ -127,6 +127,40 @@ def test_history_rule() -> None:
     assert _history_rise(falling, falling) is None
     assert _history_rise(falling, np.linspace(0.2, 0.6, 50)) is None  # never improved: not a U
     assert _history_rise(np.linspace(0.1, 0.1, 50), u_shape) is None  # training did not fall
+
+
+def test_a_rise_within_the_noise_of_the_validation_points_is_not_overfitting() -> None:
+    falling = np.linspace(1.0, 0.1, 50)
+    u_shape = np.concatenate([np.linspace(1.0, 0.3, 25), np.linspace(0.3, 0.6, 25)])
+    assert _history_rise(falling, u_shape, noise=0.2) is not None
+    assert _history_rise(falling, u_shape, noise=0.5) is None  # a rise of 0.3 against a standard error of 0.5
+
+
+def _scored(label: str, n_params: int, train: float, points: list[float]) -> ModelScore:
+    values = np.array(points)
+    return ModelScore(label, label, n_params, train_loss=train, val_loss=float(values.mean()), pointwise=values)
+
+
+def test_overfitting_is_judged_against_the_chosen_model_not_the_simplest() -> None:
+    # an underfitting straight line has the widest gap of all; it used to hide the interpolating polynomial
+    line = _scored("linear", 2, 0.05, [0.9, 0.02, 0.5, 0.01, 0.6])
+    truth = _scored("exp_decay", 3, 0.002, [0.004, 0.001, 0.003, 0.002, 0.005])
+    wiggly = _scored("poly:7", 8, 1e-20, [0.3, 0.001, 0.1, 0.05, 0.2])
+    lucky = _scored("poly:2", 3, 0.001, [0.004, 0.002, 0.003, 0.002, 0.004])  # as many parameters as the chosen one
+    scores = [line, truth, wiggly, lucky]
+    chosen = _chosen(scores)
+    assert chosen is truth
+    flagged = {s.label: s.overfitting for s in _flag_gaps(scores, chosen)}
+    assert flagged["poly:7"] is not None and "training loss" in flagged["poly:7"]
+    assert flagged["exp_decay"] is None and flagged["linear"] is None and flagged["poly:2"] is None
+
+
+def test_a_model_worse_only_within_noise_is_not_flagged() -> None:
+    chosen = _scored("simple", 2, 0.5, [1.0, 2.0, 1.5, 0.5])
+    close = _scored("complex", 5, 0.1, [1.1, 2.2, 1.5, 0.6])  # 0.1 above, the difference's standard error 0.04
+    noisy = _scored("noisy", 5, 0.1, [0.2, 4.0, 0.3, 1.5])  # 0.25 above with a standard error of 0.9
+    flagged = {s.label: s.overfitting for s in _flag_gaps([chosen, close, noisy], chosen)}
+    assert flagged["complex"] is not None and flagged["noisy"] is None and flagged["simple"] is None
 
 
 # -- networks, several inputs, options ----------------------------------------------------------------

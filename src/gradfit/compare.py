@@ -29,11 +29,11 @@ if TYPE_CHECKING:
 
 __all__ = ["compare", "Comparison", "ModelScore", "plot_overlay", "plot_validation", "OVERFIT_RATIO", "HISTORY_RISE"]
 
-#: validation loss above this multiple of the training loss (and a gap wider than the simplest
-#: model's) flags overfitting
+#: validation loss above this multiple of the training loss (in a model with more parameters than
+#: the chosen one, fitting the training data better and generalising worse) flags overfitting
 OVERFIT_RATIO = 2.0
-#: relative rise of the validation loss above its minimum, while the training loss kept falling,
-#: that flags overfitting in a gradient fit's history
+#: relative rise of the validation loss above its minimum (and beyond the noise of its points),
+#: while the training loss kept falling, that flags overfitting in a gradient fit's history
 HISTORY_RISE = 0.10
 _PALETTE = ("#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 
@@ -244,10 +244,12 @@ def compare(
     one with the fewest parameters wins (then the lower loss). With a single validation point no
     standard error exists and only the losses decide.
 
-    **Overfitting** is flagged when, in a gradient fit's history, the validation loss rose more than
-    :data:`HISTORY_RISE` above its minimum while the training loss kept falling (in at least half of
-    the fits that record a validation history), or when the validation loss exceeds
-    :data:`OVERFIT_RATIO` times the training loss with a gap wider than the simplest model's.
+    **Overfitting** is flagged when, in a gradient fit's history, the validation loss rose above its
+    minimum by more than :data:`HISTORY_RISE` and more than one standard error of its points' mean
+    while the training loss kept falling (in at least half of the fits that record a validation
+    history); or when a model with more parameters than the chosen one fits the training data
+    better, generalises worse (beyond one standard error of the difference) and has a validation
+    loss above :data:`OVERFIT_RATIO` times its training loss.
 
     Models that cannot be fitted (too few rows for their parameters, a diverged fit...) are reported
     with the reason and left out of the choice.
@@ -273,7 +275,7 @@ def compare(
     train, validation = _split(data, val, seed)
     folds = None if cv is None else kfold_indices(data.n_rows, cv, seed)
     scores = [_score(label, spec, data, train, validation, folds, settings) for label, spec in entries]
-    scores = _flag_gaps(scores)
+    scores = _flag_gaps(scores, _chosen([s for s in scores if s.ok]))
     best, verdict = _verdict(scores, _criterion(cv))
     return Comparison(
         tuple(scores), best, verdict, _criterion(cv), settings.loss, data.y_name, val, seed, cv, train, validation
@@ -424,7 +426,7 @@ def _score(
         pointwise = np.empty(data.n_rows)
         for (_, val_idx), fold in zip(folds, fold_fits):
             pointwise[val_idx] = fold.pointwise
-    histories = [f.result.history for f in [main, *fold_fits] if f.result.history.val]
+    histories = [(f.result.history, f.pointwise) for f in [main, *fold_fits] if f.result.history.val]
     return ModelScore(
         label=label,
         model=result.model,
@@ -452,21 +454,28 @@ def _criterion_value(result: FitResult, name: str) -> float | None:
     return float(value) if math.isfinite(float(value)) else None
 
 
-def _history_overfitting(histories: list[Any]) -> str | None:
+def _history_overfitting(histories: list[tuple[Any, np.ndarray | None]]) -> str | None:
     """Validation loss rising while training loss falls, in at least half of the recorded histories."""
-    rises = [r for r in (_history_rise(h.train, h.val) for h in histories) if r is not None]
+    rises = [r for r in (_history_rise(h.train, h.val, _standard_error(points)) for h, points in histories) if r is not None]
     if not histories or 2 * len(rises) < len(histories):
         return None
     return rises[0]
 
 
-def _history_rise(train: Sequence[float], val: Sequence[float]) -> str | None:
+def _standard_error(points: np.ndarray | None) -> float:
+    """Standard error of the mean of the per-point validation losses (0 if unknown)."""
+    if points is None or len(points) < 2:
+        return 0.0
+    return float(np.std(points, ddof=1) / math.sqrt(len(points)))
+
+
+def _history_rise(train: Sequence[float], val: Sequence[float], noise: float = 0.0) -> str | None:
     v, t = np.asarray(val, dtype=float), np.asarray(train, dtype=float)
     if len(v) < 3 or len(t) != len(v) or not np.isfinite(v).all():
         return None
     low = int(np.argmin(v))
     fell_first = v[low] < (1.0 - HISTORY_RISE) * v[0]
-    rose = v[-1] > (1.0 + HISTORY_RISE) * v[low] and v[-1] - v[low] > 1e-12
+    rose = v[-1] > (1.0 + HISTORY_RISE) * v[low] and v[-1] - v[low] > max(noise, 1e-12)
     if fell_first and low < len(v) - 1 and rose and t[-1] < t[low]:
         return (
             f"validation loss rose from {format_number(v[low], 3)} (epoch {low + 1}) to "
@@ -475,21 +484,27 @@ def _history_rise(train: Sequence[float], val: Sequence[float]) -> str | None:
     return None
 
 
-def _flag_gaps(scores: list[ModelScore]) -> list[ModelScore]:
-    """Flag validation >> training with a gap wider than the simplest model's."""
-    valid = [s for s in scores if s.ok]
-    if not valid:
+def _flag_gaps(scores: list[ModelScore], chosen: ModelScore | None) -> list[ModelScore]:
+    """Flag the models that overfit compared with the chosen one (see :func:`_overfits`)."""
+    if chosen is None:
         return scores
-    simplest = min(valid, key=lambda s: (s.n_params, s.score))
-    base_gap = simplest.score - simplest.selection_train_loss  # type: ignore[operator]
-    flagged = []
-    for s in scores:
-        if s.ok and s is not simplest and s.overfitting is None:
-            train, value = s.selection_train_loss, float(s.score)  # type: ignore[arg-type]
-            if value > OVERFIT_RATIO * train and value - train > base_gap:
-                s = replace(s, overfitting=_gap_text(value, train))
-        flagged.append(s)
-    return flagged
+    return [
+        replace(s, overfitting=_gap_text(float(s.score), s.selection_train_loss))  # type: ignore[arg-type]
+        if s.ok and s.overfitting is None and _overfits(s, chosen)
+        else s
+        for s in scores
+    ]
+
+
+def _overfits(model: ModelScore, chosen: ModelScore) -> bool:
+    """More parameters than the chosen model, a lower training loss, a validation loss higher beyond
+    noise, and a validation loss above :data:`OVERFIT_RATIO` times its own training loss."""
+    if model is chosen or model.n_params <= chosen.n_params:
+        return False
+    train, value = model.selection_train_loss, float(model.score)  # type: ignore[arg-type]
+    noise = _noise(model, chosen)
+    worse = value - float(chosen.score) > (noise if math.isfinite(noise) else 0.0)  # type: ignore[arg-type]
+    return train < chosen.selection_train_loss and worse and value > OVERFIT_RATIO * train
 
 
 def _gap_text(value: float, train: float) -> str:
@@ -511,8 +526,8 @@ def _verdict(scores: list[ModelScore], criterion: str) -> tuple[str | None, str]
     if not valid:
         return None, ("No model could be fitted." + tail).strip()
     lowest = min(valid, key=lambda s: float(s.score))  # type: ignore[arg-type]
-    tied = [s for s in valid if _within_noise(s, lowest)]
-    best = min(tied, key=lambda s: (s.n_params, float(s.score)))  # type: ignore[arg-type]
+    best = _chosen(valid)
+    assert best is not None
     text = _choice_sentence(best, lowest, valid, criterion)
     trained = min(valid, key=lambda s: s.train_loss)
     if trained is not best:
@@ -524,6 +539,15 @@ def _verdict(scores: list[ModelScore], criterion: str) -> tuple[str | None, str]
     if overfit:
         text += " Overfitting: " + "; ".join(f"{s.label} ({s.overfitting})" for s in overfit) + "."
     return best.label, text + tail
+
+
+def _chosen(valid: list[ModelScore]) -> ModelScore | None:
+    """The model the rule chooses: among those tied with the lowest score, the fewest parameters."""
+    if not valid:
+        return None
+    lowest = min(valid, key=lambda s: float(s.score))  # type: ignore[arg-type]
+    tied = [s for s in valid if _within_noise(s, lowest)]
+    return min(tied, key=lambda s: (s.n_params, float(s.score)))  # type: ignore[arg-type]
 
 
 def _noise(model: ModelScore, reference: ModelScore) -> float:
