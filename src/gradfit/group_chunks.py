@@ -298,18 +298,31 @@ def _solve(plan: ChunkPlan, chunk: _Chunk, theta0: np.ndarray, rows: Rows, where
         return
     weights = _weights(chunk)
     solve = _solve_by_gradient if plan.path == "gradient" else _solve_nonlinear
-    theta, status, message, iterations, success = solve(plan, chunk, weights, start)
-    _record(plan, chunk, weights, theta, rows, where, status, message, iterations, success)
+    _record(plan, chunk, weights, solve(plan, chunk, weights, start), rows, where)
 
 
-def _record(plan: ChunkPlan, chunk: _Chunk, weights: torch.Tensor, theta: torch.Tensor, rows: Rows,
-            where: np.ndarray, status: Any, message: Any, iterations: Any, success: Any) -> None:
+@dataclass(frozen=True)
+class _Solved:
+    """A solve of a chunk's groups: parameters ``(K, p)`` and, per group, status, message,
+    iterations and success; a polynomial solve adds ``(JᵀJ)⁻¹`` of the free parameters and the
+    weighted residuals, computed more accurately than the statistics would from ``theta``."""
+
+    theta: torch.Tensor
+    status: np.ndarray
+    message: np.ndarray
+    iterations: np.ndarray
+    success: np.ndarray
+    inverse_normal: np.ndarray | None = None
+    residuals: np.ndarray | None = None
+
+
+def _record(plan: ChunkPlan, chunk: _Chunk, weights: torch.Tensor, solved: _Solved, rows: Rows, where: np.ndarray) -> None:
     """Statistics by SVD (:func:`gradfit.stats.fit_report`) and the solver's verdict into ``rows``."""
-    _statistics(plan, chunk, weights, theta, rows, where)
-    rows["iterations"][where] = iterations
-    rows["status"].put(where, status)
-    rows["message"].put(where, message)
-    rows["success"][where] = success
+    _statistics(plan, chunk, weights, solved.theta, rows, where, solved.inverse_normal, solved.residuals)
+    rows["iterations"][where] = solved.iterations
+    rows["status"].put(where, solved.status)
+    rows["message"].put(where, solved.message)
+    rows["success"][where] = solved.success
 
 
 def _subset_where(chunk: _Chunk, start: torch.Tensor, where: np.ndarray, mask: np.ndarray) -> tuple[_Chunk, torch.Tensor, np.ndarray]:
@@ -369,8 +382,7 @@ def _solve_fast(plan: ChunkPlan, chunk: _Chunk, start: torch.Tensor, rows: Rows,
         part, part_start, part_where = _subset_where(chunk, start, where, redo)
         weights = _weights(part)
         solve = _solve_linear if plan.linear else _solve_nonlinear
-        theta_redo, status, message, iterations, success = solve(plan, part, weights, part_start)
-        _record(plan, part, weights, theta_redo, rows, part_where, status, message, iterations, success)
+        _record(plan, part, weights, solve(plan, part, weights, part_start), rows, part_where)
 
 
 def _batched_options(plan: ChunkPlan) -> Any:
@@ -444,7 +456,7 @@ def _validation_loss(plan: ChunkPlan, chunk: _Chunk, theta: torch.Tensor) -> np.
         return ((loss(residuals) * chunk.val_mask).sum(-1) / chunk.val_mask.sum(-1)).cpu().numpy()
 
 
-def _solve_linear(plan: ChunkPlan, chunk: _Chunk, weights: torch.Tensor, start: torch.Tensor) -> tuple:
+def _solve_linear(plan: ChunkPlan, chunk: _Chunk, weights: torch.Tensor, start: torch.Tensor) -> _Solved:
     """Exact batched least squares for models linear in their parameters, as a single fit solves
     them: polynomials in one input in a centred basis (:func:`~gradfit.solvers.least_squares.polynomial_least_squares`),
     other designs by an SVD; groups where the model is not finite are ``non_finite``."""
@@ -462,10 +474,11 @@ def _solve_linear(plan: ChunkPlan, chunk: _Chunk, weights: torch.Tensor, start: 
     broken = (~(torch.isfinite(a).all(-1) & torch.isfinite(rhs)) & (weights != 0)).sum(-1).cpu().numpy()
     a, rhs = torch.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0), torch.nan_to_num(rhs, nan=0.0, posinf=0.0, neginf=0.0)
     polynomial = polynomial_powers(model, free.tolist()) if start.dtype == torch.float64 else None
+    inverse_normal = residuals = None
     if polynomial is None:
         solution, singular = batched_least_squares(a, rhs)
     else:
-        solution, singular = _polynomial_groups(chunk, polynomial, torch.nan_to_num(target), weights)
+        solution, singular, inverse_normal, residuals = _polynomial_groups(chunk, polynomial, torch.nan_to_num(target), weights)
     theta = start.clone()
     theta[:, free] = torch.as_tensor(solution, dtype=theta.dtype, device=theta.device)
     bad = broken > 0
@@ -477,20 +490,35 @@ def _solve_linear(plan: ChunkPlan, chunk: _Chunk, weights: torch.Tensor, start: 
                        "solved exactly: one least-squares solve").astype(object)
     for i in np.flatnonzero(bad):
         message[i] = non_finite_message(int(broken[i]), int(counts[i]))
-    return theta, status, message, np.where(bad, 0, 1), ~singular & ~bad
+    if inverse_normal is not None:
+        inverse_normal, residuals = _where_solved(inverse_normal, residuals, singular, bad)
+    return _Solved(theta, status, message, np.where(bad, 0, 1), ~singular & ~bad, inverse_normal, residuals)
 
 
-def _polynomial_groups(chunk: _Chunk, polynomial: tuple[str, list[int]], target: torch.Tensor, weights: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Coefficients ``(K, q)`` of ``1, x, x², ...`` (the free powers) per group, and which groups are rank-deficient."""
+def _polynomial_groups(chunk: _Chunk, polynomial: tuple[str, list[int]], target: torch.Tensor,
+                       weights: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per group: the coefficients ``(K, q)`` of ``1, x, x², ...`` (the free powers), whether the
+    group is rank-deficient, ``(AᵀA)⁻¹`` of those coefficients and the fit's weighted residuals, as
+    a single fit computes them."""
     from gradfit.solvers.least_squares import polynomial_least_squares
 
     name, powers = polynomial
     with np.errstate(all="ignore"):  # groups whose numbers overflow are set aside by the caller
         accurate = polynomial_least_squares(chunk.inputs[name], target, max(powers), weights)
-    return accurate.theta[:, powers], accurate.rank < len(powers)
+        factor = accurate.inverse_factor[:, powers]
+        inverse = factor @ factor.mT
+    return accurate.theta[:, powers], accurate.rank < len(powers), inverse, accurate.residuals
 
 
-def _solve_nonlinear(plan: ChunkPlan, chunk: _Chunk, weights: torch.Tensor, start: torch.Tensor) -> tuple:
+def _where_solved(inverse: np.ndarray, residuals: np.ndarray, singular: np.ndarray, bad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The polynomial solve's ``(AᵀA)⁻¹`` and residuals where it solved a group; a singular group's
+    variances are infinite (undetermined), a group not fitted has no statistics (NaN)."""
+    undetermined = np.where(np.eye(inverse.shape[-1], dtype=bool), np.inf, np.nan)
+    inverse = np.where(singular[:, None, None], undetermined, inverse)
+    return np.where(bad[:, None, None], np.nan, inverse), np.where(bad[:, None], np.nan, residuals)
+
+
+def _solve_nonlinear(plan: ChunkPlan, chunk: _Chunk, weights: torch.Tensor, start: torch.Tensor) -> _Solved:
     import torch
 
     from gradfit.losses import SOLVER_LOSS
@@ -525,10 +553,10 @@ def _solve_nonlinear(plan: ChunkPlan, chunk: _Chunk, weights: torch.Tensor, star
     theta = solution.theta[torch.as_tensor(best)]
     status = np.array(["converged" if s.converged else s.name.lower() for s in statuses], dtype=object)
     message = np.array([s.value for s in statuses], dtype=object)
-    return theta, status, message, solution.n_iter[torch.as_tensor(best)].cpu().numpy(), np.array([s.converged for s in statuses])
+    return _Solved(theta, status, message, solution.n_iter[torch.as_tensor(best)].cpu().numpy(), np.array([s.converged for s in statuses]))
 
 
-def _solve_by_gradient(plan: ChunkPlan, chunk: _Chunk, weights: torch.Tensor, start: torch.Tensor) -> tuple:
+def _solve_by_gradient(plan: ChunkPlan, chunk: _Chunk, weights: torch.Tensor, start: torch.Tensor) -> _Solved:
     """Every group trained together by a ``torch.optim`` optimizer (:mod:`gradfit.solvers.batched_gradient`)."""
     from gradfit.solvers.batched_gradient import FAILED_CODES, STOP_CODES, solve_groups_by_gradient
 
@@ -545,7 +573,7 @@ def _solve_by_gradient(plan: ChunkPlan, chunk: _Chunk, weights: torch.Tensor, st
     status = np.array([r.name.lower() for r in STOP_CODES], dtype=object)[codes]
     message = np.array([r.value for r in STOP_CODES], dtype=object)[codes]
     success = ~np.isin(codes, FAILED_CODES)
-    return solution.theta, status, message, solution.epochs.cpu().numpy(), success
+    return _Solved(solution.theta, status, message, solution.epochs.cpu().numpy(), success)
 
 
 def _solver_options(options: Mapping[str, Any]) -> Any:
@@ -569,7 +597,10 @@ def _best_of_starts(solution: Any, k: int, n_starts: int) -> list[int]:
     return (torch.argmin(rank, dim=-1) + torch.arange(k, device=rank.device) * n_starts).tolist()
 
 
-def _statistics(plan: ChunkPlan, chunk: _Chunk, weights: torch.Tensor, theta: torch.Tensor, rows: Rows, where: np.ndarray) -> None:
+def _statistics(plan: ChunkPlan, chunk: _Chunk, weights: torch.Tensor, theta: torch.Tensor, rows: Rows, where: np.ndarray,
+                inverse_normal: np.ndarray | None = None, residuals: np.ndarray | None = None) -> None:
+    """Per-group statistics at ``theta`` into ``rows``; ``inverse_normal`` and ``residuals`` as
+    :func:`gradfit.stats.fit_report` takes them, when a solver computed them more accurately."""
     import torch
 
     from gradfit import stats
@@ -580,13 +611,14 @@ def _statistics(plan: ChunkPlan, chunk: _Chunk, weights: torch.Tensor, theta: to
     free = [not p.fixed for p in model.parameters]
     with torch.no_grad():
         prediction, jac = model.predict_and_jacobian(chunk.inputs, theta)
-        residuals = (prediction - chunk.y) * weights
+        if residuals is None:
+            residuals = ((prediction - chunk.y) * weights).cpu().numpy()
         report = stats.fit_report(
             jac * weights[..., None], residuals, chunk.y,
             weights=chunk.weights, absolute_sigma=plan.options["absolute_sigma"],
-            free=torch.tensor(free), mask=chunk.fit_mask,
+            free=torch.tensor(free), mask=chunk.fit_mask, inverse_normal=inverse_normal,
             error_variance=robust_error_variance(
-                SOLVER_LOSS.get(plan.options["loss"], "linear"), residuals.cpu().numpy(), plan.options["loss_scale"],
+                SOLVER_LOSS.get(plan.options["loss"], "linear"), residuals, plan.options["loss_scale"],
                 sum(free), plan.options["absolute_sigma"], chunk.fit_mask.cpu().numpy(),
             ),
         )

@@ -137,7 +137,7 @@ def _parametric_quantities(problem: Problem, outcome: SolveOutcome, options: Fit
         )
         for i, p in enumerate(model.parameters)
     )
-    warnings = tuple(report.warnings) + tuple(
+    warnings = outcome.warnings + tuple(report.warnings) + tuple(
         f"parameter '{e.name}' is at a bound ({e.value:g}); its uncertainty is not reliable"
         for e in estimates
         if e.at_bound

@@ -137,6 +137,8 @@ class SolveOutcome:
         The :func:`~gradfit.stats.scaled_svd` of the weighted Jacobian's free columns at
         ``theta``, when the solver factored exactly that matrix (exact linear solves); the
         statistics reuse it.
+    warnings
+        What the solver found that the result should warn about.
     """
 
     theta: Any
@@ -151,6 +153,7 @@ class SolveOutcome:
     residuals: Any = None
     jacobian: Any = None
     decomposition: Any = None
+    warnings: tuple[str, ...] = ()
 
 
 Solver = Callable[[Problem, Any], SolveOutcome]

@@ -1321,6 +1321,10 @@ class LinearSolution:
     decomposition
         The :class:`~gradfit.stats.ScaledSvd` of ``A`` the solution comes from (the statistics of
         the fit reuse it); None where the solve went through another basis.
+    coefficient_rounding
+        ``(K,)`` RMS of the difference between the fit and the polynomial that ``theta``, rounded
+        to floating point, evaluates to (:func:`polynomial_least_squares`; None elsewhere). Far
+        from 0 the monomial coefficients cancel, and their last bits alone move the curve.
     """
 
     theta: Array
@@ -1329,6 +1333,7 @@ class LinearSolution:
     rank: Array
     condition: Array
     decomposition: Any = None
+    coefficient_rounding: Array | None = None
 
     def covariance(self, absolute_sigma: bool = False) -> Array:
         """Coefficient covariance ``s² (AᵀA)⁻¹`` (``s² = Σr²/(n-p)``, or 1 with ``absolute_sigma``)."""
@@ -1427,9 +1432,15 @@ def polynomial_least_squares(
     if refinements and xs.dtype == np.float64 and full.size:
         theta[full] = _refine_polynomial(xs[full], y[full], w[full], theta[full], basis[full], mapping[full], refinements)
     fit_hi, fit_lo = _dd_polyval(xs, theta)
-    residuals = _dd_round(*_dd_add(fit_hi, fit_lo, -y, np.zeros(y.shape))) * w
+    rounded = _dd_round(*_dd_add(fit_hi, fit_lo, -y, np.zeros(y.shape))) * w  # exact, of the rounded θ
+    # the centred fit's residuals are the least-squares fit's to rounding; where the rounded
+    # coefficients fit worse (they cancel far from 0), the fit is the centred one
+    centred = inner.residuals
+    better = np.einsum("kn,kn->k", centred, centred) < np.einsum("kn,kn->k", rounded, rounded)
+    residuals = np.where(better[:, None], centred, rounded)
+    rounding = np.sqrt(np.mean((rounded - centred) ** 2, axis=-1))
     condition = np.full(xs.shape[0], np.nan)  # of the monomial design: not computed (see inner)
-    return LinearSolution(theta, residuals, mapping @ inner.inverse_factor, inner.rank, condition)
+    return LinearSolution(theta, residuals, mapping @ inner.inverse_factor, inner.rank, condition, coefficient_rounding=rounding)
 
 
 # double-double helpers (error-free transformations; Dekker / Knuth), numpy float64

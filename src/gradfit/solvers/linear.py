@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,7 @@ from gradfit.errors import FitError
 from gradfit.solvers.base import Problem, SolveOutcome
 from gradfit.solvers.least_squares import linear_least_squares, polynomial_least_squares
 
-__all__ = ["solve_linear", "design_matrix", "least_squares_qr", "batched_least_squares", "non_finite_message", "polynomial_powers"]
+__all__ = ["solve_linear", "design_matrix", "least_squares_qr", "batched_least_squares", "non_finite_message", "polynomial_powers", "rounding_warning"]
 
 
 
@@ -89,16 +90,29 @@ def _polynomial_powers(columns: tuple[Any, ...], free: tuple[bool, ...]) -> tupl
     return inputs.pop(), powers
 
 
+@dataclass(frozen=True)
+class _Exact:
+    """An exact solve over the free parameters: values, ``(AᵀA)⁻¹`` when computed more accurately
+    than the statistics would (polynomials, else None), weighted residuals, the SVD of ``A`` for
+    the statistics, and what the result should warn about."""
+
+    theta: np.ndarray
+    inverse_normal: Any
+    residuals: np.ndarray
+    decomposition: Any
+    warnings: tuple[str, ...] = ()
+
+
 def solve_linear(problem: Problem, options: Any = None) -> SolveOutcome:
     """Fit a linear-in-parameters formula model exactly."""
     a, b = design_matrix(problem)
     try:
-        theta, inverse_normal, residuals, decomposition = _solve_free(problem, a, b)
+        exact = _solve_free(problem, a, b)
     except FitError:  # a design made singular by NaN points is the model's domain, not the data's spread
         if _non_finite_rows(a, b):
             return _undefined(problem, a, b)
         raise
-    ok = bool(np.isfinite(theta).all())
+    ok = bool(np.isfinite(exact.theta).all())
     if not ok and _non_finite_rows(a, b):
         return _undefined(problem, a, b)
     message = (
@@ -107,19 +121,21 @@ def solve_linear(problem: Problem, options: Any = None) -> SolveOutcome:
         else "the least-squares solve produced non-finite values — check the data for huge values"
     )
     return SolveOutcome(
-        theta, "converged" if ok else "non_finite", message, ok, 1,
-        inverse_normal=inverse_normal, residuals=residuals, jacobian=a, decomposition=decomposition,
+        exact.theta, "converged" if ok else "non_finite", message, ok, 1,
+        inverse_normal=exact.inverse_normal, residuals=exact.residuals, jacobian=a,
+        decomposition=exact.decomposition, warnings=exact.warnings,
     )
 
 
-def _solve_free(problem: Problem, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, Any, np.ndarray, Any]:
+def _solve_free(problem: Problem, a: np.ndarray, b: np.ndarray) -> _Exact:
     """:func:`_exact` over the free parameters (fixed ones move to the right-hand side)."""
     free = np.asarray(problem.free)
     if free.all():
         return _exact(problem, a, b)
     theta = np.array(problem.theta0, copy=True)
-    theta[free], inverse_normal, residuals, decomposition = _exact(problem, a[:, free], b - a[:, ~free] @ theta[~free])
-    return theta, inverse_normal, residuals, decomposition
+    exact = _exact(problem, a[:, free], b - a[:, ~free] @ theta[~free])
+    theta[free] = exact.theta
+    return replace(exact, theta=theta)
 
 
 def _non_finite_rows(a: np.ndarray, b: np.ndarray) -> int:
@@ -141,11 +157,8 @@ def non_finite_message(count: int, total: int) -> str:
     )
 
 
-def _exact(problem: Problem, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, Any, np.ndarray, Any]:
-    """The free parameters, ``(AᵀA)⁻¹`` when computed more accurately than the statistics would
-    (polynomials, else None), the weighted residuals and the SVD of ``A`` for the statistics.
-
-    One SVD solve, or the polynomial solve when the design is powers of one input and the SVD
+def _exact(problem: Problem, a: np.ndarray, b: np.ndarray) -> _Exact:
+    """One SVD solve, or the polynomial solve when the design is powers of one input and the SVD
     alone could lose digits (degree 2 and up, or a scaled condition number above
     :data:`ILL_CONDITIONED`)."""
     solution = linear_least_squares(a, b)
@@ -154,15 +167,37 @@ def _exact(problem: Problem, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, 
     if polynomial is None or a.dtype != np.float64 or (max(polynomial[1]) < 2 and full_rank and solution.condition[0] < ILL_CONDITIONED):
         if not full_rank:
             raise FitError(_SINGULAR)
-        return solution.theta[0], None, solution.residuals[0], solution.decomposition[0]
+        return _Exact(solution.theta[0], None, solution.residuals[0], solution.decomposition[0])
     name, powers = polynomial  # solved in a centred basis: the raw design may only look singular
     weights = problem.train.weights
     target = b if weights is None else b / weights
-    accurate = polynomial_least_squares(problem.train.inputs[name], target, max(powers), weights)
+    inputs = problem.train.inputs[name]
+    accurate = polynomial_least_squares(inputs, target, max(powers), weights)
     if accurate.rank[0] < len(powers):
         raise FitError(_SINGULAR)
     factor = accurate.inverse_factor[0][powers]
-    return accurate.theta[0][powers], factor @ factor.T, accurate.residuals[0], solution.decomposition[0]
+    residuals = accurate.residuals[0]
+    warning = rounding_warning(name, inputs, float(accurate.coefficient_rounding[0]), residuals)
+    return _Exact(accurate.theta[0][powers], factor @ factor.T, residuals, solution.decomposition[0], warning)
+
+
+#: coefficient rounding above this fraction of the residuals' RMS is worth a warning
+ROUNDING_FRACTION = 0.01
+
+
+def rounding_warning(name: str, x: np.ndarray, rounding: float, residuals: np.ndarray) -> tuple[str, ...]:
+    """A warning when a polynomial's coefficients, rounded, move its curve by more than
+    :data:`ROUNDING_FRACTION` of the residuals (inputs far from 0); else nothing."""
+    spread = float(np.sqrt(np.mean(residuals**2)))
+    if not rounding > ROUNDING_FRACTION * spread:
+        return ()
+    centre = 0.5 * (float(np.min(x)) + float(np.max(x)))
+    return (
+        f"the coefficients in powers of {name} cancel at these {name} (around {centre:.10g}): rounded to floating "
+        f"point they move the curve by {rounding:.3g} (RMS over the data, against residuals of RMS {spread:.3g}), so "
+        f"predictions from them are that far off although the statistics describe the fit — centre {name} "
+        f"(fit in {name} - {centre:.10g})",
+    )
 
 
 _SINGULAR = "the design matrix is singular: some parameters cannot be told apart by the data — remove a parameter or add varied data"

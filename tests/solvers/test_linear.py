@@ -1,0 +1,62 @@
+"""Exact linear least squares (:mod:`gradfit.solvers.linear`): polynomials far from zero."""
+
+from __future__ import annotations
+
+import mpmath
+import numpy as np
+import polars as pl
+import pytest
+
+import gradfit
+
+
+def _cubic(offset: float) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    u = np.linspace(0.0, 10.0, 100)
+    return u + offset, 1 + 0.5 * u - 0.1 * u**2 + 0.01 * u**3 + 0.05 * rng.standard_normal(100)
+
+
+def _exact_leading_stderr(x: np.ndarray, y: np.ndarray, degree: int) -> float:
+    """The leading coefficient's standard error in 50-digit arithmetic (normal equations in x - x[0])."""
+    mpmath.mp.dps = 50
+    shift = mpmath.mpf(float(x[0]))
+    t = [mpmath.mpf(float(v)) - shift for v in x]
+    design = mpmath.matrix([[ti**k for k in range(degree + 1)] for ti in t])
+    target = mpmath.matrix([mpmath.mpf(float(v)) for v in y])
+    normal = design.T * design
+    theta = mpmath.lu_solve(normal, design.T * target)
+    residual = design * theta - target
+    s2 = sum(r**2 for r in residual) / (len(x) - degree - 1)
+    return float(mpmath.sqrt(mpmath.inverse(normal)[degree, degree] * s2))
+
+
+@pytest.mark.parametrize("offset", [2000.0, 1e6])
+def test_a_polynomial_far_from_zero_has_the_standard_errors_and_loss_of_its_fit(offset):
+    # the cubic coefficient does not depend on where x starts; rounding the other coefficients to
+    # float64 moved the curve by 300 at x ≈ 1e6, and that error was taken for noise (stderr 1.64, not 2.5e-4)
+    x, y = _cubic(offset)
+    far = gradfit.fit("poly:3", {"x": x}, y)
+    near = gradfit.fit("poly:3", {"x": x - offset}, y)
+    assert far.stderr["w3"] == pytest.approx(near.stderr["w3"], rel=1e-8)
+    assert far.stderr["w3"] == pytest.approx(_exact_leading_stderr(x, y, 3), rel=1e-8)
+    assert far.train_loss == pytest.approx(near.train_loss, rel=1e-8)
+
+
+def test_coefficients_that_cancel_when_rounded_say_so():
+    x, y = _cubic(1e6)
+    warning = next(w for w in gradfit.fit("poly:3", {"x": x}, y).warnings if "cancel" in w)
+    assert "centre x (fit in x - 1000005)" in warning
+    assert not [w for w in gradfit.fit("poly:3", {"x": x - 1e6}, y).warnings if "cancel" in w]
+
+
+@pytest.mark.parametrize(("model", "offset"), [("poly:4", 2000.0), ("poly:5", 1000.0), ("poly:3", 1e6)])
+def test_group_fits_of_polynomials_far_from_zero_equal_single_fits(model, offset):
+    x, y = _cubic(offset)
+    frame = pl.DataFrame({"g": np.repeat([1, 2], 100), "x": np.tile(x, 2), "y": np.concatenate([y, y[::-1]])})
+    table = gradfit.fit_groups(model, frame, group="g", y="y").table
+    for row, (xs, ys) in enumerate([(x, y), (x, y[::-1])]):
+        single = gradfit.fit(model, {"x": xs}, ys)
+        for name in single.param_names:
+            assert table[name][row] == pytest.approx(single.params[name], rel=1e-8)
+            assert table[f"{name}_stderr"][row] == pytest.approx(single.stderr[name], rel=1e-8)
+        assert table["redchi"][row] == pytest.approx(single.statistics["redchi"], rel=1e-8)
