@@ -125,3 +125,22 @@ def test_csv_keys_are_read_as_written(tmp_path):
     (tmp_path / "ints.csv").write_text("\n".join(lines) + "\n")
     table = fit_groups("a*t + b", tmp_path / "ints.csv", group="key", y="y").table
     assert table["key"].dtype == pl.Int64 and sorted(table["key"].to_list()) == [-1, 3, 10]
+
+
+def test_time_zone_aware_keys_of_a_streamed_file_keep_each_group_whole(tmp_path):
+    sizes = [10] * 9 + [300]
+    t = np.concatenate([np.linspace(0.0, 1.0, s) for s in sizes])
+    frame = pl.DataFrame({"k": np.repeat(np.arange(10), sizes), "t": t, "y": 2 * t + 1})
+    frame = frame.with_columns(pl.from_epoch("k", time_unit="s").dt.replace_time_zone("UTC").alias("key")).drop("k")
+    frame.write_parquet(tmp_path / "tz.parquet", row_group_size=16)
+    table = fit_groups("w*t + b", tmp_path / "tz.parquet", group="key", y="y", chunk=1).table
+    assert table.height == 10 and table["n_points"].to_list() == sizes  # batches cut groups in pieces before
+    assert table["key"].dtype == frame["key"].dtype
+
+
+def test_times_of_day_are_keys_like_dates():
+    import datetime
+
+    frame = pl.DataFrame({"g": [datetime.time(1)] * 4 + [datetime.time(2)] * 4, "t": [0.0, 1, 2, 3] * 2, "y": [1.0, 3, 5, 7.1, 2, 4, 6, 8.2]})
+    table = fit_groups("w*t + b", frame, group="g", y="y").table
+    assert table["g"].to_list() == [datetime.time(1), datetime.time(2)] and table["success"].all()

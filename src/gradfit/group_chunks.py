@@ -56,7 +56,8 @@ __all__ = ["ChunkPlan", "fit_chunk", "BAD_DATA", "TOO_FEW"]
 #: status of groups that were not fitted
 BAD_DATA, TOO_FEW = "bad_data", "too_few_points"
 #: scaled condition bound of JᵀJ above which fast-path standard errors are recomputed by SVD
-#: (default settings: the normal equations lose about log10(condition) of 16 digits)
+#: (default settings: the normal equations lose about log10(condition) of 16 digits; in float32
+#: the bound that keeps as many digits, see ``_condition_limit``)
 CONDITION_ACCURATE = 1e6
 #: the same bound with speed settings (max_iter or tolerance given)
 CONDITION_FAST = 1e10
@@ -353,11 +354,15 @@ def _solve_fast(plan: ChunkPlan, chunk: _Chunk, start: torch.Tensor, rows: Rows,
     code = solution.code.cpu().numpy()
     stats = _fast_statistics(plan, chunk, solution)
     condition = stats.pop("condition")
-    if plan.linear or plan.accurate:  # the exact solve / reference solver for what did not settle
+    accurate = _condition_limit(CONDITION_ACCURATE, chunk.y.dtype)
+    if plan.linear:  # the exact solve where the normal equations lose digits
+        redo = (code != CONVERGED) | ~(condition <= accurate)
+    elif plan.accurate:  # the reference solver for what did not settle
         redo = (code != CONVERGED) | solution.vanished.cpu().numpy() | ~(condition <= CONDITION_ACCURATE)
     else:
         redo = np.zeros(code.shape, dtype=bool)
-    svd = ~redo & ~(condition <= CONDITION_FAST)  # ill-conditioned or singular: SVD statistics
+    limit = accurate if plan.linear or plan.accurate else _condition_limit(CONDITION_FAST, chunk.y.dtype)
+    svd = ~redo & ~(condition <= limit)  # ill-conditioned or singular: SVD statistics
     keep = ~redo
     at = where[keep]
     theta = solution.theta.cpu().numpy()
@@ -383,6 +388,14 @@ def _solve_fast(plan: ChunkPlan, chunk: _Chunk, start: torch.Tensor, rows: Rows,
         weights = _weights(part)
         solve = _solve_linear if plan.linear else _solve_nonlinear
         _record(plan, part, weights, solve(plan, part, weights, part_start), rows, part_where)
+
+
+def _condition_limit(bound: float, dtype: Any) -> float:
+    """``bound``, a limit for float64, for ``dtype``: the condition number at which its normal
+    equations keep as many digits (float32's 7 leave none to lose: every float32 group goes to the SVD)."""
+    import torch
+
+    return bound * torch.finfo(torch.float64).eps / torch.finfo(dtype).eps
 
 
 def _batched_options(plan: ChunkPlan) -> Any:

@@ -215,8 +215,7 @@ def _grouped_batches(path: Path | None, group: str, columns: list[str], rows: in
         for batch in batches:
             if held is not None:
                 batch = pl.concat([held, batch])
-            last = batch[group][-1]
-            tail_start = batch.height - _run_length_at_end(batch[group], last)
+            tail_start = batch.height - _run_length_at_end(batch[group])
             held = batch.slice(tail_start)
             if tail_start:
                 yield batch.slice(0, tail_start)
@@ -228,8 +227,8 @@ def _grouped_batches(path: Path | None, group: str, columns: list[str], rows: in
         yield held
 
 
-def _run_length_at_end(keys: pl.Series, last: Any) -> int:
-    """How many rows at the end of ``keys`` equal ``last``."""
-    values = keys.to_numpy()
-    different = np.flatnonzero(values != last) if not (isinstance(last, float) and np.isnan(last)) else np.flatnonzero(~np.isnan(values))
-    return int(values.size - (different[-1] + 1)) if different.size else int(values.size)
+def _run_length_at_end(keys: pl.Series) -> int:
+    """How many rows at the end of ``keys`` equal the last (compared by polars, in the key's own type:
+    time-zone-aware timestamps, categories and NaN included)."""
+    runs = keys.rle_id()
+    return int((runs == runs[-1]).sum())

@@ -420,10 +420,12 @@ class GroupFits:
             yield table
 
     def _keys(self, keys: np.ndarray) -> pl.Series:
-        """The key column of a result table, in the data's type (categorical keys stay categorical)."""
+        """The key column of a result table, in the data's type (categorical keys stay categorical;
+        Python objects such as times of day are read back by polars)."""
         import polars as pl
 
-        return pl.Series(self.group, keys).cast(self.schema[self.group])
+        values = keys.tolist() if keys.dtype == object else keys
+        return pl.Series(self.group, values).cast(self.schema[self.group])
 
     def _refit(self, table: pl.DataFrame, batch: pl.DataFrame) -> pl.DataFrame:
         """Refit the chunk's groups that did not converge with more starts; keep what converged."""
