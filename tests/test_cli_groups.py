@@ -72,6 +72,10 @@ def test_robust_group_fit_by_gradient_descent(folder):
         (["--loss", "mae", "--solver", "lm"], "use solver 'gradient'"),
         (["--loss", "mae", "--refit-failed"], "(--refit-failed) uses more least-squares starting points"),
         (["--chunk", "0"], "chunk must be at least 1 group, got 0"),
+        (["--nan", "omit"], "--nan omit does not apply to --group-by fits"),
+        (["--report"], "--report does not apply to --group-by fits"),
+        (["--seed", "-1", "--val", "0.2"], "seed must be a whole number of at least 0"),
+        (["--max-iter", "0"], "max_iter must be a whole number of at least 1"),
     ],
 )
 def test_group_fit_input_errors_are_one_line(folder, extra, fragment):
@@ -183,3 +187,15 @@ def test_an_interruption_before_any_chunk_is_written_leaves_the_output_as_it_was
     assert write_tables(interrupted_at_once(), tmp_path / "keep.parquet", {"a": pl.Float64}) == 0
     assert (tmp_path / "keep.parquet").read_bytes() == b"an earlier result"
     assert not list(tmp_path.glob(".gradfit-parts-*"))
+
+
+def test_params_names_a_formula_parameter_that_a_column_shadows(tmp_path):
+    frame = _fleet(4).with_columns(pl.lit(5.0).alias("k"))
+    frame.write_csv(tmp_path / "fleet.csv")
+    run = gradfit("fit", "fleet.csv", "--group-by", "sensor", "--model", DECAY, "--y", "y", "--init", INIT, "--params", "k",
+                  "--out", "t.csv", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    table = pl.read_csv(tmp_path / "t.csv")
+    assert "k" in table.columns and "k_stderr" in table.columns  # k was fitted, not read from the column
+    expected = fit_groups(DECAY, _fleet(4), group="sensor", y="y", params={"a": 1.0, "k": 1.0, "c": 0.0}).table
+    np.testing.assert_allclose(table["k"].to_numpy(), expected["k"].to_numpy(), rtol=1e-8)

@@ -546,3 +546,16 @@ def test_float32_linear_groups_are_as_accurate_as_float32_single_fits():
         exact = gradfit.fit("w*(t+100) + b", {"t": t[rows]}, y[rows]).params["w"]
         # the normal equations in float32 lost 4 of 7 digits here (relative error 9e-5)
         assert abs(table["w"][g] / exact - 1) < 1e-6
+
+
+def test_group_settings_are_checked_as_a_single_fits_are():
+    from gradfit.errors import OptionError
+
+    frame = pl.DataFrame({"g": [0] * 10 + [1] * 10, "t": np.tile(np.arange(10.0), 2), "y": np.arange(20.0)})
+    for options, fragment in (({"seed": -1, "val": 0.2}, "seed must be"), ({"max_iter": 0}, "max_iter must be"),
+                              ({"tolerance": -1.0}, "tolerance must be"), ({"starts": 1.5}, "starts must be")):
+        with pytest.raises(OptionError, match=fragment):
+            fit_groups("a*exp(-k*t) + c", frame, group="g", y="y", **options)
+    big = fit_groups("w*t + b", frame, group="g", y="y", val=0.2, seed=2**64 + 3).table  # a 64-bit seed, as the split takes it
+    same = fit_groups("w*t + b", frame, group="g", y="y", val=0.2, seed=3).table
+    assert big["val_loss"].to_list() == same["val_loss"].to_list()

@@ -73,10 +73,10 @@ class FitOptions:
 
     def _check_counts(self) -> None:
         for name, minimum in (("epochs", 1), ("checkpoint_every", 1), ("starts", 1), ("seed", 0)):
-            _whole(name, getattr(self, name), minimum)
+            check_whole(name, getattr(self, name), minimum)
         for name in ("batch_size", "patience", "plateau", "max_iter"):
             if getattr(self, name) is not None:
-                _whole(name, getattr(self, name), 1)
+                check_whole(name, getattr(self, name), 1)
 
     def _check_numbers(self) -> None:
         for name in ("val", "confidence", "loss_scale") + (() if self.target is None else ("target",)):
@@ -97,7 +97,8 @@ class FitOptions:
         return self.optimizer is not None or self.solver == "gradient"
 
 
-def _whole(name: str, value: Any, minimum: int) -> None:
+def check_whole(name: str, value: Any, minimum: int) -> None:
+    """``value`` is a whole number (not a bool) of at least ``minimum``, else an :class:`OptionError`."""
     if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
         raise OptionError(f"{name} must be a whole number of at least {minimum}, got {value!r}")
 

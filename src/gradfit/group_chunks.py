@@ -17,7 +17,8 @@ others are solved in one batch by the path the :class:`ChunkPlan` names:
     tolerances, and a group it does not bring to convergence within :data:`FAST_MAX_ITER` trials
     (or that converges where a parameter ran off to infinity, or where ``JᵀJ`` is
     ill-conditioned) is solved again, from its starting values, by the reference solver — so every
-    group's result is the one-at-a-time :func:`gradfit.fit` result. With ``max_iter``/``tolerance``
+    group's result is the one-at-a-time :func:`gradfit.fit` result (where a problem has several
+    local minima, a far start can lead the two solvers' paths to different ones). With ``max_iter``/``tolerance``
     given (speed settings, e.g. Gpufit's ``max_iter=10, tolerance=1e-4``) it runs exactly those and
     reports each group's status as it ended.
 ``reference``

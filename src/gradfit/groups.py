@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gradfit.config import resolve_device
+from gradfit.config import check_whole, resolve_device
 from gradfit.errors import DataError, ModelError, OptionError
 from gradfit.group_chunks import BAD_DATA, TOO_FEW, ChunkPlan, fit_chunk
 from gradfit.group_sources import GroupSource, check_columns, open_groups
@@ -278,6 +278,7 @@ def iter_group_fits(
     device: str = "cpu",
     absolute_sigma: bool = False,
     refit_failed: bool = False,
+    as_parameters: Sequence[str] = (),
 ) -> GroupFits:
     """The fits of every group, chunk by chunk, as they are computed.
 
@@ -330,6 +331,8 @@ def iter_group_fits(
     refit_failed
         Fit the groups that did not converge again, with :data:`REFIT_STARTS` starting points, and
         keep the refits that converge (least-squares solvers; refused for the gradient solver).
+    as_parameters
+        Names of a formula to treat as parameters although a column has that name.
 
     Returns
     -------
@@ -339,7 +342,7 @@ def iter_group_fits(
     _check_distinct_roles({"group key": group, "target": y, "sigma": sigma})
     source = open_groups(data, group)
     check_columns(source.columns, [y] + ([sigma] if sigma else []))
-    built, column_starts = _model(model, source.columns, group, y, sigma, params, bounds, fix)
+    built, column_starts = _model(model, source.columns, group, y, sigma, params, bounds, fix, as_parameters)
     settings = dict(
         solver=solver, loss=check_loss(loss), loss_scale=loss_scale, optimizer=optimizer, optimizer_options=dict(optimizer_options or {}),
         epochs=epochs, patience=patience, scale=scale, max_iter=max_iter, tolerance=tolerance, starts=starts, val=val, seed=seed,
@@ -548,15 +551,15 @@ class _ChunkWorkers:
 
 def _model(
     spec: Any, columns: Sequence[str], group: str, y: str, sigma: str | None,
-    params: Mapping[str, Any] | None, bounds: Any, fix: Mapping[str, float] | None,
+    params: Mapping[str, Any] | None, bounds: Any, fix: Mapping[str, float] | None, as_parameters: Sequence[str] = (),
 ) -> tuple[ParametricModel, dict[str, str]]:
     from gradfit.fitting import _merge_overrides
 
     column_starts = {k: v for k, v in (params or {}).items() if isinstance(v, str)}
     numeric = {k: v for k, v in (params or {}).items() if not isinstance(v, str)}
     roles = {group, y, sigma, *column_starts.values()}
-    candidates = [c for c in columns if c not in roles]
-    built = make_model(spec, candidates, _merge_overrides(numeric, bounds, fix))
+    candidates = [c for c in columns if c not in roles and c not in as_parameters]
+    built = make_model(spec, candidates, _merge_overrides(numeric, bounds, fix), as_parameters)
     if not isinstance(built, ParametricModel):
         raise ModelError("group fits need a parametric model (a formula or a function) — not a network")
     named = {group: "the group key", y: "the target", sigma: "sigma", **{column: f"the starts of '{name}'" for name, column in column_starts.items()}}
@@ -604,16 +607,19 @@ def _columns(frame: pl.DataFrame, plan: ChunkPlan) -> dict[str, np.ndarray]:
 
 
 def _check_settings(settings: Mapping[str, Any]) -> None:
+    """The checks :class:`~gradfit.config.FitOptions` makes of the same settings."""
     if settings["solver"] not in SOLVERS:
         raise OptionError(f"unknown group solver '{settings['solver']}' — choose {', '.join(SOLVERS)}")
-    if settings["starts"] < 1:
-        raise OptionError(f"starts must be at least 1, got {settings['starts']}")
-    if not 0.0 <= settings["val"] < 1.0:
+    for name, minimum in (("starts", 1), ("epochs", 1), ("seed", 0)):
+        check_whole(name, settings[name], minimum)
+    for name in ("patience", "max_iter"):
+        if settings[name] is not None:
+            check_whole(name, settings[name], 1)
+    if isinstance(settings["val"], bool) or not 0.0 <= settings["val"] < 1.0:
         raise OptionError(f"val must be a fraction in [0, 1), got {settings['val']} — e.g. 0.2")
-    if settings["epochs"] < 1:
-        raise OptionError(f"epochs must be at least 1, got {settings['epochs']}")
-    if settings["patience"] is not None and settings["patience"] < 1:
-        raise OptionError(f"patience must be at least 1, got {settings['patience']}")
+    tolerance = settings["tolerance"]
+    if tolerance is not None and not (isinstance(tolerance, (int, float)) and tolerance > 0 and math.isfinite(tolerance)):
+        raise OptionError(f"tolerance must be a positive number, got {tolerance!r} — e.g. 1e-4")
 
 
 def _path(model: ParametricModel, settings: Mapping[str, Any]) -> str:
