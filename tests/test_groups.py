@@ -559,3 +559,31 @@ def test_group_settings_are_checked_as_a_single_fits_are():
     big = fit_groups("w*t + b", frame, group="g", y="y", val=0.2, seed=2**64 + 3).table  # a 64-bit seed, as the split takes it
     same = fit_groups("w*t + b", frame, group="g", y="y", val=0.2, seed=3).table
     assert big["val_loss"].to_list() == same["val_loss"].to_list()
+
+
+def test_chunks_bound_memory_and_padding_when_a_few_groups_are_huge():
+    from gradfit.groups import _chunks_by_padding, auto_chunk_size
+
+    assert auto_chunk_size(10_000_000, 3, budget=10**9) == 1  # never more than the budget allows (it was at least 64)
+    counts = np.array([300_000] + [10] * 6 + [500] + [10] * 3)
+    parts = _chunks_by_padding(counts, budget=1_000_000, cap=4)
+    covered = np.concatenate([np.arange(counts.size)[part] for part in parts])
+    assert covered.tolist() == list(range(counts.size))  # every group once, in order
+    for part in parts:
+        padded = counts[part].max() * (part.stop - part.start)
+        assert part.stop - part.start <= 4 and (padded <= 1_000_000 or part.stop - part.start == 1)
+        assert padded <= 2 * counts[part].sum()
+    assert parts[0].stop <= 2  # the small groups are not padded to the huge one's size (one may, within twice the points)
+
+
+def test_a_huge_group_among_small_ones_is_fitted_like_the_others():
+    rng = np.random.default_rng(0)
+    sizes = [200_000] + [10] * 9
+    t = np.concatenate([np.linspace(0, 5, s) for s in sizes])
+    frame = pl.DataFrame({"g": np.repeat(np.arange(10), sizes), "t": t, "y": 2 * np.exp(-0.7 * t) + 0.1 + 0.01 * rng.standard_normal(t.size)})
+    start = {"a": 1.0, "k": 1.0, "c": 0.0}
+    table = fit_groups(DECAY, frame, group="g", y="y", params=start).table
+    for g in (0, 5):
+        single = gradfit.fit(DECAY, frame.filter(pl.col("g") == g), "y", params=start)
+        assert table["k"][g] == pytest.approx(single.params["k"], rel=1e-8)
+        assert table["k_stderr"][g] == pytest.approx(single.stderr["k"], rel=1e-8)

@@ -46,6 +46,8 @@ MAX_CHUNK_CUDA = 262_144
 SOLVERS = ("auto", "linear", "batched", "lm", "gn", "gradient")
 #: automatic chunking makes a multiple of this many chunks (threads then share them evenly)
 CHUNK_MULTIPLE = 4
+#: equal chunks smaller than this (a few large groups) are cut by padded size instead
+MIN_EQUAL_CHUNK = 64
 #: starting points of the refits of ``refit_failed``
 REFIT_STARTS = 16
 #: statuses of groups that were not fitted (a refit cannot help them)
@@ -191,11 +193,12 @@ def auto_chunk_size(n_points: int, n_params: int, itemsize: int = 8, budget: int
         Memory budget in bytes (default: a quarter of the available memory, or of the GPU's).
     device
         ``"cpu"`` (at most :data:`MAX_CHUNK` groups) or ``"cuda"`` (at most :data:`MAX_CHUNK_CUDA`).
+        At least one group, however large.
     """
     per_group = max(1, n_points) * (n_params + 8) * itemsize * 6
     available = budget if budget is not None else _available_memory(device) // 4
     limit = MAX_CHUNK_CUDA if device == "cuda" else MAX_CHUNK
-    return int(max(64, min(limit, available // per_group)))
+    return int(max(1, min(limit, available // per_group)))
 
 
 def _available_memory(device: str = "cpu") -> int:
@@ -415,12 +418,24 @@ class GroupFits:
         if index.n_groups == 0:
             return
         columns = _columns(batch, self.plan)
-        size = self.chunk or auto_chunk_size(int(index.counts.max()), self.plan.model.n_params, 4 if self.plan.options["dtype"] == "float32" else 8, device=self.plan.options["device"])
-        for part, table in workers.fit(columns, index, _balanced_chunks(index.n_groups, size, exact=self.chunk is not None)):
+        parts = list(chunks(index.n_groups, self.chunk)) if self.chunk else self._auto_chunks(index.counts)
+        for part, table in workers.fit(columns, index, parts):
             table = table.with_columns(self._keys(index.keys[part])).select(list(self.schema))
             if self.refit_failed:
                 table = self._refit(table, batch)
             yield table
+
+    def _auto_chunks(self, counts: np.ndarray) -> list[slice]:
+        """Chunks within the memory budget: equal ones (:func:`_balanced_chunks`) sized for the
+        largest group, unless a few large groups would make them all small; then chunks cut by
+        their padded size, a large group in a chunk of its own (:func:`_chunks_by_padding`)."""
+        options = self.plan.options
+        itemsize = 4 if options["dtype"] == "float32" else 8
+        largest = int(counts.max())
+        size = auto_chunk_size(largest, self.plan.model.n_params, itemsize, device=options["device"])
+        if size >= MIN_EQUAL_CHUNK or size >= counts.size:
+            return _balanced_chunks(counts.size, size)
+        return _chunks_by_padding(counts, size * largest, _max_chunk(self.plan))
 
     def _keys(self, keys: np.ndarray) -> pl.Series:
         """The key column of a result table, in the data's type (categorical keys stay categorical;
@@ -445,16 +460,27 @@ class GroupFits:
         return table.update(again, on=self.group) if again.height else table
 
 
-def _balanced_chunks(n_groups: int, size: int, exact: bool) -> list[slice]:
-    """Consecutive slices of at most ``size`` groups.
+def _chunks_by_padding(counts: np.ndarray, budget: int, cap: int) -> list[slice]:
+    """Consecutive slices of at most ``cap`` groups whose padded size (groups × their largest group)
+    stays within ``budget`` points and at most twice their real points (small groups are not padded
+    to a large neighbour's size); a group larger than the budget is a chunk of its own."""
+    parts, start, widest, real = [], 0, 0, 0
+    for i, n in enumerate(counts.tolist()):
+        wider, points = max(widest, n), real + n
+        padded = wider * (i - start + 1)
+        if i > start and (padded > budget or padded > 2 * points or i - start == cap):
+            parts.append(slice(start, i))
+            start, wider, points = i, n, n
+        widest, real = wider, points
+    parts.append(slice(start, counts.size))
+    return parts
 
-    ``exact``: every slice has ``size`` groups but the last. Otherwise the slices have equal sizes
-    and their number is a multiple of :data:`CHUNK_MULTIPLE` (when there are that many groups), so
-    that 1, 2 or 4 threads share them evenly; the slicing never depends on the thread count, nor
-    do the results.
+
+def _balanced_chunks(n_groups: int, size: int) -> list[slice]:
+    """Consecutive slices of at most ``size`` groups, of equal sizes, their number a multiple of
+    :data:`CHUNK_MULTIPLE` (when there are that many groups), so that 1, 2 or 4 threads share them
+    evenly; the slicing never depends on the thread count, nor do the results.
     """
-    if exact:
-        return list(chunks(n_groups, size))
     count = max(1, -(-n_groups // size))
     if n_groups >= CHUNK_MULTIPLE and count > 1:
         count = -(-count // CHUNK_MULTIPLE) * CHUNK_MULTIPLE
