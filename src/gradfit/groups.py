@@ -412,8 +412,6 @@ class GroupFits:
                     started = time.perf_counter()
 
     def _fit_batch(self, batch: pl.DataFrame, workers: _ChunkWorkers) -> Iterator[pl.DataFrame]:
-        import polars as pl
-
         index = index_groups(batch[self.group].to_numpy())
         if index.n_groups == 0:
             return
