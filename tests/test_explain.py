@@ -152,3 +152,8 @@ def test_the_exponent_derivative_at_a_zero_base_agrees_with_autograd() -> None:
     x = np.array([0.0, 1.0, 2.0, 3.0])
     row = explain("a*x**p", {"x": x}, x, {"a": 1.0, "p": 2.0}).rows[1]
     assert row.by_hand == pytest.approx(row.autograd, rel=1e-12) and row.rel_diff_finite_difference < 1e-6
+
+
+def test_a_point_where_the_loss_is_not_finite_is_a_model_error():
+    with pytest.raises(ModelError, match="the loss is not finite at w=10"):
+        explain("exp(w*x)", {"x": np.array([35.7, 55.9, 58.2])}, np.array([0.5, 14.0, 15.0]), {"w": 10.0})

@@ -473,3 +473,14 @@ def test_a_power_law_fits_data_that_start_at_zero():
     assert result.success
     np.testing.assert_allclose(result.values, reference, rtol=1e-6)
     np.testing.assert_allclose([result.stderr["a"], result.stderr["b"]], np.sqrt(np.diag(covariance)), rtol=1e-5)
+
+
+def test_a_bfloat16_module_predicts_after_its_fit(thermometer):
+    import torch
+
+    t_u, t_c = thermometer
+    torch.manual_seed(0)
+    network = torch.nn.Sequential(torch.nn.Linear(1, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)).to(torch.bfloat16)
+    result = gradfit.fit(network, {"t_u": t_u}, t_c, optimizer="adam", epochs=50)
+    prediction = result.predict({"t_u": [50.0]})  # numpy has no bfloat16: this raised a TypeError
+    assert prediction.dtype == np.float64 and np.isfinite(prediction).all()

@@ -49,6 +49,7 @@ def test_resume_refuses_a_checkpoint_of_another_fit(tmp_path):
         ({"scale": False}, "scale"),
         ({"y": T_C * 2}, "data"),
         ({"dtype": "float32"}, "dtype"),
+        ({"plateau": 10}, "plateau"),
     ],
 )
 def test_resume_refuses_a_checkpoint_written_with_other_settings_or_data(tmp_path, change, named):
@@ -59,6 +60,30 @@ def test_resume_refuses_a_checkpoint_written_with_other_settings_or_data(tmp_pat
     y = change.pop("y", T_C)
     with pytest.raises(gradfit.OptionError, match=f"different fit \\({named}: "):
         gradfit.fit(QUADRATIC, {"t_u": T_U}, y, **{**common, "epochs": 40, **change}, resume=str(checkpoint))
+
+
+def test_resume_with_no_epochs_left_is_refused(tmp_path):
+    checkpoint = tmp_path / "run.ckpt"
+    common = {"optimizer": "adam", "optimizer_options": {"lr": 0.05}}
+    gradfit.fit(QUADRATIC, {"t_u": T_U}, T_C, **common, epochs=20, checkpoint=str(checkpoint), checkpoint_every=10)
+    with pytest.raises(gradfit.OptionError, match="is at epoch 20, and this run stops at epoch 15"):
+        gradfit.fit(QUADRATIC, {"t_u": T_U}, T_C, **common, epochs=15, resume=str(checkpoint))
+
+
+def test_a_network_with_dropout_resumes_bit_identically(tmp_path):
+    import torch
+
+    def network() -> torch.nn.Module:
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(1, 8), torch.nn.Tanh(), torch.nn.Dropout(0.2), torch.nn.Linear(8, 1))
+
+    common = {"optimizer": "adam", "epochs": 120}
+    full = gradfit.fit(network(), {"t_u": T_U}, T_C, **common)
+    checkpoint = tmp_path / "net.ckpt"
+    gradfit.fit(network(), {"t_u": T_U}, T_C, **{**common, "epochs": 60}, checkpoint=str(checkpoint), checkpoint_every=60)
+    torch.rand(1000)  # another process, or other work, has moved torch's generator since
+    resumed = gradfit.fit(network(), {"t_u": T_U}, T_C, **common, resume=str(checkpoint))
+    assert resumed.history == full.history and resumed.train_loss == full.train_loss  # dropout's draws came back too
 
 
 def _long_fit(folder: Path, *extra: str, stderr: int = subprocess.PIPE) -> subprocess.Popen:

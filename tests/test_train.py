@@ -126,3 +126,19 @@ def test_minibatches_are_seeded_and_converge(thermometer):
     assert runs[0].history.train == runs[1].history.train
     w, b = np.polyfit(t_u, t_c, 1)
     np.testing.assert_allclose(runs[0].params["w"], w, rtol=0.05)
+
+
+def test_with_minibatches_the_target_is_met_by_the_parameters_returned(thermometer):
+    t_u, t_c = thermometer
+    common = {"optimizer": "sgd", "optimizer_options": {"lr": 0.3}, "batch_size": 2, "epochs": 2000}
+    met = gradfit.fit("w*t_u + b", {"t_u": t_u}, t_c, target=3.2, **common)
+    # the average of an epoch's minibatch losses met it while the parameters moved (6.04 returned before)
+    assert met.status == "target" and met.train_loss <= 3.2
+
+
+def test_early_stopping_without_a_validation_set_says_it_watched_the_training_loss(thermometer):
+    t_u, t_c = thermometer
+    result = gradfit.fit("w*t_u + b", {"t_u": t_u}, t_c, optimizer="sgd", optimizer_options={"lr": 0.5}, epochs=500, patience=5)
+    assert result.status == "early_stopped" and result.message.startswith("training loss stopped improving")
+    validated = gradfit.fit("w*t_u + b", {"t_u": t_u}, t_c, optimizer="sgd", optimizer_options={"lr": 0.5}, epochs=500, patience=5, val=0.3)
+    assert validated.message.startswith("validation loss stopped improving")

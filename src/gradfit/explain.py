@@ -272,7 +272,15 @@ def explain(
     data, target = _check_data(parsed, inputs, y)
     tree = parsed.tree
     env: dict[str, object] = {**data, **values}
-    residual = np.broadcast_to(evaluate_numpy(tree, env), target.shape) - target
+    with np.errstate(all="ignore"):
+        residual = np.broadcast_to(evaluate_numpy(tree, env), target.shape) - target
+        loss = float(np.mean(residual**2))
+    if not math.isfinite(loss):
+        point = ", ".join(f"{name}={value:g}" for name, value in values.items())
+        raise ModelError(
+            f"the loss is not finite at {point} (the model is NaN or inf on some points there, or its residuals "
+            "overflow) — take the gradient at values where the model is finite on every point"
+        )
     autograd = _autograd(tree, data, target, values)
     rows = []
     for name in values:
@@ -297,7 +305,7 @@ def explain(
         formula=parsed.text,
         model=f"f = {to_text(tree)}",
         loss_text=LOSS_TEXT,
-        loss=float(np.mean(residual**2)),
+        loss=loss,
         n_points=int(target.size),
         inputs=tuple(data),
         parameters=tuple(values),

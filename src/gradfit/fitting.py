@@ -313,7 +313,7 @@ def _assemble(
         covariance=summary.covariance,
         statistics=summary.statistics,
         history=outcome.history,
-        settings=_settings_record(options, dataset),
+        settings={**_settings_record(options, dataset), **outcome.settings},
         warnings=summary.warnings,
         elapsed=elapsed,
         predictor=summary.predictor,

@@ -86,6 +86,14 @@ class _Objective:
         with torch.no_grad():
             return self.loss(self.val)
 
+    def full_train_loss(self) -> torch.Tensor:
+        """Internal loss on all training rows at the current parameters, without a graph (what
+        minibatch training monitors when there is no validation set)."""
+        import torch
+
+        with torch.no_grad():
+            return self.loss(self.train)
+
 
 class ParametricObjective(_Objective):
     """Loss of a parametric model as a function of its free parameters.
@@ -235,6 +243,11 @@ class ModuleObjective(_Objective):
         """Internal validation loss in evaluation mode, without a graph."""
         with self.model.evaluating():
             return super().val_loss()
+
+    def full_train_loss(self) -> torch.Tensor:
+        """Internal loss on all training rows in evaluation mode, without a graph (as ``predict`` sees it)."""
+        with self.model.evaluating():
+            return super().full_train_loss()
 
     def project(self) -> None:
         """Modules have no bounds."""

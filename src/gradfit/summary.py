@@ -78,7 +78,7 @@ def _torch_predictor(problem: Problem, predict: Callable[[Any], Any]) -> Callabl
     def predictor(columns: Mapping[str, np.ndarray]) -> np.ndarray:
         with torch.no_grad():
             inputs = {k: torch.as_tensor(np.asarray(v, dtype=float), dtype=dtype, device=device) for k, v in columns.items()}
-            return predict(inputs).detach().cpu().numpy().astype(float)
+            return predict(inputs).detach().to("cpu", torch.float64).numpy()  # numpy has no bfloat16
 
     return predictor
 

@@ -57,6 +57,8 @@ class Objective(Protocol):
 
     def val_loss(self) -> torch.Tensor | None: ...
 
+    def full_train_loss(self) -> torch.Tensor: ...
+
     def project(self) -> None: ...
 
     def snapshot(self) -> Any: ...
@@ -75,8 +77,8 @@ class TrainConfig:
     batch_size
         Minibatch size; ``None`` for full batch.
     target
-        Stop once the monitored loss (validation if any, else training), in the user's units, is at
-        or below this value.
+        Stop once the monitored loss (validation if any, else training, at the parameters an epoch
+        starts from), in the user's units, is at or below this value.
     patience
         Early stopping: stop after this many epochs without improvement of the monitored loss and
         restore the best parameters. ``None`` disables it.
@@ -203,17 +205,23 @@ def _epoch(
     progress: _Progress,
     callback: Callback | None,
 ) -> StopReason | None:
-    """One epoch: validation loss at the current parameters, then the step(s); returns a stop reason."""
+    """One epoch: validation loss at the current parameters, then the step(s); returns a stop reason.
+
+    The monitored loss is the validation loss, else the training loss, both at the parameters the
+    epoch starts from (those a stop rule restores): with minibatches, whose average loss is taken
+    while the parameters move, the full training loss is evaluated there for it.
+    """
     step = _full_batch_step if config.batch_size is None else _minibatch_epoch
     state = objective.snapshot()
     val = objective.val_loss()
+    start = objective.full_train_loss() if val is None and config.batch_size is not None else None
     train = step(objective, optimizer, config, generator) * objective.unit
     val_value = None if val is None else float(val) * objective.unit
     progress.epoch += 1
     progress.train_history.append(train)
     if val_value is not None:
         progress.val_history.append(val_value)
-    monitored = train if val_value is None else val_value
+    monitored = val_value if val_value is not None else (train if start is None else float(start) * objective.unit)
     progress.first = train if progress.first is None else progress.first
     if callback is not None:
         callback(progress.epoch, train, val_value)
@@ -245,6 +253,7 @@ def _state(progress: _Progress, objective: Objective, optimizer: Any, scheduler:
         "optimizer": optimizer.state_dict(),
         "scheduler": None if scheduler is None else scheduler.state_dict(),
         "generator": generator.get_state(),
+        "torch_rng": torch_random_state(),  # dropout and other random layers draw from torch's own generators
     }
 
 
@@ -254,8 +263,27 @@ def _restore(state: dict[str, Any], objective: Objective, optimizer: Any, schedu
     if scheduler is not None and state.get("scheduler") is not None:
         scheduler.load_state_dict(state["scheduler"])
     generator.set_state(state["generator"])
+    if state.get("torch_rng") is not None:
+        set_torch_random_state(state["torch_rng"])
     best = _Best(state["best"]["loss"], state["best"]["epoch"], state["best"]["state"])
     return _Progress(state["epoch"], list(state["train_history"]), list(state["val_history"]), best, state["first"])
+
+
+def torch_random_state() -> dict[str, Any]:
+    """Torch's global random state: the CPU generator's and, where CUDA was used, each device's."""
+    import torch
+
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    return {"cpu": torch.get_rng_state(), "cuda": cuda}
+
+
+def set_torch_random_state(state: dict[str, Any]) -> None:
+    """Return to a state from :func:`torch_random_state`."""
+    import torch
+
+    torch.set_rng_state(state["cpu"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _diverged(train: float, monitored: float, reference: float, config: TrainConfig) -> bool:

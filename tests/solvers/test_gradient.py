@@ -91,3 +91,14 @@ def test_options_torch_refuses_only_at_the_first_step_are_refused_before_the_fit
 
     with pytest.raises(OptionError, match=re.escape(fragment)):
         make_optimizer("adam", [torch.zeros(3, requires_grad=True)], options)
+
+
+def test_the_result_records_every_hyperparameter_the_optimizer_ran_with(thermometer):
+    t_u, t_c = thermometer
+    result = gradfit.fit("w*t_u + b", {"t_u": t_u}, t_c, optimizer="adadelta", optimizer_options={"rho": 0.8}, epochs=5)
+    reference = torch.optim.Adadelta([torch.zeros(1)], lr=gradfit.solvers.gradient.DEFAULT_LR, rho=0.8).defaults
+    recorded = result.settings["optimizer_options"]
+    assert recorded["lr"] == 0.01 and recorded["rho"] == 0.8 and recorded["eps"] == reference["eps"]
+    lbfgs = gradfit.fit("w*t_u + b", {"t_u": t_u}, t_c, optimizer="lbfgs", epochs=2).settings["optimizer_options"]
+    assert lbfgs["line_search_fn"] == "strong_wolfe" and lbfgs["lr"] == 1
+    assert gradfit.FitResult.from_json(result.to_json()).settings["optimizer_options"] == recorded

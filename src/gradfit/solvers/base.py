@@ -8,7 +8,7 @@ tensors of the fit's dtype on its device.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -139,6 +139,9 @@ class SolveOutcome:
         statistics reuse it.
     warnings
         What the solver found that the result should warn about.
+    settings
+        Settings the solver chose that the fit's options leave out, for the result's record (a
+        gradient fit's optimizer options with their defaults filled in).
     """
 
     theta: Any
@@ -154,6 +157,7 @@ class SolveOutcome:
     jacobian: Any = None
     decomposition: Any = None
     warnings: tuple[str, ...] = ()
+    settings: Mapping[str, Any] = field(default_factory=dict)
 
 
 Solver = Callable[[Problem, Any], SolveOutcome]

@@ -2,7 +2,9 @@
 
 Names are matched case-insensitively against the classes in ``torch.optim`` (``sgd``, ``adam``,
 ``adamw``, ``rmsprop``, ``adagrad``, ``lbfgs``...). Keyword arguments go to the constructor
-unchanged, except that a learning rate is supplied when none is given (see :data:`DEFAULT_LR`).
+unchanged, except that a learning rate is supplied when none is given (see :data:`DEFAULT_LR`)
+and LBFGS gets a strong-Wolfe line search unless ``line_search_fn`` is given. The result records
+every hyperparameter the optimizer ran with (:func:`effective_options`).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from gradfit.train import StopReason, TrainConfig, TrainOutcome, run_training
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["optimizer_names", "make_optimizer", "make_plateau_scheduler", "solve_gradient", "DEFAULT_LR"]
+__all__ = ["optimizer_names", "make_optimizer", "make_plateau_scheduler", "solve_gradient", "effective_options", "DEFAULT_LR"]
 
 #: learning rate used when none is given: the chapter's 1e-2 (LBFGS keeps its own default of 1)
 DEFAULT_LR = 1e-2
@@ -193,6 +195,8 @@ def solve_gradient(problem: Problem, options: FitOptions) -> SolveOutcome:
     )
     fingerprint = _fingerprint(problem, optimizer, options)
     resume = load_checkpoint(options.resume, fingerprint) if options.resume else None
+    if resume is not None:
+        _check_resumed_epochs(resume, options.epochs, options.resume)
     save = _checkpoint_writer(options.checkpoint, fingerprint) if options.checkpoint else None
     outcome = run_training(objective, optimizer, config, options.callback, save, resume)
     success = outcome.stop not in (StopReason.DIVERGED, StopReason.INTERRUPTED, StopReason.NON_FINITE)
@@ -206,7 +210,24 @@ def solve_gradient(problem: Problem, options: FitOptions) -> SolveOutcome:
         outcome.epochs,
         History(tuple(outcome.train_history), tuple(outcome.val_history)),
         predict=predict,
+        settings={"optimizer_options": effective_options(optimizer)},
     )
+
+
+def effective_options(optimizer: Any) -> dict[str, Any]:
+    """Every hyperparameter ``optimizer`` runs with (its ``defaults``, those given included), as
+    numbers, text, flags or lists of numbers: what a result records."""
+    def plain(value: Any) -> Any:
+        if isinstance(value, (tuple, list)):
+            return [plain(v) for v in value]
+        return value.item() if hasattr(value, "item") and getattr(value, "numel", lambda: 0)() == 1 else value
+
+    recorded = {}
+    for key, value in optimizer.defaults.items():
+        value = plain(value)
+        if value is None or isinstance(value, (bool, int, float, str)) or (isinstance(value, list) and all(isinstance(v, (int, float)) for v in value)):
+            recorded[key] = value
+    return recorded
 
 
 def _fingerprint(problem: Problem, optimizer: Any, options: FitOptions) -> dict[str, Any]:
@@ -223,6 +244,7 @@ def _fingerprint(problem: Problem, optimizer: Any, options: FitOptions) -> dict[
         "scale": options.scale,
         "seed": options.seed,
         "batch_size": options.batch_size,
+        "plateau": options.plateau,  # the learning-rate schedule changes the path
     }
 
 
@@ -282,6 +304,15 @@ def load_checkpoint(path: str, fingerprint: dict[str, Any]) -> dict[str, Any]:
     return record["state"]
 
 
+def _check_resumed_epochs(state: dict[str, Any], epochs: int, path: str) -> None:
+    """A run resumed with fewer epochs than its checkpoint has done would do nothing."""
+    if state["epoch"] >= epochs:
+        raise OptionError(
+            f"checkpoint '{path}' is at epoch {state['epoch']}, and this run stops at epoch {epochs} — "
+            f"give more epochs than {state['epoch']} to continue it"
+        )
+
+
 def _objective(problem: Problem, scale: bool) -> ParametricObjective | ModuleObjective:
     from gradfit.losses import get_loss
 
@@ -301,8 +332,13 @@ def _objective(problem: Problem, scale: bool) -> ParametricObjective | ModuleObj
     )
 
 
+#: early stopping's message when the training loss was monitored
+EARLY_STOPPED_ON_TRAINING = "training loss stopped improving (there is no validation set); restored the parameters of the best epoch"
+
+
 def _stop_message(outcome: TrainOutcome) -> str:
-    message = outcome.stop.value
+    without_validation = outcome.stop is StopReason.EARLY_STOPPED and not outcome.val_history
+    message = EARLY_STOPPED_ON_TRAINING if without_validation else outcome.stop.value
     if outcome.stop in (StopReason.EARLY_STOPPED, StopReason.DIVERGED, StopReason.INTERRUPTED):
         message += f" (epoch {outcome.best_epoch} of {outcome.epochs})"
     return message
