@@ -49,3 +49,11 @@ def test_a_nonlinear_descent_cut_short_is_flagged_too():
     result = gradfit.fit("a*exp(-k*t) + c", {"t": t}, y, params={"a": 1.0, "k": 0.3, "c": 0.0}, optimizer="adam", epochs=20)
     assert result.status == "max_epochs"
     assert [w for w in result.warnings if "Gauss-Newton" in w]
+
+
+def test_a_descent_that_ends_on_a_bound_is_not_called_unfinished(thermometer):
+    t_u, t_c = thermometer
+    bounded = gradfit.fit("w*t_u + b", {"t_u": t_u}, t_c, optimizer="adam", optimizer_options={"lr": 1e-2}, epochs=5000, bounds="b>=-5")
+    reference = gradfit.fit("w*t_u + b", {"t_u": t_u}, t_c, bounds="b>=-5", solver="lm")
+    assert bounded.train_loss == pytest.approx(reference.train_loss, rel=1e-9)  # the bounded minimum
+    assert not [w for w in bounded.warnings if "Gauss-Newton" in w]

@@ -192,5 +192,5 @@ def print_summary(summary: Any, fits: Any, console: Console, interrupted: bool =
     print_table(console, loss_table("distribution over converged groups", rows, ("", "min", "5%", "median", "95%", "max")))
     worst = summary.worst()
     if worst is not None:
-        rows = [(str(r[fits.group]), r["status"], format_number(r["r2"], 4), str(r["n_points"])) for r in worst.iter_rows(named=True)]
+        rows = [(str(r[fits.group]), r["status"], format_number(r["r2"], 6), str(r["n_points"])) for r in worst.iter_rows(named=True)]
         print_table(console, loss_table("worst groups", rows, (fits.group, "status", "R²", "points")))

@@ -72,8 +72,9 @@ class FitOptions:
             )
 
     def _check_counts(self) -> None:
-        for name, minimum in (("epochs", 1), ("checkpoint_every", 1), ("starts", 1), ("seed", 0)):
+        for name, minimum in (("epochs", 1), ("checkpoint_every", 1), ("starts", 1)):
             check_whole(name, getattr(self, name), minimum)
+        check_seed(self.seed)
         for name in ("batch_size", "patience", "plateau", "max_iter"):
             if getattr(self, name) is not None:
                 check_whole(name, getattr(self, name), 1)
@@ -101,6 +102,17 @@ def check_whole(name: str, value: Any, minimum: int) -> None:
     """``value`` is a whole number (not a bool) of at least ``minimum``, else an :class:`OptionError`."""
     if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
         raise OptionError(f"{name} must be a whole number of at least {minimum}, got {value!r}")
+
+
+#: seeds are 64-bit signed integers (torch's generators take no others)
+SEED_LIMIT = 2**63
+
+
+def check_seed(seed: Any) -> None:
+    """``seed`` is a whole number in ``[0, 2**63)``, else an :class:`OptionError`."""
+    check_whole("seed", seed, 0)
+    if seed >= SEED_LIMIT:
+        raise OptionError(f"seed must be below 2**63, got {seed} — e.g. {seed % SEED_LIMIT}")
 
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:

@@ -483,7 +483,7 @@ def _solve_linear(plan: ChunkPlan, chunk: _Chunk, weights: torch.Tensor, start: 
 
     offset, design = model.design(chunk.inputs)
     free = torch.tensor([not p.fixed for p in model.parameters], device=start.device)
-    target = chunk.y - offset - design[..., ~free] @ start[:, ~free, None][..., 0] if (~free).any() else chunk.y - offset
+    target = chunk.y - offset - (design[..., ~free] @ start[:, ~free, None])[..., 0] if (~free).any() else chunk.y - offset
     a, rhs = design[..., free] * weights[..., None], target * weights
     broken = (~(torch.isfinite(a).all(-1) & torch.isfinite(rhs)) & (weights != 0)).sum(-1).cpu().numpy()
     a, rhs = torch.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0), torch.nan_to_num(rhs, nan=0.0, posinf=0.0, neginf=0.0)

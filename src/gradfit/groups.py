@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gradfit.config import check_whole, resolve_device
+from gradfit.config import check_seed, check_whole, resolve_device
 from gradfit.errors import DataError, ModelError, OptionError
 from gradfit.group_chunks import BAD_DATA, TOO_FEW, ChunkPlan, fit_chunk
 from gradfit.group_sources import GroupSource, check_columns, open_groups
@@ -634,8 +634,9 @@ def _check_settings(settings: Mapping[str, Any]) -> None:
     """The checks :class:`~gradfit.config.FitOptions` makes of the same settings."""
     if settings["solver"] not in SOLVERS:
         raise OptionError(f"unknown group solver '{settings['solver']}' — choose {', '.join(SOLVERS)}")
-    for name, minimum in (("starts", 1), ("epochs", 1), ("seed", 0)):
+    for name, minimum in (("starts", 1), ("epochs", 1)):
         check_whole(name, settings[name], minimum)
+    check_seed(settings["seed"])
     for name in ("patience", "max_iter"):
         if settings[name] is not None:
             check_whole(name, settings[name], 1)

@@ -176,7 +176,7 @@ def held_out(keys: np.ndarray, width: int, fraction: float, seed: int, counts: n
     codes = _key_codes(keys)
     with np.errstate(over="ignore"):
         state = codes[:, None] * np.uint64(0x9E3779B97F4A7C15) + np.arange(width, dtype=np.uint64)[None, :]
-        state = _splitmix64(state + np.uint64(seed % 2**64) * np.uint64(0xD1B54A32D192ED03))  # a 64-bit seed
+        state = _splitmix64(state + np.uint64(seed) * np.uint64(0xD1B54A32D192ED03))
     draws = (state >> np.uint64(11)).astype(np.float64) * 2.0**-53
     n = np.full(codes.shape[0], width, dtype=np.int64) if counts is None else np.asarray(counts, dtype=np.int64)
     real = np.arange(width)[None, :] < n[:, None]

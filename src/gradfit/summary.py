@@ -141,7 +141,7 @@ def _parametric_quantities(problem: Problem, outcome: SolveOutcome, options: Fit
         f"parameter '{e.name}' is at a bound ({e.value:g}); its uncertainty is not reliable"
         for e in estimates
         if e.at_bound
-    ) + _loss_warnings(problem) + _unfinished_descent(outcome, problem.loss, jac, residuals, free)
+    ) + _loss_warnings(problem) + _robust_warnings(problem, options, residuals) + _unfinished_descent(outcome, problem.loss, jac, residuals, free & ~np.array(at_bound, dtype=bool))
     return Summary(
         estimates,
         tuple(map(tuple, covariance.astype(float).tolist())),
@@ -164,7 +164,7 @@ def _unfinished_descent(outcome: SolveOutcome, loss: str, jac: np.ndarray, resid
     quadratic estimate otherwise) says how much lower the squared loss goes nearby.
     """
     if outcome.status != "max_epochs" or loss != "mse" or not free.any():
-        return ()
+        return ()  # free: the parameters estimated and not on a bound (a bounded minimum is no GN step's)
     with np.errstate(all="ignore"):
         total = float(np.dot(residuals, residuals))
         columns = jac[:, free]
@@ -189,6 +189,16 @@ def _robust_variance(problem: Problem, options: FitOptions, residuals: np.ndarra
 
     loss = SOLVER_LOSS.get(problem.loss, "linear")
     return robust_error_variance(loss, residuals, problem.loss_scale, int(np.count_nonzero(free)), options.absolute_sigma)
+
+
+def _robust_warnings(problem: Problem, options: FitOptions, residuals: np.ndarray) -> tuple[str, ...]:
+    """A robust loss whose scale leaves most residuals outside (its errors estimated from residuals)."""
+    from gradfit.losses import SOLVER_LOSS
+    from gradfit.solvers.least_squares import robust_scale_warning
+
+    if options.absolute_sigma or problem.loss not in SOLVER_LOSS:
+        return ()
+    return robust_scale_warning(SOLVER_LOSS[problem.loss], residuals, problem.loss_scale)
 
 
 def _weighted(jac: np.ndarray, train: Split) -> np.ndarray:

@@ -60,3 +60,18 @@ def test_group_fits_of_polynomials_far_from_zero_equal_single_fits(model, offset
             assert table[name][row] == pytest.approx(single.params[name], rel=1e-8)
             assert table[f"{name}_stderr"][row] == pytest.approx(single.stderr[name], rel=1e-8)
         assert table["redchi"][row] == pytest.approx(single.statistics["redchi"], rel=1e-8)
+
+
+def test_the_cancellation_warning_is_in_the_units_of_y_and_only_above_rounding():
+    exact = np.linspace(0.0, 1.0, 11)
+    clean = gradfit.fit("a + b*x + c*x**2 + d*x**3", {"x": exact}, 1 + 0.3 * exact - 0.02 * exact**2 + 0.001 * exact**3)
+    assert not [w for w in clean.warnings if "cancel" in w]  # rounding of the data themselves is no cancellation
+    rng = np.random.default_rng(0)
+    u = np.linspace(-10.0, 10.0, 30)
+    y = 1 + 0.5 * u - 0.01 * u**3 + rng.normal(0.0, 1000.0, 30)
+    far = gradfit.fit("poly:3", {"x": u + 1e6}, y, sigma=np.full(30, 1000.0))
+    near = gradfit.fit("poly:3", {"x": u}, y, sigma=np.full(30, 1000.0))
+    warning = next(w for w in far.warnings if "cancel" in w)
+    moved = float(warning.split("move the curve by ")[1].split(" ")[0])
+    actual = np.sqrt(np.mean((far.predict({"x": u + 1e6}) - near.predict({"x": u})) ** 2))
+    assert actual / 5 <= moved <= actual * 1.01  # in y's units, and predictions are at least that far off

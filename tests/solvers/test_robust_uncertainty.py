@@ -40,3 +40,14 @@ def test_with_absolute_sigma_the_variance_is_the_losss_inverse_efficiency_at_the
     robust = gradfit.fit("w*x + b", {"x": x}, y, sigma=sigma, absolute_sigma=True, loss="huber", loss_scale=1.345)
     plain = gradfit.fit("w*x + b", {"x": x}, y, sigma=sigma, absolute_sigma=True)
     assert robust.stderr["w"] == pytest.approx(plain.stderr["w"] * np.sqrt(robust_error_variance("huber", x, 1.345, 2, True)), rel=1e-6)
+
+
+def test_a_loss_scale_far_below_the_noise_is_flagged():
+    # with most residuals outside the scale the variance rests on a few points: coverage fell to 55%
+    x = np.linspace(0.0, 1.0, 12)
+    y = 2.0 * x + 1.0 + np.random.default_rng(0).normal(0.0, 10.0, 12)
+    warned = gradfit.fit("a*x + b", {"x": x}, y, loss="cauchy")
+    (warning,) = [w for w in warned.warnings if "loss scale" in w]
+    assert "residuals lie within the loss scale 1" in warning and "1.4826·MAD" in warning
+    matched = gradfit.fit("a*x + b", {"x": x}, y, loss="cauchy", loss_scale=10.0)
+    assert not [w for w in matched.warnings if "loss scale" in w]

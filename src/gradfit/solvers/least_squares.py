@@ -381,6 +381,22 @@ def robust_error_variance(
     return m_estimator_variance(psi, dpsi, n_params, mask)
 
 
+def robust_scale_warning(loss: str, residuals: Array, f_scale: float) -> tuple[str, ...]:
+    """A warning when fewer than half the (weighted) residuals lie within a robust loss's scale: the
+    M-estimator's variance then rests on those few points (its mean ``ψ'``), and the standard errors
+    come out too small as often as not. It names a scale near the residuals' spread (1.4826 MAD)."""
+    r = np.asarray(residuals)
+    inside = int(np.count_nonzero(np.abs(r) <= f_scale))
+    if loss == "linear" or 2 * inside >= r.size:
+        return ()
+    spread = 1.4826 * float(np.median(np.abs(r - np.median(r))))
+    return (
+        f"only {inside} of {r.size} residuals lie within the loss scale {f_scale:g}, so the robust standard errors "
+        f"rest on those few points and are unreliable — set the loss scale near the residuals' spread "
+        f"(1.4826·MAD = {spread:.3g})",
+    )
+
+
 @functools.lru_cache(maxsize=64)
 def _normal_error_variance(loss: str, f_scale: float) -> float:
     """``E ψ(ε)² / (E ψ'(ε))²`` for ``ε ~ N(0, 1)`` (trapezoidal rule on ±12, converged to ~1e-10)."""
@@ -1323,8 +1339,9 @@ class LinearSolution:
         the fit reuse it); None where the solve went through another basis.
     coefficient_rounding
         ``(K,)`` RMS of the difference between the fit and the polynomial that ``theta``, rounded
-        to floating point, evaluates to (:func:`polynomial_least_squares`; None elsewhere). Far
-        from 0 the monomial coefficients cancel, and their last bits alone move the curve.
+        to floating point, evaluates to, in the units of ``y`` (:func:`polynomial_least_squares`;
+        None elsewhere). Far from 0 the monomial coefficients cancel, and their last bits alone move
+        the curve.
     """
 
     theta: Array
@@ -1438,7 +1455,9 @@ def polynomial_least_squares(
     centred = inner.residuals
     better = np.einsum("kn,kn->k", centred, centred) < np.einsum("kn,kn->k", rounded, rounded)
     residuals = np.where(better[:, None], centred, rounded)
-    rounding = np.sqrt(np.mean((rounded - centred) ** 2, axis=-1))
+    with np.errstate(all="ignore"):  # in the units of y (the residuals are weighted)
+        change = np.where(w > 0, (rounded - centred) / w, 0.0)
+    rounding = np.sqrt(np.mean(change**2, axis=-1))
     condition = np.full(xs.shape[0], np.nan)  # of the monomial design: not computed (see inner)
     return LinearSolution(theta, residuals, mapping @ inner.inverse_factor, inner.rank, condition, coefficient_rounding=rounding)
 

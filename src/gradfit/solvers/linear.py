@@ -177,25 +177,30 @@ def _exact(problem: Problem, a: np.ndarray, b: np.ndarray) -> _Exact:
         raise FitError(_SINGULAR)
     factor = accurate.inverse_factor[0][powers]
     residuals = accurate.residuals[0]
-    warning = rounding_warning(name, inputs, float(accurate.coefficient_rounding[0]), residuals)
+    in_y = residuals if weights is None else residuals / weights
+    warning = rounding_warning(name, inputs, target, float(accurate.coefficient_rounding[0]), in_y)
     return _Exact(accurate.theta[0][powers], factor @ factor.T, residuals, solution.decomposition[0], warning)
 
 
 #: coefficient rounding above this fraction of the residuals' RMS is worth a warning
 ROUNDING_FRACTION = 0.01
+#: ...and above this fraction of the data's RMS (below it, it is rounding of the data themselves)
+ROUNDING_FLOOR = 1e-10
 
 
-def rounding_warning(name: str, x: np.ndarray, rounding: float, residuals: np.ndarray) -> tuple[str, ...]:
+def rounding_warning(name: str, x: np.ndarray, y: np.ndarray, rounding: float, residuals: np.ndarray) -> tuple[str, ...]:
     """A warning when a polynomial's coefficients, rounded, move its curve by more than
-    :data:`ROUNDING_FRACTION` of the residuals (inputs far from 0); else nothing."""
+    :data:`ROUNDING_FRACTION` of the residuals and :data:`ROUNDING_FLOOR` of ``y`` (inputs far
+    from 0); else nothing. ``rounding`` and ``residuals`` are in the units of ``y``."""
     spread = float(np.sqrt(np.mean(residuals**2)))
-    if not rounding > ROUNDING_FRACTION * spread:
+    floor = ROUNDING_FLOOR * float(np.sqrt(np.mean(y**2)))
+    if not (rounding > ROUNDING_FRACTION * spread and rounding > floor):
         return ()
     centre = 0.5 * (float(np.min(x)) + float(np.max(x)))
     return (
         f"the coefficients in powers of {name} cancel at these {name} (around {centre:.10g}): rounded to floating "
         f"point they move the curve by {rounding:.3g} (RMS over the data, against residuals of RMS {spread:.3g}), so "
-        f"predictions from them are that far off although the statistics describe the fit — centre {name} "
+        f"predictions from them are at least that far off although the statistics describe the fit — centre {name} "
         f"(fit in {name} - {centre:.10g})",
     )
 
