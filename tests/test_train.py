@@ -142,3 +142,29 @@ def test_early_stopping_without_a_validation_set_says_it_watched_the_training_lo
     assert result.status == "early_stopped" and result.message.startswith("training loss stopped improving")
     validated = gradfit.fit("w*t_u + b", {"t_u": t_u}, t_c, optimizer="sgd", optimizer_options={"lr": 0.5}, epochs=500, patience=5, val=0.3)
     assert validated.message.startswith("validation loss stopped improving")
+
+
+def test_an_interrupt_in_the_first_epoch_returns_the_starting_parameters(thermometer):
+    t_u, t_c = thermometer
+
+    def interrupt(epoch, train, val):
+        raise KeyboardInterrupt
+
+    start = {"w": 1.0, "b": 0.0}
+    result = gradfit.fit("w*t_u + b", {"t_u": t_u}, t_c, params=start, optimizer="sgd", optimizer_options={"lr": 1e-4},
+                         scale=False, epochs=10, callback=interrupt)
+    assert result.status == "interrupted" and "(epoch 1 of 1)" in result.message  # the loss epoch 1 began with
+    assert result.params == start  # not the parameters after the first step
+
+
+def test_an_interrupt_from_the_callback_keeps_that_epochs_best(thermometer):
+    t_u, t_c = thermometer
+
+    def interrupt_at_300(epoch, train, val):
+        if epoch == 300:
+            raise KeyboardInterrupt
+
+    result = gradfit.fit("w*t_u + b", {"t_u": t_u}, t_c, params={"w": 1.0, "b": 0.0}, optimizer="sgd",
+                         optimizer_options={"lr": 1e-4}, scale=False, epochs=1000, callback=interrupt_at_300)
+    assert "(epoch 300 of 300)" in result.message
+    assert result.train_loss == pytest.approx(min(result.history.train), rel=1e-12)

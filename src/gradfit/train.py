@@ -177,6 +177,8 @@ def run_training(
     scheduler = _scheduler(optimizer, config)
     generator = torch.Generator().manual_seed(config.seed)
     progress = _restore(resume, objective, optimizer, scheduler, generator) if resume else _Progress()
+    if progress.best.state is None:  # until an epoch does better, the best parameters are the start
+        progress.best = _Best(math.inf, progress.epoch, objective.snapshot())
     stop = StopReason.MAX_EPOCHS
     try:
         while progress.epoch < config.epochs:
@@ -223,15 +225,14 @@ def _epoch(
         progress.val_history.append(val_value)
     monitored = val_value if val_value is not None else (train if start is None else float(start) * objective.unit)
     progress.first = train if progress.first is None else progress.first
-    if callback is not None:
+    diverged = _diverged(train, monitored, max(progress.first, FLOOR_FRACTION * objective.baseline), config)
+    if not diverged and monitored < progress.best.loss * (1.0 - config.min_delta):
+        progress.best = _Best(monitored, progress.epoch, state)
+    if callback is not None:  # after the books are kept: a callback that interrupts loses nothing
         callback(progress.epoch, train, val_value)
-    if _diverged(train, monitored, max(progress.first, FLOOR_FRACTION * objective.baseline), config):
-        if progress.best.state is None:  # diverged at once: keep the starting parameters
-            progress.best = _Best(math.inf, progress.epoch - 1, state)
+    if diverged:  # the best parameters so far (the start, if it diverged at once) are kept
         at_start = progress.epoch == 1 and not (math.isfinite(train) and math.isfinite(monitored))
         return StopReason.NON_FINITE if at_start else StopReason.DIVERGED
-    if monitored < progress.best.loss * (1.0 - config.min_delta) or progress.best.state is None:
-        progress.best = _Best(monitored, progress.epoch, state)
     if scheduler is not None:
         scheduler.step(monitored)
     if config.target is not None and monitored <= config.target:
