@@ -55,6 +55,7 @@ STATISTIC_LABELS = {
     "rmse": "RMS error",
     "chisqr": "chi-square",
     "redchi": "reduced chi-square",
+    "error_variance": "error variance (robust)",
     "aic": "AIC",
     "bic": "BIC",
     "dof": "degrees of freedom",

@@ -74,7 +74,8 @@ def prediction_bands(
 
     Available for formula models with a covariance (in memory or loaded from JSON); ``None``
     otherwise. The prediction band adds the variance of one new observation: the residual variance
-    ``s²`` (the reduced chi-square) of an unweighted fit; for a weighted fit, ``sigma² · s²`` (or
+    ``s²`` (the reduced chi-square; a robust fit's M-estimate of it, which its outliers do not
+    inflate) of an unweighted fit; for a weighted fit, ``sigma² · s²`` (or
     ``sigma²`` with ``absolute_sigma``), where ``sigma`` is the new points' standard deviation. A
     weighted fit's prediction band is NaN without ``sigma``: its noise at new points is unknown;
     ``absolute_sigma`` without sigma takes σ = 1, as the covariance does. Bands use Student's t, or
@@ -117,7 +118,8 @@ def prediction_bands(
 
 def _new_noise(result: FitResult, sigma: Any, n_points: int) -> Any:
     """The variance of one new observation at each of ``n_points`` (see :func:`prediction_bands`)."""
-    redchi = float(result.statistics.get("redchi", np.nan))
+    # a robust fit's own scale (its M-estimate, as its covariance has it), else the reduced chi-square
+    redchi = float(result.statistics.get("error_variance", result.statistics.get("redchi", np.nan)))
     absolute = bool(result.settings.get("absolute_sigma"))
     if not result.settings.get("weighted"):
         return 1.0 if absolute else redchi  # absolute sigma without sigma: σ = 1, as curve_fit takes it

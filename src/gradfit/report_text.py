@@ -18,6 +18,7 @@ _STATISTIC_LABELS = {
     "rmse": "RMS error",
     "chisqr": "chi-square",
     "redchi": "reduced chi-square",
+    "error_variance": "error variance (robust)",
     "aic": "Akaike info crit",
     "bic": "Bayesian info crit",
     "dof": "degrees of freedom",

@@ -119,9 +119,12 @@ def _parametric_quantities(problem: Problem, outcome: SolveOutcome, options: Fit
         param_names=model.param_names,
         decomposition=outcome.decomposition,
         inverse_normal=outcome.inverse_normal,
-        error_variance=_robust_variance(problem, options, residuals, free),
+        error_variance=(robust := _robust_variance(problem, options, residuals, free)),
     )
     covariance, stderr, half = report.covariance, report.stderr, report.ci_half_width
+    statistics = dict(report.statistics)
+    if robust is not None and not options.absolute_sigma:  # the noise the bands add for a new point
+        statistics["error_variance"] = float(robust)
     at_bound = outcome.at_bound or (_at_bound(problem, theta) if problem.bounded else [False] * theta.size)
     estimates = tuple(
         ParameterEstimate(
@@ -145,7 +148,7 @@ def _parametric_quantities(problem: Problem, outcome: SolveOutcome, options: Fit
     return Summary(
         estimates,
         tuple(map(tuple, covariance.astype(float).tolist())),
-        dict(report.statistics),
+        statistics,
         train_loss,
         val_loss,
         warnings,

@@ -51,3 +51,20 @@ def test_a_loss_scale_far_below_the_noise_is_flagged():
     assert "residuals lie within the loss scale 1" in warning and "1.4826·MAD" in warning
     matched = gradfit.fit("a*x + b", {"x": x}, y, loss="cauchy", loss_scale=10.0)
     assert not [w for w in matched.warnings if "loss scale" in w]
+
+
+def test_a_robust_fits_prediction_band_covers_new_points_from_the_bulk_of_the_data():
+    from gradfit.predict import prediction_bands
+
+    x = np.linspace(0.0, 1.0, 40)
+    covered, widths = [], []
+    for i in range(200):
+        rng = np.random.default_rng(5000 + i)
+        noise = np.where(rng.uniform(size=40) < 0.2, rng.normal(0.0, 3.0, 40), rng.normal(0.0, 0.1, 40))
+        result = gradfit.fit("w*x + b", {"x": x}, 2.0 * x + 1.0 + noise, loss="huber", loss_scale=0.15)
+        curve, _, half = prediction_bands(result, {"x": [0.5]})
+        new = 2.0 + rng.normal(0.0, 0.1)  # a new point from the uncontaminated bulk
+        covered.append(abs(new - curve[0]) <= half[0])
+        widths.append(half[0])
+    # Σr² of the outliers made the band 5 times too wide (it covered every point)
+    assert 0.9 <= np.mean(covered) <= 0.995 and np.median(widths) < 0.4
