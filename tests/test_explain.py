@@ -157,3 +157,18 @@ def test_the_exponent_derivative_at_a_zero_base_agrees_with_autograd() -> None:
 def test_a_point_where_the_loss_is_not_finite_is_a_model_error():
     with pytest.raises(ModelError, match="the loss is not finite at w=10"):
         explain("exp(w*x)", {"x": np.array([35.7, 55.9, 58.2])}, np.array([0.5, 14.0, 15.0]), {"w": 10.0})
+
+
+def test_with_sigma_the_gradient_is_that_of_the_weighted_loss():
+    t_u = np.array([35.7, 55.9, 58.2, 81.9])
+    t_c = np.array([0.5, 14.0, 15.0, 28.0])
+    sigma = np.array([0.5, 1.0, 2.0, 0.5])
+    result = explain("w*t_u + b", {"t_u": t_u}, t_c, {"w": 1.0, "b": 0.0}, sigma=sigma)
+    residual = t_u - t_c
+    assert result.loss == pytest.approx(np.mean((residual / sigma) ** 2), rel=1e-14)
+    by_name = {row.parameter: row for row in result.rows}
+    assert by_name["w"].by_hand == pytest.approx(np.mean(2 * residual * t_u / sigma**2), rel=1e-14)
+    assert by_name["b"].autograd == pytest.approx(np.mean(2 * residual / sigma**2), rel=1e-14)
+    assert result.max_rel_diff < 1e-8 and "σ" in result.loss_text and by_name["b"].chain_rule.endswith("/σ**2)")
+    with pytest.raises(DataError, match="sigma must be positive"):
+        explain("w*t_u + b", {"t_u": t_u}, t_c, {"w": 1.0, "b": 0.0}, sigma=[1.0, 0.0, 1.0, 1.0])

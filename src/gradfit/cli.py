@@ -135,11 +135,12 @@ def explain(
     init: Annotated[str, typer.Option(help="Point at which to take the gradients, e.g. 'w=1,b=0'.")] = "",
     params: Annotated[str, typer.Option("--params", help="Names to treat as parameters even if a column has that name, e.g. 'w,b'.")] = "",
     nan: Annotated[str, typer.Option("--nan", help="raise | omit rows with missing or non-finite values.")] = "raise",
+    sigma: Annotated[Optional[str], typer.Option(help="Column of standard deviations of y: the weighted loss mean(((f - y)/σ)²).")] = None,
 ) -> None:
     """Show dL/dparam by the chain rule, by autograd and by finite differences."""
     from gradfit.cli_fit import run_explain
 
-    _guarded(lambda: run_explain(data, model, y, init, console, params=params, nan=nan))
+    _guarded(lambda: run_explain(data, model, y, init, console, params=params, nan=nan, sigma=sigma))
 
 
 @app.command()

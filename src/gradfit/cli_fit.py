@@ -485,7 +485,8 @@ def run_predict(result_path: Path, data: Path, out: Path | None, column: str, co
 
 
 def run_explain(
-    data: Path, model_text: str, y: str, init: str, console: Console, *, params: str = "", nan: str = "raise"
+    data: Path, model_text: str, y: str, init: str, console: Console, *, params: str = "", nan: str = "raise",
+    sigma: str | None = None,
 ) -> None:
     """``gradfit explain``: the backward pass, by hand and by autograd, at the starting point."""
     from gradfit.cli_render import render_explanation
@@ -498,10 +499,11 @@ def run_explain(
         raise OptionError(f"unknown nan_policy '{nan}' — choose one of raise, omit")
     names = _names(params)
     model, dataset = prepare(
-        model_text, read_table(data), y, params=parse_assignments(init), as_parameters=names, nan_policy=nan
+        model_text, read_table(data), y, sigma=sigma, params=parse_assignments(init), as_parameters=names, nan_policy=nan
     )
     _check_as_parameters(names, model)
     # writable copies: torch warns when it wraps the dataset's read-only arrays
     inputs = {name: column.copy() for name, column in dataset.inputs.items()}
-    explanation = explain(model.formula, inputs, dataset.y.copy(), {p.name: p.start for p in model.parameters})
+    sigmas = None if dataset.sigma is None else dataset.sigma.copy()
+    explanation = explain(model.formula, inputs, dataset.y.copy(), {p.name: p.start for p in model.parameters}, sigma=sigmas)
     render_explanation(explanation, console)

@@ -1,7 +1,8 @@
 """The backward pass made visible: the chain rule by hand vs autograd vs finite differences.
 
 For a formula model ``f`` and the mean-squared-error loss ``L = mean((f - y)**2)``, each parameter
-``p`` has ``dL/dp = mean(2*(f - y) * df/dp)``. :func:`explain` derives ``df/dp`` symbolically,
+``p`` has ``dL/dp = mean(2*(f - y) * df/dp)`` (with standard deviations ``σ`` of ``y``, the weighted
+``L = mean(((f - y)/σ)**2)`` and ``dL/dp = mean(2*(f - y)/σ**2 * df/dp)``). :func:`explain` derives ``df/dp`` symbolically,
 evaluates the chain rule "by hand" (numpy), asks torch autograd (float64), and checks both with
 central finite differences. Nothing is printed; the command line renders the :class:`Explanation`.
 """
@@ -19,9 +20,11 @@ from gradfit.evaluate import compile_torch, evaluate_numpy
 from gradfit.formula import Expr, Formula, Num, Var, parse
 from gradfit.symbolic import diff, mul, sub, to_text
 
-__all__ = ["LOSS_TEXT", "GradientRow", "Explanation", "explain", "relative_difference"]
+__all__ = ["LOSS_TEXT", "WEIGHTED_LOSS_TEXT", "GradientRow", "Explanation", "explain", "relative_difference"]
 
 LOSS_TEXT = "L = mean((f - y)**2)"
+#: the loss of a fit weighted by the standard deviations σ of y
+WEIGHTED_LOSS_TEXT = "L = mean(((f - y)/σ)**2)"
 
 
 @dataclass(frozen=True)
@@ -162,6 +165,18 @@ def _check_data(
     return used, target
 
 
+def _weights(sigma: object, target: np.ndarray) -> np.ndarray:
+    """``1/σ`` per point (ones without sigma); σ must be positive and finite, one per point."""
+    if sigma is None:
+        return np.ones_like(target)
+    values = _as_vector("sigma", sigma)
+    if values.shape != target.shape:
+        raise DataError(f"sigma has {values.size} values but y has {target.size}; pass one per point")
+    if not (values > 0).all():
+        raise DataError("sigma must be positive on every point; drop the points without an uncertainty")
+    return 1.0 / values
+
+
 def _check_parameters(
     formula: Formula, inputs: Mapping[str, object], params: Mapping[str, float]
 ) -> dict[str, float]:
@@ -191,18 +206,19 @@ def _check_parameters(
 # --------------------------------------------------------------------------------------------------
 # The three gradients
 # --------------------------------------------------------------------------------------------------
-def _mse(tree: Expr, env: Mapping[str, object], y: np.ndarray) -> float:
-    residual = np.broadcast_to(evaluate_numpy(tree, env), y.shape) - y
+def _mse(tree: Expr, env: Mapping[str, object], y: np.ndarray, weights: np.ndarray) -> float:
+    residual = (np.broadcast_to(evaluate_numpy(tree, env), y.shape) - y) * weights
     return float(np.mean(residual**2))
 
 
-def _by_hand(derivative: Expr, env: Mapping[str, object], residual: np.ndarray) -> float:
+def _by_hand(derivative: Expr, env: Mapping[str, object], residual: np.ndarray, weights: np.ndarray) -> float:
+    """The chain rule: ``mean(2 (f - y)/σ² · df/dp)`` (``residual`` is ``f - y``, ``weights`` ``1/σ``)."""
     dfdp = np.broadcast_to(evaluate_numpy(derivative, env), residual.shape)
-    return float(np.mean(2.0 * residual * dfdp))
+    return float(np.mean(2.0 * residual * weights**2 * dfdp))
 
 
 def _autograd(
-    tree: Expr, data: Mapping[str, np.ndarray], y: np.ndarray, values: Mapping[str, float]
+    tree: Expr, data: Mapping[str, np.ndarray], y: np.ndarray, weights: np.ndarray, values: Mapping[str, float]
 ) -> dict[str, float]:
     import torch
 
@@ -212,24 +228,26 @@ def _autograd(
         for name, value in values.items()
     }
     (prediction,) = compile_torch([tree])({**env, **leaves})
-    loss = torch.mean((prediction - torch.tensor(np.array(y, dtype=np.float64))) ** 2)
+    residual = (prediction - torch.tensor(np.array(y, dtype=np.float64))) * torch.tensor(np.array(weights, dtype=np.float64))
+    loss = torch.mean(residual**2)
     grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
     return {name: 0.0 if g is None else float(g) for name, g in zip(leaves, grads)}
 
 
 def _finite_difference(
-    tree: Expr, env: Mapping[str, object], y: np.ndarray, name: str
+    tree: Expr, env: Mapping[str, object], y: np.ndarray, weights: np.ndarray, name: str
 ) -> tuple[float, float]:
     value = float(env[name])  # type: ignore[arg-type]
     step = np.finfo(np.float64).eps ** (1.0 / 3.0) * max(1.0, abs(value))
-    up = _mse(tree, {**env, name: value + step}, y)
-    down = _mse(tree, {**env, name: value - step}, y)
+    up = _mse(tree, {**env, name: value + step}, y, weights)
+    down = _mse(tree, {**env, name: value - step}, y, weights)
     return float((up - down) / (2.0 * step)), float(step)
 
 
-def _chain_rule_text(name: str, derivative: Expr) -> str:
+def _chain_rule_text(name: str, derivative: Expr, weighted: bool) -> str:
     term = mul(mul(Num(2.0), sub(Var("f"), Var("y"))), derivative)
-    return f"dL/d{name} = mean({to_text(term)})"
+    text = to_text(term)
+    return f"dL/d{name} = mean({text})" if not weighted else f"dL/d{name} = mean({text}/σ**2)"
 
 
 def explain(
@@ -237,6 +255,7 @@ def explain(
     inputs: Mapping[str, object],
     y: object,
     params: Mapping[str, float],
+    sigma: object = None,
 ) -> Explanation:
     """Explain the gradient of the MSE loss of a formula model, three independent ways.
 
@@ -251,6 +270,9 @@ def explain(
         Target values, 1-D.
     params
         Parameter name -> value at which the gradient is taken (every parameter, no others).
+    sigma
+        Standard deviations of ``y`` (positive, one per point), for the weighted loss of a fit
+        with ``sigma``.
 
     Returns
     -------
@@ -270,41 +292,42 @@ def explain(
     parsed = parse(formula) if isinstance(formula, str) else formula
     values = _check_parameters(parsed, inputs, params)
     data, target = _check_data(parsed, inputs, y)
+    weights = _weights(sigma, target)
     tree = parsed.tree
     env: dict[str, object] = {**data, **values}
     with np.errstate(all="ignore"):
         residual = np.broadcast_to(evaluate_numpy(tree, env), target.shape) - target
-        loss = float(np.mean(residual**2))
+        loss = float(np.mean((residual * weights) ** 2))
     if not math.isfinite(loss):
         point = ", ".join(f"{name}={value:g}" for name, value in values.items())
         raise ModelError(
             f"the loss is not finite at {point} (the model is NaN or inf on some points there, or its residuals "
             "overflow) — take the gradient at values where the model is finite on every point"
         )
-    autograd = _autograd(tree, data, target, values)
+    autograd = _autograd(tree, data, target, weights, values)
     rows = []
     for name in values:
         derivative = diff(tree, name)
-        by_hand = _by_hand(derivative, env, residual)
-        fd, step = _finite_difference(tree, env, target, name)
+        by_hand = _by_hand(derivative, env, residual, weights)
+        fd, step = _finite_difference(tree, env, target, weights, name)
         rows.append(
             GradientRow(
                 parameter=name,
                 value=values[name],
                 derivative=to_text(derivative),
-                chain_rule=_chain_rule_text(name, derivative),
+                chain_rule=_chain_rule_text(name, derivative, sigma is not None),
                 by_hand=by_hand,
                 autograd=autograd[name],
                 finite_difference=fd,
                 step=float(step),
                 rel_diff_autograd=relative_difference(by_hand, autograd[name]),
-                rel_diff_finite_difference=relative_difference(by_hand, fd, _rounding_of_difference(residual, step)),
+                rel_diff_finite_difference=relative_difference(by_hand, fd, _rounding_of_difference(residual * weights, step)),
             )
         )
     return Explanation(
         formula=parsed.text,
         model=f"f = {to_text(tree)}",
-        loss_text=LOSS_TEXT,
+        loss_text=LOSS_TEXT if sigma is None else WEIGHTED_LOSS_TEXT,
         loss=loss,
         n_points=int(target.size),
         inputs=tuple(data),
