@@ -108,6 +108,7 @@ def _parametric_quantities(problem: Problem, outcome: SolveOutcome, options: Fit
         residuals = train.residuals(prediction) if residuals is None else residuals
     train_loss = float(loss_fn(residuals))
     val_loss = None if problem.val is None else float(loss_fn(problem.val.residuals(model.predict(problem.val.inputs, theta))))
+    robust = _robust_variance(problem, options, residuals, free)
     report = stats.fit_report(
         jac,
         residuals,
@@ -119,7 +120,7 @@ def _parametric_quantities(problem: Problem, outcome: SolveOutcome, options: Fit
         param_names=model.param_names,
         decomposition=outcome.decomposition,
         inverse_normal=outcome.inverse_normal,
-        error_variance=(robust := _robust_variance(problem, options, residuals, free)),
+        error_variance=robust,
     )
     covariance, stderr, half = report.covariance, report.stderr, report.ci_half_width
     statistics = dict(report.statistics)
@@ -140,11 +141,12 @@ def _parametric_quantities(problem: Problem, outcome: SolveOutcome, options: Fit
         )
         for i, p in enumerate(model.parameters)
     )
-    warnings = outcome.warnings + tuple(report.warnings) + tuple(
-        f"parameter '{e.name}' is at a bound ({e.value:g}); its uncertainty is not reliable"
-        for e in estimates
-        if e.at_bound
-    ) + _loss_warnings(problem) + _robust_warnings(problem, options, residuals) + _unfinished_descent(outcome, problem.loss, jac, residuals, free & ~np.array(at_bound, dtype=bool))
+    bound = tuple(f"parameter '{e.name}' is at a bound ({e.value:g}); its uncertainty is not reliable" for e in estimates if e.at_bound)
+    moving = free & ~np.array(at_bound, dtype=bool)  # a minimum on a bound is no Gauss-Newton step's
+    warnings = (
+        outcome.warnings + tuple(report.warnings) + bound + _loss_warnings(problem)
+        + _robust_warnings(problem, options, residuals) + _unfinished_descent(outcome, problem.loss, jac, residuals, moving)
+    )
     return Summary(
         estimates,
         tuple(map(tuple, covariance.astype(float).tolist())),
@@ -163,11 +165,12 @@ UNFINISHED_FRACTION = 1e-3
 def _unfinished_descent(outcome: SolveOutcome, loss: str, jac: np.ndarray, residuals: np.ndarray, free: np.ndarray) -> tuple[str, ...]:
     """Gradient descent stopped by its epoch limit while still far above a least-squares minimum.
 
-    One Gauss-Newton step from the end (exact for a model linear in its parameters, the local
-    quadratic estimate otherwise) says how much lower the squared loss goes nearby.
+    One Gauss-Newton step from the end over the ``free`` parameters (exact for a model linear in
+    its parameters, the local quadratic estimate otherwise) says how much lower the squared loss
+    goes nearby.
     """
     if outcome.status != "max_epochs" or loss != "mse" or not free.any():
-        return ()  # free: the parameters estimated and not on a bound (a bounded minimum is no GN step's)
+        return ()
     with np.errstate(all="ignore"):
         total = float(np.dot(residuals, residuals))
         columns = jac[:, free]
