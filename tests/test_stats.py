@@ -291,3 +291,37 @@ def test_the_m_estimator_variance_of_least_squares_is_the_residual_variance():
     mask[:, 15:] = 0.0
     np.testing.assert_allclose(stats.m_estimator_variance(r * mask, np.ones_like(r), 2, mask), (r[:, :15] ** 2).sum(-1) / 13, rtol=1e-14)
     assert stats.m_estimator_variance(r[0, :2], np.ones(2), 2) == np.inf
+
+
+@pytest.mark.parametrize(
+    ("draw", "density_at_0", "tolerance"),
+    [
+        (lambda rng, size: rng.normal(0.0, 2.0, size), 1.0 / (2.0 * np.sqrt(2.0 * np.pi)), 0.03),
+        # the density's cusp at 0 biases the quotient by about the bandwidth, 2% here (4% in s²)
+        (lambda rng, size: rng.laplace(0.0, 0.5, size), 1.0, 0.07),
+        (lambda rng, size: np.where(rng.uniform(size=size) < 0.2, rng.normal(0.0, 20.0, size), rng.normal(0.0, 0.5, size)),
+         (0.8 / 0.5 + 0.2 / 20.0) / np.sqrt(2.0 * np.pi), 0.03),
+    ],
+    ids=["normal", "laplace", "contaminated"],
+)
+def test_the_median_regression_variance_converges_to_the_inverse_squared_density_at_zero(draw, density_at_0, tolerance):
+    r = draw(np.random.default_rng(3), (8, 100_000))
+    variance = stats.median_regression_variance(r, 2)
+    assert np.mean(variance) == pytest.approx(0.25 / density_at_0**2, rel=tolerance)
+
+
+def test_the_median_regression_variance_of_padded_fits_is_that_of_their_real_points():
+    rng = np.random.default_rng(4)
+    r = rng.standard_normal((3, 40))
+    mask = np.ones_like(r, dtype=bool)
+    mask[1, 25:] = False
+    padded = np.where(mask, r, 0.0)
+    batched = stats.median_regression_variance(padded, 2, mask)
+    alone = [stats.median_regression_variance(r[i, mask[i]], 2) for i in range(3)]
+    np.testing.assert_allclose(batched, alone, rtol=1e-14)
+    # Siddiqui's quotient from numpy's interpolated quantiles, Hall-Sheather's bandwidth at n = 40
+    h = 1.959964 ** (2 / 3) * (1.5 / (2 * np.pi)) ** (1 / 3) / 40 ** (1 / 3)
+    low, high = np.percentile(r[0], [100 * (0.5 - h), 100 * (0.5 + h)])
+    assert alone[0] == pytest.approx(((high - low) / (4 * h)) ** 2, rel=1e-6)
+    assert stats.median_regression_variance(r[0, :2], 2) == np.inf
+    assert stats.median_regression_variance(np.zeros(10), 2) == 0.0

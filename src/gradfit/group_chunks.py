@@ -618,7 +618,6 @@ def _statistics(plan: ChunkPlan, chunk: _Chunk, weights: torch.Tensor, theta: to
     import torch
 
     from gradfit import stats
-    from gradfit.losses import SOLVER_LOSS
     from gradfit.solvers.least_squares import robust_error_variance
 
     model = plan.model
@@ -632,7 +631,7 @@ def _statistics(plan: ChunkPlan, chunk: _Chunk, weights: torch.Tensor, theta: to
             weights=chunk.weights, absolute_sigma=plan.options["absolute_sigma"],
             free=torch.tensor(free), mask=chunk.fit_mask, inverse_normal=inverse_normal,
             error_variance=robust_error_variance(
-                SOLVER_LOSS.get(plan.options["loss"], "linear"), residuals, plan.options["loss_scale"],
+                plan.options["loss"], residuals, plan.options["loss_scale"],
                 sum(free), plan.options["absolute_sigma"], chunk.fit_mask.cpu().numpy(),
             ),
         )

@@ -15,7 +15,7 @@ Conventions
 -----------
 * Covariance ``C = s² (JᵀJ)⁻¹`` with ``s² = Σr² / (n - p)`` (``p`` = free parameters), or ``s² = 1``
   with ``absolute_sigma=True`` — as ``scipy.optimize.curve_fit``; a robust fit gives its own ``s²``
-  (:func:`m_estimator_variance`). ``(JᵀJ)⁻¹`` comes from an SVD of
+  (:func:`m_estimator_variance`; an ``mae`` fit :func:`median_regression_variance`). ``(JᵀJ)⁻¹`` comes from an SVD of
   the column-equilibrated Jacobian, never from forming ``JᵀJ``: the normal equations square the
   condition number and lose the digits NIST's certified standard deviations need.
 * A direction of parameter space the Jacobian does not see (singular value below
@@ -67,6 +67,8 @@ __all__ = [
     "prediction_band",
     "fit_report",
     "m_estimator_variance",
+    "median_regression_variance",
+    "robust_spread",
     "ILL_CONDITIONED",
     "EXACT_FIT_WARNING",
 ]
@@ -334,6 +336,61 @@ def m_estimator_variance(psi: Any, dpsi: Any, n_params: int, mask: Any = None) -
         correction = 1.0 + n_params / n * spread / mean**2
         variance = correction**2 * (psi * psi * weight).sum(-1) / (n - n_params) / mean**2
         return np.where((n > n_params) & (mean > 0), variance, np.inf)
+
+
+#: Hall and Sheather's bandwidth at the median (5% level), in probability units: ``0.9715 n^(-1/3)``
+_HALL_SHEATHER = NormalDist().inv_cdf(0.975) ** (2.0 / 3.0) * (1.5 / (2.0 * math.pi)) ** (1.0 / 3.0)
+#: the bandwidth is kept below this, so that ``0.5 ± h`` stays inside (0, 1) for a handful of points
+_MAX_BANDWIDTH = 0.45
+
+
+def median_regression_variance(residuals: Any, n_params: int, mask: Any = None) -> Array:
+    """``s²`` of a least-absolute-deviations fit's covariance ``s² (JᵀJ)⁻¹``: ``1 / (4 f(0)²)``.
+
+    The ``mae`` fit estimates the conditional median, whose asymptotic covariance is
+    ``τ(1 - τ) / f(0)² · (JᵀJ)⁻¹`` at ``τ = ½``, ``f`` the density of the errors at 0 (Koenker's
+    iid form). The sparsity ``1/f(0)`` is Siddiqui's difference quotient of the residuals' empirical
+    quantiles, ``(Q(½ + h) - Q(½ - h)) / 2h``, with Hall and Sheather's bandwidth ``h``, as in R's
+    ``quantreg``. Gross outliers barely move it, where they dominate ``Σr²/(n - p)``. ``inf`` with
+    no degrees of freedom; 0 where the residuals do not spread.
+
+    Parameters
+    ----------
+    residuals
+        Weighted residuals ``(..., n)``.
+    n_params
+        Free parameters.
+    mask
+        ``(..., n)`` real points of a padded batch.
+    """
+    r = as_array(residuals)
+    real = np.ones(r.shape, dtype=bool) if mask is None else as_array(mask).astype(bool)
+    n = real.sum(-1)
+    if r.shape[-1] == 0:
+        return np.full(n.shape, np.inf)
+    with np.errstate(all="ignore"):
+        h = np.minimum(_HALL_SHEATHER * np.cbrt(1.0 / np.maximum(n, 1)), _MAX_BANDWIDTH)
+        ordered = np.sort(np.where(real, r, np.inf), axis=-1)  # the real points first
+        low, high = _empirical_quantile(ordered, n, 0.5 - h), _empirical_quantile(ordered, n, 0.5 + h)
+        sparsity = (high - low) / (2.0 * h)
+        return np.where(n > n_params, 0.25 * sparsity**2, np.inf)
+
+
+def robust_spread(residuals: Any) -> float:
+    """``1.4826 · MAD`` of one fit's residuals: their standard deviation were they normal, which
+    a minority of gross outliers barely moves."""
+    r = as_array(residuals)
+    return 1.4826 * float(np.median(np.abs(r - np.median(r)))) if r.size else math.nan
+
+
+def _empirical_quantile(ordered: Array, n: Array, level: Array) -> Array:
+    """Linearly interpolated ``level`` quantile of the first ``n`` of each sorted row (numpy's default)."""
+    position = level * (np.maximum(n, 1) - 1)
+    below = np.floor(position).astype(np.intp)
+    above = np.minimum(below + 1, np.maximum(n, 1) - 1)
+    lower = np.take_along_axis(ordered, below[..., None], -1)[..., 0]
+    upper = np.take_along_axis(ordered, above[..., None], -1)[..., 0]
+    return lower + (position - below) * (upper - lower)
 
 
 def _solver_covariance(inverse_normal: Any, s2: Array, free_mask: Array) -> tuple[Array, Array]:

@@ -125,7 +125,7 @@ def _parametric_quantities(problem: Problem, outcome: SolveOutcome, options: Fit
     covariance, stderr, half = report.covariance, report.stderr, report.ci_half_width
     statistics = dict(report.statistics)
     if robust is not None and not options.absolute_sigma:  # the noise the bands add for a new point
-        statistics["error_variance"] = float(robust)
+        statistics["error_variance"] = _noise_variance(problem.loss, robust, residuals)
     at_bound = outcome.at_bound or (_at_bound(problem, theta) if problem.bounded else [False] * theta.size)
     estimates = tuple(
         ParameterEstimate(
@@ -189,12 +189,17 @@ def _unfinished_descent(outcome: SolveOutcome, loss: str, jac: np.ndarray, resid
 
 
 def _robust_variance(problem: Problem, options: FitOptions, residuals: np.ndarray, free: np.ndarray) -> Any:
-    """A robust loss's ``s²`` for the covariance (None for least squares and ``mae``)."""
-    from gradfit.losses import SOLVER_LOSS
+    """A robust loss's ``s²`` for the covariance (None for least squares)."""
     from gradfit.solvers.least_squares import robust_error_variance
 
-    loss = SOLVER_LOSS.get(problem.loss, "linear")
-    return robust_error_variance(loss, residuals, problem.loss_scale, int(np.count_nonzero(free)), options.absolute_sigma)
+    return robust_error_variance(problem.loss, residuals, problem.loss_scale, int(np.count_nonzero(free)), options.absolute_sigma)
+
+
+def _noise_variance(loss: str, robust: Any, residuals: np.ndarray) -> float:
+    """A robust fit's estimate of the (weighted) errors' variance: its M-estimator's ``s²`` (the
+    covariance's scale too), or for ``mae``, whose ``s²`` is the median's sampling variance
+    (π/2 σ² for normal errors), the square of the residuals' :func:`~gradfit.stats.robust_spread`."""
+    return stats.robust_spread(residuals) ** 2 if loss == "mae" else float(robust)
 
 
 def _robust_warnings(problem: Problem, options: FitOptions, residuals: np.ndarray) -> tuple[str, ...]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -68,3 +70,45 @@ def test_a_robust_fits_prediction_band_covers_new_points_from_the_bulk_of_the_da
         widths.append(half[0])
     # Σr² of the outliers made the band 5 times too wide (it covered every point)
     assert 0.9 <= np.mean(covered) <= 0.995 and np.median(widths) < 0.4
+
+
+def _contaminated_lines(groups: int, n: int = 60) -> tuple[np.ndarray, Any]:
+    """``groups`` noisy lines ``2x + 1`` with 20% gross outliers, as one long frame."""
+    import polars as pl
+
+    rng = np.random.default_rng(7)
+    x = np.linspace(0.0, 10.0, n)
+    noise = np.where(rng.uniform(size=(groups, n)) < 0.2, rng.normal(0.0, 20.0, (groups, n)), rng.normal(0.0, 0.5, (groups, n)))
+    y = 2.0 * x + 1.0 + noise
+    return y, pl.DataFrame({"g": np.repeat(np.arange(groups), n), "x": np.tile(x, groups), "y": y.ravel()})
+
+
+def test_least_absolute_deviation_standard_errors_match_the_spread_of_the_estimates():
+    # the outliers' Σr²/(n-p) made them 10-12 times too large (0.39 against a spread of 0.036)
+    y, frame = _contaminated_lines(200)
+    table = gradfit.fit_groups("w*x + b", frame, group="g", y="y", loss="mae").table
+    slopes, errors = table["w"].to_numpy(), table["w_stderr"].to_numpy()
+    assert np.mean(errors) == pytest.approx(np.std(slopes), rel=0.3)
+    assert 0.9 <= np.mean(np.abs(slopes - 2.0) <= 1.96 * errors) <= 0.99
+    single = gradfit.fit("w*x + b", {"x": np.linspace(0.0, 10.0, 60)}, y[0], loss="mae")
+    assert single.stderr["w"] == pytest.approx(errors[0], rel=1e-6)
+
+
+def test_an_mae_fits_noise_for_new_points_is_the_robust_spread_of_its_residuals():
+    y, _ = _contaminated_lines(1, n=200)
+    result = gradfit.fit("w*x + b", {"x": np.linspace(0.0, 10.0, 200)}, y[0], loss="mae")
+    # the bulk's σ is 0.5; the outliers put the reduced chi-square near 0.2 · 20² = 80, and raise
+    # 1.4826·MAD only to 0.652 (where 0.8·P(|N(0, 0.5)| < m) + 0.2·P(|N(0, 20)| < m) = ½)
+    assert result.statistics["redchi"] > 20
+    assert np.sqrt(result.statistics["error_variance"]) == pytest.approx(0.652, rel=0.1)
+
+
+def test_with_absolute_sigma_an_mae_fits_variance_is_the_medians_inverse_efficiency():
+    assert robust_error_variance("mae", np.zeros(3), 1.0, 1, True) == pytest.approx(np.pi / 2, rel=1e-12)
+    x = np.linspace(0.0, 1.0, 30)
+    sigma = np.full(30, 0.1)
+    y = 2.0 * x + 1.0 + 0.1 * np.sin(17.0 * x)
+    robust = gradfit.fit("w*x + b", {"x": x}, y, sigma=sigma, absolute_sigma=True, loss="mae")
+    design = np.column_stack([x, np.ones_like(x)]) / 0.1
+    expected = np.sqrt(np.pi / 2 * np.linalg.inv(design.T @ design)[0, 0])
+    assert robust.stderr["w"] == pytest.approx(expected, rel=1e-6)

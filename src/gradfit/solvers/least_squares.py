@@ -367,17 +367,23 @@ def robust_error_variance(
 ) -> Array | float | None:
     """``s²`` of a robust fit's covariance ``s² (JᵀJ)⁻¹``; None for least squares (``Σr²/(n - p)``).
 
-    Estimated from the residuals (:func:`gradfit.stats.m_estimator_variance`); with absolute sigma
-    the residuals ``r/σ`` are standard normal by assumption, and ``s² = E ψ² / (E ψ')²`` over that
-    distribution (the inverse of the loss's efficiency: 1.053 for huber at scale 1.345).
+    ``loss`` is gradfit's name (:data:`gradfit.losses.LOSSES`). Estimated from the residuals:
+    :func:`gradfit.stats.m_estimator_variance` for the robust least-squares losses,
+    :func:`gradfit.stats.median_regression_variance` for ``mae``. With absolute sigma the residuals
+    ``r/σ`` are standard normal by assumption, and ``s² = E ψ² / (E ψ')²`` over that distribution
+    (the inverse of the loss's efficiency: 1.053 for huber at scale 1.345, π/2 for ``mae``).
     """
-    from gradfit.stats import m_estimator_variance
+    from gradfit.losses import SOLVER_LOSS
+    from gradfit.stats import m_estimator_variance, median_regression_variance
 
-    if loss == "linear":
+    if loss == "mae":
+        return math.pi / 2.0 if absolute_sigma else median_regression_variance(residuals, n_params, mask)
+    solver_loss = SOLVER_LOSS.get(loss, "linear")
+    if solver_loss == "linear":
         return None
     if absolute_sigma:
-        return _normal_error_variance(loss, float(f_scale))
-    psi, dpsi = robust_psi(loss, np.asarray(residuals), f_scale)
+        return _normal_error_variance(solver_loss, float(f_scale))
+    psi, dpsi = robust_psi(solver_loss, np.asarray(residuals), f_scale)
     return m_estimator_variance(psi, dpsi, n_params, mask)
 
 
@@ -385,11 +391,13 @@ def robust_scale_warning(loss: str, residuals: Array, f_scale: float) -> tuple[s
     """A warning when fewer than half the (weighted) residuals lie within a robust loss's scale: the
     M-estimator's variance then rests on those few points (its mean ``ψ'``), and the standard errors
     come out too small as often as not. It names a scale near the residuals' spread (1.4826 MAD)."""
+    from gradfit.stats import robust_spread
+
     r = np.asarray(residuals)
     inside = int(np.count_nonzero(np.abs(r) <= f_scale))
     if loss == "linear" or 2 * inside >= r.size:
         return ()
-    spread = 1.4826 * float(np.median(np.abs(r - np.median(r))))
+    spread = robust_spread(r)
     return (
         f"only {inside} of {r.size} residuals lie within the loss scale {f_scale:g}, so the robust standard errors "
         f"rest on those few points and are unreliable — set the loss scale near the residuals' spread "
