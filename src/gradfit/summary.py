@@ -217,9 +217,12 @@ def _weighted(jac: np.ndarray, train: Split) -> np.ndarray:
 
 
 def _at_bound(problem: Problem, theta: np.ndarray) -> list[bool]:
+    """Free parameters a gradient fit left on a bound: its projection clamps them onto it, and
+    mapping back from the scaled variables rounds them by a few ulps of the start and the value."""
     lower, upper = np.asarray(problem.lower), np.asarray(problem.upper)
-    span = np.minimum(upper - lower, 1.0)
-    tol = 1e-10 * np.where(np.isfinite(span), span, 1.0)
+    start = np.abs(np.asarray(problem.theta0, dtype=theta.dtype))
     with np.errstate(invalid="ignore"):
-        on = (theta - lower <= tol) | (upper - theta <= tol)
+        tol = 64.0 * np.finfo(theta.dtype).eps * (start + np.abs(theta))
+        on_lower = np.isfinite(lower) & (theta - lower <= tol + 1e-12 * np.abs(lower))
+        on = on_lower | (np.isfinite(upper) & (upper - theta <= tol + 1e-12 * np.abs(upper)))
     return (on & np.asarray(problem.free)).tolist()

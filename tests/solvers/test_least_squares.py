@@ -471,3 +471,78 @@ def test_noise_free_data_converges_at_the_truth(method, batched):
         sol = solve_least_squares(decay_residuals(X, y)[0], START.expand(len(block), 3).clone(), method=method)
         assert all(status.converged for status in sol.status), sol.status
         np.testing.assert_allclose(sol.theta.numpy(), block, rtol=1e-9)
+
+
+# ------------------------------------------- parameters that move by many orders of magnitude
+
+
+def _power_law() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    x = np.logspace(0.0, 6.0, 30)
+    y = 2.5e-3 * x**1.7 * np.exp(0.03 * rng.standard_normal(30))
+    optimum, _ = curve_fit(lambda x, a, b: a * x**b, x, y, p0=[2.5e-3, 1.7])
+    return x, y, optimum
+
+
+@pytest.mark.parametrize("start", [(1e-20, 4.0), (1e-3, 10.0), (1e-3, 40.0)])
+def test_a_power_law_from_a_start_decades_away_reaches_the_optimum_and_says_so(start):
+    # the column of a shrinks by 1e10-1e50 on the way: Moré's scale remembered its largest norm, so
+    # the SVD dropped a's direction and the fit stopped 1400 times above the optimum ("singular"),
+    # or reached the optimum and was relabelled singular, or stopped 1.6e4 times above it "converged"
+    import gradfit
+
+    x, y, optimum = _power_law()
+    result = gradfit.fit("a*x**b", {"x": x}, y, params={"a": start[0], "b": start[1]})
+    assert result.status == "converged" and result.success
+    np.testing.assert_allclose(result.values, optimum, rtol=1e-6)
+
+
+def test_a_rate_constant_from_a_start_thirteen_decades_off_is_converged_not_singular():
+    # A grows from 1 to 1e13 and its column shrinks by as much: it still moves the model (A·∂f/∂A = f)
+    import gradfit
+
+    rng = np.random.default_rng(5)
+    temperature = np.linspace(280.0, 400.0, 15)
+    rate = 1e13 * np.exp(-8e4 / (8.314 * temperature)) * np.exp(0.02 * rng.standard_normal(15))
+    optimum, _ = curve_fit(lambda t, a, e: a * np.exp(-e / (8.314 * t)), temperature, rate, p0=[1.0, 1.0])
+    result = gradfit.fit("A*exp(-Ea/(8.314*T))", {"T": temperature}, rate, params={"A": 1.0, "Ea": 1.0})
+    assert result.status == "converged" and result.success
+    np.testing.assert_allclose(result.values, optimum, rtol=1e-7)
+
+
+def test_a_start_where_an_exponential_is_huge_is_not_called_converged_far_from_the_minimum():
+    # from k = 1, exp(500 k) ~ 1e217: the remembered scale hid k, and "converged" came back with
+    # c = -3e14 and a sum of squares of 7e31 (the minimum's is 2.6)
+    import gradfit
+
+    t = np.linspace(0.0, 500.0, 40)
+    y = 2.0 * np.exp(-t / 100.0) + 0.1
+    reference = least_squares(lambda p: np.exp(p[0] * t) + p[1] - y, [-0.01, 0.0], method="lm", xtol=1e-15, ftol=1e-15, gtol=1e-15)
+    result = gradfit.fit("exp(k*t) + c", {"t": t}, y)
+    assert result.train_loss == pytest.approx(np.mean(reference.fun**2), rel=1e-9)
+    np.testing.assert_allclose(result.values, reference.x, rtol=1e-5)
+
+
+def test_parameters_at_scales_beyond_1e154_do_not_overflow_the_solver():
+    # the trust region's ‖Dθ‖ was a sum of Python float squares: OverflowError
+    import gradfit
+
+    x = np.linspace(1.0, 10.0, 20)
+    result = gradfit.fit("a*exp(-x/b)", {"x": x}, 1e200 * np.exp(-x / 1e180), params={"a": 1e200, "b": 1e180})
+    assert result.status == "singular"  # b is not determined: exp(-x/1e180) is 1 to rounding
+
+
+def test_a_small_parameter_above_a_bound_of_zero_is_not_at_the_bound():
+    # a baseline of 0.1 pA, 16 standard errors above c >= 0, was flagged "at a bound" (1e-12 absolute)
+    import gradfit
+
+    rng = np.random.default_rng(7)
+    t = np.linspace(0.0, 5e-9, 50)
+    y = 2e-12 * np.exp(-t / 1.3e-9) + 1e-13 + 2e-14 * rng.standard_normal(50)
+    start = {"a": 1e-12, "k": 1e9, "c": 1e-14}
+    result = gradfit.fit("a*exp(-k*t) + c", {"t": t}, y, params=start, bounds="c>=0")
+    optimum, _ = curve_fit(lambda t, a, k, c: a * np.exp(-k * t) + c, t, y, p0=[2e-12, 7.7e8, 1e-13])
+    assert not any(p.at_bound for p in result.parameters) and not result.warnings
+    np.testing.assert_allclose(result.values, optimum, rtol=1e-5)
+    pinned = gradfit.fit("a*exp(-k*t) + c", {"t": t}, y - 2e-13, params=start, bounds="c>=0")
+    assert [p.name for p in pinned.parameters if p.at_bound] == ["c"] and pinned.params["c"] == 0.0

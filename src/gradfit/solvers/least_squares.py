@@ -23,7 +23,9 @@ Wampler problems).
 Method
 ------
 * **Scaling** (Moré 1978): parameters are measured in units of ``D`` = running maximum of the
-  Jacobian's column norms, so the trust region and the tests do not depend on parameter units.
+  Jacobian's column norms, so the trust region and the tests do not depend on parameter units;
+  each held within 1e6 of its column's norm now, so that a column that has shrunk by decades
+  keeps its direction in the SVD (:func:`more_scaling`).
 * **Step**: one SVD of the scaled Jacobian per accepted point, ``J D⁻¹ = U S Vᵀ``. The damped step
   for any ``λ`` is ``D δ = -V (s g / (s² + λ))`` with ``g = Uᵀ r``: a rejected step costs a few
   element-wise operations and no new factorisation, and the SVD never squares the condition number
@@ -77,7 +79,7 @@ from typing import Any, Literal
 import numpy as np
 
 from gradfit.errors import ModelError, OptionError
-from gradfit.stats import as_array, column_norms, scaled_svd
+from gradfit.stats import as_array, column_norms, identifiable, scaled_svd
 
 __all__ = [
     "Status",
@@ -144,6 +146,8 @@ _NOISE_REGION = 1e-10
 _NOISE_SLACK = 1e-9
 #: a Jacobian column this much smaller than at the start counts as vanished (see `degenerate`)
 _VANISHED = 1e-8
+#: Moré's scale of a parameter stays within this factor of its Jacobian column's norm (:func:`more_scaling`)
+SCALE_MEMORY = 1e6
 #: iteration budget of each restart (a fit that needs more from a random start rarely gets there)
 _RESTART_ITER = 200
 
@@ -452,11 +456,24 @@ class Decomposition:
         return np.einsum("kn,kn->k", self.res, self.res)
 
 
+def more_scaling(d_prev: Array, col_norms: Array) -> Array:
+    """Moré's scaling: the largest norm each Jacobian column has had, but at most
+    :data:`SCALE_MEMORY` times its norm now (pure; zero columns get 1).
+
+    Kept whole, the memory of a column that has since shrunk by many orders of magnitude (a
+    parameter grown by as many, or a start where an exponential was huge) drives its scaled column
+    below the SVD's rank cut-off, and its direction is lost: the fit stops where a Gauss-Newton step
+    would still lower the cost, and calls it converged.
+    """
+    d = np.maximum(d_prev, col_norms)
+    d = np.where(col_norms > 0, np.minimum(d, SCALE_MEMORY * col_norms), d)
+    return np.where(d == 0, 1.0, d)
+
+
 def decompose(jac: Array, res: Array, d_prev: Array) -> Decomposition:
     """Update the scaling and factor the scaled Jacobian (pure)."""
     col_norms = column_norms(jac)
-    d = np.maximum(d_prev, col_norms)
-    d[d == 0] = 1.0
+    d = more_scaling(d_prev, col_norms)
     u, s, vh = np.linalg.svd(jac / d[:, None, :], full_matrices=False)
     g = np.einsum("knq,kn->kq", u, res)
     n, p = jac.shape[1:]
@@ -592,19 +609,37 @@ def active_set(theta: Array, gradient: Array, lower: Array, upper: Array) -> Arr
 
 
 def at_bound(theta: Array, lower: Array, upper: Array, free: Array) -> Array:
-    """Free parameters on (within 1e-12 relative of) a finite bound (pure)."""
-    near_lo = np.isfinite(lower) & (theta - lower <= 1e-12 * (1.0 + np.abs(lower)))
-    near_hi = np.isfinite(upper) & (upper - theta <= 1e-12 * (1.0 + np.abs(upper)))
+    """Free parameters on a finite bound, within 1e-12 of its magnitude (pure).
+
+    Steps are clipped onto a bound exactly, so a bound of 0 means 0: a parameter of 1e-13 above a
+    bound of 0 (a baseline in picoamperes) is a value, not the bound.
+    """
+    near_lo = np.isfinite(lower) & (theta - lower <= 1e-12 * np.abs(lower))
+    near_hi = np.isfinite(upper) & (upper - theta <= 1e-12 * np.abs(upper))
     return (near_lo | near_hi) & free
 
 
-def degenerate(jac: Array, start_norms: Array, free: Array, bound: Array) -> Array:
+def degenerate(jac: Array, theta: Array, res: Array, start_norms: Array, free: Array, bound: Array) -> Array:
     """Fits where a free parameter stopped affecting the model (pure).
 
-    A Jacobian column shrunk to ``1e-8`` of its size at the start (or to zero) means the parameter
-    ran off towards infinity, e.g. a rate in ``exp(-b x)``: a spurious stationary point.
+    A Jacobian column shrunk to ``1e-8`` of its size at the start (or to zero) may mean the
+    parameter ran off towards infinity: a spurious stationary point. It does when a relative
+    change of the parameter moves the model by nothing (``|θ_j|·‖J_j‖`` below ``1e-8`` of the
+    largest such effect and of ``‖r‖``: a rate in ``exp(-b x)``), or by nothing another parameter
+    cannot undo (it loads on a null direction of ``J diag(θ)``: MGH09's ``b1, b3, b4`` growing
+    together). A column that shrank because the parameter or another one grew by orders of
+    magnitude (``A`` in ``A·exp(-E/T)`` going from 1 to 1e13, ``a`` in ``a·x^b`` as ``b`` falls)
+    still moves the model in its own way, and is no sign.
     """
-    return np.any((column_norms(jac) <= _VANISHED * start_norms) & free & ~bound, axis=-1)
+    norms = column_norms(jac)
+    shrunk = (norms <= _VANISHED * start_norms) & free & ~bound
+    if not shrunk.any():
+        return np.zeros(shrunk.shape[0], dtype=bool)
+    effect = np.abs(theta) * norms
+    reference = np.maximum(np.max(np.where(free, effect, 0.0), axis=-1), np.sqrt(np.einsum("kn,kn->k", res, res)))
+    no_effect = effect <= _VANISHED * reference[:, None]
+    undone = ~identifiable(jac * theta[:, None, :])  # fixed parameters' zero columns are null on their own
+    return np.any(shrunk & (no_effect | undone), axis=-1)
 
 
 def restart_points(start: Array, free: Array, seed: int, round_: int, spread: float = 1.0) -> Array:
@@ -948,8 +983,7 @@ class _Point:
 
 def _decompose_single(jac: Array, res: Array, d_prev: Array) -> _Point:
     col = column_norms(jac)
-    d = np.maximum(d_prev, col)
-    d[d == 0] = 1.0
+    d = more_scaling(d_prev, col)
     u, s_arr, vh = np.linalg.svd(jac / d, full_matrices=False)
     s, g = s_arr.tolist(), (res @ u).tolist()
     cut = s[0] * max(jac.shape) * float(np.finfo(jac.dtype).eps)
@@ -1027,7 +1061,7 @@ def _run_single(prob: _Problem, theta0: Array) -> _State:
     start_norms = np.array(pt.col_norms, dtype=dtype)
     code = _SING if prob.any_free[0] and max(pt.col_norms) == 0 else _convergence_single(pt, theta, cost, options)
     noisy = pt.gn_gain <= _NOISE_REGION * cost
-    scaled = math.sqrt(sum((dj * th) ** 2 for dj, th in zip(pt.d.tolist(), theta)))
+    scaled = math.hypot(*(dj * th for dj, th in zip(pt.d.tolist(), theta)))
     radius = options.initial_radius * (scaled if scaled > 0 else 1.0)
     lam, n_iter = 0.0, 0
     mask = free.tolist()
@@ -1037,7 +1071,7 @@ def _run_single(prob: _Problem, theta0: Array) -> _State:
         step = ((pt.vt @ np.array(coef)) / pt.d).tolist()
         trial = [th + (st if m else 0.0) for th, st, m in zip(theta, step, mask)]
         predicted = pt.gn_gain if lam == 0 else -sum(gi * si * c for gi, si, c in zip(pt.g, pt.s, coef)) - 0.5 * sum(
-            (si * c) ** 2 for si, c in zip(pt.s, coef)
+            (si * c) * (si * c) for si, c in zip(pt.s, coef)
         )
         res_t, handle = evaluator.residuals(np.array([trial], dtype=dtype))
         cost_t = 0.5 * float(res_t[0] @ res_t[0])
@@ -1062,7 +1096,7 @@ def _run_single(prob: _Problem, theta0: Array) -> _State:
         elif ratio > 0.75 or lam == 0:
             radius = max(radius, 2.0 * step_norm)
         if code == _RUN and poor:
-            scaled = math.sqrt(sum((dj * th) ** 2 for dj, th in zip(pt.d.tolist(), theta)))
+            scaled = math.hypot(*(dj * th for dj, th in zip(pt.d.tolist(), theta)))
             if radius <= np.finfo(dtype).eps * scaled:
                 code = _XTOL if _small_step_single(pt, theta, options) else _STALL
     if code == _RUN:
@@ -1089,7 +1123,7 @@ def _run_single(prob: _Problem, theta0: Array) -> _State:
 def _good(prob: _Problem, state: _State, start_norms: Array) -> Array:
     converged = (state.code >= _FTOL) & (state.code <= _EXACT)
     bound = at_bound(state.theta, prob.lower, prob.upper, prob.free)
-    return converged & ~degenerate(state.jac, start_norms, prob.free, bound)
+    return converged & ~degenerate(state.jac, state.theta, state.res, start_norms, prob.free, bound)
 
 
 def _better(candidate: _State, current: _State) -> Array:
