@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import polars as pl
 import pytest
@@ -598,3 +600,22 @@ def test_linear_groups_with_a_fixed_parameter_solved_exactly(dtype):
     table = fit_groups("a + b*x + c*x**2", frame, group="g", y="y", fix={"c": 0.0}, dtype=dtype).table  # crashed
     single = gradfit.fit("a + b*x + c*x**2", {"x": x[:20]}, frame["y"].to_numpy()[:20], fix={"c": 0.0}, dtype=dtype)
     assert table["b"][0] == pytest.approx(single.params["b"], rel=1e-5 if dtype == "float32" else 1e-8)
+
+
+@pytest.mark.parametrize(
+    ("model", "group", "clash"),
+    [
+        ("r2*t + c", "sensor", "parameter 'r2' has the name of the result column 'r2'"),
+        ("a*t + a_stderr", "sensor", "parameter 'a_stderr' has the name of the standard-error column of parameter 'a'"),
+        ("status*t + c", "sensor", "parameter 'status' has the name of the result column 'status'"),
+        ("w*t + c", "status", "the group column 'status' has the name of the result column 'status'"),
+        ("w*t + c", "w_stderr", "the group column 'w_stderr' has the name of the standard-error column of parameter 'w'"),
+    ],
+)
+def test_names_that_would_collide_in_the_result_table_are_refused(fleet, model, group, clash):
+    # a parameter r2 was silently replaced by R² (its own values lost), status raised a TypeError
+    from gradfit.errors import DataError
+
+    data = fleet.drop("sigma").rename({"sensor": group})
+    with pytest.raises((ModelError, DataError), match=re.escape(clash) + ".* rename the"):
+        fit_groups(model, data, group=group, y="y")

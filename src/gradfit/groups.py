@@ -594,7 +594,26 @@ def _model(
     if unknown:
         raise ModelError(f"'{sorted(unknown)[0]}' is not a parameter of the model — its parameters are {', '.join(built.param_names)}")
     check_columns(columns, list(column_starts.values()))
+    _check_result_names(group, built.param_names)
     return built, column_starts
+
+
+#: the columns of a group's row besides its key, its parameters and their standard errors
+RESULT_COLUMNS = ("n_points", "r2", "redchi", "aic", "bic", "val_loss", "iterations", "status", "success", "at_bound", "message")
+
+
+def _check_result_names(group: str, param_names: Sequence[str]) -> None:
+    """The result table's columns have distinct names: a parameter called ``r2``, or a key column
+    called ``status``, would overwrite one of them (or be overwritten)."""
+    meaning = {name: f"the result column '{name}'" for name in RESULT_COLUMNS}
+    for name in param_names:
+        meaning.setdefault(f"{name}_stderr", f"the standard-error column of parameter '{name}'")
+    for name in param_names:
+        if name in meaning:
+            raise ModelError(f"parameter '{name}' has the name of {meaning[name]} of the group results — rename the parameter")
+        meaning[name] = f"parameter '{name}'"
+    if group in meaning:
+        raise DataError(f"the group column '{group}' has the name of {meaning[group]} of the group results — rename the column")
 
 
 def _check_distinct_roles(roles: Mapping[str, str | None]) -> None:
