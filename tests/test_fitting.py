@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import polars as pl
 import pytest
@@ -484,3 +486,23 @@ def test_a_bfloat16_module_predicts_after_its_fit(thermometer):
     result = gradfit.fit(network, {"t_u": t_u}, t_c, optimizer="adam", epochs=50)
     prediction = result.predict({"t_u": [50.0]})  # numpy has no bfloat16: this raised a TypeError
     assert prediction.dtype == np.float64 and np.isfinite(prediction).all()
+
+
+@pytest.mark.parametrize(
+    ("data", "options", "note"),
+    [
+        ({"y": [1.0, 2.0, 3.0, 4.0]}, {}, "no input column besides the target"),
+        ({"t_u": [1.0, 2.0, 3.0, 4.0], "y": [1.0, 2.0, 3.0, 4.5]}, {"as_parameters": ["t_u"]}, "(t_u made a parameter)"),
+    ],
+)
+def test_a_formula_that_reads_no_column_of_its_data_is_a_model_error(data, options, note):
+    # the target being the only column, or the only input made a parameter, crashed the solvers
+    # (a matmul shape mismatch, LinAlgError, AxisError) or fitted groups "converged" with inf errors
+    from gradfit.errors import ModelError
+    from gradfit.fitting import prepare
+
+    with pytest.raises(ModelError, match=re.escape(note)):
+        prepare("w*t_u + b", pl.DataFrame(data), "y", **options)
+    if "as_parameters" in options:
+        with pytest.raises(ModelError, match=re.escape(note)):
+            gradfit.fit_groups("w*t_u + b", pl.DataFrame({**data, "g": [1, 1, 2, 2]}), group="g", y="y", **options)
