@@ -491,10 +491,12 @@ def test_a_python_function_along_the_data_is_fitted_per_group_as_alone(fleet):
         np.testing.assert_allclose([row["a"][0], row["b"][0]], single.values, rtol=1e-8)
 
 
-def test_an_empty_table_fits_no_groups_at_zero_fits_per_second():
+def test_an_empty_frame_is_refused():
+    from gradfit.errors import DataError
+
     empty = pl.DataFrame({"g": pl.Series([], dtype=pl.Int64), "t": pl.Series([], dtype=pl.Float64), "y": pl.Series([], dtype=pl.Float64)})
-    result = fit_groups("w*t + b", empty, group="g", y="y")
-    assert result.table.height == 0 and result.summary()["fits_per_second"] == 0.0
+    with pytest.raises(DataError, match="no rows in the data"):
+        fit_groups("w*t + b", empty, group="g", y="y")
 
 
 def test_noise_free_groups_converge_as_single_fits_do():
@@ -619,3 +621,33 @@ def test_names_that_would_collide_in_the_result_table_are_refused(fleet, model, 
     data = fleet.drop("sigma").rename({"sensor": group})
     with pytest.raises((ModelError, DataError), match=re.escape(clash) + ".* rename the"):
         fit_groups(model, data, group=group, y="y")
+
+
+def test_a_csv_whose_missing_values_are_spelled_na_or_nan_marks_those_groups_bad_data(tmp_path):
+    # polars reads such a column as text, and the group fit refused the whole file as "not numeric"
+    rows = ["g,t,y"] + [f"{g},{t},{2 * t + 1 + 0.01 * t * t}" for g in (1, 2, 3) for t in range(5)]
+    rows[7], rows[13] = "2,1,NA", "3,2,nan"
+    path = tmp_path / "fleet.csv"
+    path.write_text("\n".join(rows) + "\n")
+    table = fit_groups("m*t + q", path, group="g", y="y").table.sort("g")
+    assert table["status"].to_list() == ["converged", "bad_data", "bad_data"]
+    t = np.arange(5.0)
+    assert table["m"][0] == pytest.approx(gradfit.fit("m*t + q", {"t": t}, 2 * t + 1 + 0.01 * t * t).params["m"], rel=1e-12)
+    rows[13] = "3,2,x1"
+    path.write_text("\n".join(rows) + "\n")
+    from gradfit.errors import DataError
+
+    with pytest.raises(DataError, match="column 'y' is not numeric: row 13 has 'x1'"):
+        fit_groups("m*t + q", path, group="g", y="y")
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_a_table_without_rows_is_refused_as_a_single_fit_refuses_it(tmp_path, suffix):
+    # a header-only file fitted "successfully" and replaced an existing output with a header
+    from gradfit.errors import DataError
+
+    path = tmp_path / f"empty{suffix}"
+    empty = pl.DataFrame({"g": [], "t": [], "y": []}, schema={"g": pl.Int64, "t": pl.Float64, "y": pl.Float64})
+    empty.write_csv(path) if suffix == ".csv" else empty.write_parquet(path)
+    with pytest.raises(DataError, match="no rows in the data"):
+        fit_groups("w*t + b", path, group="g", y="y")

@@ -352,6 +352,8 @@ def iter_group_fits(
         dtype=_dtype(dtype), device=resolve_device(device), absolute_sigma=absolute_sigma,
     )
     _check_settings(settings)
+    if source.n_groups == 0:  # an empty table would replace the output with a header alone
+        raise DataError("no rows in the data — give at least one data row")
     if chunk is not None and chunk < 1:
         raise OptionError(f"chunk must be at least 1 group, got {chunk} — or leave it out to size chunks from the free memory")
     plan = _plan(built, y, sigma, column_starts, settings)
@@ -638,15 +640,10 @@ def _needed_columns(plan: ChunkPlan) -> list[str]:
 
 
 def _columns(frame: pl.DataFrame, plan: ChunkPlan) -> dict[str, np.ndarray]:
-    import polars as pl
+    """The columns the fit reads, as float64 (``NA`` or ``nan`` in text make their groups ``bad_data``)."""
+    from gradfit.data import numeric_column
 
-    columns = {}
-    for name in _needed_columns(plan):
-        series = frame[name]
-        if not (series.dtype.is_numeric() or series.dtype == pl.Boolean):
-            raise DataError(f"column '{name}' is not numeric (type {series.dtype}) — convert it to numbers")
-        columns[name] = series.cast(pl.Float64).to_numpy()
-    return columns
+    return {name: numeric_column(frame[name], name) for name in _needed_columns(plan)}
 
 
 def _check_settings(settings: Mapping[str, Any]) -> None:
