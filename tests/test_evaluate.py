@@ -268,3 +268,16 @@ def test_numpy_program_shares_the_torch_programs_plan() -> None:
     assert numpy_program.n_ops == torch_program.n_ops and numpy_program.names == torch_program.names
     with pytest.raises(ModelError, match="no value for 'x'"):
         numpy_program({})
+
+
+def test_integer_inputs_and_parameters_give_real_values_not_truncated_ones():
+    # the output array took the inputs' integer dtype: a*sqrt(x) + b at x = 2, 3, 5 gave [3 4 5]
+    from gradfit.model import make_model
+
+    model = make_model("a*sqrt(x) + b", ["x"])
+    x = np.array([2, 3, 5])
+    expected = 2.0 * np.sqrt(x) + 1.0
+    np.testing.assert_allclose(model.predict({"x": x}, np.array([2, 1])), expected, rtol=1e-15)
+    prediction, jacobian = model.predict_and_jacobian({"x": x}, np.array([2, 1]))
+    np.testing.assert_allclose(prediction, expected, rtol=1e-15)
+    np.testing.assert_allclose(jacobian[:, 0], np.sqrt(x), rtol=1e-15)

@@ -506,3 +506,10 @@ def test_a_formula_that_reads_no_column_of_its_data_is_a_model_error(data, optio
     if "as_parameters" in options:
         with pytest.raises(ModelError, match=re.escape(note)):
             gradfit.fit_groups("w*t_u + b", pl.DataFrame({**data, "g": [1, 1, 2, 2]}), group="g", y="y", **options)
+
+
+def test_a_step_in_a_fixed_parameter_is_evaluated_at_its_value_not_solved_as_linear():
+    # arctan2(a, 0) is π/2 for a > 0; taken for linear, the offset was computed at a = 0 (b = 3.75)
+    x = np.linspace(0.5, 3.0, 25)
+    result = gradfit.fit("arctan2(a, 0)*x + b", {"x": x}, np.pi / 2 * x + 1.0, fix={"a": 1.0})
+    assert result.params["b"] == pytest.approx(1.0, rel=1e-9)

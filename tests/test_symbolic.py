@@ -415,6 +415,12 @@ def test_to_text_uses_minimal_parentheses(text: str) -> None:
         ("exp(b)", ["b"], False),
         ("abs(a)*x", ["a"], False),
         ("sign(a)*x", ["a"], False),
+        ("sign(a)*x + a", ["a"], False),
+        # steps whose derivative simplifies to 0: arctan2(a, 0) = ±π/2, arctan2(0, a) = 0 or π
+        ("arctan2(a, 0)*x + b", ["a", "b"], False),
+        ("arctan2(0, a) + b*x", ["a", "b"], False),
+        ("arctan2(a, 0) + a", ["a"], False),
+        ("arctan2(x, 2)*a", ["a"], True),
         ("2**a", ["a"], False),
         ("a*a", ["a"], False),
         ("a - a + x", ["a"], True),

@@ -488,6 +488,8 @@ class NumpyProgram(_Program):
         values = self._input_values(slots, env, np.ndarray)
         shape = self._broadcast_shape(tuple(np.shape(v) for v in values), np.broadcast_shapes)
         dtype = np.result_type(*values) if values else np.dtype(np.float64)
+        if not np.issubdtype(dtype, np.inexact):  # integer data and parameters: the model is real-valued
+            dtype = np.dtype(np.float64)
         return slots, shape, dtype
 
 

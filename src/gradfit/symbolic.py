@@ -542,13 +542,24 @@ def is_linear_in(expr: Expr | Formula, params: Collection[str]) -> bool:
     tree = _as_expr(expr)
     wanted = set(params)
     for node in walk(tree):
-        if isinstance(node, Call) and node.func in _STEP_FUNCTIONS:
-            if wanted & set(free_names(node)):
-                return False
+        if isinstance(node, Call) and _piecewise_constant_in(node, wanted & set(free_names(node))):
+            return False
     for name in wanted:
         if wanted & set(free_names(diff(tree, name))):
             return False
     return True
+
+
+def _piecewise_constant_in(node: Call, names: set[str]) -> bool:
+    """A call that depends on one of ``names`` with a derivative that is zero almost everywhere:
+    ``sign(a)``, or ``arctan2(a, 0)`` (a step of height π), whose derivatives simplify to 0."""
+    if not names:
+        return False
+    return node.func in _STEP_FUNCTIONS or any(_is_zero(diff(node, name)) for name in names)
+
+
+def _is_zero(node: Expr) -> bool:
+    return isinstance(node, Num) and node.value == 0.0  # -0.0 too
 
 
 def linear_design(expr: Expr | Formula, params: Sequence[str]) -> tuple[Expr, list[Expr]]:
