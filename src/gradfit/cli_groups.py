@@ -189,7 +189,8 @@ def print_summary(summary: Any, fits: Any, console: Console, interrupted: bool =
     print_table(console, loss_table("groups by status", [(k, str(v)) for k, v in numbers["status"].items()], ("status", "groups")))
     quantiles = ("q0", "q5", "q50", "q95", "q100")
     rows = [(name, *(format_number(spread.get(q), 5) for q in quantiles)) for name, spread in (("R²", numbers["r2"]), *numbers["parameters"].items())]
-    print_table(console, loss_table("distribution over converged groups", rows, ("", "min", "5%", "median", "95%", "max")))
+    over = ", ".join(numbers["summarised"]) or "none"
+    print_table(console, loss_table(f"distribution over successful groups ({over})", rows, ("", "min", "5%", "median", "95%", "max")))
     worst = summary.worst()
     if worst is not None:
         rows = [(str(r[fits.group]), r["status"], format_number(r["r2"], 6), str(r["n_points"])) for r in worst.iter_rows(named=True)]

@@ -107,7 +107,7 @@ class GroupFitResult:
         return worst_rows(self.table, n)
 
     def summary(self) -> dict[str, Any]:
-        """Counts by status and quantiles of R² and of each parameter over converged groups."""
+        """Counts by status and quantiles of R² and of each parameter over the successful groups."""
         return self._summary().result(self.elapsed)
 
     def _summary(self) -> GroupSummary:
@@ -126,8 +126,9 @@ def worst_rows(table: pl.DataFrame, n: int) -> pl.DataFrame:
 class GroupSummary:
     """What the summary of a group fit reports, accumulated chunk by chunk.
 
-    Keeps the status counts, the R² and parameter values of converged groups (a few numbers per
-    group) and the worst rows seen so far; never the whole table.
+    Keeps the status counts, the R² and parameter values of successful groups (``success``: converged,
+    or a gradient fit that ran its epochs; a few numbers per group) and the worst rows seen so far;
+    never the whole table.
     """
 
     QUANTILES = (0.0, 0.05, 0.5, 0.95, 1.0)
@@ -138,6 +139,7 @@ class GroupSummary:
         self.groups = 0
         self._counts: dict[str, int] = {}
         self._values: dict[str, list[np.ndarray]] = {name: [] for name in ("r2", *self.param_names)}
+        self._successful: set[str] = set()
         self._worst: pl.DataFrame | None = None
 
     def add(self, table: pl.DataFrame) -> None:
@@ -147,9 +149,10 @@ class GroupSummary:
         self.groups += table.height
         for status, count in table.group_by("status").len().iter_rows():
             self._counts[status] = self._counts.get(status, 0) + count
-        converged = table.filter(pl.col("success"))
+        successful = table.filter(pl.col("success"))
+        self._successful.update(successful["status"].cast(pl.String).unique().to_list())
         for name, values in self._values.items():
-            values.append(converged[name].to_numpy())
+            values.append(successful[name].to_numpy())
         candidates = table if self._worst is None else pl.concat([self._worst, table], how="vertical_relaxed")
         self._worst = worst_rows(candidates, self.keep_worst)
 
@@ -162,10 +165,12 @@ class GroupSummary:
         return self._worst
 
     def result(self, elapsed: float) -> dict[str, Any]:
-        """``groups``, ``status`` counts, quantiles of ``r2`` and of each parameter, ``fits_per_second``."""
+        """``groups``, ``status`` counts, quantiles of ``r2`` and of each parameter over the
+        successful groups, the statuses those had (``summarised``), ``fits_per_second``."""
         return {
             "groups": self.groups,
             "status": self.status_counts(),
+            "summarised": sorted(self._successful),
             "r2": self._spread("r2"),
             "parameters": {name: self._spread(name) for name in self.param_names},
             "fits_per_second": self.groups / elapsed if elapsed > 0 else (math.inf if self.groups else 0.0),
