@@ -21,7 +21,43 @@ DEVICES = ("cpu", "cuda", "auto")
 
 @dataclass(frozen=True)
 class FitOptions:
-    """Settings of :func:`gradfit.fit`; see its docstring for each field."""
+    """Settings of :func:`gradfit.fit` (its keyword options), checked when made.
+
+    Attributes
+    ----------
+    solver
+        ``"auto"`` (least squares for parametric least-squares fits, gradient descent for networks
+        and ``mae``), ``"linear"``, ``"lm"``, ``"gn"`` or ``"gradient"``.
+    optimizer, optimizer_options
+        A ``torch.optim`` name (``"adam"``), class, factory or optimizer, and its keyword arguments
+        (``{"lr": 1e-2}``); naming one chooses gradient descent.
+    loss, loss_scale
+        ``"mse"``, ``"mae"``, ``"huber"``, ``"soft_l1"`` or ``"cauchy"``, and the robust losses'
+        residual scale (scipy's ``f_scale``).
+    epochs, batch_size
+        Gradient descent: the most epochs, and the minibatch size (None: the full batch).
+    val, seed
+        Fraction of rows held out for validation, and the seed of that split and of minibatches.
+    target, patience, plateau
+        Gradient descent: stop at this monitored loss; stop after ``patience`` epochs without
+        improvement (early stopping); halve the learning rate after ``plateau`` such epochs.
+    scale
+        Standardise inputs and parameters before solving (results are in the data's units).
+    dtype, device
+        ``"float64"`` or ``"float32"``; ``"cpu"``, ``"cuda"`` or ``"auto"`` for torch work.
+    absolute_sigma, confidence
+        Treat sigma as absolute (as ``curve_fit``), and the coverage of intervals and bands.
+    max_iter, starts
+        Least squares: iterations per start (None: the solver's default), and starting points
+        solved as one batch (the best is kept).
+    checkpoint, checkpoint_every, resume
+        Gradient descent: a file to save the run's state to every ``checkpoint_every`` epochs, and
+        a checkpoint to continue from.
+    nan_policy
+        ``"raise"`` on missing or non-finite values, or ``"omit"`` their rows.
+    callback
+        ``callback(epoch, train_loss, val_loss)`` after each epoch of gradient descent.
+    """
 
     solver: str = "auto"
     optimizer: Any = None

@@ -75,13 +75,15 @@ def fit(
         ``(x_val, y_val)`` or ``(x_val, y_val, sigma_val)``: an explicit validation set, instead of a
         random ``val`` fraction. A weighted fit's validation loss is weighted only if it has ``sigma_val``.
     **options
-        Any field of :class:`~gradfit.config.FitOptions`: ``solver`` ("auto", "linear", "lm", "gn",
-        "gradient"), ``optimizer`` (a ``torch.optim`` name or class), ``optimizer_options``, ``loss``,
-        ``epochs``, ``batch_size``, ``val`` (fraction held out, seeded by ``seed``), ``target``,
-        ``patience``, ``plateau``, ``scale`` (standardise before solving, default True), ``dtype``,
-        ``device`` (``"cpu"``, ``"cuda"``, ``"auto"``: where torch work runs — networks, gradient
-        solvers, Python functions; least-squares fits of formulas run on numpy), ``absolute_sigma``,
-        ``confidence``, ``nan_policy``, ``callback``.
+        Any field of :class:`~gradfit.config.FitOptions` (its docstring says what each does):
+        ``solver`` ("auto", "linear", "lm", "gn", "gradient"), ``optimizer`` (a ``torch.optim`` name
+        or class), ``optimizer_options``, ``loss``, ``loss_scale``, ``epochs``, ``batch_size``,
+        ``val`` (fraction held out, seeded by ``seed``), ``target``, ``patience``, ``plateau``,
+        ``scale`` (standardise before solving, default True), ``dtype``, ``device`` (``"cpu"``,
+        ``"cuda"``, ``"auto"``: where torch work runs — networks, gradient solvers, Python
+        functions; least-squares fits of formulas run on numpy), ``absolute_sigma``, ``max_iter``,
+        ``starts``, ``checkpoint``, ``checkpoint_every``, ``resume``, ``confidence``,
+        ``nan_policy``, ``callback``.
 
     Returns
     -------

@@ -129,6 +129,13 @@ class GroupSummary:
     Keeps the status counts, the R² and parameter values of successful groups (``success``: converged,
     or a gradient fit that ran its epochs; a few numbers per group) and the worst rows seen so far;
     never the whole table.
+
+    Parameters
+    ----------
+    param_names
+        The model's parameters (columns of the tables added).
+    keep_worst
+        How many of the worst rows to keep (:func:`worst_rows`).
     """
 
     QUANTILES = (0.0, 0.05, 0.5, 0.95, 1.0)
