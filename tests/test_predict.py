@@ -107,3 +107,14 @@ def test_sigma_of_the_wrong_length_is_a_data_error(thermometer):
     with pytest.raises(DataError, match="one per new point"):
         prediction_bands(weighted, {"t_u": [1.0, 2.0]}, sigma=[0.1, 0.2, 0.3])
     assert prediction_bands(weighted, {"t_u": [1.0, 2.0]}, sigma=[0.1, 0.2])[2].shape == (2,)
+
+
+def test_text_input_columns_convert_as_the_fits_data_do():
+    # a column holding "NA" (text in polars) was "not numeric — clean the data", with no row named
+    import polars as pl
+
+    result = gradfit.fit("w*t + b", {"t": np.array([1.0, 2.0, 3.0, 4.0])}, np.array([1.0, 2.0, 3.0, 4.2]))
+    predicted = result.predict({"t": pl.Series(["1", "NA", "3"])})
+    np.testing.assert_allclose(predicted, [result.predict(1.0)[0], np.nan, result.predict(3.0)[0]], rtol=1e-15)
+    with pytest.raises(DataError, match="row 2 has 'x'"):
+        result.predict({"t": pl.Series(["1", "x", "3"])})

@@ -844,16 +844,17 @@ def _column_to_float(raw: object, name: str, table: _Table) -> np.ndarray:
     return _array_to_float(array, name, table)
 
 
-def numeric_column(series: pl.Series, name: str) -> np.ndarray:
-    """A column as float64, converted as a dataset converts it: text read strictly, with ``NA``,
-    ``nan``, ``null``, empty and the like as NaN (a CSV column that holds them is text).
+def numeric_column(values: Any, name: str) -> np.ndarray:
+    """A column (polars Series, array or sequence) as float64, converted as a dataset converts it:
+    text read strictly, with ``NA``, ``nan``, ``null``, empty and the like as NaN (a CSV column that
+    holds them is text).
 
     Raises
     ------
     DataError
         Naming the first row that is not a number, or a column of another type.
     """
-    return _series_to_float(series, name, _Table([], lambda _: None))
+    return _column_to_float(values, name, _Table([], lambda _: None))
 
 
 def _series_to_float(series: pl.Series, name: str, table: _Table) -> np.ndarray:

@@ -33,13 +33,12 @@ def input_columns(result: FitResult, x: Any) -> dict[str, np.ndarray]:
 
 
 def _floats(values: Any, name: str) -> np.ndarray:
-    if hasattr(values, "to_numpy"):
+    """One input column as float64 (missing values such as ``NA`` give NaN predictions there)."""
+    from gradfit.data import numeric_column
+
+    if hasattr(values, "to_numpy") and not hasattr(values, "dtype"):
         values = values.to_numpy()
-    try:
-        array = np.asarray(values, dtype=float).reshape(-1)
-    except (TypeError, ValueError):
-        raise DataError(f"column '{name}' is not numeric — clean the data") from None
-    return array
+    return numeric_column(values if np.ndim(values) else np.atleast_1d(values), name).reshape(-1)
 
 
 def predict_columns(result: FitResult, x: Any) -> np.ndarray:
