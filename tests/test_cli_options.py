@@ -1,0 +1,46 @@
+"""Command-line options and paths: what each option applies to, and who reports a file that cannot be used."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+
+LINE = "w*t_u + b"
+
+
+# -- a file the user may not read: gradfit's own one line, not click's -----------------------------
+def _as_unprivileged() -> list[str]:
+    """A command prefix under which file permissions apply (root reads any file)."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root without setpriv: every file is readable")
+    dropped = "-dac_override,-dac_read_search"
+    return [setpriv, f"--bounding-set={dropped}", f"--inh-caps={dropped}"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["fit", "locked.csv", "--model", LINE, "--y", "t_c"], "DataError: cannot read locked.csv: permission denied — check the file's permissions"),
+        (["fit", "data.csv", "--val-data", "locked.csv", "--model", LINE, "--y", "t_c"], "DataError: cannot read locked.csv: permission denied"),
+        (["predict", "locked.csv", "data.csv"], "DataError: cannot read result file 'locked.csv': permission denied — check the file's permissions"),
+        (["report", "locked.csv"], "cannot read result file 'locked.csv': permission denied"),
+    ],
+)
+def test_an_unreadable_file_is_reported_by_gradfit(thermometer_csv, tmp_path, args, message):
+    prefix = _as_unprivileged()
+    shutil.copy(thermometer_csv, tmp_path / "data.csv")
+    locked = tmp_path / "locked.csv"
+    shutil.copy(thermometer_csv, locked)
+    locked.chmod(0)
+    env = {**os.environ, "COLUMNS": "80"}
+    run = subprocess.run([*prefix, sys.executable, "-m", "gradfit.cli", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2, run
+    assert run.stderr.splitlines() == [run.stderr.strip()] and message in run.stderr, run.stderr
