@@ -8,9 +8,18 @@ import subprocess
 import sys
 
 import pytest
+import typer
 
+from gradfit.cli import app
 
 LINE = "w*t_u + b"
+
+
+def test_help_of_out_names_the_formats_of_single_and_group_fits():
+    fit = typer.main.get_command(app).commands["fit"]  # type: ignore[attr-defined]
+    (out,) = [param for param in fit.params if param.name == "out"]
+    for suffix in (".json", "--group-by", ".parquet", ".pq", ".csv", ".ndjson", ".jsonl"):
+        assert suffix in out.help, (suffix, out.help)
 
 
 # -- a file the user may not read: gradfit's own one line, not click's -----------------------------
