@@ -95,7 +95,8 @@ def _long_fit(folder: Path, *extra: str, stderr: int = subprocess.PIPE) -> subpr
         sys.executable, "-m", "gradfit.cli", "fit", str(data), "-m", "a*sin(w*x) + c", "-y", "y",
         "--optimizer", "adam", "--epochs", "10000000", "--quiet", *extra,
     ]
-    return subprocess.Popen(command, stderr=stderr, text=True)
+    env = {**os.environ, "COLUMNS": "80"}  # rich wraps at the width a pipe gets by default
+    return subprocess.Popen(command, stderr=stderr, text=True, env=env)
 
 
 def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 60.0) -> None:
@@ -118,6 +119,7 @@ def test_signal_writes_best_parameters_and_exits(tmp_path, sig, code):
     assert result["status"] == "interrupted" and "best parameters" in result["message"]
     assert all(np.isfinite(p["value"]) for p in result["parameters"])
     assert "Traceback" not in stderr
+    assert stderr.strip().splitlines() == [f"interrupted: the best parameters so far are written to {out} (status 'interrupted')"]
 
 
 def test_outputs_are_absent_or_complete_after_kills_at_random_moments(tmp_path):

@@ -56,10 +56,10 @@ def _guarded(action: Callable[[], Any]) -> Any:
         errors.print(f"[bold red]{type(exc).__name__}[/]: {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_USAGE) from None
     except KeyboardInterrupt:
-        errors.print("interrupted before a result was written")
+        errors.print("interrupted before a result was written", highlight=False, soft_wrap=True)
         raise typer.Exit(130) from None
     except InterruptedFit as stop:
-        errors.print(stop.message, highlight=False, markup=False)
+        errors.print(stop.message, highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(stop.exit_code) from None
 
 
@@ -239,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             hint = f" — see '{context.command_path} --help'" if context is not None else ""
             errors.print(f"[bold red]Error[/]: {escape(exc.format_message())}{escape(hint)}", highlight=False, soft_wrap=True)
     except typer.Abort:
-        errors.print("Aborted!")
+        errors.print("Aborted!", highlight=False, soft_wrap=True)
         code = 1
     sys.exit(code if isinstance(code, int) else 0)
 
