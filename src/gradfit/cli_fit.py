@@ -112,29 +112,15 @@ class FitCommand:
     def run(self) -> None:
         """Check everything, fit, print and write the outputs."""
         from gradfit.fitting import fit_dataset, split_dataset
-        from gradfit.io import check_distinct, ensure_writable
 
         settings = self.settings()
-        check_distinct(
-            {"the data file": self.data, "the validation file": self.val_data},
-            {"--out": self.out, "--plot": self.plot, "--plot-history": self.plot_history,
-             "--report-html": self.report_html, "--checkpoint": self.checkpoint},
-        )
+        self._check_paths()
         if self.group_by is not None:
             from gradfit.cli_groups import run_group_fit
 
             run_group_fit(self, settings)
             return
-        if self.out is not None:
-            check_suffix(self.out, "--out", (".json",))
-        if self.report_html is not None:
-            check_suffix(self.report_html, "--report-html", (".html", ".htm"))
-            ensure_writable(self.report_html)
-        for path in (self.out, self.plot, self.plot_history, self.checkpoint):
-            if path is not None:
-                ensure_writable(path)
-        if self.resume is not None and not self.resume.is_file():
-            raise OptionError(f"checkpoint '{self.resume}' not found — check the path or drop --resume")
+        self._check_single_fit()
         model, dataset, explicit_val = self._prepare(settings)
         for path, option in ((self.plot, "--plot"), (self.plot_history, "--plot-history")):
             if path is not None:
@@ -142,24 +128,70 @@ class FitCommand:
         if settings.uses_optimizer:
             check_optimizer(settings.optimizer or "adam", settings.optimizer_options)
         train, val = split_dataset(dataset, settings, explicit_val)
-        with _progress(settings, self.quiet) as callback, interruptible() as signals:
-            result = fit_dataset(model, train, replace(settings, callback=callback), val)
+        # the handlers stay until the outputs are written: a signal then still leaves no temporary file
+        with interruptible() as signals:
+            with _progress(settings, self.quiet) as callback:
+                result = fit_dataset(model, train, replace(settings, callback=callback), val)
+            self._finish(result, train, val, signals)
+
+    def _check_paths(self) -> None:
+        """No output may replace an input or another output."""
+        from gradfit.io import check_distinct
+
+        outputs = {"--out": self.out, "--plot": self.plot, "--plot-history": self.plot_history,
+                   "--report-html": self.report_html}
+        check_distinct({"the data file": self.data, "the validation file": self.val_data},
+                       {**outputs, "--checkpoint": self.checkpoint})
+
+    def _check_single_fit(self) -> None:
+        """The options and outputs of a single fit, before its data are read."""
+        from gradfit.io import ensure_writable
+
+        if self.out is not None:
+            check_suffix(self.out, "--out", (".json",))
+        if self.report_html is not None:
+            check_suffix(self.report_html, "--report-html", (".html", ".htm"))
+        for path in (self.out, self.plot, self.plot_history, self.report_html, self.checkpoint):
+            if path is not None:
+                ensure_writable(path)
+        if self.resume is not None and not self.resume.is_file():
+            raise OptionError(f"checkpoint '{self.resume}' not found — check the path or drop --resume")
+
+    def _finish(self, result: Any, train: Any, val: Any, signals: interruptible) -> None:
+        """Print and write a finished (or interrupted) fit; a signal meanwhile still keeps the result."""
+        from gradfit.cli_report import record_run
+
         if result.status == "diverged":
             raise DivergenceError(self._divergence_message(result))
         if result.status == "non_finite":
             raise FitError(f"{result.message}; nothing was written")
-        from gradfit.cli_report import record_run
-
-        result = record_run(result, train, val)  # data ranges and command line, for the reports
-        if self.report and not self.quiet:
-            Console(soft_wrap=True).print(result.report(), highlight=False, markup=False)
-        elif not self.quiet:
-            _print_result(result)
-        self._write(result, train, val)
+        try:
+            result = record_run(result, train, val)  # data ranges and command line, for the reports
+            self._show(result)
+            self._write(result, train, val)
+        except KeyboardInterrupt:
+            raise InterruptedFit(signals.exit_code, self._keep(result)) from None
         if result.status == "interrupted":
             written = [str(path) for path in (self.out, self.plot, self.plot_history, self.report_html) if path is not None]
             where = f"written to {', '.join(written)}" if written else "shown above (no --out: nothing was written)"
             raise InterruptedFit(signals.exit_code, f"interrupted: the best parameters so far are {where} (status 'interrupted')")
+
+    def _show(self, result: Any) -> None:
+        if self.report and not self.quiet:
+            Console(soft_wrap=True).print(result.report(), highlight=False, markup=False)
+        elif not self.quiet:
+            _print_result(result)
+
+    def _keep(self, result: Any) -> str:
+        """After a signal while the outputs were written: write the result alone, say what was kept."""
+        from gradfit.io import atomic_write_text
+
+        others = [str(path) for path in (self.plot, self.plot_history, self.report_html) if path is not None]
+        lost = f"; {', '.join(others)} not written" if others else ""
+        if self.out is None:
+            return f"interrupted before the outputs were written: nothing was written (no --out){lost}"
+        atomic_write_text(self.out, result.to_json() + "\n")
+        return f"interrupted while writing the outputs: the result is written to {self.out} (status '{result.status}'){lost}"
 
     def _prepare(self, settings: Any) -> tuple[Any, Any, Any]:
         """Read the data files and build the model: every data and formula error surfaces here."""
@@ -331,7 +363,9 @@ class interruptible:
     """Context manager: SIGINT and SIGTERM interrupt the fit; remembers which signal came.
 
     The training loop turns the interruption into status ``interrupted`` with the best parameters
-    so far; the command then writes its outputs and exits 130 (SIGINT) or 143 (SIGTERM).
+    so far; the command then writes its outputs and exits 130 (SIGINT) or 143 (SIGTERM). An
+    interruption that leaves the ``with`` body (torch still loading, no result yet) becomes an
+    :class:`InterruptedFit` with the signal's exit code.
     """
 
     def __init__(self) -> None:
@@ -350,11 +384,13 @@ class interruptible:
         self._previous = {sig: signal.signal(sig, self._interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
         import signal
 
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        if kind is not None and issubclass(kind, KeyboardInterrupt):
+            raise InterruptedFit(self.exit_code, "interrupted before a result was written") from None
 
 
 class _progress:
