@@ -308,6 +308,10 @@ INPUT_ERRORS: dict[str, tuple[list[str], list[str]]] = {
     "explain: --fix is no option": (["explain", "data.csv", "--model", LINE, "--y", "t_c", "--fix", "w=2"], ["No such option: --fix"]),
     "demo: unknown": (["demo", "barometer"], ["unknown demo 'barometer'", "thermometer"]),
     "demo: out-dir is a file": (["demo", "--out-dir", "afile"], ["afile", "not a directory"]),
+    "out over the checkpoint resumed": ([*FIT, "--optimizer", "adam", "--resume", "run.ckpt", "--out", "run.ckpt"], ["--out run.ckpt would overwrite the checkpoint to resume (--resume)"]),
+    "plot over the checkpoint resumed": ([*FIT, "--optimizer", "adam", "--resume", "fit.png"], ["--plot fit.png would overwrite the checkpoint to resume"]),
+    "checkpoint over --out": ([*FIT, "--optimizer", "adam", "--checkpoint", "result.json"], ["--checkpoint result.json would overwrite --out"]),
+    "checkpoint over the data": ([*FIT, "--optimizer", "adam", "--checkpoint", "data.csv"], ["--checkpoint data.csv would overwrite the data file"]),
 }
 
 for _case, (_args, _) in INPUT_ERRORS.items():

@@ -247,3 +247,11 @@ def test_a_signal_before_the_training_starts_exits_with_its_own_code(tmp_path, c
     status, lines = _fit_in_process(tmp_path, capsys, "--optimizer", "adam", "--epochs", "100000", "--out", str(tmp_path / "r.json"))
     assert (status, lines) == (code, ["interrupted before a result was written"])
     assert _leftovers(tmp_path) == set()
+
+
+def test_checkpoint_may_be_the_file_resumed_from(tmp_path, capsys):
+    checkpoint, out = tmp_path / "run.ckpt", tmp_path / "r.json"
+    common = ("--optimizer", "adam", "--checkpoint", str(checkpoint), "--checkpoint-every", "50")
+    assert _fit_in_process(tmp_path, capsys, *common, "--epochs", "100") == (0, [])
+    assert _fit_in_process(tmp_path, capsys, *common, "--epochs", "200", "--resume", str(checkpoint), "--out", str(out)) == (0, [])
+    assert json.loads(out.read_text())["iterations"] == 200

@@ -135,13 +135,17 @@ class FitCommand:
             self._finish(result, train, val, signals)
 
     def _check_paths(self) -> None:
-        """No output may replace an input or another output."""
+        """No output may replace an input (the checkpoint to resume from included) or another output.
+
+        ``--checkpoint`` may name the ``--resume`` file: the run continues and keeps saving there.
+        """
         from gradfit.io import check_distinct
 
         outputs = {"--out": self.out, "--plot": self.plot, "--plot-history": self.plot_history,
                    "--report-html": self.report_html}
         check_distinct({"the data file": self.data, "the validation file": self.val_data},
                        {**outputs, "--checkpoint": self.checkpoint})
+        check_distinct({"the checkpoint to resume (--resume)": self.resume}, outputs)
 
     def _check_single_fit(self) -> None:
         """The options and outputs of a single fit, before its data are read."""
