@@ -2,17 +2,46 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
 import typer
+from typer.testing import CliRunner
 
+import gradfit
 from gradfit.cli import app
+from tests.conftest import T_C, T_U
 
 LINE = "w*t_u + b"
+
+
+def _fit(*args: str) -> Any:
+    return CliRunner().invoke(app, ["fit", *args, "--model", LINE, "--y", "t_c", "-q"])
+
+
+def _values(path: Path) -> list[float]:
+    return [p["value"] for p in json.loads(path.read_text())["parameters"]]
+
+
+def test_loss_scale_is_used_by_a_robust_loss(thermometer_csv, tmp_path):
+    out = tmp_path / "r.json"
+    run = _fit(str(thermometer_csv), "--loss", "huber", "--loss-scale", "0.5", "--out", str(out))
+    assert run.exit_code == 0, run.output
+    expected = gradfit.fit(LINE, {"t_u": T_U}, T_C, loss="huber", loss_scale=0.5)
+    assert _values(out) == pytest.approx(list(expected.values), rel=1e-9)
+    assert _values(out) != pytest.approx(list(gradfit.fit(LINE, {"t_u": T_U}, T_C, loss="huber").values), rel=1e-6)
+
+
+def test_a_single_fit_keeps_the_least_squares_iteration_cap(thermometer_csv, tmp_path):
+    run = _fit(str(thermometer_csv), "--solver", "lm", "--max-iter", "3", "--out", str(tmp_path / "r.json"))
+    assert run.exit_code == 0, run.output
+    assert json.loads((tmp_path / "r.json").read_text())["iterations"] <= 3
 
 
 def test_help_of_out_names_the_formats_of_single_and_group_fits():

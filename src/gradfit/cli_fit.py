@@ -27,6 +27,10 @@ __all__ = ["FitCommand", "run_predict", "run_explain", "result_table", "check_op
 
 #: runs with at least this many epochs show a progress bar on a terminal
 PROGRESS_MIN_EPOCHS = 200
+#: epochs between checkpoints when ``--checkpoint`` is given without ``--checkpoint-every``
+DEFAULT_CHECKPOINT_EVERY = 100
+#: options only group fits use
+_GROUP_ONLY = (("chunk", "--chunk"), ("tolerance", "--tolerance"), ("refit_failed", "--refit-failed"))
 
 
 @dataclass
@@ -46,7 +50,7 @@ class FitCommand:
     optimizer: str | None
     opt: str
     loss: str
-    loss_scale: float
+    loss_scale: float | None
     epochs: int
     batch_size: int | None
     val: float
@@ -63,7 +67,7 @@ class FitCommand:
     plot: Path | None
     plot_history: Path | None
     checkpoint: Path | None
-    checkpoint_every: int
+    checkpoint_every: int | None
     resume: Path | None
     report: bool
     quiet: bool
@@ -89,11 +93,11 @@ class FitCommand:
             optimizer=self.optimizer,
             optimizer_options=parse_options(self.opt),
             loss=self.loss,
-            loss_scale=self.loss_scale,
+            loss_scale=1.0 if self.loss_scale is None else self.loss_scale,
             starts=self.starts,
             max_iter=self.max_iter,
             checkpoint=None if self.checkpoint is None else str(self.checkpoint),
-            checkpoint_every=self.checkpoint_every,
+            checkpoint_every=DEFAULT_CHECKPOINT_EVERY if self.checkpoint_every is None else self.checkpoint_every,
             resume=None if self.resume is None else str(self.resume),
             epochs=self.epochs,
             batch_size=self.batch_size,
@@ -114,6 +118,7 @@ class FitCommand:
         from gradfit.fitting import fit_dataset, split_dataset
 
         settings = self.settings()
+        self._check_applicable()
         self._check_paths()
         if self.group_by is not None:
             from gradfit.cli_groups import run_group_fit
@@ -133,6 +138,25 @@ class FitCommand:
             with _progress(settings, self.quiet) as callback:
                 result = fit_dataset(model, train, replace(settings, callback=callback), val)
             self._finish(result, train, val, signals)
+
+    def _check_applicable(self) -> None:
+        """Refuse options this fit would ignore: an ignored option reads as one that worked."""
+        from gradfit.losses import LEAST_SQUARES_LOSSES
+
+        if self.group_by is None:
+            for field, flag in _GROUP_ONLY:
+                if getattr(self, field) is not None and getattr(self, field) is not False:
+                    raise OptionError(f"{flag} is for group fits (--group-by) — drop it, or add --group-by KEY")
+        if self.checkpoint_every is not None and self.checkpoint is None:
+            if self.group_by is not None:
+                raise OptionError("--checkpoint-every does not apply to --group-by fits — drop it")
+            raise OptionError("--checkpoint-every needs --checkpoint FILE (where the run's state is saved) — add it or drop --checkpoint-every")
+        robust = [name for name in LEAST_SQUARES_LOSSES if name != "mse"]
+        if self.loss_scale is not None and self.loss not in robust:
+            raise OptionError(
+                f"--loss-scale is the residual scale of the robust losses ({', '.join(robust)}); the {self.loss} loss has "
+                "none — drop --loss-scale or choose one of them with --loss"
+            )
 
     def _check_paths(self) -> None:
         """No output may replace an input (the checkpoint to resume from included) or another output.
