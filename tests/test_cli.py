@@ -308,6 +308,17 @@ INPUT_ERRORS: dict[str, tuple[list[str], list[str]]] = {
     "explain: --fix is no option": (["explain", "data.csv", "--model", LINE, "--y", "t_c", "--fix", "w=2"], ["No such option: --fix"]),
     "demo: unknown": (["demo", "barometer"], ["unknown demo 'barometer'", "thermometer"]),
     "demo: out-dir is a file": (["demo", "--out-dir", "afile"], ["afile", "not a directory"]),
+    "out over the checkpoint resumed": ([*FIT, "--optimizer", "adam", "--resume", "run.ckpt", "--out", "run.ckpt"], ["--out run.ckpt would overwrite the checkpoint to resume (--resume)"]),
+    "plot over the checkpoint resumed": ([*FIT, "--optimizer", "adam", "--resume", "fit.png"], ["--plot fit.png would overwrite the checkpoint to resume"]),
+    "checkpoint over --out": ([*FIT, "--optimizer", "adam", "--checkpoint", "result.json"], ["--checkpoint result.json would overwrite --out"]),
+    "checkpoint over the data": ([*FIT, "--optimizer", "adam", "--checkpoint", "data.csv"], ["--checkpoint data.csv would overwrite the data file"]),
+    "--tolerance of a single fit": ([*FIT, "--tolerance", "1e-4"], ["--tolerance is for group fits (--group-by)", "drop it"]),
+    "--refit-failed of a single fit": ([*FIT, "--refit-failed"], ["--refit-failed is for group fits (--group-by)"]),
+    "--chunk of a single fit": ([*FIT, "--chunk", "4"], ["--chunk is for group fits (--group-by)"]),
+    "--checkpoint-every without --checkpoint": ([*FIT, "--optimizer", "adam", "--checkpoint-every", "5"], ["--checkpoint-every needs --checkpoint"]),
+    "group --checkpoint-every": ([*FIT, "--group-by", "t_u", "--checkpoint-every", "5"], ["--checkpoint-every does not apply to --group-by fits"]),
+    "--loss-scale of mse": ([*FIT, "--loss-scale", "3"], ["--loss-scale is the residual scale of the robust losses", "the mse loss has none"]),
+    "--loss-scale of mae": ([*FIT, "--loss", "mae", "--loss-scale", "3"], ["the mae loss has none", "--loss"]),
 }
 
 for _case, (_args, _) in INPUT_ERRORS.items():

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -95,7 +96,8 @@ def _long_fit(folder: Path, *extra: str, stderr: int = subprocess.PIPE) -> subpr
         sys.executable, "-m", "gradfit.cli", "fit", str(data), "-m", "a*sin(w*x) + c", "-y", "y",
         "--optimizer", "adam", "--epochs", "10000000", "--quiet", *extra,
     ]
-    return subprocess.Popen(command, stderr=stderr, text=True)
+    env = {**os.environ, "COLUMNS": "80"}  # rich wraps at the width a pipe gets by default
+    return subprocess.Popen(command, stderr=stderr, text=True, env=env)
 
 
 def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 60.0) -> None:
@@ -118,6 +120,7 @@ def test_signal_writes_best_parameters_and_exits(tmp_path, sig, code):
     assert result["status"] == "interrupted" and "best parameters" in result["message"]
     assert all(np.isfinite(p["value"]) for p in result["parameters"])
     assert "Traceback" not in stderr
+    assert stderr.strip().splitlines() == [f"interrupted: the best parameters so far are written to {out} (status 'interrupted')"]
 
 
 def test_outputs_are_absent_or_complete_after_kills_at_random_moments(tmp_path):
@@ -150,3 +153,105 @@ def _check_outputs(folder: Path, torch) -> int:
     if "c.ckpt" in names:
         assert torch.load(folder / "c.ckpt", weights_only=True)["gradfit_checkpoint"] == 1
     return 1
+
+
+# -- signals at other moments of a command, in this process (the signal is sent where it must land) ----
+SIGNALS = [(signal.SIGINT, 130), (signal.SIGTERM, 143)]
+
+
+@pytest.fixture
+def no_default_sigterm():
+    """SIGTERM's default action would end pytest itself: fail the test instead where a signal gets past gradfit."""
+
+    def reached(signum, frame):
+        raise AssertionError("the signal reached the default handler: the process would have died without clean-up")
+
+    previous = signal.signal(signal.SIGTERM, reached)
+    yield
+    signal.signal(signal.SIGTERM, previous)
+
+
+def _fit_in_process(folder: Path, capsys, *extra: str) -> tuple[int, list[str]]:
+    """Run ``gradfit fit`` on the thermometer in this process: (exit code, lines on stderr)."""
+    from rich.console import Console
+
+    from gradfit import cli
+
+    data = folder / "data.csv"
+    data.write_text("t_c,t_u\n" + "\n".join(f"{c},{u}" for c, u in zip(T_C, T_U)) + "\n")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cli, "errors", Console(stderr=True, width=80))  # a terminal's width: no line may wrap
+        with pytest.raises(SystemExit) as stop:
+            cli.main(["fit", str(data), "-m", "w*t_u + b", "-y", "t_c", "--quiet", *extra])
+    return stop.value.code, [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+
+
+def _send_then(sig: int, action):
+    """``action`` that first signals this process (the handler runs as soon as it returns)."""
+
+    def signalled(*args, **kwargs):
+        os.kill(os.getpid(), sig)
+        return action(*args, **kwargs)
+
+    return signalled
+
+
+def _leftovers(folder: Path) -> set[str]:
+    return {p.name for p in folder.iterdir()} - {"data.csv"}
+
+
+@pytest.mark.parametrize(("sig", "code"), SIGNALS)
+def test_a_signal_while_the_outputs_are_written_keeps_the_result_and_no_temporary_file(tmp_path, capsys, monkeypatch, no_default_sigterm, sig, code):
+    from gradfit import plot
+
+    monkeypatch.setattr(plot, "plot_fit", _send_then(sig, plot.plot_fit))
+    out = tmp_path / "r.json"
+    status, lines = _fit_in_process(tmp_path, capsys, "--out", str(out), "--plot", str(tmp_path / "r.png"), "--report-html", str(tmp_path / "r.html"))
+    assert status == code
+    assert _leftovers(tmp_path) == {"r.json"}, "a temporary file or a half-written output was left"
+    assert json.loads(out.read_text())["status"] == "converged"  # the fit had ended: its result is kept
+    assert lines == [f"interrupted while writing the outputs: the result is written to {out} (status 'converged'); "
+                     f"{tmp_path / 'r.png'}, {tmp_path / 'r.html'} not written"]
+
+
+def test_sigterm_while_the_outputs_of_an_interrupted_fit_are_written_exits_143_with_its_parameters(tmp_path, capsys, monkeypatch, no_default_sigterm):
+    # Ctrl-C stops the training, then SIGTERM arrives while the figure is drawn
+    from gradfit import fitting, plot
+
+    fit_dataset = fitting.fit_dataset
+
+    def interrupted_at_epoch_50(model, train, settings, val=None):
+        def callback(epoch, train_loss, val_loss):
+            if epoch == 50:
+                os.kill(os.getpid(), signal.SIGINT)
+
+        return fit_dataset(model, train, replace(settings, callback=callback), val)
+
+    monkeypatch.setattr(fitting, "fit_dataset", interrupted_at_epoch_50)
+    monkeypatch.setattr(plot, "plot_fit", _send_then(signal.SIGTERM, plot.plot_fit))
+    out = tmp_path / "r.json"
+    status, lines = _fit_in_process(tmp_path, capsys, "--optimizer", "adam", "--epochs", "100000", "--out", str(out), "--plot", str(tmp_path / "r.png"))
+    assert status == 143
+    assert _leftovers(tmp_path) == {"r.json"}
+    saved = json.loads(out.read_text())
+    assert saved["status"] == "interrupted" and saved["iterations"] == 50
+    assert len(lines) == 1 and "(status 'interrupted')" in lines[0]
+
+
+@pytest.mark.parametrize(("sig", "code"), SIGNALS)
+def test_a_signal_before_the_training_starts_exits_with_its_own_code(tmp_path, capsys, monkeypatch, no_default_sigterm, sig, code):
+    # the handlers are in place while torch is imported and the fit is set up
+    from gradfit import fitting
+
+    monkeypatch.setattr(fitting, "fit_dataset", _send_then(sig, fitting.fit_dataset))
+    status, lines = _fit_in_process(tmp_path, capsys, "--optimizer", "adam", "--epochs", "100000", "--out", str(tmp_path / "r.json"))
+    assert (status, lines) == (code, ["interrupted before a result was written"])
+    assert _leftovers(tmp_path) == set()
+
+
+def test_checkpoint_may_be_the_file_resumed_from(tmp_path, capsys):
+    checkpoint, out = tmp_path / "run.ckpt", tmp_path / "r.json"
+    common = ("--optimizer", "adam", "--checkpoint", str(checkpoint), "--checkpoint-every", "50")
+    assert _fit_in_process(tmp_path, capsys, *common, "--epochs", "100") == (0, [])
+    assert _fit_in_process(tmp_path, capsys, *common, "--epochs", "200", "--resume", str(checkpoint), "--out", str(out)) == (0, [])
+    assert json.loads(out.read_text())["iterations"] == 200

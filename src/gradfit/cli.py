@@ -35,6 +35,17 @@ EXIT_USAGE = 2
 _state = {"debug": False}
 
 
+def _path_argument(*names: str, **settings: Any) -> Any:
+    """``typer.Argument`` for a file, unchecked by click: gradfit's own readers say what is wrong (and how
+    to fix it) in one line, where click would answer "path 'f.csv' is not readable"."""
+    return typer.Argument(*names, readable=False, **settings)
+
+
+def _path_option(*names: str, **settings: Any) -> Any:
+    """``typer.Option`` for a file, unchecked by click (see :func:`_path_argument`)."""
+    return typer.Option(*names, readable=False, **settings)
+
+
 def _guarded(action: Callable[[], Any]) -> Any:
     """Run ``action``; turn gradfit errors into one line and exit code 2, Ctrl-C into 130."""
     try:
@@ -45,10 +56,10 @@ def _guarded(action: Callable[[], Any]) -> Any:
         errors.print(f"[bold red]{type(exc).__name__}[/]: {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_USAGE) from None
     except KeyboardInterrupt:
-        errors.print("interrupted before a result was written")
+        errors.print("interrupted before a result was written", highlight=False, soft_wrap=True)
         raise typer.Exit(130) from None
     except InterruptedFit as stop:
-        errors.print(stop.message, highlight=False, markup=False)
+        errors.print(stop.message, highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(stop.exit_code) from None
 
 
@@ -57,7 +68,7 @@ def _main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks f
     _state["debug"] = debug
 
 
-DataArg = Annotated[Path, typer.Argument(help="Data file: CSV, TSV, Parquet or NDJSON.", show_default=False)]
+DataArg = Annotated[Path, _path_argument(help="Data file: CSV, TSV, Parquet or NDJSON.", show_default=False)]
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Formula, e.g. 'w*t_u + b'. Data columns are inputs, other names parameters.")]
 YOpt = Annotated[str, typer.Option("--y", "-y", help="Target column.")]
 
@@ -77,11 +88,11 @@ def fit(
     optimizer: Annotated[Optional[str], typer.Option(help="Any torch.optim optimizer: sgd, adam, adamw, rmsprop, adagrad, lbfgs, ...")] = None,
     opt: Annotated[str, typer.Option("--opt", help="Optimizer keyword arguments, e.g. 'lr=1e-2,momentum=0.9'.")] = "",
     loss: Annotated[str, typer.Option(help="mse | mae | huber | soft_l1 | cauchy.")] = "mse",
-    loss_scale: Annotated[float, typer.Option(help="Residual scale of the robust losses (scipy's f_scale).")] = 1.0,
+    loss_scale: Annotated[Optional[float], typer.Option(help="Residual scale of the robust losses huber, soft_l1, cauchy (scipy's f_scale; default 1).", show_default=False)] = None,
     epochs: Annotated[int, typer.Option(help="Maximum epochs of a gradient solver.")] = 1000,
     batch_size: Annotated[Optional[int], typer.Option(help="Minibatch size (default: full batch).")] = None,
     val: Annotated[float, typer.Option(help="Fraction of rows held out for validation.")] = 0.0,
-    val_data: Annotated[Optional[Path], typer.Option(help="Validation data file (instead of --val).")] = None,
+    val_data: Annotated[Optional[Path], _path_option(help="Validation data file (instead of --val).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the split and minibatch order.")] = 0,
     target: Annotated[Optional[float], typer.Option(help="Stop when the monitored loss (validation if any, else training) reaches this value.")] = None,
     patience: Annotated[Optional[int], typer.Option(help="Early stopping: epochs without improvement.")] = None,
@@ -90,13 +101,13 @@ def fit(
     dtype: Annotated[str, typer.Option(help="float64 | float32.")] = "float64",
     nan: Annotated[str, typer.Option("--nan", help="raise | omit rows with missing or non-finite values.")] = "raise",
     absolute_sigma: Annotated[bool, typer.Option(help="Treat sigma as absolute (as curve_fit's absolute_sigma).")] = False,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the result as JSON.")] = None,
-    plot: Annotated[Optional[Path], typer.Option(help="Write data and fitted curve to this image.")] = None,
-    plot_history: Annotated[Optional[Path], typer.Option(help="Write train/validation loss per epoch to this image.")] = None,
-    report_html: Annotated[Optional[Path], typer.Option("--report-html", help="Write a self-contained HTML report: figures with bands, residuals, parameters, statistics, provenance.")] = None,
-    checkpoint: Annotated[Optional[Path], typer.Option(help="Gradient solvers: save the run's state to this file periodically.")] = None,
-    checkpoint_every: Annotated[int, typer.Option(help="Epochs between checkpoints.")] = 100,
-    resume: Annotated[Optional[Path], typer.Option(help="Continue a gradient run from a checkpoint file.")] = None,
+    out: Annotated[Optional[Path], _path_option("--out", "-o", help="Write the result: JSON (.json); with --group-by a table of every group's fit (.parquet, .pq, .csv, .ndjson or .jsonl).")] = None,
+    plot: Annotated[Optional[Path], _path_option(help="Write data and fitted curve to this image.")] = None,
+    plot_history: Annotated[Optional[Path], _path_option(help="Write train/validation loss per epoch to this image.")] = None,
+    report_html: Annotated[Optional[Path], _path_option("--report-html", help="Write a self-contained HTML report: figures with bands, residuals, parameters, statistics, provenance.")] = None,
+    checkpoint: Annotated[Optional[Path], _path_option(help="Gradient solvers: save the run's state to this file periodically.")] = None,
+    checkpoint_every: Annotated[Optional[int], typer.Option(help="Epochs between checkpoints (with --checkpoint; default 100).", show_default=False)] = None,
+    resume: Annotated[Optional[Path], _path_option(help="Continue a gradient run from a checkpoint file.")] = None,
     report: Annotated[bool, typer.Option("--report", help="Print the full sectioned fit report.")] = False,
     group_by: Annotated[Optional[str], typer.Option(help="Fit every group of rows with this key independently (batched).")] = None,
     chunk: Annotated[Optional[int], typer.Option(help="Groups per batch (default: from available memory).")] = None,
@@ -116,9 +127,9 @@ def fit(
 
 @app.command()
 def predict(
-    result: Annotated[Path, typer.Argument(help="Result JSON written by 'gradfit fit --out'.")],
+    result: Annotated[Path, _path_argument(help="Result JSON written by 'gradfit fit --out'.")],
     data: DataArg,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the data with a prediction column (CSV, Parquet or NDJSON by extension; default: CSV on stdout).")] = None,
+    out: Annotated[Optional[Path], _path_option("--out", "-o", help="Write the data with a prediction column (CSV, Parquet or NDJSON by extension; default: CSV on stdout).")] = None,
     column: Annotated[str, typer.Option(help="Name of the prediction column.")] = "prediction",
 ) -> None:
     """Apply a saved fit to new data."""
@@ -146,7 +157,7 @@ def explain(
 @app.command()
 def demo(
     name: Annotated[str, typer.Argument(help="Which demo: thermometer.")] = "thermometer",
-    out_dir: Annotated[Path, typer.Option(help="Folder for the figures.")] = Path("demo-output"),
+    out_dir: Annotated[Path, _path_option(help="Folder for the figures.")] = Path("demo-output"),
 ) -> None:
     """Run a bundled demonstration (the chapter's thermometer)."""
     from gradfit.cli_demo import run_demo
@@ -156,9 +167,9 @@ def demo(
 
 @app.command()
 def report(
-    result: Annotated[Path, typer.Argument(help="Result JSON written by 'gradfit fit --out'.")],
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="HTML file to write (default: the result's name with .html).")] = None,
-    data: Annotated[Optional[Path], typer.Option("--data", help="The fitted data file, to draw the points and residuals.")] = None,
+    result: Annotated[Path, _path_argument(help="Result JSON written by 'gradfit fit --out'.")],
+    out: Annotated[Optional[Path], _path_option("--out", "-o", help="HTML file to write (default: the result's name with .html).")] = None,
+    data: Annotated[Optional[Path], _path_option("--data", help="The fitted data file, to draw the points and residuals.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
 ) -> None:
     """Write a saved fit as one self-contained HTML report (open it in any browser)."""
@@ -182,8 +193,8 @@ def compare(
     optimizer: Annotated[Optional[str], typer.Option(help="Fit every model with this torch.optim optimizer.")] = None,
     opt: Annotated[str, typer.Option("--opt", help="Optimizer keyword arguments, e.g. 'lr=1e-2'.")] = "",
     nan: Annotated[str, typer.Option("--nan", help="raise | omit rows with missing or non-finite values.")] = "raise",
-    plot: Annotated[Optional[Path], typer.Option(help="Write every fitted curve over the data to this image.")] = None,
-    plot_val: Annotated[Optional[Path], typer.Option("--plot-val", help="Write a bar chart of the losses per model to this image.")] = None,
+    plot: Annotated[Optional[Path], _path_option(help="Write every fitted curve over the data to this image.")] = None,
+    plot_val: Annotated[Optional[Path], _path_option("--plot-val", help="Write a bar chart of the losses per model to this image.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,
 ) -> None:
     """Fit several models on the same split and say which generalises best."""
@@ -228,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             hint = f" — see '{context.command_path} --help'" if context is not None else ""
             errors.print(f"[bold red]Error[/]: {escape(exc.format_message())}{escape(hint)}", highlight=False, soft_wrap=True)
     except typer.Abort:
-        errors.print("Aborted!")
+        errors.print("Aborted!", highlight=False, soft_wrap=True)
         code = 1
     sys.exit(code if isinstance(code, int) else 0)
 

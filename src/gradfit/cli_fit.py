@@ -27,6 +27,10 @@ __all__ = ["FitCommand", "run_predict", "run_explain", "result_table", "check_op
 
 #: runs with at least this many epochs show a progress bar on a terminal
 PROGRESS_MIN_EPOCHS = 200
+#: epochs between checkpoints when ``--checkpoint`` is given without ``--checkpoint-every``
+DEFAULT_CHECKPOINT_EVERY = 100
+#: options only group fits use
+_GROUP_ONLY = (("chunk", "--chunk"), ("tolerance", "--tolerance"), ("refit_failed", "--refit-failed"))
 
 
 @dataclass
@@ -46,7 +50,7 @@ class FitCommand:
     optimizer: str | None
     opt: str
     loss: str
-    loss_scale: float
+    loss_scale: float | None
     epochs: int
     batch_size: int | None
     val: float
@@ -63,7 +67,7 @@ class FitCommand:
     plot: Path | None
     plot_history: Path | None
     checkpoint: Path | None
-    checkpoint_every: int
+    checkpoint_every: int | None
     resume: Path | None
     report: bool
     quiet: bool
@@ -89,11 +93,11 @@ class FitCommand:
             optimizer=self.optimizer,
             optimizer_options=parse_options(self.opt),
             loss=self.loss,
-            loss_scale=self.loss_scale,
+            loss_scale=1.0 if self.loss_scale is None else self.loss_scale,
             starts=self.starts,
             max_iter=self.max_iter,
             checkpoint=None if self.checkpoint is None else str(self.checkpoint),
-            checkpoint_every=self.checkpoint_every,
+            checkpoint_every=DEFAULT_CHECKPOINT_EVERY if self.checkpoint_every is None else self.checkpoint_every,
             resume=None if self.resume is None else str(self.resume),
             epochs=self.epochs,
             batch_size=self.batch_size,
@@ -112,29 +116,16 @@ class FitCommand:
     def run(self) -> None:
         """Check everything, fit, print and write the outputs."""
         from gradfit.fitting import fit_dataset, split_dataset
-        from gradfit.io import check_distinct, ensure_writable
 
         settings = self.settings()
-        check_distinct(
-            {"the data file": self.data, "the validation file": self.val_data},
-            {"--out": self.out, "--plot": self.plot, "--plot-history": self.plot_history,
-             "--report-html": self.report_html, "--checkpoint": self.checkpoint},
-        )
+        self._check_applicable()
+        self._check_paths()
         if self.group_by is not None:
             from gradfit.cli_groups import run_group_fit
 
             run_group_fit(self, settings)
             return
-        if self.out is not None:
-            check_suffix(self.out, "--out", (".json",))
-        if self.report_html is not None:
-            check_suffix(self.report_html, "--report-html", (".html", ".htm"))
-            ensure_writable(self.report_html)
-        for path in (self.out, self.plot, self.plot_history, self.checkpoint):
-            if path is not None:
-                ensure_writable(path)
-        if self.resume is not None and not self.resume.is_file():
-            raise OptionError(f"checkpoint '{self.resume}' not found — check the path or drop --resume")
+        self._check_single_fit()
         model, dataset, explicit_val = self._prepare(settings)
         for path, option in ((self.plot, "--plot"), (self.plot_history, "--plot-history")):
             if path is not None:
@@ -142,24 +133,93 @@ class FitCommand:
         if settings.uses_optimizer:
             check_optimizer(settings.optimizer or "adam", settings.optimizer_options)
         train, val = split_dataset(dataset, settings, explicit_val)
-        with _progress(settings, self.quiet) as callback, interruptible() as signals:
-            result = fit_dataset(model, train, replace(settings, callback=callback), val)
+        # the handlers stay until the outputs are written: a signal then still leaves no temporary file
+        with interruptible() as signals:
+            with _progress(settings, self.quiet) as callback:
+                result = fit_dataset(model, train, replace(settings, callback=callback), val)
+            self._finish(result, train, val, signals)
+
+    def _check_applicable(self) -> None:
+        """Refuse options this fit would ignore: an ignored option reads as one that worked."""
+        from gradfit.losses import LEAST_SQUARES_LOSSES
+
+        if self.group_by is None:
+            for field, flag in _GROUP_ONLY:
+                if getattr(self, field) is not None and getattr(self, field) is not False:
+                    raise OptionError(f"{flag} is for group fits (--group-by) — drop it, or add --group-by KEY")
+        if self.checkpoint_every is not None and self.checkpoint is None:
+            if self.group_by is not None:
+                raise OptionError("--checkpoint-every does not apply to --group-by fits — drop it")
+            raise OptionError("--checkpoint-every needs --checkpoint FILE (where the run's state is saved) — add it or drop --checkpoint-every")
+        robust = [name for name in LEAST_SQUARES_LOSSES if name != "mse"]
+        if self.loss_scale is not None and self.loss not in robust:
+            raise OptionError(
+                f"--loss-scale is the residual scale of the robust losses ({', '.join(robust)}); the {self.loss} loss has "
+                "none — drop --loss-scale or choose one of them with --loss"
+            )
+
+    def _check_paths(self) -> None:
+        """No output may replace an input (the checkpoint to resume from included) or another output.
+
+        ``--checkpoint`` may name the ``--resume`` file: the run continues and keeps saving there.
+        """
+        from gradfit.io import check_distinct
+
+        outputs = {"--out": self.out, "--plot": self.plot, "--plot-history": self.plot_history,
+                   "--report-html": self.report_html}
+        check_distinct({"the data file": self.data, "the validation file": self.val_data},
+                       {**outputs, "--checkpoint": self.checkpoint})
+        check_distinct({"the checkpoint to resume (--resume)": self.resume}, outputs)
+
+    def _check_single_fit(self) -> None:
+        """The options and outputs of a single fit, before its data are read."""
+        from gradfit.io import ensure_writable
+
+        if self.out is not None:
+            check_suffix(self.out, "--out", (".json",))
+        if self.report_html is not None:
+            check_suffix(self.report_html, "--report-html", (".html", ".htm"))
+        for path in (self.out, self.plot, self.plot_history, self.report_html, self.checkpoint):
+            if path is not None:
+                ensure_writable(path)
+        if self.resume is not None and not self.resume.is_file():
+            raise OptionError(f"checkpoint '{self.resume}' not found — check the path or drop --resume")
+
+    def _finish(self, result: Any, train: Any, val: Any, signals: interruptible) -> None:
+        """Print and write a finished (or interrupted) fit; a signal meanwhile still keeps the result."""
+        from gradfit.cli_report import record_run
+
         if result.status == "diverged":
             raise DivergenceError(self._divergence_message(result))
         if result.status == "non_finite":
             raise FitError(f"{result.message}; nothing was written")
-        from gradfit.cli_report import record_run
-
-        result = record_run(result, train, val)  # data ranges and command line, for the reports
-        if self.report and not self.quiet:
-            Console(soft_wrap=True).print(result.report(), highlight=False, markup=False)
-        elif not self.quiet:
-            _print_result(result)
-        self._write(result, train, val)
+        try:
+            result = record_run(result, train, val)  # data ranges and command line, for the reports
+            self._show(result)
+            self._write(result, train, val)
+        except KeyboardInterrupt:
+            raise InterruptedFit(signals.exit_code, self._keep(result)) from None
         if result.status == "interrupted":
             written = [str(path) for path in (self.out, self.plot, self.plot_history, self.report_html) if path is not None]
             where = f"written to {', '.join(written)}" if written else "shown above (no --out: nothing was written)"
             raise InterruptedFit(signals.exit_code, f"interrupted: the best parameters so far are {where} (status 'interrupted')")
+
+    def _show(self, result: Any) -> None:
+        if self.report and not self.quiet:
+            Console(soft_wrap=True).print(result.report(), highlight=False, markup=False)
+        elif not self.quiet:
+            _print_result(result)
+
+    def _keep(self, result: Any) -> str:
+        """After a signal while the outputs were written: write the result alone, say what was kept."""
+        from gradfit.io import atomic_write_text
+
+        others = [str(path) for path in (self.plot, self.plot_history, self.report_html) if path is not None]
+        lost = f"; {', '.join(others)} not written" if others else ""
+        if self.out is None:
+            return f"interrupted before the outputs were written: nothing was written (no --out){lost}"
+        atomic_write_text(self.out, result.to_json() + "\n")
+        return f"interrupted while writing the outputs: the result is written to {self.out} (status '{result.status}'){lost}"
 
     def _prepare(self, settings: Any) -> tuple[Any, Any, Any]:
         """Read the data files and build the model: every data and formula error surfaces here."""
@@ -331,7 +391,9 @@ class interruptible:
     """Context manager: SIGINT and SIGTERM interrupt the fit; remembers which signal came.
 
     The training loop turns the interruption into status ``interrupted`` with the best parameters
-    so far; the command then writes its outputs and exits 130 (SIGINT) or 143 (SIGTERM).
+    so far; the command then writes its outputs and exits 130 (SIGINT) or 143 (SIGTERM). An
+    interruption that leaves the ``with`` body (torch still loading, no result yet) becomes an
+    :class:`InterruptedFit` with the signal's exit code.
     """
 
     def __init__(self) -> None:
@@ -350,11 +412,13 @@ class interruptible:
         self._previous = {sig: signal.signal(sig, self._interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
         import signal
 
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        if kind is not None and issubclass(kind, KeyboardInterrupt):
+            raise InterruptedFit(self.exit_code, "interrupted before a result was written") from None
 
 
 class _progress:

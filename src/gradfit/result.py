@@ -221,6 +221,8 @@ class FitResult:
             return cls.from_json(Path(path).read_text(encoding="utf-8"))
         except UnicodeDecodeError:
             raise DataError(f"not a gradfit result file: '{path}' is not UTF-8 JSON text — {_WHAT_IS_A_RESULT}") from None
+        except PermissionError:
+            raise DataError(f"cannot read result file '{path}': permission denied — check the file's permissions") from None
         except OSError as exc:
             raise DataError(f"cannot read result file '{path}': {exc.strerror} — check the path") from None
 
