@@ -513,3 +513,11 @@ def test_a_step_in_a_fixed_parameter_is_evaluated_at_its_value_not_solved_as_lin
     x = np.linspace(0.5, 3.0, 25)
     result = gradfit.fit("arctan2(a, 0)*x + b", {"x": x}, np.pi / 2 * x + 1.0, fix={"a": 1.0})
     assert result.params["b"] == pytest.approx(1.0, rel=1e-9)
+
+
+def test_a_robust_fits_record_keeps_its_loss_scale():
+    # the scale changes the estimate, but the result's settings did not say which one was used
+    x = np.linspace(0.0, 1.0, 20)
+    result = gradfit.fit("w*x + b", {"x": x}, 2.0 * x + np.sin(9.0 * x), loss="huber", loss_scale=0.3)
+    assert result.settings["loss_scale"] == 0.3
+    assert gradfit.FitResult.from_json(result.to_json()).settings["loss_scale"] == 0.3

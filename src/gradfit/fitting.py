@@ -334,6 +334,7 @@ def _settings_record(options: FitOptions, dataset: Dataset) -> dict[str, Any]:
     optimizer = options.optimizer
     return {
         "solver": options.solver,
+        "loss_scale": options.loss_scale,
         "optimizer": None if optimizer is None else optimizer_label(optimizer),
         "optimizer_options": {k: v if isinstance(v, (int, float, str, bool)) or v is None else list(v) for k, v in options.optimizer_options.items()},
         "epochs": options.epochs,

@@ -108,7 +108,7 @@ def _draw_curve(
     ax.plot(grid, result.predict({name: grid}), color=color, lw=1.8, label=mathtext_safe(label or f"fit: {result.model}"))
     ax.set_xlabel(mathtext_safe(name))
     ax.set_ylabel(mathtext_safe(result.y_name))
-    ax.legend()
+    _legend(ax, sum(p.size for p in points))
 
 
 def draw_bands(ax: Axes, grid: np.ndarray, bands: tuple[np.ndarray, np.ndarray, np.ndarray], color: str, level: float) -> None:
@@ -128,7 +128,16 @@ def _draw_parity(ax: Axes, result: FitResult, train: Dataset, val: Dataset | Non
     ax.plot([everything.min(), everything.max()], [everything.min(), everything.max()], color="grey", lw=1)
     ax.set_xlabel(mathtext_safe(f"observed {result.y_name}"))
     ax.set_ylabel(mathtext_safe(f"predicted {result.y_name}"))
-    ax.legend()
+    _legend(ax, everything.size)
+
+
+#: above this many points, the legend goes in a fixed corner: matplotlib's search for the best
+#: place scans every point (seconds, and a warning, for a million)
+LEGEND_SEARCH_POINTS = 20_000
+
+
+def _legend(ax: Axes, n_points: int) -> None:
+    ax.legend(loc="best" if n_points <= LEGEND_SEARCH_POINTS else "upper left")
 
 
 def draw_history(ax: Axes, histories: Mapping[str, Sequence[float]], title: str = "") -> None:

@@ -1,0 +1,29 @@
+"""Figures of a fit: what goes on the axes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gradfit
+from gradfit.data import as_dataset
+
+
+@pytest.mark.parametrize(("n", "location"), [(200, 0), (50_000, 2)])  # matplotlib's codes: best, upper left
+def test_the_legend_searches_for_the_best_place_only_among_few_points(n, location):
+    # with 2M points matplotlib's search took seconds and printed 'loc="best" can be slow'
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from gradfit.plot import draw_fit, figure
+
+    x = np.linspace(0.0, 1.0, n)
+    y = 2.0 * x + 1.0 + np.random.default_rng(0).normal(0.0, 0.1, n)
+    result = gradfit.fit("w*x + b", {"x": x}, y)
+    fig, axes = figure()
+    ax = axes[0]
+    draw_fit(ax, result, as_dataset({"x": x}, y))
+    assert ax.get_legend()._loc == location
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
