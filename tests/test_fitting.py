@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import polars as pl
 import pytest
@@ -488,24 +486,25 @@ def test_a_bfloat16_module_predicts_after_its_fit(thermometer):
     assert prediction.dtype == np.float64 and np.isfinite(prediction).all()
 
 
-@pytest.mark.parametrize(
-    ("data", "options", "note"),
-    [
-        ({"y": [1.0, 2.0, 3.0, 4.0]}, {}, "no input column besides the target"),
-        ({"t_u": [1.0, 2.0, 3.0, 4.0], "y": [1.0, 2.0, 3.0, 4.5]}, {"as_parameters": ["t_u"]}, "(t_u made a parameter)"),
-    ],
-)
-def test_a_formula_that_reads_no_column_of_its_data_is_a_model_error(data, options, note):
-    # the target being the only column, or the only input made a parameter, crashed the solvers
-    # (a matmul shape mismatch, LinAlgError, AxisError) or fitted groups "converged" with inf errors
-    from gradfit.errors import ModelError
-    from gradfit.fitting import prepare
+@pytest.mark.parametrize("options", [{"solver": "linear"}, {"solver": "lm"}, {"optimizer": "adam", "epochs": 3000}])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_a_constant_fitted_to_data_with_no_input_column_is_the_mean_with_its_standard_error(options, weighted):
+    # without sigma the model's single number met the solvers as a scalar: AxisError, a matmul
+    # shape mismatch, LinAlgError; with sigma it was the weighted mean, as it should be
+    y, sigma = np.array([1.0, 1.2, 0.9, 1.1]), np.array([0.1, 0.2, 0.1, 0.1])
+    w = 1.0 / sigma**2 if weighted else np.ones_like(y)
+    mean = np.sum(w * y) / np.sum(w)
+    error = np.sqrt(np.sum(w * (y - mean) ** 2) / (y.size - 1) / np.sum(w))
+    frame = pl.DataFrame({"y": y, "s": sigma}) if weighted else pl.DataFrame({"y": y})
+    result = gradfit.fit("c", frame, "y", sigma="s" if weighted else None, **options)
+    assert result.params["c"] == pytest.approx(mean, rel=1e-9)
+    assert result.stderr["c"] == pytest.approx(error, rel=1e-9)
 
-    with pytest.raises(ModelError, match=re.escape(note)):
-        prepare("w*t_u + b", pl.DataFrame(data), "y", **options)
-    if "as_parameters" in options:
-        with pytest.raises(ModelError, match=re.escape(note)):
-            gradfit.fit_groups("w*t_u + b", pl.DataFrame({**data, "g": [1, 1, 2, 2]}), group="g", y="y", **options)
+
+def test_a_group_fit_of_a_constant_gives_each_groups_mean():
+    table = gradfit.fit_groups("c", pl.DataFrame({"g": [1, 1, 1, 2, 2, 2], "y": [1.0, 2.0, 3.0, 4.0, 5.0, 7.0]}), group="g", y="y").table
+    np.testing.assert_allclose(table["c"].to_numpy(), [2.0, 16.0 / 3.0], rtol=1e-12)
+    np.testing.assert_allclose(table["c_stderr"].to_numpy(), [np.std([1, 2, 3], ddof=1) / np.sqrt(3), np.std([4, 5, 7], ddof=1) / np.sqrt(3)], rtol=1e-9)
 
 
 def test_a_step_in_a_fixed_parameter_is_evaluated_at_its_value_not_solved_as_linear():

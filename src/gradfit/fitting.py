@@ -254,11 +254,17 @@ def split_dataset(
     return dataset.subset(train_idx), dataset.subset(val_idx)
 
 
-def _split(dataset: Dataset, dtype: str) -> Split:
+def _split(dataset: Dataset, dtype: str, constant: bool = False) -> Split:
+    """The solvers' view of ``dataset``. A ``constant`` model (one that reads no input: a mean)
+    evaluates to one number; unit weights give its residuals and Jacobian a row per point, as
+    sigma does."""
+
     def array(values: np.ndarray) -> np.ndarray:
         return values.astype(dtype, copy=False)
 
     weights = None if dataset.sigma is None else array(1.0 / dataset.sigma)
+    if weights is None and constant:
+        weights = np.ones(dataset.n_rows, dtype=dtype)
     return Split({k: array(v) for k, v in dataset.inputs.items()}, array(dataset.y), weights)
 
 
@@ -267,8 +273,9 @@ def _problem(
 ) -> Problem:
     dtype = options.dtype
     common = {"loss": options.loss, "loss_scale": options.loss_scale, "dtype": dtype, "device": options.device}
-    train_split = _split(train, dtype)
-    val_split = None if val is None else _split(val, dtype)
+    constant = isinstance(model, ParametricModel) and not model.input_names
+    train_split = _split(train, dtype, constant)
+    val_split = None if val is None else _split(val, dtype, constant)
     if isinstance(model, ModuleModel):
         return Problem(model, train_split, val_split, **common)
     params = model.parameters

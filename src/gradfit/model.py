@@ -549,8 +549,6 @@ def make_model(
 
     if isinstance(spec, str) and not is_builtin(spec):
         model: ParametricModel | ModuleModel = _formula_model(spec, columns)
-        if not model.input_names and input_names is not None:  # data without a column the formula reads
-            raise ModelError(_no_input_message(spec, columns, as_parameters))
     elif is_builtin(spec):
         model = builtin_model(spec, columns)
     elif isinstance(spec, (ParametricModel, ModuleModel)):
@@ -584,20 +582,9 @@ def _formula_model(text: str, columns: tuple[str, ...]) -> FormulaModel:
             f"the formula '{text}' has no parameters: every name in it is a data column "
             f"({', '.join(inputs) or 'none'}) — add a parameter such as 'w*x + b'"
         )
+    if columns and not inputs:  # a constant model is fitted only to data that have nothing else (a typo, else)
+        raise ModelError(f"the formula '{text}' uses no data column{_typo_hint(names, columns)}{_constant_hint(columns)} — columns are {', '.join(columns)}")
     return FormulaModel(inputs, tuple(Parameter(n) for n in names), formula)
-
-
-def _no_input_message(text: str, columns: Sequence[str], as_parameters: Collection[str]) -> str:
-    """Why a formula fitted to data reads none of its columns, and what to do."""
-    if columns:
-        names = [n for n in parse_formula(text).names if n not in columns]
-        return f"the formula '{text}' uses no data column{_typo_hint(names, columns)}{_constant_hint(columns)} — columns are {', '.join(columns)}"
-    made = sorted(as_parameters)
-    taken = f" ({', '.join(made)} made {'a parameter' if len(made) == 1 else 'parameters'})" if made else ""
-    return (
-        f"the formula '{text}' uses no data column: the data have no input column besides the target and sigma{taken} — "
-        "a model needs an input, as in 'w*x + b'"
-    )
 
 
 def _constant_hint(columns: Sequence[str]) -> str:
