@@ -894,8 +894,10 @@ def _iterate(prob: _Problem, state: _State) -> None:
     res_t, handle = prob.evaluator.residuals(trial)
     cost_t = robust_cost(prob.loss, res_t, prob.f_scale)
     ratio = gain_ratio(state.cost, cost_t, predicted)
-    if state.noisy.any():  # cost differences are rounding noise: take steps that do not clearly raise it
-        ratio = np.where(state.noisy & (cost_t <= state.cost * (1.0 + _NOISE_SLACK)) & ~(ratio >= 0.25), 1.0, ratio)
+    # cost differences are rounding noise: a step that does not clearly raise the cost is taken if
+    # the gradient, computed without that cancellation, says it went downhill (see _accept)
+    by_noise = state.noisy & (cost_t <= state.cost * (1.0 + _NOISE_SLACK)) & ~(ratio >= 0.25)
+    ratio = np.where(by_noise, 1.0, ratio)
     accepted = running & (ratio > (0.0 if prob.method == "gn" else 1e-4))
     state.n_iter += running
     step_norm = np.sqrt(np.einsum("kq,kq->k", coef, coef))
@@ -906,22 +908,48 @@ def _iterate(prob: _Problem, state: _State) -> None:
             ratio = np.where(finite, ratio, -np.inf)
             accepted &= finite
         if accepted.any():
-            _accept(prob, state, accepted, trial, res_t, cost_t, jac_t)
+            moved = _accept(prob, state, accepted, by_noise, (trial, res_t, cost_t, jac_t))
+            ratio = np.where(accepted & ~moved, 0.0, ratio)
+            accepted = moved
     _update_step_control(prob, state, step_norm, ratio, accepted, running)
 
 
-def _accept(prob: _Problem, state: _State, accepted: Array, trial: Array, res_t: Array, cost_t: Array, jac_t: Array) -> None:
-    if accepted.all():
-        state.theta, state.res, state.cost, state.jac = trial, res_t, cost_t, jac_t
-    else:
-        state.theta = np.where(accepted[:, None], trial, state.theta)
-        state.res = np.where(accepted[:, None], res_t, state.res)
-        state.cost = np.where(accepted, cost_t, state.cost)
-        state.jac = np.where(accepted[:, None, None], jac_t, state.jac)
-    state.dec, singular = _system(prob, state.theta, state.res, state.jac, state.dec.d)
+def _accept(prob: _Problem, state: _State, accepted: Array, by_noise: Array, trial: tuple[Array, Array, Array, Array]) -> Array:
+    """Move the ``accepted`` fits to their trial points; returns the fits that moved.
+
+    A fit accepted only because its cost change is rounding noise (``by_noise``) moves only where the
+    Gauss-Newton gain, ``½‖P_J r‖²`` (a scaled gradient norm), is lower at the trial: in a
+    large-residual problem, where Gauss-Newton steps overshoot, taking every step the noisy cost
+    allowed wandered about the minimum until the iteration limit.
+    """
+    point = _moved(state, accepted, trial)
+    dec, singular = _system(prob, point[0], point[1], point[3], state.dec.d)
+    worse = accepted & by_noise & ~(dec.gn_gain < state.dec.gn_gain)
+    if worse.any():
+        accepted = accepted & ~worse
+        if not accepted.any():
+            return accepted
+        point = _moved(state, accepted, trial)
+        dec, singular = _system(prob, point[0], point[1], point[3], state.dec.d)
+    state.theta, state.res, state.cost, state.jac = point
+    state.dec = dec
     code, noisy = _status(prob, state.dec, state.theta, state.cost, singular)
     state.code = np.where(accepted, code, state.code)
     state.noisy = np.where(accepted, noisy, state.noisy)
+    return accepted
+
+
+def _moved(state: _State, accepted: Array, trial: tuple[Array, Array, Array, Array]) -> tuple[Array, Array, Array, Array]:
+    """``(theta, res, cost, jac)``: the trial's rows where ``accepted``, the state's elsewhere."""
+    if accepted.all():
+        return trial
+    theta, res, cost, jac = trial
+    return (
+        np.where(accepted[:, None], theta, state.theta),
+        np.where(accepted[:, None], res, state.res),
+        np.where(accepted, cost, state.cost),
+        np.where(accepted[:, None, None], jac, state.jac),
+    )
 
 
 def _update_step_control(prob: _Problem, state: _State, step_norm: Array, ratio: Array, accepted: Array, running: Array) -> None:
@@ -1076,18 +1104,22 @@ def _run_single(prob: _Problem, theta0: Array) -> _State:
         res_t, handle = evaluator.residuals(np.array([trial], dtype=dtype))
         cost_t = 0.5 * float(res_t[0] @ res_t[0])
         ratio = (cost - cost_t) / max(predicted, np.finfo(dtype).tiny) if math.isfinite(cost_t) else -math.inf
-        if noisy and cost_t <= cost * (1.0 + _NOISE_SLACK) and not ratio >= 0.25:
+        by_noise = noisy and cost_t <= cost * (1.0 + _NOISE_SLACK) and not ratio >= 0.25
+        if by_noise:
             ratio = 1.0
         n_iter += 1
         step_norm = math.sqrt(sum(c * c for c in coef))
         if ratio > 1e-4:
             jac_t = evaluator.jacobian(handle, dtype)
             if np.isfinite(jac_t).all() and np.isfinite(res_t).all():
-                theta, res1, cost = trial, res_t[0], cost_t
-                jac1 = jac_t[0] if prob.all_free else jac_t[0] * free
-                pt = _decompose_single(jac1, res1, pt.d)
-                code = _SING if prob.any_free[0] and max(pt.col_norms) == 0 else _convergence_single(pt, theta, cost, options)
-                noisy = pt.gn_gain <= _NOISE_REGION * cost
+                jac1_t = jac_t[0] if prob.all_free else jac_t[0] * free
+                pt_t = _decompose_single(jac1_t, res_t[0], pt.d)
+                if by_noise and not pt_t.gn_gain < pt.gn_gain:  # the cost cannot tell; the gradient says worse
+                    ratio = 0.0
+                else:
+                    theta, res1, cost, jac1, pt = trial, res_t[0], cost_t, jac1_t, pt_t
+                    code = _SING if prob.any_free[0] and max(pt.col_norms) == 0 else _convergence_single(pt, theta, cost, options)
+                    noisy = pt.gn_gain <= _NOISE_REGION * cost
             else:
                 ratio = -math.inf
         poor = not ratio >= 0.25
