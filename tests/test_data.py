@@ -776,3 +776,14 @@ def test_check_enough_rows() -> None:
     assert one_line(exc).startswith("only 1 training rows for 2 parameters — ")
     with pytest.raises(DataError, match="only 0 validation rows for 1 parameters"):
         check_enough_rows(0, 1, where="validation")
+
+
+def test_numbers_in_a_text_column_convert_exactly_as_python_reads_them():
+    # the fast path (polars' parser) must agree with the strict one bit for bit
+    from gradfit.data import numeric_column
+
+    rng = np.random.default_rng(1)
+    values = [repr(float(v)) for v in rng.normal(size=5000) * 10.0 ** rng.integers(-300, 300, 5000)]
+    values += ["4.9e-324", "1.7976931348623157e308", " 2.5 ", "+3", ".5", "5.", "-inf", "NaN", "NA", ""]
+    expected = [float(v) if v.strip() not in ("NA", "") else np.nan for v in values]
+    np.testing.assert_array_equal(numeric_column(pl.Series("y", values), "y"), expected)

@@ -651,3 +651,17 @@ def test_a_table_without_rows_is_refused_as_a_single_fit_refuses_it(tmp_path, su
     empty.write_csv(path) if suffix == ".csv" else empty.write_parquet(path)
     with pytest.raises(DataError, match="no rows in the data"):
         fit_groups("w*t + b", path, group="g", y="y")
+
+
+def test_a_text_value_in_a_streamed_file_is_named_by_its_row_in_the_file(tmp_path):
+    # batches counted rows from their own start: "row 15" for the file's row 15005, and no file
+    from gradfit.errors import DataError
+
+    k, n = 2000, 10
+    t = np.tile(np.arange(n, dtype=float), k)
+    y = [str(v) for v in 2.0 * t + 1.0]
+    y[15004] = "x1"
+    path = tmp_path / "fleet.parquet"
+    pl.DataFrame({"g": np.repeat(np.arange(k), n), "t": t, "y": y}).write_parquet(path, row_group_size=500)
+    with pytest.raises(DataError, match=re.escape(f"{path}: column 'y' is not numeric: row 15005 has 'x1'")):
+        fit_groups("w*t + b", path, group="g", y="y", chunk=50)

@@ -51,6 +51,11 @@ class GroupSource:
     _group: str = ""
     _rows_per_group: float = 1.0
 
+    @property
+    def label(self) -> str | None:
+        """The file the rows come from (for messages), or None for a frame."""
+        return None if self._path is None else str(self._path)
+
     def column_dtype(self, name: str) -> Any:
         """The polars type of a column."""
         if self._frame is not None:
@@ -94,7 +99,8 @@ def open_groups(data: Any, group: str) -> GroupSource:
     _check_key_type(group, key.dtype)
     _check_keys(group, key.null_count() + (int(key.is_nan().sum()) if key.dtype.is_float() else 0))
     n_groups = int(key.n_unique()) if frame.height else 0
-    return GroupSource(list(frame.columns), n_groups, False, _frame=frame, _group=group)
+    path = Path(data) if isinstance(data, (str, os.PathLike)) else None
+    return GroupSource(list(frame.columns), n_groups, False, _frame=frame, _path=path, _group=group)
 
 
 def _check_key_type(group: str, dtype: Any) -> None:

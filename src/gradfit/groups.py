@@ -416,20 +416,22 @@ class GroupFits:
 
     def __iter__(self) -> Iterator[pl.DataFrame]:
         needed = _needed_columns(self.plan)
+        first_row = 1  # of the batch in the data, for messages
         with _ChunkWorkers(self.plan) as workers:
             for batch in self.source.batches(needed, workers.count * (self.chunk or _max_chunk(self.plan))):
                 started = time.perf_counter()
-                for table in self._fit_batch(batch, workers):
+                for table in self._fit_batch(batch, workers, first_row):
                     self.elapsed += time.perf_counter() - started
                     self.done += table.height
                     yield table
                     started = time.perf_counter()
+                first_row += batch.height
 
-    def _fit_batch(self, batch: pl.DataFrame, workers: _ChunkWorkers) -> Iterator[pl.DataFrame]:
+    def _fit_batch(self, batch: pl.DataFrame, workers: _ChunkWorkers, first_row: int = 1) -> Iterator[pl.DataFrame]:
         index = index_groups(batch[self.group].to_numpy())
         if index.n_groups == 0:
             return
-        columns = _columns(batch, self.plan)
+        columns = _columns(batch, self.plan, self.source.label, first_row)
         parts = list(chunks(index.n_groups, self.chunk)) if self.chunk else self._auto_chunks(index.counts)
         for part, table in workers.fit(columns, index, parts):
             table = table.with_columns(self._keys(index.keys[part])).select(list(self.schema))
@@ -651,11 +653,12 @@ def _needed_columns(plan: ChunkPlan) -> list[str]:
     return list(dict.fromkeys([*plan.model.input_names, plan.y, *([plan.sigma] if plan.sigma else []), *plan.starts.values()]))
 
 
-def _columns(frame: pl.DataFrame, plan: ChunkPlan) -> dict[str, np.ndarray]:
-    """The columns the fit reads, as float64 (``NA`` or ``nan`` in text make their groups ``bad_data``)."""
+def _columns(frame: pl.DataFrame, plan: ChunkPlan, label: str | None = None, first_row: int = 1) -> dict[str, np.ndarray]:
+    """The columns the fit reads, as float64 (``NA`` or ``nan`` in text make their groups
+    ``bad_data``); ``label`` and ``first_row`` place the frame in its file, for messages."""
     from gradfit.data import numeric_column
 
-    return {name: numeric_column(frame[name], name) for name in _needed_columns(plan)}
+    return {name: numeric_column(frame[name], name, label, first_row) for name in _needed_columns(plan)}
 
 
 def _check_settings(settings: Mapping[str, Any]) -> None:
