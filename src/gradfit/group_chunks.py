@@ -52,7 +52,17 @@ if TYPE_CHECKING:
     import polars as pl
     import torch
 
-__all__ = ["ChunkPlan", "fit_chunk", "BAD_DATA", "TOO_FEW"]
+__all__ = ["ChunkPlan", "fit_chunk", "result_columns", "BAD_DATA", "TOO_FEW", "FIT_STATISTICS", "STATUS_COLUMNS"]
+
+#: a group's fit statistics (float columns), after its parameters and their standard errors
+FIT_STATISTICS = ("r2", "redchi", "aic", "bic", "val_loss")
+#: and then how its fit ended
+STATUS_COLUMNS = ("iterations", "status", "success", "at_bound", "message")
+
+
+def result_columns(param_names: Sequence[str]) -> list[str]:
+    """The columns of a group's row after its key, in order."""
+    return ["n_points", *[c for n in param_names for c in (n, f"{n}_stderr")], *FIT_STATISTICS, *STATUS_COLUMNS]
 
 #: status of groups that were not fitted
 BAD_DATA, TOO_FEW = "bad_data", "too_few_points"
@@ -276,7 +286,7 @@ def _empty_rows(model: ParametricModel, finite: np.ndarray, enough: np.ndarray) 
     rows: Rows = {}
     for name in model.param_names:
         rows[name], rows[f"{name}_stderr"] = nan.copy(), nan.copy()
-    for name in ("r2", "redchi", "aic", "bic", "val_loss"):
+    for name in FIT_STATISTICS:
         rows[name] = nan.copy()
     rows["iterations"] = np.zeros(k, dtype=np.int64)
     rows["status"], rows["message"], rows["at_bound"] = Labels(k, ""), Labels(k, ""), Labels(k, "")
@@ -648,6 +658,5 @@ def _statistics(plan: ChunkPlan, chunk: _Chunk, weights: torch.Tensor, theta: to
 def _table(rows: Rows, model: ParametricModel) -> pl.DataFrame:
     import polars as pl
 
-    order = ["n_points", *[c for n in model.param_names for c in (n, f"{n}_stderr")], "r2", "redchi", "aic", "bic", "val_loss", "iterations", "status", "success", "at_bound", "message"]
     # statuses and messages repeat: categorical columns hold each text once (1M groups: 4 MB, not 100)
-    return pl.DataFrame({name: rows[name].column() if isinstance(rows[name], Labels) else rows[name] for name in order})
+    return pl.DataFrame({name: rows[name].column() if isinstance(rows[name], Labels) else rows[name] for name in result_columns(model.param_names)})

@@ -27,7 +27,15 @@ import numpy as np
 
 from gradfit.config import check_seed, check_whole, resolve_device
 from gradfit.errors import DataError, ModelError, OptionError
-from gradfit.group_chunks import BAD_DATA, TOO_FEW, ChunkPlan, fit_chunk
+from gradfit.group_chunks import (
+    BAD_DATA,
+    FIT_STATISTICS,
+    STATUS_COLUMNS,
+    TOO_FEW,
+    ChunkPlan,
+    fit_chunk,
+    result_columns,
+)
 from gradfit.group_sources import GroupSource, check_columns, open_groups
 from gradfit.losses import LEAST_SQUARES_LOSSES, check_loss
 from gradfit.model import FormulaModel, ParametricModel, make_model
@@ -407,11 +415,10 @@ class GroupFits:
         """Column names and polars types of the result tables."""
         import polars as pl
 
-        columns: dict[str, Any] = {self.group: self.source.column_dtype(self.group), "n_points": pl.Int64}
-        for name in self.param_names:
-            columns[name] = columns[f"{name}_stderr"] = pl.Float64
-        columns.update({name: pl.Float64 for name in ("r2", "redchi", "aic", "bic", "val_loss")})
-        columns.update(iterations=pl.Int64, status=pl.Categorical, success=pl.Boolean, at_bound=pl.Categorical, message=pl.Categorical)
+        types = {"n_points": pl.Int64, "iterations": pl.Int64, "success": pl.Boolean}
+        types.update({name: pl.Categorical for name in ("status", "at_bound", "message")})
+        columns: dict[str, Any] = {self.group: self.source.column_dtype(self.group)}
+        columns.update({name: types.get(name, pl.Float64) for name in result_columns(self.param_names)})
         return columns
 
     def __iter__(self) -> Iterator[pl.DataFrame]:
@@ -614,14 +621,10 @@ def _model(
     return built, column_starts
 
 
-#: the columns of a group's row besides its key, its parameters and their standard errors
-RESULT_COLUMNS = ("n_points", "r2", "redchi", "aic", "bic", "val_loss", "iterations", "status", "success", "at_bound", "message")
-
-
 def _check_result_names(group: str, param_names: Sequence[str]) -> None:
     """The result table's columns have distinct names: a parameter called ``r2``, or a key column
     called ``status``, would overwrite one of them (or be overwritten)."""
-    meaning = {name: f"the result column '{name}'" for name in RESULT_COLUMNS}
+    meaning = {name: f"the result column '{name}'" for name in ("n_points", *FIT_STATISTICS, *STATUS_COLUMNS)}
     for name in param_names:
         meaning.setdefault(f"{name}_stderr", f"the standard-error column of parameter '{name}'")
     for name in param_names:

@@ -625,9 +625,9 @@ def degenerate(jac: Array, theta: Array, res: Array, start_norms: Array, free: A
     A Jacobian column shrunk to ``1e-8`` of its size at the start (or to zero) may mean the
     parameter ran off towards infinity: a spurious stationary point. It does when a relative
     change of the parameter moves the model by nothing (``|θ_j|·‖J_j‖`` below ``1e-8`` of the
-    largest such effect and of ``‖r‖``: a rate in ``exp(-b x)``), or by nothing another parameter
-    cannot undo (it loads on a null direction of ``J diag(θ)``: MGH09's ``b1, b3, b4`` growing
-    together). A column that shrank because the parameter or another one grew by orders of
+    largest such effect and of ``‖r‖``: a rate in ``exp(-b x)``), or by nothing other parameters
+    cannot undo (it loads on a null direction of the column-equilibrated Jacobian: MGH09's
+    ``b1, b3, b4`` growing together). A column that shrank because the parameter or another one grew by orders of
     magnitude (``A`` in ``A·exp(-E/T)`` going from 1 to 1e13, ``a`` in ``a·x^b`` as ``b`` falls)
     still moves the model in its own way, and is no sign.
     """
@@ -638,7 +638,7 @@ def degenerate(jac: Array, theta: Array, res: Array, start_norms: Array, free: A
     effect = np.abs(theta) * norms
     reference = np.maximum(np.max(np.where(free, effect, 0.0), axis=-1), np.sqrt(np.einsum("kn,kn->k", res, res)))
     no_effect = effect <= _VANISHED * reference[:, None]
-    undone = ~identifiable(jac * theta[:, None, :])  # fixed parameters' zero columns are null on their own
+    undone = ~identifiable(jac)  # fixed parameters' zero columns are null on their own
     return np.any(shrunk & (no_effect | undone), axis=-1)
 
 
