@@ -168,3 +168,20 @@ def test_an_interrupt_from_the_callback_keeps_that_epochs_best(thermometer):
                          optimizer_options={"lr": 1e-4}, scale=False, epochs=1000, callback=interrupt_at_300)
     assert "(epoch 300 of 300)" in result.message
     assert result.train_loss == pytest.approx(min(result.history.train), rel=1e-12)
+
+
+def test_a_minibatch_run_that_explodes_in_its_first_epoch_diverged():
+    # the first epoch's minibatch average, taken while the parameters exploded, was the reference:
+    # Adam at lr 1e3 ended 49x above its start as a success, SGD at lr 1e100 was "not finite at
+    # the starting values"
+    import torch
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((100, 3))
+    y = x @ np.array([1.0, -2.0, 0.5]) + np.sin(x[:, 0]) + 0.1 * rng.standard_normal(100)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    result = gradfit.fit(net, x, y, optimizer="adam", optimizer_options={"lr": 1e3}, epochs=100, batch_size=10)
+    assert result.status == "diverged" and not result.success and result.train_loss < np.var(y)
+    line = gradfit.fit("w*x + b", {"x": x[:, 0]}, y, optimizer="sgd", optimizer_options={"lr": 1e100}, batch_size=5, epochs=5)
+    assert line.status == "diverged" and "learning rate" in line.message

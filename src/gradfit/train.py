@@ -191,7 +191,7 @@ def run_training(
             stop = StopReason.MAX_EPOCHS
     except KeyboardInterrupt:
         stop = StopReason.INTERRUPTED
-    if stop is StopReason.MAX_EPOCHS and ended_far_above_start(progress.train_history, objective.baseline):
+    if stop is StopReason.MAX_EPOCHS and ended_far_above_start(progress.train_history, objective.baseline, progress.first):
         stop = StopReason.DIVERGED
     if stop is not StopReason.MAX_EPOCHS and stop is not StopReason.TARGET and progress.best.state is not None:
         objective.restore(progress.best.state)
@@ -211,27 +211,31 @@ def _epoch(
 
     The monitored loss is the validation loss, else the training loss, both at the parameters the
     epoch starts from (those a stop rule restores): with minibatches, whose average loss is taken
-    while the parameters move, the full training loss is evaluated there for it.
+    while the parameters move, the full training loss is evaluated there for it — and at the start,
+    for the reference that divergence is judged against (an average over an epoch that exploded is
+    none).
     """
     step = _full_batch_step if config.batch_size is None else _minibatch_epoch
     state = objective.snapshot()
     val = objective.val_loss()
-    start = objective.full_train_loss() if val is None and config.batch_size is not None else None
+    needed = config.batch_size is not None and (val is None or progress.first is None)
+    start = float(objective.full_train_loss()) * objective.unit if needed else None
     train = step(objective, optimizer, config, generator) * objective.unit
     val_value = None if val is None else float(val) * objective.unit
     progress.epoch += 1
     progress.train_history.append(train)
     if val_value is not None:
         progress.val_history.append(val_value)
-    monitored = val_value if val_value is not None else (train if start is None else float(start) * objective.unit)
-    progress.first = train if progress.first is None else progress.first
+    monitored = val_value if val_value is not None else (train if start is None else start)
+    if progress.first is None:  # the training loss at the starting parameters
+        progress.first = train if start is None else start
     diverged = _diverged(train, monitored, max(progress.first, FLOOR_FRACTION * objective.baseline), config)
     if not diverged and monitored < progress.best.loss * (1.0 - config.min_delta):
         progress.best = _Best(monitored, progress.epoch, state)
     if callback is not None:  # after the books are kept: a callback that interrupts loses nothing
         callback(progress.epoch, train, val_value)
     if diverged:  # the best parameters so far (the start, if it diverged at once) are kept
-        at_start = progress.epoch == 1 and not (math.isfinite(train) and math.isfinite(monitored))
+        at_start = progress.epoch == 1 and not (math.isfinite(progress.first) and math.isfinite(monitored))
         return StopReason.NON_FINITE if at_start else StopReason.DIVERGED
     if scheduler is not None:
         scheduler.step(monitored)
@@ -294,10 +298,13 @@ def _diverged(train: float, monitored: float, reference: float, config: TrainCon
     return reference > 0 and train > config.explode_factor * reference
 
 
-def ended_far_above_start(train_history: list[float], baseline: float) -> bool:
-    """Whether a run's last training loss is :data:`END_GROWTH` times above both its first loss and
-    the baseline: a run that made the fit worse than its start and than a constant model failed."""
-    return bool(train_history) and train_history[-1] > END_GROWTH * max(train_history[0], baseline)
+def ended_far_above_start(train_history: list[float], baseline: float, first: float | None = None) -> bool:
+    """Whether a run's last training loss is :data:`END_GROWTH` times above both its loss at the
+    start (``first``; by default the history's first) and the baseline: a run that made the fit
+    worse than its start and than a constant model failed."""
+    if not train_history:
+        return False
+    return train_history[-1] > END_GROWTH * max(train_history[0] if first is None else first, baseline)
 
 
 def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> Any:
