@@ -222,16 +222,28 @@ def fit_dataset(
             f"checkpoints are for gradient-descent fits, and this one uses the {name} solver ({reason}) — "
             "drop checkpoint/resume, or choose an optimizer"
         )
-    with _thread_policy(model, train_set, name), _placement_kept(model):
+    with _thread_policy(model, train_set, name), _placement_kept(model, options.optimizer):
         started = time.perf_counter()
         outcome = get_solver(name)(problem, options)
         elapsed = time.perf_counter() - started
         return _assemble(problem, outcome, options, name, reason, elapsed, dataset)
 
 
-def _placement_kept(model: Any) -> Any:
-    """A network returns to its own dtype and device after the fit (:meth:`ModuleModel.placement_kept`)."""
-    return model.placement_kept() if isinstance(model, ModuleModel) else contextlib.nullcontext()
+@contextlib.contextmanager
+def _placement_kept(model: Any, optimizer: Any) -> Any:
+    """A network returns to its own dtype and device after the fit (:meth:`ModuleModel.placement_kept`),
+    and so does the state of an optimizer instance the user passed for it."""
+    if not isinstance(model, ModuleModel):
+        yield
+        return
+    try:
+        with model.placement_kept():
+            yield
+    finally:
+        if hasattr(optimizer, "param_groups"):
+            from gradfit.solvers.gradient import match_state_to_parameters
+
+            match_state_to_parameters(optimizer)
 
 
 def _thread_policy(model: Any, train: Dataset, solver: str) -> Any:

@@ -102,3 +102,26 @@ def test_the_result_records_every_hyperparameter_the_optimizer_ran_with(thermome
     lbfgs = gradfit.fit("w*t_u + b", {"t_u": t_u}, t_c, optimizer="lbfgs", epochs=2).settings["optimizer_options"]
     assert lbfgs["line_search_fn"] == "strong_wolfe" and lbfgs["lr"] == 1
     assert gradfit.FitResult.from_json(result.to_json()).settings["optimizer_options"] == recorded
+
+
+def test_an_optimizer_instance_keeps_working_on_its_float32_network_after_the_fit():
+    # the fit trains in float64: a warmed-up Adam's float32 moments failed its first step there
+    # ("expected dtype float ... got double"), and after a fit its moments stayed float64
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
+    x = np.random.default_rng(0).standard_normal((50, 3))
+    y = x @ np.array([1.0, -2.0, 0.5])
+    xt, yt = torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.float32)
+
+    def step() -> None:
+        optimizer.zero_grad()
+        ((net(xt)[:, 0] - yt) ** 2).mean().backward()
+        optimizer.step()
+
+    step()
+    result = gradfit.fit(net, x, y, optimizer=optimizer, epochs=20)
+    assert result.status == "max_epochs"
+    state = optimizer.state[next(net.parameters())]
+    assert state["exp_avg"].dtype == state["exp_avg_sq"].dtype == torch.float32
+    step()  # the user's own loop goes on

@@ -129,9 +129,22 @@ def _trial_step(cls: Any, kwargs: Mapping[str, Any], params: list[torch.Tensor])
     twin.step(closure)
 
 
+def match_state_to_parameters(optimizer: torch.optim.Optimizer) -> None:
+    """Give an optimizer's per-parameter state (Adam's moments...) its parameter's dtype and device.
+
+    A fit moves a network to its own dtype and back; the state of an optimizer the user passed
+    must follow, or its next step fails on mixed dtypes.
+    """
+    for param, state in optimizer.state.items():
+        for key, value in state.items():
+            if getattr(value, "shape", None) == param.shape and value.is_floating_point():
+                state[key] = value.to(dtype=param.dtype, device=param.device)
+
+
 def _adopt(optimizer: torch.optim.Optimizer, params: list[torch.Tensor], options: Mapping[str, Any] | None) -> torch.optim.Optimizer:
     held = [p for group in optimizer.param_groups for p in group["params"]]
     if len(held) == len(params) and all(a is b for a, b in zip(held, params)) and not options:
+        match_state_to_parameters(optimizer)  # a warmed-up optimizer's state is in the module's own dtype
         return optimizer
     settings = {**optimizer.defaults, **(options or {})}
     accepted = _keyword_names(type(optimizer))
