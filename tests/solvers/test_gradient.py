@@ -125,3 +125,17 @@ def test_an_optimizer_instance_keeps_working_on_its_float32_network_after_the_fi
     state = optimizer.state[next(net.parameters())]
     assert state["exp_avg"].dtype == state["exp_avg_sq"].dtype == torch.float32
     step()  # the user's own loop goes on
+
+
+def test_the_seed_makes_a_network_with_dropout_train_the_same_and_leaves_torchs_generator_alone():
+    # dropout drew from torch's global generator, which the fit neither seeded nor left alone
+    import copy
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Dropout(0.2), torch.nn.Linear(8, 1))
+    x = np.random.default_rng(0).standard_normal((50, 3))
+    y = x @ np.array([1.0, -2.0, 0.5])
+    before = torch.get_rng_state()
+    runs = [gradfit.fit(copy.deepcopy(net), x, y, optimizer="adam", epochs=30, seed=seed).history.train for seed in (0, 0, 1)]
+    assert torch.equal(torch.get_rng_state(), before)
+    assert runs[0] == runs[1] and runs[0] != runs[2]

@@ -9,8 +9,9 @@ every hyperparameter the optimizer ran with (:func:`effective_options`).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from gradfit.config import FitOptions
@@ -211,7 +212,8 @@ def solve_gradient(problem: Problem, options: FitOptions) -> SolveOutcome:
     if resume is not None:
         _check_resumed_epochs(resume, options.epochs, options.resume)
     save = _checkpoint_writer(options.checkpoint, fingerprint) if options.checkpoint else None
-    outcome = run_training(objective, optimizer, config, options.callback, save, resume)
+    with _seeded_randomness(options.seed, problem.train.y.device):
+        outcome = run_training(objective, optimizer, config, options.callback, save, resume)
     success = outcome.stop not in (StopReason.DIVERGED, StopReason.INTERRUPTED, StopReason.NON_FINITE)
     theta = objective.result_theta() if isinstance(objective, ParametricObjective) else None
     predict = objective.evaluate if isinstance(objective, ModuleObjective) else None
@@ -225,6 +227,20 @@ def solve_gradient(problem: Problem, options: FitOptions) -> SolveOutcome:
         predict=predict,
         settings={"optimizer_options": effective_options(optimizer)},
     )
+
+
+@contextlib.contextmanager
+def _seeded_randomness(seed: int, device: Any) -> Iterator[None]:
+    """Random layers (dropout) draw from torch's global generator: inside, it starts from the fit's
+    seed, so that the same seed trains the same network; afterwards the user's own state is back."""
+    import torch
+
+    cuda = device.type == "cuda"
+    with torch.random.fork_rng(devices=[device.index or 0] if cuda else []):
+        if cuda:
+            torch.cuda.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)
+        yield
 
 
 def effective_options(optimizer: Any) -> dict[str, Any]:
