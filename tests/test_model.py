@@ -145,3 +145,21 @@ def test_a_column_whose_name_a_formula_cannot_use_is_named_with_a_renaming_hint(
         gradfit.fit("w*raw_reading + b", frame, np.arange(4.0))
     with pytest.raises(ModelError, match=r"columns such as 'raw reading' are not names a formula can use"):
         gradfit.fit("w*t + b", frame, np.arange(4.0))
+
+
+def test_a_network_with_several_outputs_or_forward_arguments_is_a_model_error():
+    # two outputs trained the first alone, silently; forward(x, z) failed deep in the training loop
+    x = np.random.default_rng(0).standard_normal((20, 2))
+    with pytest.raises(ModelError, match="the network gives 2 outputs per row and y is one column"):
+        gradfit.fit(torch.nn.Linear(2, 2), x, x.sum(1), epochs=3)
+
+    class TwoArguments(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 1)
+
+        def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+            return self.layer(torch.stack([x, z], -1))
+
+    with pytest.raises(ModelError, match=r"forward takes 2 arguments \(x, z\)"):
+        gradfit.fit(TwoArguments(), {"x": x[:, 0], "z": x[:, 1]}, x.sum(1), epochs=3)

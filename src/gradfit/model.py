@@ -513,9 +513,30 @@ class ModuleModel:
         return next((t for t in tensors if t.is_floating_point()), None)
 
     def predict(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Evaluate the module on the input columns; returns shape ``(n,)``."""
-        out = self.module(self.stack_inputs(inputs))
-        return out.reshape(out.shape[0], -1)[:, 0] if out.dim() > 1 else out
+        """Evaluate the module on the input columns; returns shape ``(n,)``.
+
+        Raises
+        ------
+        ModelError
+            If the module gives more than one number per row: ``y`` is one column.
+        """
+        return one_output(self.module(self.stack_inputs(inputs)))
+
+
+def one_output(out: torch.Tensor) -> torch.Tensor:
+    """A network's output ``(n,)``, ``(n, 1)`` or ``(n, 1, ...)`` as ``(n,)``.
+
+    Raises
+    ------
+    ModelError
+        If it gives more than one number per row: ``y`` is one column.
+    """
+    if out.dim() <= 1:
+        return out
+    rows = out.reshape(out.shape[0], -1)
+    if rows.shape[1] != 1:
+        raise ModelError(f"the network gives {rows.shape[1]} outputs per row and y is one column — give its last layer one output")
+    return rows[:, 0]
 
 
 def make_model(
@@ -554,6 +575,7 @@ def make_model(
     elif isinstance(spec, (ParametricModel, ModuleModel)):
         model = spec
     elif _is_module(spec):
+        _check_forward(spec)
         model = ModuleModel(spec, columns)
     elif callable(spec):
         model = _callable_model(spec, columns)
@@ -565,6 +587,21 @@ def make_model(
     if params and isinstance(model, ParametricModel):
         model = model.with_parameters(overrides_from(params))
     return model
+
+
+def _check_forward(module: Any) -> None:
+    """A network is called with one tensor ``(n, d)`` of its input columns."""
+    try:
+        signature = inspect.signature(module.forward)
+    except (TypeError, ValueError):
+        return
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    required = [p.name for p in signature.parameters.values() if p.kind in positional and p.default is p.empty]
+    if len(required) > 1:
+        raise ModelError(
+            f"the network's forward takes {len(required)} arguments ({', '.join(required)}), and a fit calls it with one "
+            "tensor (n, d) of the input columns — write forward(self, x) and take the columns from x"
+        )
 
 
 def _is_module(obj: Any) -> bool:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from gradfit.model import one_output
 from gradfit.scaling import Standardizer, column_scaling, reference_loss, whitening
 
 if TYPE_CHECKING:
@@ -218,8 +219,7 @@ class ModuleObjective(_Objective):
         x = self.model.stack_inputs(inputs)
         if self.x_scaler is not None:
             x = self.x_scaler.transform(x)
-        out = self.model.module(self.model.as_module_input(x))
-        out = out.reshape(out.shape[0], -1)[:, 0] if out.dim() > 1 else out
+        out = one_output(self.model.module(self.model.as_module_input(x)))
         return self.y_scaler.inverse(out) if self.y_scaler is not None else out
 
     def evaluate(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:

@@ -31,6 +31,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from gradfit.data import Dataset
 from gradfit.errors import DataError, DivergenceError, FitError
+from gradfit.model import one_output
 
 __all__ = ["ParametricRegressor"]
 
@@ -290,5 +291,5 @@ def _module_predict(model: Any, scalers: tuple[np.ndarray, np.ndarray, float, fl
         x = (x - scalers[0]) / scalers[1]
     with model.evaluating():
         out = model.module(model.as_module_input(torch.as_tensor(x, dtype=torch.float64)))
-    out = (out.reshape(out.shape[0], -1)[:, 0] if out.dim() > 1 else out).double().cpu().numpy()
+    out = one_output(out).double().cpu().numpy()
     return out * scalers[3] + scalers[2] if scalers is not None else out.astype(float)
