@@ -112,3 +112,13 @@ def test_with_absolute_sigma_an_mae_fits_variance_is_the_medians_inverse_efficie
     design = np.column_stack([x, np.ones_like(x)]) / 0.1
     expected = np.sqrt(np.pi / 2 * np.linalg.inv(design.T @ design)[0, 0])
     assert robust.stderr["w"] == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("scale", [1.0, 1.345, 2.0])
+def test_hubers_inverse_efficiency_at_the_normal_is_its_closed_form(scale):
+    # the trapezoidal rule is first-order at the kink of ψ': 3.5e-4 off at scale 1
+    from scipy.stats import norm
+
+    inside = 2.0 * norm.cdf(scale) - 1.0
+    expected = (inside - 2.0 * scale * norm.pdf(scale) + 2.0 * scale**2 * norm.sf(scale)) / inside**2
+    assert robust_error_variance("huber", np.zeros(3), scale, 1, True) == pytest.approx(expected, rel=1e-13)
