@@ -69,8 +69,9 @@ class GroupFitResult:
     Attributes
     ----------
     table
-        One row per group: the key, ``n_points``, each parameter and its ``_stderr``, ``r2``,
-        ``redchi``, ``aic``, ``bic``, ``val_loss`` (with a validation fraction), ``iterations``,
+        One row per group: the key, ``n_points`` (all its rows: with a validation fraction the
+        statistics, like a single fit's, count the training rows alone), each parameter and its
+        ``_stderr``, ``r2``, ``redchi``, ``aic``, ``bic``, ``val_loss`` (with a validation fraction), ``iterations``,
         ``status``, ``success``, ``at_bound`` (the parameters that ended on a bound, by name, e.g.
         ``"k"`` or ``"a,k"``; empty when none) and ``message``.
     model
