@@ -858,16 +858,24 @@ def numeric_column(values: Any, name: str, label: str | None = None, first_row: 
     first_row
         The row number of its first value there (a batch of a file read in parts).
 
+    Returns
+    -------
+    numpy.ndarray
+        float64; a read-only view of a float column's own memory where it can be.
+
     Raises
     ------
     DataError
         Naming the first row that is not a number, or a column of another type.
     """
     table = _Table([], lambda _: None, label)
-    if isinstance(values, pl.Series) and values.dtype == pl.String:
-        fast = values.str.strip_chars().cast(pl.Float64, strict=False)  # numbers in text, at polars' speed
-        if fast.null_count() == values.null_count():
-            return np.array(fast.to_numpy(), dtype=np.float64)
+    if isinstance(values, pl.Series):
+        if values.dtype.is_numeric() or values.dtype == pl.Boolean:  # no copy of a float column (may be read-only)
+            return values.cast(pl.Float64).to_numpy()
+        if values.dtype == pl.String:
+            fast = values.str.strip_chars().cast(pl.Float64, strict=False)  # numbers in text, at polars' speed
+            if fast.null_count() == values.null_count():
+                return fast.to_numpy()
     return _column_to_float(values, name, table, first_row)
 
 
