@@ -53,9 +53,11 @@ Method
   to rounding) has converged by ``xtol`` if that full step is below it — its residuals are rounding
   errors, as on noise-free data — and is ``stalled`` otherwise.
 * **Rounding noise**: once a Gauss-Newton step could gain less than 1e-10 of the cost, differences
-  of the cost are mostly rounding noise; a step is then taken unless it raises the cost by more
-  than 1e-9 relative. The gradient, computed without that cancellation, still points to the
-  minimum, which is what NIST's certified values (LRE ≥ 9 on every problem) need.
+  of the cost are mostly rounding noise; a step that does not raise the cost by more than 1e-9
+  relative is then taken where the Gauss-Newton gain (a scaled gradient norm, computed without that
+  cancellation) falls. The gradient still points to the minimum, which is what NIST's certified
+  values (LRE ≥ 9 on every problem) need; the gain test keeps a large-residual fit, whose
+  Gauss-Newton steps overshoot, from wandering about its minimum.
 * **Restarts**: a fit that did not converge, or converged where a parameter's Jacobian column
   vanished (a parameter running off to infinity), is started again from jittered copies of its
   starting point (each value times ``exp(σ N(0,1))``, σ growing from 1 by ½ per round; at most
