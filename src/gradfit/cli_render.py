@@ -35,12 +35,14 @@ def render_explanation(explanation: Any, console: Console) -> None:
         console.print(f"  {escape(row.chain_rule)}", highlight=False, soft_wrap=True)
     if any("xlogy(" in row.derivative for row in explanation.rows):
         console.print("  (xlogy(u, v) = u*log(v), and 0 where u = 0)", highlight=False, soft_wrap=True)
+    from gradfit.explain import worst_difference
+
     table = Table(title="gradient of the loss at the starting point", title_justify="left")
     table.add_column("parameter", no_wrap=True)
     for header in ("value", "chain rule (hand)", "autograd", "finite diff.", "rel. diff"):
         table.add_column(header, **NUMBER_COLUMN)
     for row in explanation.rows:
-        worst = max(row.rel_diff_autograd, row.rel_diff_finite_difference)
+        worst = worst_difference([row.rel_diff_autograd, row.rel_diff_finite_difference])
         table.add_row(
             row.parameter,
             format_number(row.value, 6),

@@ -10,8 +10,11 @@ central finite differences. Nothing is printed; the command line renders the :cl
 from __future__ import annotations
 
 import math
+import sys
+import types
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -105,7 +108,13 @@ class Explanation:
         """Largest relative difference between the three methods over all parameters."""
         diffs = [r.rel_diff_autograd for r in self.rows]
         diffs += [r.rel_diff_finite_difference for r in self.rows]
-        return max(diffs, default=0.0)
+        return worst_difference(diffs)
+
+
+def worst_difference(diffs: list[float]) -> float:
+    """The largest of relative differences, NaN if any is NaN (a method that failed agrees with
+    nothing; Python's ``max`` would skip it)."""
+    return math.nan if any(math.isnan(d) for d in diffs) else max(diffs, default=0.0)
 
 
 def relative_difference(a: float, b: float, floor: float = 0.0) -> float:
@@ -334,3 +343,14 @@ def explain(
         parameters=tuple(values),
         rows=rows,
     )
+
+
+class _CallableModule(types.ModuleType):
+    """``gradfit.explain(...)`` calls :func:`explain` even where the submodule shadows the function
+    (importing ``gradfit.explain`` binds that name on the package to the module), as for compare."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Explanation:
+        return explain(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
