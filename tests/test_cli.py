@@ -300,7 +300,7 @@ INPUT_ERRORS: dict[str, tuple[list[str], list[str]]] = {
     "predict: out over the data": (["predict", "nope.json", "data.csv", "--out", "data.csv"], ["--out data.csv would overwrite the data file"]),
     "out not json": ([*FIT, "--out", "result.parquet"], ["--out result.parquet: gradfit writes .json here"]),
     "predict: unknown out format": (["predict", "nope.json", "data.csv", "--out", "p.xlsx"], ["--out p.xlsx", ".parquet"]),
-    "checkpoint of an exact fit": ([*FIT, "--checkpoint", "run.ckpt"], ["checkpoints are for gradient-descent fits", "linear solver"]),
+    "checkpoint of an exact fit": ([*FIT, "--checkpoint", "run.ckpt"], ["linear solver", "ignores checkpoint (--checkpoint)", "--optimizer adam"]),
     "solver beside an optimizer": ([*FIT, "--solver", "lm", "--optimizer", "adam"], ["solver 'lm' was asked for — drop one of them"]),
     "infinite --init": ([*FIT, "--init", "w=inf"], ["--init: 'w' must be a finite number"]),
     "--opt without a value": ([*FIT, "--optimizer", "sgd", "--opt", "lr="], ["'lr' has no value"]),

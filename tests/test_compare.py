@@ -176,6 +176,8 @@ def test_networks_are_copied_and_scored_without_aic() -> None:
     assert result["mlp"].n_params == 1 * 4 + 4 + 4 + 1 == result["net"].n_params
     assert result["mlp"].aic is None and result["line"].aic is not None
     assert len(result["mlp"].result.history.val) == 100
+    assert result["line"].result.solver == "linear"  # epochs are shared: the exact solve ignores them
+
 
 
 def test_several_inputs_nan_rows_and_figures(tmp_path: Path) -> None:

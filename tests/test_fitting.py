@@ -356,6 +356,33 @@ def test_options_the_fit_cannot_honour_are_refused_in_plain_words(thermometer):
             gradfit.fit("a*exp(-k*t_u) + c", data, t_c, max_iter=bad)
 
 
+@pytest.mark.parametrize(
+    ("model", "options", "named"),
+    [
+        ("w*t_u + b", {"epochs": 5000}, "linear solver \\(the model is linear in its parameters.*ignores epochs \\(--epochs\\)"),
+        ("w*t_u + b", {"batch_size": 4, "patience": 3}, "ignores batch_size \\(--batch-size\\), patience .* drop them, or choose an optimizer"),
+        ("w*t_u + b", {"starts": 4}, "linear solver .*ignores starts"),
+        ("a*exp(-k*t_u) + c", {"scale": False, "solver": "lm"}, "lm solver \\(as asked\\), which ignores scale \\(--no-scale\\)"),
+        ("a*exp(-k*t_u) + c", {"target": 1.0}, "lm solver .*ignores target"),
+        ("w*t_u + b", {"optimizer": "adam", "starts": 3, "max_iter": 50}, "gradient solver .*ignores starts \\(--starts\\), max_iter .* fit with solver 'lm'"),
+    ],
+)
+def test_a_setting_the_chosen_solver_would_ignore_is_refused_not_silently_dropped(thermometer, model, options, named):
+    t_u, t_c = thermometer
+    with pytest.raises(OptionError, match=named):
+        gradfit.fit(model, {"t_u": t_u}, t_c, **options)
+
+
+def test_settings_the_solver_reads_and_shared_settings_of_a_comparison_are_accepted(thermometer):
+    t_u, t_c = thermometer
+    data = {"t_u": t_u}
+    assert gradfit.fit("w*t_u + b", data, t_c, optimizer="sgd", optimizer_options={"lr": 1e-4}, epochs=20, scale=False).iterations == 20
+    assert gradfit.fit("w*t_u + b", data, t_c, solver="lm", starts=3, max_iter=50).success
+    assert gradfit.fit("w*t_u + b", data, t_c, epochs=1000).solver == "linear"  # the default is no setting
+    scores = gradfit.compare({"line": "w*t_u + b", "net": "mlp:4"}, data, t_c, val=0.3, epochs=30)
+    assert scores["line"].result.solver == "linear" and scores["net"].result.iterations <= 30
+
+
 def test_no_degrees_of_freedom_with_absolute_sigma_is_no_warning():
     x, y = np.array([0.0, 1.0]), np.array([1.0, 3.0])
     relative = gradfit.fit("w*x + b", x, y, sigma=[0.1, 0.1])

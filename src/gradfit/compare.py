@@ -370,7 +370,7 @@ def _fit(spec: Any, train: Dataset, validation: Dataset | None, settings: FitOpt
     names = model.input_names or train.input_names
     train_part = _columns(train, names)
     val_part = None if validation is None else _columns(validation, names)
-    result = fit_dataset(model, train_part, settings, val_part)
+    result = fit_dataset(model, train_part, settings, val_part, shared=True)
     if not result.success or not math.isfinite(result.train_loss):
         raise _Failed(f"the fit failed: {result.message}")
     if isinstance(model, ParametricModel):

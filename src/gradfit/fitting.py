@@ -20,7 +20,7 @@ from gradfit.errors import ModelError, OptionError
 from gradfit.model import CallableModel, FormulaModel, ModuleModel, Parameter, ParametricModel, make_model
 from gradfit.objective import Split
 from gradfit.result import FitResult
-from gradfit.solvers import choose_solver, get_solver, needs_torch, optimizer_label
+from gradfit.solvers import choose_solver, get_solver, needs_torch, optimizer_label, unused_options
 from gradfit.solvers.base import Problem
 from gradfit.summary import summarize
 from gradfit.threads import SMALL_PROBLEM, threads_for
@@ -195,6 +195,8 @@ def fit_dataset(
     dataset: Dataset,
     options: FitOptions,
     validation: Dataset | None = None,
+    *,
+    shared: bool = False,
 ) -> FitResult:
     """Fit a built model to a :class:`~gradfit.data.Dataset` (the CLI enters here).
 
@@ -209,6 +211,15 @@ def fit_dataset(
         The fit's settings.
     validation
         An explicit validation set.
+    shared
+        Whether ``options`` are shared by several models (a comparison): settings this model's
+        solver does not read are then ignored, not refused.
+
+    Raises
+    ------
+    OptionError
+        If ``options`` set what the chosen solver would ignore (``epochs`` of an exact solve,
+        ``starts`` of gradient descent), unless ``shared``.
     """
     train_set, val_set = split_dataset(dataset, options, validation)
     if hasattr(model, "with_initial_guess"):  # built-in models guess their start from the training rows
@@ -217,16 +228,31 @@ def fit_dataset(
         check_enough_rows(train_set.n_rows, sum(not p.fixed for p in model.parameters))
     problem = _problem(model, train_set, val_set, options)
     name, reason = choose_solver(model, options, problem.bounded)
-    if name != "gradient" and (options.checkpoint or options.resume):
-        raise OptionError(
-            f"checkpoints are for gradient-descent fits, and this one uses the {name} solver ({reason}) — "
-            "drop checkpoint/resume, or choose an optimizer"
-        )
+    if not shared:
+        _check_options_used(name, reason, options)
     with _thread_policy(model, train_set, name), _placement_kept(model, options.optimizer):
         started = time.perf_counter()
         outcome = get_solver(name)(problem, options)
         elapsed = time.perf_counter() - started
         return _assemble(problem, outcome, options, name, reason, elapsed, dataset)
+
+
+#: command-line flags whose name is not the option's
+_CLI_FLAGS = {"scale": "--no-scale"}
+
+
+def _check_options_used(name: str, reason: str, options: FitOptions) -> None:
+    """Refuse settings solver ``name`` would ignore: an ignored option reads as one that worked."""
+    unused = unused_options(name, options)
+    if not unused:
+        return
+    listed = ", ".join(f"{option} ({_CLI_FLAGS.get(option, '--' + option.replace('_', '-'))})" for option in unused)
+    they, them = ("it is", "it") if len(unused) == 1 else ("they are", "them")
+    if name == "gradient":
+        fix = f"{they} for the least-squares solvers: drop {them}, or fit with solver 'lm' (--solver lm)"
+    else:
+        fix = f"{they} for gradient descent: drop {them}, or choose an optimizer (e.g. --optimizer adam)"
+    raise OptionError(f"this fit uses the {name} solver ({reason}), which ignores {listed} — {fix}")
 
 
 @contextlib.contextmanager

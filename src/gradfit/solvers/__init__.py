@@ -6,6 +6,7 @@ Add a solver by writing ``solve_x(problem, options) -> SolveOutcome`` and regist
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 from collections.abc import Callable
@@ -19,7 +20,7 @@ if TYPE_CHECKING:
     from gradfit.config import FitOptions
     from gradfit.solvers.base import Problem, SolveOutcome
 
-__all__ = ["choose_solver", "get_solver", "needs_torch", "optimizer_label", "SOLVER_FAMILIES"]
+__all__ = ["choose_solver", "get_solver", "needs_torch", "optimizer_label", "unused_options", "SOLVER_FAMILIES"]
 
 #: solver name -> "module:function", imported when used
 SOLVER_FAMILIES = {
@@ -29,6 +30,13 @@ SOLVER_FAMILIES = {
     "gradient": "gradfit.solvers.gradient:solve_gradient",
     "fixed": "gradfit.solvers.lsq:solve_fixed",
 }
+
+#: settings (of :class:`~gradfit.config.FitOptions`) only gradient descent reads
+GRADIENT_ONLY = ("epochs", "batch_size", "target", "patience", "plateau", "scale", "checkpoint", "resume")
+#: settings only the iterative least-squares solvers read
+ITERATIVE_ONLY = ("starts", "max_iter")
+#: what each solver does not read
+_UNREAD = {"linear": GRADIENT_ONLY + ITERATIVE_ONLY, "lm": GRADIENT_ONLY, "gn": GRADIENT_ONLY, "gradient": ITERATIVE_ONLY}
 
 
 @functools.cache
@@ -77,6 +85,17 @@ def choose_solver(model: Any, options: FitOptions, bounded: bool) -> tuple[str, 
         return "linear", "the model is linear in its parameters: one exact least-squares solve"
     jacobian = "the formula's symbolic Jacobian" if getattr(model, "formula", None) else "autograd Jacobians"
     return "lm", f"a parametric least-squares fit: Levenberg-Marquardt with {jacobian}"
+
+
+def unused_options(name: str, options: FitOptions) -> list[str]:
+    """The options set away from their defaults that solver ``name`` would ignore.
+
+    An ignored option reads as one that worked (``epochs=5000`` on an exact solve), so single fits
+    refuse them; settings shared by several models (:func:`gradfit.compare.compare`) are not
+    refused. The ``fixed`` solver evaluates the model and reads nothing.
+    """
+    defaults = {field.name: field.default for field in dataclasses.fields(options)}
+    return [option for option in _UNREAD.get(name, ()) if getattr(options, option) != defaults[option]]
 
 
 def optimizer_label(optimizer: Any) -> str:
