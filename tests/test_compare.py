@@ -179,6 +179,12 @@ def test_networks_are_copied_and_scored_without_aic() -> None:
     assert result["line"].result.solver == "linear"  # epochs are shared: the exact solve ignores them
 
 
+def test_a_comparison_iterates_over_its_scores_in_the_order_given() -> None:
+    x = np.linspace(0.0, 1.0, 20)
+    result = compare({"quadratic": "poly:2", "line": "linear"}, x, 1 + 2 * x, val=0.25)
+    assert [score.label for score in result] == ["quadratic", "line"] == [s.label for s in result.scores]
+    assert len(result) == 2 and result["line"] is result.scores[1]
+
 
 def test_several_inputs_nan_rows_and_figures(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)

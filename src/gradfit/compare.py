@@ -12,7 +12,7 @@ import copy
 import math
 import sys
 import types
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -118,6 +118,8 @@ class Comparison:
         The split's settings.
     train, validation
         The split's data (``validation`` is ``None`` when ``val=0``).
+
+    Iterating gives the scores in order; indexing by a label gives that model's score.
     """
 
     scores: tuple[ModelScore, ...]
@@ -132,7 +134,15 @@ class Comparison:
     train: Dataset = field(repr=False)
     validation: Dataset | None = field(default=None, repr=False)
 
+    def __iter__(self) -> Iterator[ModelScore]:
+        """The scores, in the order the models were given."""
+        return iter(self.scores)
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
     def __getitem__(self, label: str) -> ModelScore:
+        """The score of the model labelled ``label``."""
         for score in self.scores:
             if score.label == label:
                 return score
