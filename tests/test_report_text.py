@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import gradfit
-from gradfit.report_text import format_percent
+from gradfit.report_text import format_percent, loss_label
 
 
 def test_confidence_levels_keep_the_digits_they_need():
@@ -21,6 +21,20 @@ def test_the_report_names_the_confidence_level_and_a_weighted_loss(thermometer):
     assert "train loss   = " in report and "(mse of r/σ)" in report
     assert result.train_loss == pytest.approx(np.mean(((result.predict({"t_u": t_u}) - t_c) / 0.5) ** 2), rel=1e-12)
     assert "(mse)" in str(gradfit.fit("w*t_u + b", {"t_u": t_u}, t_c))
+
+
+def test_every_label_of_a_weighted_loss_says_it_is_of_r_over_sigma(thermometer):
+    from gradfit.notebook import key_statistics
+
+    t_u, t_c = thermometer
+    weighted = gradfit.fit("w*t_u + b", {"t_u": t_u}, t_c, sigma=np.full(t_u.size, 0.5), val=0.3)
+    plain = gradfit.fit("w*t_u + b", {"t_u": t_u}, t_c, val=0.3)
+    assert (loss_label(weighted, "loss"), loss_label(plain, "loss")) == ("mse loss of r/σ", "mse loss")
+    assert {label for _, label, _ in key_statistics(weighted)} >= {"training loss (mse of r/σ)", "validation loss (mse of r/σ)"}
+    assert "training loss (mse)" in {label for _, label, _ in key_statistics(plain)}
+    compared = gradfit.compare({"line": "w*t_u + b"}, {"t_u": t_u}, t_c, sigma=np.full(t_u.size, 0.5), val=0.3)
+    assert compared.report().startswith("mse loss of (y − model)/σ\n")
+    assert gradfit.compare({"line": "w*t_u + b"}, {"t_u": t_u}, t_c, val=0.3).report().startswith("mse loss of y\n")
 
 
 def test_a_parameter_of_value_zero_gets_no_relative_error():

@@ -130,6 +130,6 @@ def _print(comparison: Any) -> None:
     console = Console()
     split = f"validation {comparison.val:.0%} of rows, seed {comparison.seed}" if comparison.val > 0 else "no holdout"
     folds = f"; {comparison.cv}-fold cross-validation" if comparison.cv is not None else ""
-    title = f"{comparison.loss} loss of {comparison.y_name} ({split}{folds})"
+    title = f"{comparison.loss_title} ({split}{folds})"
     print_table(console, loss_table(escape(title), [tuple(escape(c) for c in row) for row in comparison.rows()], comparison.headers()))
     console.print(escape(comparison.verdict), highlight=False, soft_wrap=True)

@@ -178,6 +178,13 @@ class Comparison:
         cv = (f"{self.cv}-fold CV loss",) if self.cv is not None else ()
         return ("model", "params", "train loss", "val loss", *cv, "AIC", "BIC", "overfitting")
 
+    @property
+    def loss_title(self) -> str:
+        """What the losses are of: ``y``, or with sigma the weighted residuals ``(y − model)/σ``."""
+        if self.train.sigma is None:
+            return f"{self.loss} loss of {self.y_name}"
+        return f"{self.loss} loss of ({self.y_name} − model)/σ"
+
     def report(self) -> str:
         """A plain-text table and the verdict."""
         headers, rows = self.headers(), self.rows()
@@ -186,7 +193,7 @@ class Comparison:
         def line(cells: Sequence[str]) -> str:
             return "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
 
-        return "\n".join([f"{self.loss} loss of {self.y_name}", line(headers), *map(line, rows), "", self.verdict])
+        return "\n".join([self.loss_title, line(headers), *map(line, rows), "", self.verdict])
 
     def __str__(self) -> str:
         return self.report()

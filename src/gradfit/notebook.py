@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from gradfit.report_text import format_number, format_percent
+from gradfit.report_text import format_number, format_percent, loss_label
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -257,11 +257,11 @@ def _statistic_row(key: str, label: str, value: float | str | None) -> tuple[dic
 def key_statistics(result: FitResult) -> list[tuple[str, str, float | str | None]]:
     """Losses and point counts of ``result``, as ``extra`` rows for :func:`statistics_table`."""
     rows: list[tuple[str, str, float | str | None]] = [
-        ("train_loss", f"training loss ({result.loss})", result.train_loss),
+        ("train_loss", f"training loss ({loss_label(result)})", result.train_loss),
         ("n_train", "training points", float(result.n_train)),
     ]
     if result.val_loss is not None:
-        rows += [("val_loss", f"validation loss ({result.loss})", result.val_loss), ("n_val", "validation points", float(result.n_val))]
+        rows += [("val_loss", f"validation loss ({loss_label(result)})", result.val_loss), ("n_val", "validation points", float(result.n_val))]
     return rows
 
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from gradfit.io import atomic_path
 from gradfit.predict import prediction_bands
-from gradfit.report_text import format_percent
+from gradfit.report_text import format_percent, loss_label
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -166,7 +166,7 @@ def plot_fit(result: FitResult, train: Dataset, path: str | Path, val: Dataset |
 def plot_history(result: FitResult, path: str | Path) -> Path:
     """Write the training and validation loss per epoch to ``path``."""
     fig, (ax,) = figure()
-    draw_history(ax, {"training loss": result.history.train, "validation loss": result.history.val}, f"{result.loss} loss per epoch")
+    draw_history(ax, {"training loss": result.history.train, "validation loss": result.history.val}, f"{loss_label(result, 'loss')} per epoch")
     if not result.history.train:
         ax.text(0.5, 0.5, f"{result.solver} solver: no epochs to show", ha="center", transform=ax.transAxes)
     return save_figure(fig, path)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from gradfit.errors import GradfitError
-from gradfit.report_text import format_percent
+from gradfit.report_text import format_percent, loss_label
 from gradfit.notebook import (
     CSS,
     draw_correlation,
@@ -282,7 +282,7 @@ def history_figure(result: FitResult) -> Figure:
 
     fig, (ax,) = plot.figure(width=6.4, height=3.4)
     plot.draw_history(ax, {"training loss": result.history.train, "validation loss": result.history.val})
-    ax.set_ylabel(mathtext_safe(f"{result.loss} loss"))
+    ax.set_ylabel(mathtext_safe(loss_label(result, "loss")))
     return fig
 
 

@@ -38,9 +38,11 @@ def format_percent(level: float) -> str:
     return f"{100.0 * level:.4g}%"
 
 
-def loss_label(result: FitResult) -> str:
-    """The loss's name, and whether it is of weighted residuals ``r / σ``."""
-    return f"{result.loss} of r/σ" if result.settings.get("weighted") else result.loss
+def loss_label(result: FitResult, noun: str = "") -> str:
+    """The loss's name (followed by ``noun``: ``"mse loss"``), and whether it is of weighted residuals
+    ``r / σ`` (``"mse loss of r/σ"``)."""
+    name = f"{result.loss} {noun}".rstrip()
+    return f"{name} of r/σ" if result.settings.get("weighted") else name
 
 
 def format_report(result: FitResult) -> str:
