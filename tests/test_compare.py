@@ -16,6 +16,7 @@ import gradfit
 from gradfit.compare import ModelScore, _chosen, _flag_gaps, _history_rise, _verdict, compare
 from gradfit.data import holdout_split, kfold_indices
 from gradfit.errors import ModelError, OptionError
+from gradfit.report_text import format_number
 
 T_C = np.array([0.5, 14.0, 15.0, 28.0, 11.0, 8.0, 3.0, -4.0, 6.0, 13.0, 21.0])
 T_U = np.array([35.7, 55.9, 58.2, 81.9, 56.3, 48.9, 33.9, 21.8, 48.4, 60.4, 68.4])
@@ -95,6 +96,9 @@ def test_linear_truth_with_few_points_does_not_lose_to_an_overfitting_polynomial
     poly = result["poly:8"]
     assert poly.train_loss < result["linear"].train_loss  # it fits the training points better...
     assert poly.overfitting is not None and "Overfitting: poly:8" in result.verdict  # ...and is flagged
+    ratio = float(poly.cv_val_loss) / float(poly.cv_train_loss)  # in the words of what it compares
+    assert poly.overfitting.startswith(f"cross-validated loss {format_number(float(poly.cv_val_loss), 3)} ")
+    assert (f"{ratio:.3g}× mean training loss over the folds" in poly.overfitting) or ("≫ mean training loss over the folds" in poly.overfitting)
 
 
 # -- the rule itself ---------------------------------------------------------------------------------

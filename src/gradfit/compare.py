@@ -506,7 +506,7 @@ def _flag_gaps(scores: list[ModelScore], chosen: ModelScore | None) -> list[Mode
     if chosen is None:
         return scores
     return [
-        replace(s, overfitting=_gap_text(float(s.score), s.selection_train_loss))  # type: ignore[arg-type]
+        replace(s, overfitting=_gap_text(float(s.score), s.selection_train_loss, s.cv_train_loss is not None))  # type: ignore[arg-type]
         if s.ok and s.overfitting is None and _overfits(s, chosen)
         else s
         for s in scores
@@ -524,11 +524,14 @@ def _overfits(model: ModelScore, chosen: ModelScore) -> bool:
     return train < chosen.selection_train_loss and worse and value > OVERFIT_RATIO * train
 
 
-def _gap_text(value: float, train: float) -> str:
-    pair = f"validation loss {format_number(value, 3)}"
+def _gap_text(value: float, train: float, cross_validated: bool = False) -> str:
+    """The gap in words; cross-validated, both losses are means over the folds (the table shows the
+    validation one, not the training one: it names it)."""
+    pair = f"{'cross-validated' if cross_validated else 'validation'} loss {format_number(value, 3)}"
+    trained = f"{'mean training loss over the folds' if cross_validated else 'training loss'} {format_number(train, 3)}"
     if train <= 0 or value / train >= 1000:
-        return f"{pair} ≫ training loss {format_number(train, 3)}"
-    return f"{pair} = {value / train:.3g}× training loss {format_number(train, 3)}"
+        return f"{pair} ≫ {trained}"
+    return f"{pair} = {value / train:.3g}× {trained}"
 
 
 # -- the verdict --------------------------------------------------------------------------------------
