@@ -54,6 +54,20 @@ def test_group_fit_writes_one_row_per_group_and_prints_the_summary(folder, out):
     assert not list(folder.glob(".gradfit-parts-*"))  # the part files are gone
 
 
+def test_nan_omit_fits_a_group_from_its_finite_rows(tmp_path):
+    fleet = _fleet(6).with_columns(pl.when((pl.col("sensor") == 1) & (pl.col("t") > 4)).then(None).otherwise(pl.col("y")).alias("y"))
+    fleet.write_csv(tmp_path / "fleet.csv")  # a missing value in a CSV is an empty field
+    run = gradfit("fit", "fleet.csv", "--group-by", "sensor", "--model", DECAY, "--y", "y", "--init", INIT, "--nan", "omit",
+                  "--out", "fits.csv", cwd=tmp_path)
+    assert run.returncode == 0 and run.stderr == "", run.stderr
+    table = pl.read_csv(tmp_path / "fits.csv")
+    expected = fit_groups(DECAY, fleet.drop_nulls(), group="sensor", y="y", params={"a": 1.0, "k": 1.0, "c": 0.0}).table
+    assert table.filter(pl.col("sensor") == 3)["status"][0] == "bad_data"  # every y is NaN: nothing to fit
+    fitted = pl.col("sensor") != 3
+    assert table.filter(pl.col("sensor") == 1)["n_points"][0] == expected.filter(pl.col("sensor") == 1)["n_points"][0] < 20
+    np.testing.assert_allclose(table.filter(fitted)["k"].to_numpy(), expected.filter(fitted)["k"].to_numpy(), rtol=1e-10)
+
+
 def test_robust_group_fit_by_gradient_descent(folder):
     run = gradfit("fit", "fleet.csv", "--group-by", "sensor", "--model", DECAY, "--y", "y", "--init", INIT, "--loss", "mae",
                   "--optimizer", "adam", "--epochs", "200", "--out", "mae.parquet", cwd=folder)
@@ -74,7 +88,7 @@ def test_robust_group_fit_by_gradient_descent(folder):
         (["--loss", "mae", "--solver", "lm"], "use solver 'gradient'"),
         (["--loss", "mae", "--refit-failed"], "(--refit-failed) uses more least-squares starting points"),
         (["--chunk", "0"], "chunk must be at least 1 group, got 0"),
-        (["--nan", "omit"], "--nan omit does not apply to --group-by fits"),
+        (["--nan", "drop"], "unknown nan_policy 'drop'"),
         (["--report"], "--report does not apply to --group-by fits"),
         (["--seed", "-1", "--val", "0.2"], "seed must be a whole number of at least 0"),
         (["--max-iter", "0"], "max_iter must be a whole number of at least 1"),

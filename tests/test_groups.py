@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 import gradfit
-from gradfit.errors import ModelError
+from gradfit.errors import ModelError, OptionError
 from gradfit.groups import fit_groups
 
 DECAY = "a*exp(-k*t) + c"
@@ -78,6 +78,33 @@ def test_failing_groups_are_reported_and_leave_the_others_alone(fleet):
             rtol=0 if "stderr" not in name else 1e-12,
         )
     assert "non-finite" in dirty.table.filter(pl.col("sensor") == 5)["message"][0]
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_omitting_missing_values_fits_each_group_from_its_finite_rows_as_a_single_fit_would(fleet, weighted, tmp_path):
+    sigma = "sigma" if weighted else None
+    sensor = fleet["sensor"].to_numpy()
+    t = fleet["t"].to_numpy().copy()
+    t[np.flatnonzero(sensor == 11)[[0, 4]]] = [np.inf, np.nan]  # inputs too, not only y
+    dirty = fleet.with_columns(pl.Series("t", t), pl.when(pl.col("sensor") == 3).then(None).otherwise(pl.col("y")).alias("y"))
+    result = fit_groups(DECAY, dirty, group="sensor", y="y", sigma=sigma, params=START, nan_policy="omit", chunk=5)
+    table = result.table
+    assert result.status_counts() == {"bad_data": 1, "converged": 22, "too_few_points": 1}
+    assert table.filter(pl.col("sensor") == 3)["n_points"][0] == (sensor == 3).sum()  # nothing finite: kept, reported
+    for key in (5, 11, 0):
+        finite = dirty.filter((pl.col("sensor") == key) & pl.col("t").is_finite() & pl.col("y").is_finite())
+        single = _single(DECAY, finite, key, params=START, columns=("sigma",) if weighted else ())
+        row = table.filter(pl.col("sensor") == key)
+        assert row["n_points"][0] == finite.height < (sensor == key).sum() or key == 0
+        np.testing.assert_allclose([row[n][0] for n in "akc"], single.values, rtol=1e-8)
+        np.testing.assert_allclose([row[f"{n}_stderr"][0] for n in "akc"], [single.stderr[n] for n in "akc"], rtol=1e-8)
+    path = tmp_path / "dirty.parquet"
+    dirty.write_parquet(path, row_group_size=50)  # streamed in batches of whole groups
+    streamed = fit_groups(DECAY, path, group="sensor", y="y", sigma=sigma, params=START, nan_policy="omit").table
+    np.testing.assert_allclose(streamed["k"].to_numpy(), table["k"].to_numpy(), rtol=1e-12)
+    assert fit_groups(DECAY, dirty, group="sensor", y="y", params=START).status_counts()["bad_data"] == 3
+    with pytest.raises(OptionError, match="unknown nan_policy 'drop'"):
+        fit_groups(DECAY, dirty, group="sensor", y="y", nan_policy="drop")
 
 
 def test_a_group_with_zero_or_negative_sigma_is_bad_data_and_warns_nothing(fleet):

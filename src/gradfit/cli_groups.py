@@ -67,11 +67,6 @@ def _check_flags(command: Any) -> None:
         raise OptionError(f"{unsupported[0]} does not apply to --group-by fits — drop it")
     if command.report:
         raise OptionError("--report does not apply to --group-by fits (they print a summary of the groups) — drop it")
-    if command.nan != "raise":
-        raise OptionError(
-            "--nan omit does not apply to --group-by fits: a group with missing or non-finite values is reported as "
-            "bad_data and the others are fitted — drop those rows first to fit such groups from the rest"
-        )
 
 
 def _options(command: Any, settings: Any) -> dict[str, Any]:
@@ -87,7 +82,7 @@ def _options(command: Any, settings: Any) -> dict[str, Any]:
         optimizer_options=settings.optimizer_options, epochs=settings.epochs, patience=settings.patience, scale=settings.scale,
         max_iter=command.max_iter, tolerance=command.tolerance, starts=settings.starts, val=settings.val, seed=settings.seed,
         chunk=command.chunk, dtype=settings.dtype, device=command.device, absolute_sigma=settings.absolute_sigma,
-        as_parameters=[name.strip() for name in command.params.split(",") if name.strip()],
+        as_parameters=[name.strip() for name in command.params.split(",") if name.strip()], nan_policy=command.nan,
     )
 
 

@@ -275,7 +275,7 @@ def _subset(chunk: _Chunk, selected: torch.Tensor) -> _Chunk:
 
 
 _NOT_FITTED = {
-    BAD_DATA: "not fitted: the group has missing or non-finite values (or sigma <= 0) — clean its rows",
+    BAD_DATA: "not fitted: the group has missing or non-finite values (or sigma <= 0) — clean its rows (--nan omit leaves out the missing and non-finite ones)",
     TOO_FEW: "not fitted: fewer points than free parameters — fix parameters or merge groups",
 }
 

@@ -303,6 +303,7 @@ def iter_group_fits(
     absolute_sigma: bool = False,
     refit_failed: bool = False,
     as_parameters: Sequence[str] = (),
+    nan_policy: str = "raise",
 ) -> GroupFits:
     """The fits of every group, chunk by chunk, as they are computed.
 
@@ -357,6 +358,11 @@ def iter_group_fits(
         keep the refits that converge (least-squares solvers; refused for the gradient solver).
     as_parameters
         Names of a formula to treat as parameters although a column has that name.
+    nan_policy
+        ``"raise"``: a group with a missing or non-finite input, target or sigma is not fitted
+        (status ``bad_data``; no exception, and the other groups are fitted); ``"omit"``: those rows
+        are left out and each group is fitted from the rest (``n_points`` counts what is left; a
+        group with no finite row stays ``bad_data``, with all its rows counted).
 
     Returns
     -------
@@ -370,7 +376,7 @@ def iter_group_fits(
     settings = dict(
         solver=solver, loss=check_loss(loss), loss_scale=loss_scale, optimizer=optimizer, optimizer_options=dict(optimizer_options or {}),
         epochs=epochs, patience=patience, scale=scale, max_iter=max_iter, tolerance=tolerance, starts=starts, val=val, seed=seed,
-        dtype=_dtype(dtype), device=resolve_device(device), absolute_sigma=absolute_sigma,
+        dtype=_dtype(dtype), device=resolve_device(device), absolute_sigma=absolute_sigma, nan_policy=nan_policy,
     )
     _check_settings(settings)
     if source.n_groups == 0:  # an empty table would replace the output with a header alone
@@ -436,6 +442,8 @@ class GroupFits:
                 first_row += batch.height
 
     def _fit_batch(self, batch: pl.DataFrame, workers: _ChunkWorkers, first_row: int = 1) -> Iterator[pl.DataFrame]:
+        if self.plan.options["nan_policy"] == "omit":
+            batch = _finite_rows(batch, self.plan, self.group, self.source.label, first_row)
         index = index_groups(batch[self.group].to_numpy())
         if index.n_groups == 0:
             return
@@ -665,10 +673,30 @@ def _columns(frame: pl.DataFrame, plan: ChunkPlan, label: str | None = None, fir
     return {name: numeric_column(frame[name], name, label, first_row) for name in _needed_columns(plan)}
 
 
+def _finite_rows(frame: pl.DataFrame, plan: ChunkPlan, group: str, label: str | None, first_row: int) -> pl.DataFrame:
+    """``frame`` without the rows whose input, target or sigma is missing or not finite; a group
+    with no finite row keeps them all, to be reported ``bad_data`` rather than vanish."""
+    import polars as pl
+
+    columns = _columns(frame, plan, label, first_row)  # checks every value reads as a number, row numbers intact
+    roles = [*plan.model.input_names, plan.y, *([plan.sigma] if plan.sigma else [])]
+    finite = np.logical_and.reduce([np.isfinite(columns[name]) for name in roles])
+    if finite.all():
+        return frame
+    mark = "finite"
+    while mark in frame.columns:
+        mark = "_" + mark
+    ok = pl.col(mark)
+    kept = frame.with_columns(pl.Series(mark, finite)).filter(ok | ~ok.any().over(group))
+    return kept.drop(mark)
+
+
 def _check_settings(settings: Mapping[str, Any]) -> None:
     """The checks :class:`~gradfit.config.FitOptions` makes of the same settings."""
     if settings["solver"] not in SOLVERS:
         raise OptionError(f"unknown group solver '{settings['solver']}' — choose {', '.join(SOLVERS)}")
+    if settings["nan_policy"] not in ("raise", "omit"):
+        raise OptionError(f"unknown nan_policy '{settings['nan_policy']}' — choose one of raise, omit")
     for name, minimum in (("starts", 1), ("epochs", 1)):
         check_whole(name, settings[name], minimum)
     check_seed(settings["seed"])
