@@ -61,6 +61,7 @@ def _extend(children: st.SearchStrategy[Expr]) -> st.SearchStrategy[Expr]:
         children.map(Neg),
         st.builds(lambda f, a: Call(f, (_safe_arg(f, a),)), st.sampled_from(unary), children),
         pairs.map(lambda ab: Call("arctan2", ab)),
+        st.builds(lambda f, ab: Call(f, ab), st.sampled_from(["minimum", "maximum"]), pairs),
     )
 
 

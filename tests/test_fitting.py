@@ -51,6 +51,23 @@ def test_nonlinear_formula_matches_curve_fit():
     assert result.solver == "lm"
 
 
+def test_a_saturating_model_written_with_minimum_matches_curve_fit():
+    from scipy.optimize import curve_fit
+
+    rng = np.random.default_rng(3)
+    x = np.linspace(0.0, 4.0, 60)
+    y = np.minimum(2.0 * x + 0.3, 5.0) + 0.05 * rng.standard_normal(x.size)
+    result = gradfit.fit("minimum(a*x + b, c)", x, y, params={"a": 1.0, "b": 0.0, "c": 4.0})
+    expected, cov = curve_fit(lambda x, a, b, c: np.minimum(a * x + b, c), x, y, p0=[1.0, 0.0, 4.0])
+    assert result.solver == "lm" and result.status == "converged"
+    np.testing.assert_allclose(result.values, expected, rtol=1e-7)
+    np.testing.assert_allclose(list(result.stderr.values()), np.sqrt(np.diag(cov)), rtol=1e-5)
+    floor = gradfit.fit("a*maximum(x, 1) + b", x, y)  # linear in a and b: one exact solve
+    design = np.column_stack([np.maximum(x, 1.0), np.ones_like(x)])
+    assert floor.solver == "linear"
+    np.testing.assert_allclose(floor.values, np.linalg.lstsq(design, y, rcond=None)[0], rtol=1e-10)
+
+
 def test_python_callable_model_reads_parameters_from_signature():
     import torch
 

@@ -199,6 +199,8 @@ class Reference:
                 return self.power(*args)
             if name == "arctan2":
                 return self.arctan2(*args)
+            if name in ("minimum", "maximum"):
+                return self.extreme(name == "maximum", *args)
             return self.function(name, args[0])
         raise AssertionError(f"the generator made something outside the grammar: {ast.dump(node)}")
 
@@ -296,8 +298,20 @@ class Reference:
         return Ref(v, drift, t, s).finish((a, b), smooth=np.isfinite(r2), steady=~cut)
 
 
+    def extreme(self, largest: bool, a: Ref, b: Ref) -> Ref:
+        """maximum (``largest``) or minimum: continuous, with a derivative that jumps where the two
+        arguments meet, so not smooth within their drift of a tie."""
+        x, y = a.value, b.value
+        v = np.maximum(x, y) if largest else np.minimum(x, y)
+        first = (x > y) if largest else (x < y)
+        tie = np.abs(x - y) <= 2 * (a.drift + b.drift)
+        t = {n: np.where(first, a.tangent[n], b.tangent[n]) for n in self.names}
+        s = {n: np.where(first, a.scale[n], b.scale[n]) for n in self.names}
+        return Ref(v, np.maximum(a.drift, b.drift), t, s).finish((a, b), smooth=~tie)
+
+
 def test_reference_covers_the_whole_whitelist() -> None:
-    assert set(REF_FUNCTIONS) | {"arctan2"} == set(FUNCTIONS)
+    assert set(REF_FUNCTIONS) | {"arctan2", "minimum", "maximum"} == set(FUNCTIONS)
     assert set(REF_ALIASES) | {"pow"} == set(ALIASES)
 
 
@@ -316,7 +330,7 @@ def test_reference_evaluator_itself() -> None:
 # ================================================================================================
 VARIABLES = ("x", "y", "z", "w1", "_t", "k_2", "nan", "inf", "Pi", "exp_")
 FUNCTION_SPELLINGS = sorted(set(REF_FUNCTIONS) | {"ln", "asin", "acos", "atan"})
-TWO_ARGUMENT_SPELLINGS = ("arctan2", "atan2", "pow")
+TWO_ARGUMENT_SPELLINGS = ("arctan2", "atan2", "pow", "minimum", "maximum")
 BLANK = st.sampled_from(["", "", " ", "  ", "\t"])
 
 numbers = st.one_of(

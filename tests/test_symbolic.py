@@ -224,6 +224,24 @@ def test_arctan2_partials_match_closed_form() -> None:
     np.testing.assert_allclose(_values_n(diff(expr, "x"), {"x": x, "y": y}), -y / r2, rtol=1e-14)
 
 
+def test_minimum_and_maximum_take_the_derivative_of_the_side_they_return() -> None:
+    u, v = np.array([0.3, -1.2, 2.0, 0.5]), np.array([1.5, -2.4, -2.2, 0.5])  # the last a tie
+    env = {"u": u, "v": v}
+    larger, tie = (u > v).astype(float), u == v
+    for name, first in (("maximum", larger), ("minimum", 1.0 - larger)):
+        expr = tree(f"{name}(u, v)")
+        np.testing.assert_array_equal(_values_n(expr, env), np.maximum(u, v) if name == "maximum" else np.minimum(u, v))
+        du, dv = _values_n(diff(expr, "u"), env), _values_n(diff(expr, "v"), env)
+        np.testing.assert_array_equal(du[~tie], first[~tie])
+        np.testing.assert_array_equal(dv[~tie], 1.0 - first[~tie])
+        assert du[tie] == dv[tie] == 0.5  # a subgradient at the kink
+    assert simplify(tree("maximum(2, 3) + minimum(2, 3)")) == Num(5.0)
+    from gradfit.symbolic import FOLDERS
+
+    for name in ("maximum", "minimum"):  # nan from either side, as numpy's
+        assert math.isnan(FOLDERS[name](math.nan, 1.0)) and math.isnan(FOLDERS[name](1.0, math.nan))
+
+
 @pytest.mark.parametrize(
     ("text", "name", "expected"),
     [
@@ -426,6 +444,9 @@ def test_to_text_uses_minimal_parentheses(text: str) -> None:
         ("a - a + x", ["a"], True),
         ("x**2 + 1", ["a"], True),
         ("sqrt(x)*a + log(x)", ["a"], True),
+        ("maximum(a*x, b)", ["a", "b"], False),
+        ("minimum(x, 1)*a + b", ["a", "b"], True),
+        ("maximum(a, 0)*x", ["a"], False),
     ],
 )
 def test_is_linear_in_truth_table(text: str, params: list[str], linear: bool) -> None:

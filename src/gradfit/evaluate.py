@@ -65,6 +65,8 @@ NUMPY_FUNCTIONS: dict[str, Callable[..., Any]] = {
     "sign": np.sign,
     "erf": _erf,
     "arctan2": np.arctan2,
+    "minimum": np.minimum,
+    "maximum": np.maximum,
     "xlogy": _xlogy,
 }
 
@@ -99,6 +101,8 @@ _TORCH_NAMES = {
     "sign": "sign",
     "erf": "erf",
     "arctan2": "atan2",
+    "minimum": "minimum",
+    "maximum": "maximum",
     "xlogy": "xlogy",
 }
 

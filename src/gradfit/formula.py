@@ -73,6 +73,8 @@ FUNCTIONS: dict[str, int] = {
     "sign": 1,
     "erf": 1,
     "arctan2": 2,
+    "minimum": 2,
+    "maximum": 2,
 }
 #: Functions that appear only in derivative trees, never in a formula: ``xlogy(a, b) = a·log(b)``,
 #: 0 where ``a`` is 0 (the derivative of ``b**p`` along ``p``, which is 0 at ``b = 0``).

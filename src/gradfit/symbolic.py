@@ -89,6 +89,8 @@ FOLDERS: dict[str, Callable[..., float]] = {
     "sign": _sign,
     "erf": math.erf,
     "arctan2": math.atan2,
+    "minimum": lambda x, y: x if x != x or x < y else y,  # nan from either side, as numpy's
+    "maximum": lambda x, y: x if x != x or x > y else y,
     "xlogy": lambda x, y: 0.0 if x == 0 and y == y else x * math.log(y),
 }
 
@@ -293,8 +295,16 @@ DERIVATIVES: dict[str, Callable[..., tuple[Expr, ...]]] = {
         div(x, add(power(x, TWO), power(y, TWO))),
         neg(div(y, add(power(x, TWO), power(y, TWO)))),
     ),
+    "minimum": lambda u, v: (_step(v, u), _step(u, v)),
+    "maximum": lambda u, v: (_step(u, v), _step(v, u)),
     "xlogy": lambda x, y: (call("log", y), div(x, y)),
 }
+
+
+def _step(u: Expr, v: Expr) -> Expr:
+    """1 where ``u > v``, 0 where ``u < v``, 1/2 at a tie: the derivative of ``maximum(u, v)``
+    along ``u`` (and of ``minimum(v, u)``)."""
+    return mul(Num(0.5), add(ONE, call("sign", sub(u, v))))
 
 #: Functions whose derivative is zero almost everywhere but which are not constant.
 _STEP_FUNCTIONS = frozenset({"sign"})
