@@ -564,3 +564,52 @@ def test_a_robust_fits_record_keeps_its_loss_scale():
     result = gradfit.fit("w*x + b", {"x": x}, 2.0 * x + np.sin(9.0 * x), loss="huber", loss_scale=0.3)
     assert result.settings["loss_scale"] == 0.3
     assert gradfit.FitResult.from_json(result.to_json()).settings["loss_scale"] == 0.3
+
+
+def _least_absolute_deviations(design: np.ndarray, y: np.ndarray, bounds: list | None = None) -> np.ndarray:
+    """The LAD solution as scipy's HiGHS linear program: min Σ(u + v) with X θ + u - v = y, u, v >= 0."""
+    from scipy.optimize import linprog
+
+    n, p = design.shape
+    cost = np.concatenate([np.zeros(p), np.ones(2 * n)])
+    equality = np.hstack([design, np.eye(n), -np.eye(n)])
+    limits = (bounds or [(None, None)] * p) + [(0, None)] * (2 * n)
+    return linprog(cost, A_eq=equality, b_eq=y, bounds=limits, method="highs").x[:p]
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_least_absolute_deviations_with_the_lm_solver_are_the_linear_programs_solution(weighted):
+    rng = np.random.default_rng(5)
+    x = np.linspace(0.0, 10.0, 150)
+    y = 3.0 * x + 2.0 + rng.standard_cauchy(x.size)
+    sigma = rng.uniform(0.5, 2.0, x.size) if weighted else np.ones_like(x)
+    design = np.column_stack([x, np.ones_like(x)]) / sigma[:, None]
+    result = gradfit.fit("a*x + b", x, y, sigma=sigma if weighted else None, loss="mae", solver="lm")
+    assert result.status == "converged" and "least absolute deviations" in result.message
+    np.testing.assert_allclose(result.values, _least_absolute_deviations(design, y / sigma), rtol=1e-9)
+    bounded = gradfit.fit("a*x + b", x, y, sigma=sigma if weighted else None, loss="mae", solver="lm", bounds={"a": (0, 2.9)})
+    optimum = _least_absolute_deviations(design, y / sigma, [(0, 2.9), (None, None)])
+    assert bounded.values[0] == pytest.approx(2.9, abs=1e-12) and bounded.parameters[0].at_bound
+    # with a at its bound, b is a (weighted) median of y - 2.9 x: any point between two middle values
+    assert bounded.train_loss == pytest.approx(np.mean(np.abs(y / sigma - design @ optimum)), rel=1e-11)
+
+
+def test_a_nonlinear_least_absolute_deviations_fit_reaches_the_optimum_gradient_descent_only_nears():
+    from scipy.optimize import minimize
+
+    rng = np.random.default_rng(6)
+    x = np.linspace(0.0, 5.0, 100)
+    y = 2.0 * np.exp(-0.7 * x) + 0.3 + 0.05 * rng.standard_t(1.5, x.size)
+    start = {"a": 1.0, "k": 1.0, "c": 0.0}
+
+    def mean_absolute(theta: np.ndarray) -> float:
+        return float(np.mean(np.abs(theta[0] * np.exp(-theta[1] * x) + theta[2] - y)))
+
+    exact = gradfit.fit("a*exp(-k*x) + c", x, y, loss="mae", solver="lm", params=start)
+    polished = minimize(mean_absolute, exact.values, method="Nelder-Mead", options={"xatol": 1e-12, "fatol": 1e-15, "maxiter": 20000})
+    np.testing.assert_allclose(exact.values, polished.x, rtol=1e-7)
+    assert exact.train_loss == pytest.approx(mean_absolute(exact.values), rel=1e-12)
+    assert exact.train_loss <= polished.fun * (1 + 1e-12)
+    descended = gradfit.fit("a*exp(-k*x) + c", x, y, loss="mae", params=start)
+    assert descended.status == "max_epochs" and descended.train_loss > exact.train_loss
+    assert any("solver='lm'" in warning for warning in descended.warnings)

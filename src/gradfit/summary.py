@@ -167,8 +167,14 @@ def _unfinished_descent(outcome: SolveOutcome, loss: str, jac: np.ndarray, resid
 
     One Gauss-Newton step from the end over the ``free`` parameters (exact for a model linear in
     its parameters, the local quadratic estimate otherwise) says how much lower the squared loss
-    goes nearby.
+    goes nearby. Least absolute deviations always get a note: gradient descent ends near their
+    optimum, not on it, and the lm solver finds it.
     """
+    if outcome.status == "max_epochs" and loss == "mae" and free.any():
+        return (
+            "gradient descent stopped at its epoch limit near, not at, the least-absolute-deviations optimum — "
+            "fit with solver='lm' (--solver lm) for the exact one",
+        )
     if outcome.status != "max_epochs" or loss != "mse" or not free.any():
         return ()
     with np.errstate(all="ignore"):

@@ -116,5 +116,5 @@ def _check_explicit(name: str, model: Any, options: FitOptions, parametric: bool
         raise OptionError("solver 'linear' needs a formula that is linear in its parameters — use 'lm'")
     if name == "linear" and options.loss != "mse":
         raise OptionError("solver 'linear' minimises squared errors only — use 'lm' for robust losses")
-    if options.loss not in LEAST_SQUARES_LOSSES:
+    if options.loss not in (*LEAST_SQUARES_LOSSES, "mae"):  # mae: least squares by continuation
         raise OptionError(f"solver '{name}' needs a least-squares loss — use an optimizer for {options.loss}")

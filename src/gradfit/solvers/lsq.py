@@ -7,6 +7,7 @@ tensors) are evaluated on torch, and the solver differentiates them by autograd.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -46,30 +47,74 @@ def residual_functions(problem: Problem) -> dict[str, Any]:
     return {"residual_fn": None, "residual_and_jacobian_fn": residual_and_jacobian_fn}
 
 
+#: least absolute deviations: soft_l1 scales, relative to the spread of the least-squares residuals,
+#: down which the solves go; s² ρ((r/s)²) / 2 tends to |r| - s/2 as s shrinks, its minimiser to the
+#: LAD one within about the last scale
+LAD_SCALES = tuple(10.0**-k for k in range(13))
+
+
 def _solve(problem: Problem, options: FitOptions, method: str) -> SolveOutcome:
     from gradfit.losses import SOLVER_LOSS
-    from gradfit.solvers.least_squares import LeastSquaresOptions, Status, solve_least_squares
+
+    starts = starting_points(problem.theta0, problem.free, options.starts, options.seed)
+    if problem.loss == "mae":
+        return _least_absolute_deviations(problem, options, method, starts)
+    solution = _run(problem, options, method, starts, SOLVER_LOSS[problem.loss], problem.loss_scale)
+    return _outcome(solution, len(starts))
+
+
+def _run(problem: Problem, options: FitOptions, method: str, starts: np.ndarray, loss: str, scale: float) -> Any:
+    """One batched least-squares solve of ``problem`` from ``starts`` with ``loss`` at ``scale``."""
+    from gradfit.solvers.least_squares import LeastSquaresOptions, solve_least_squares
 
     settings = LeastSquaresOptions(max_iter=options.max_iter) if options.max_iter else None
     functions = residual_functions(problem)
-    starts = starting_points(problem.theta0, problem.free, options.starts, options.seed)
     if functions["residual_fn"] is not None:  # torch functions: torch starting values
         starts = problem.on_torch().theta0.new_tensor(starts)
-    solution = solve_least_squares(
+    return solve_least_squares(
         functions.pop("residual_fn"),
         starts,
         **functions,
         lower=problem.lower,
         upper=problem.upper,
         fixed=~np.asarray(problem.free),
-        loss=SOLVER_LOSS[problem.loss],
-        f_scale=problem.loss_scale,
-        method=method,
+        loss=loss,  # type: ignore[arg-type]
+        f_scale=scale,
+        method=method,  # type: ignore[arg-type]
         options=settings,
     )
+
+
+def _least_absolute_deviations(problem: Problem, options: FitOptions, method: str, starts: np.ndarray) -> SolveOutcome:
+    """The ``mae`` loss by continuation: least squares from ``starts``, then soft_l1 from the best
+    point found with the scales :data:`LAD_SCALES` times the residuals' spread there, each solve
+    starting where the last ended. The outcome is the last solve's."""
+    from gradfit.stats import robust_spread
+
+    solution = _run(problem, options, method, starts, "linear", 1.0)
+    outcome = _outcome(solution, len(starts))
+    spread = robust_spread(outcome.residuals) if outcome.residuals is not None else 0.0
+    if not (outcome.success and spread > 0):  # failed, or an exact fit: |r| = 0 is the LAD optimum too
+        return outcome
+    iterations = outcome.iterations
+    for relative in LAD_SCALES:
+        solution = _run(problem, options, method, outcome.theta[None, :], "soft_l1", relative * spread)
+        outcome = _outcome(solution, 1)
+        iterations += outcome.iterations
+        if not outcome.success:
+            break
+    last = LAD_SCALES[-1] * spread
+    message = f"{outcome.message} (least absolute deviations: soft_l1 solves down to scale {last:.3g})"
+    return replace(outcome, message=message, iterations=iterations)
+
+
+def _outcome(solution: Any, n_starts: int) -> SolveOutcome:
+    """The best start of a least-squares solution, as a :class:`SolveOutcome`."""
+    from gradfit.solvers.least_squares import Status
+
     best = best_start(as_array(solution.cost), [s.converged for s in solution.status])
     status = solution.status[best]
-    message = status.value + (f" (best of {len(starts)} starting points)" if len(starts) > 1 else "")
+    message = status.value + (f" (best of {n_starts} starting points)" if n_starts > 1 else "")
     # a non-finite start's residuals and Jacobian were zeroed inside the solver: the statistics
     # evaluate the model instead (NaN), rather than report an exact fit
     finite = status is not Status.NON_FINITE
