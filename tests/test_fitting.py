@@ -610,6 +610,8 @@ def test_a_nonlinear_least_absolute_deviations_fit_reaches_the_optimum_gradient_
     np.testing.assert_allclose(exact.values, polished.x, rtol=1e-7)
     assert exact.train_loss == pytest.approx(mean_absolute(exact.values), rel=1e-12)
     assert exact.train_loss <= polished.fun * (1 + 1e-12)
+    capped = gradfit.fit("a*exp(-k*x) + c", x, y, loss="mae", solver="lm", params=start, max_iter=3)
+    assert capped.status == "max_iter" and not capped.success and "least absolute deviations" in capped.message
     descended = gradfit.fit("a*exp(-k*x) + c", x, y, loss="mae", params=start)
     assert descended.status == "max_epochs" and descended.train_loss > exact.train_loss
     assert any("solver='lm'" in warning for warning in descended.warnings)

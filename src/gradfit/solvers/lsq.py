@@ -48,8 +48,8 @@ def residual_functions(problem: Problem) -> dict[str, Any]:
 
 
 #: least absolute deviations: soft_l1 scales, relative to the spread of the least-squares residuals,
-#: down which the solves go; s² ρ((r/s)²) / 2 tends to |r| - s/2 as s shrinks, its minimiser to the
-#: LAD one within about the last scale
+#: down which the solves go; s² ρ((r/s)²) / (2s) = √(s² + r²) - s tends to |r| - s as s shrinks,
+#: and its minimiser to the LAD one
 LAD_SCALES = tuple(10.0**-k for k in range(13))
 
 
@@ -94,17 +94,18 @@ def _least_absolute_deviations(problem: Problem, options: FitOptions, method: st
     solution = _run(problem, options, method, starts, "linear", 1.0)
     outcome = _outcome(solution, len(starts))
     spread = robust_spread(outcome.residuals) if outcome.residuals is not None else 0.0
-    if not (outcome.success and spread > 0):  # failed, or an exact fit: |r| = 0 is the LAD optimum too
+    if not outcome.success:
+        return replace(outcome, message=f"{outcome.message} (least absolute deviations: in the least-squares solve they start from)")
+    if not spread > 0:  # an exact fit: |r| = 0 is the LAD optimum too
         return outcome
     iterations = outcome.iterations
     for relative in LAD_SCALES:
         solution = _run(problem, options, method, outcome.theta[None, :], "soft_l1", relative * spread)
         outcome = _outcome(solution, 1)
         iterations += outcome.iterations
-        if not outcome.success:
+        if not outcome.success:  # the message says at which scale it stopped
             break
-    last = LAD_SCALES[-1] * spread
-    message = f"{outcome.message} (least absolute deviations: soft_l1 solves down to scale {last:.3g})"
+    message = f"{outcome.message} (least absolute deviations: soft_l1 solves down to scale {relative * spread:.3g})"
     return replace(outcome, message=message, iterations=iterations)
 
 
