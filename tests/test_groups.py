@@ -107,6 +107,20 @@ def test_omitting_missing_values_fits_each_group_from_its_finite_rows_as_a_singl
         fit_groups(DECAY, dirty, group="sensor", y="y", nan_policy="drop")
 
 
+@pytest.mark.parametrize(
+    ("model", "options", "named"),
+    [
+        (DECAY, {"params": START, "epochs": 5000}, "batched solver, which ignores epochs \\(--epochs\\): it is for gradient descent"),
+        (DECAY, {"params": START, "starts": 3, "patience": 4, "scale": False}, "lm solver, which ignores patience .*, scale \\(--no-scale\\)"),
+        (DECAY, {"params": START, "loss": "mae", "starts": 3, "tolerance": 1e-4}, "gradient solver, which ignores starts .*, tolerance .*solver 'lm'"),
+        ("w*t + b", {"max_iter": 10, "epochs": 9}, "linear solver, which ignores epochs .*; max_iter \\(--max-iter\\): it is for the iterative"),
+    ],
+)
+def test_settings_the_groups_path_would_ignore_are_refused_as_for_a_single_fit(fleet, model, options, named):
+    with pytest.raises(OptionError, match=named):
+        fit_groups(model, fleet, group="sensor", y="y", **options)
+
+
 def test_a_group_with_zero_or_negative_sigma_is_bad_data_and_warns_nothing(fleet):
     sigma = fleet["sigma"].to_numpy().copy()
     sensor = fleet["sensor"].to_numpy()

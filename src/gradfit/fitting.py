@@ -20,7 +20,7 @@ from gradfit.errors import ModelError, OptionError
 from gradfit.model import CallableModel, FormulaModel, ModuleModel, Parameter, ParametricModel, make_model
 from gradfit.objective import Split
 from gradfit.result import FitResult
-from gradfit.solvers import choose_solver, get_solver, needs_torch, optimizer_label, unused_options
+from gradfit.solvers import choose_solver, get_solver, needs_torch, optimizer_label, unused_message, unused_options
 from gradfit.solvers.base import Problem
 from gradfit.summary import summarize
 from gradfit.threads import SMALL_PROBLEM, threads_for
@@ -237,22 +237,11 @@ def fit_dataset(
         return _assemble(problem, outcome, options, name, reason, elapsed, dataset)
 
 
-#: command-line flags whose name is not the option's
-_CLI_FLAGS = {"scale": "--no-scale"}
-
-
 def _check_options_used(name: str, reason: str, options: FitOptions) -> None:
     """Refuse settings solver ``name`` would ignore: an ignored option reads as one that worked."""
     unused = unused_options(name, options)
-    if not unused:
-        return
-    listed = ", ".join(f"{option} ({_CLI_FLAGS.get(option, '--' + option.replace('_', '-'))})" for option in unused)
-    they, them = ("it is", "it") if len(unused) == 1 else ("they are", "them")
-    if name == "gradient":
-        fix = f"{they} for the least-squares solvers: drop {them}, or fit with solver 'lm' (--solver lm)"
-    else:
-        fix = f"{they} for gradient descent: drop {them}, or choose an optimizer (e.g. --optimizer adam)"
-    raise OptionError(f"this fit uses the {name} solver ({reason}), which ignores {listed} — {fix}")
+    if unused:
+        raise OptionError(unused_message(f"this fit uses the {name} solver ({reason})", unused))
 
 
 @contextlib.contextmanager

@@ -19,13 +19,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gradfit.config import check_seed, check_whole, resolve_device
+from gradfit.config import FitOptions, check_seed, check_whole, resolve_device
 from gradfit.errors import DataError, ModelError, OptionError
 from gradfit.group_chunks import (
     BAD_DATA,
@@ -384,6 +384,7 @@ def iter_group_fits(
     if chunk is not None and chunk < 1:
         raise OptionError(f"chunk must be at least 1 group, got {chunk} — or leave it out to size chunks from the free memory")
     plan = _plan(built, y, sigma, column_starts, settings)
+    _check_settings_used(plan)
     if refit_failed and plan.path == "gradient":
         raise OptionError(
             "refitting failed groups (--refit-failed) uses more least-squares starting points, and this fit uses the "
@@ -708,6 +709,20 @@ def _check_settings(settings: Mapping[str, Any]) -> None:
     tolerance = settings["tolerance"]
     if tolerance is not None and not (isinstance(tolerance, (int, float)) and tolerance > 0 and math.isfinite(tolerance)):
         raise OptionError(f"tolerance must be a positive number, got {tolerance!r} — e.g. 1e-4")
+
+
+def _check_settings_used(plan: ChunkPlan) -> None:
+    """Refuse settings the groups' path would ignore, as single fits do (:func:`gradfit.solvers.unused_options`)."""
+    from gradfit.solvers import GRADIENT_ONLY, ITERATIVE_ONLY, unused_message
+
+    defaults = {option.name: option.default for option in fields(FitOptions)} | {"tolerance": None}
+    iterative = [*ITERATIVE_ONLY, "tolerance"]
+    gradient_only = [name for name in GRADIENT_ONLY if name in plan.options]
+    unread = iterative if plan.path == "gradient" else gradient_only + (iterative if plan.linear else [])
+    unused = [name for name in unread if plan.options[name] != defaults[name]]
+    if unused:
+        fit = f"these groups are fitted by the {_solver_name(plan)} solver"
+        raise OptionError(unused_message(fit, unused))
 
 
 def _path(model: ParametricModel, settings: Mapping[str, Any]) -> str:

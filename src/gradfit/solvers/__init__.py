@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from gradfit.config import FitOptions
     from gradfit.solvers.base import Problem, SolveOutcome
 
-__all__ = ["choose_solver", "get_solver", "needs_torch", "optimizer_label", "unused_options", "SOLVER_FAMILIES"]
+__all__ = ["choose_solver", "get_solver", "needs_torch", "optimizer_label", "unused_message", "unused_options", "SOLVER_FAMILIES"]
 
 #: solver name -> "module:function", imported when used
 SOLVER_FAMILIES = {
@@ -96,6 +96,29 @@ def unused_options(name: str, options: FitOptions) -> list[str]:
     """
     defaults = {field.name: field.default for field in dataclasses.fields(options)}
     return [option for option in _UNREAD.get(name, ()) if getattr(options, option) != defaults[option]]
+
+
+#: command-line flags whose name is not the option's
+_CLI_FLAGS = {"scale": "--no-scale"}
+
+
+def unused_message(fit: str, unused: list[str]) -> str:
+    """Why settings ``unused`` are refused by ``fit`` ("this fit uses the lm solver (...)"), and
+    what each family of them needs instead."""
+    descent = [option for option in unused if option in GRADIENT_ONLY]
+    iterative = [option for option in unused if option not in GRADIENT_ONLY]
+    needs = [(descent, "gradient descent — drop {them}, or choose an optimizer (e.g. --optimizer adam)"),
+             (iterative, "the iterative least-squares solvers — drop {them}, or fit with solver 'lm' (--solver lm)")]
+    reasons = []
+    for options, need in needs:
+        if options:
+            they, them = ("it is", "it") if len(options) == 1 else ("they are", "them")
+            reasons.append(f"{_listed(options)}: {they} for {need.format(them=them)}")
+    return f"{fit}, which ignores " + "; ".join(reasons)
+
+
+def _listed(options: list[str]) -> str:
+    return ", ".join(f"{option} ({_CLI_FLAGS.get(option, '--' + option.replace('_', '-'))})" for option in options)
 
 
 def optimizer_label(optimizer: Any) -> str:
