@@ -94,8 +94,14 @@ def unused_options(name: str, options: FitOptions) -> list[str]:
     refuse them; settings shared by several models (:func:`gradfit.compare.compare`) are not
     refused. The ``fixed`` solver evaluates the model and reads nothing.
     """
-    defaults = {field.name: field.default for field in dataclasses.fields(options)}
+    defaults = _defaults(type(options))
     return [option for option in _UNREAD.get(name, ()) if getattr(options, option) != defaults[option]]
+
+
+@functools.cache
+def _defaults(options_type: type) -> dict[str, Any]:
+    """The default of every field of a dataclass of options (read once: single fits are hot)."""
+    return {field.name: field.default for field in dataclasses.fields(options_type)}
 
 
 #: command-line flags whose name is not the option's
