@@ -89,8 +89,8 @@ FOLDERS: dict[str, Callable[..., float]] = {
     "sign": _sign,
     "erf": math.erf,
     "arctan2": math.atan2,
-    "minimum": lambda x, y: x if x != x or x < y else y,  # nan from either side, as numpy's
-    "maximum": lambda x, y: x if x != x or x > y else y,
+    "minimum": lambda x, y: x if math.isnan(x) or x < y else y,  # nan from either side, as numpy's
+    "maximum": lambda x, y: x if math.isnan(x) or x > y else y,
     "xlogy": lambda x, y: 0.0 if x == 0 and y == y else x * math.log(y),
 }
 
