@@ -84,7 +84,7 @@ def fit(
     bounds: Annotated[str, typer.Option(help="Parameter bounds, e.g. 'b>=0, 0<k<10'.")] = "",
     fix: Annotated[str, typer.Option(help="Hold parameters at values, e.g. 'w=1'.")] = "",
     starts: Annotated[int, typer.Option(help="Least squares: solve from this many starting points at once, keep the best.")] = 1,
-    solver: Annotated[str, typer.Option(help="auto | linear | lm | gn | gradient.")] = "auto",
+    solver: Annotated[str, typer.Option(help="auto | linear | lm | gn | gradient (lm with --loss mae: the exact least-absolute-deviations fit).")] = "auto",
     optimizer: Annotated[Optional[str], typer.Option(help="Any torch.optim optimizer: sgd, adam, adamw, rmsprop, adagrad, lbfgs, ...")] = None,
     opt: Annotated[str, typer.Option("--opt", help="Optimizer keyword arguments, e.g. 'lr=1e-2,momentum=0.9'.")] = "",
     loss: Annotated[str, typer.Option(help="mse | mae | huber | soft_l1 | cauchy.")] = "mse",
