@@ -75,3 +75,18 @@ def test_the_cancellation_warning_is_in_the_units_of_y_and_only_above_rounding()
     moved = float(warning.split("move the curve by ")[1].split(" ")[0])
     actual = np.sqrt(np.mean((far.predict({"x": u + 1e6}) - near.predict({"x": u})) ** 2))
     assert actual / 5 <= moved <= actual * 1.01  # in y's units, and predictions are at least that far off
+
+
+@pytest.mark.parametrize(
+    ("formula", "options", "named"),
+    [
+        ("a + b + c*x", {}, "parameters a, b cannot"),
+        ("a*x**2 + b*x**2 + c*x", {}, "parameters a, b cannot"),  # the polynomial solver's branch
+        ("a*x + b*(2*x) + c + d*x**2", {}, "parameters a, b cannot"),
+    ],
+)
+def test_a_singular_design_names_the_parameters_the_data_cannot_tell_apart(formula, options, named):
+    x = np.linspace(0.0, 1.0, 20)
+    with pytest.raises(gradfit.errors.FitError, match=f"design matrix is singular: {named} be told apart .* fix one of them"):
+        gradfit.fit(formula, {"x": x}, 3.0 * x + 1.0, **options)
+    assert gradfit.fit("a*x + b*x + c", {"x": x}, 3.0 * x + 1.0, fix={"b": 1.0}).values[0] == pytest.approx(2.0, rel=1e-12)

@@ -166,7 +166,7 @@ def _exact(problem: Problem, a: np.ndarray, b: np.ndarray) -> _Exact:
     polynomial = polynomial_powers(problem.model, problem.free.tolist())
     if polynomial is None or a.dtype != np.float64 or (max(polynomial[1]) < 2 and full_rank and solution.condition[0] < ILL_CONDITIONED):
         if not full_rank:
-            raise FitError(_SINGULAR)
+            raise FitError(singular_message(a, _free_names(problem)))
         return _Exact(solution.theta[0], None, solution.residuals[0], solution.decomposition[0])
     name, powers = polynomial  # solved in a centred basis: the raw design may only look singular
     weights = problem.train.weights
@@ -174,7 +174,7 @@ def _exact(problem: Problem, a: np.ndarray, b: np.ndarray) -> _Exact:
     inputs = problem.train.inputs[name]
     accurate = polynomial_least_squares(inputs, target, max(powers), weights)
     if accurate.rank[0] < len(powers):
-        raise FitError(_SINGULAR)
+        raise FitError(singular_message(a, _free_names(problem)))
     factor = accurate.inverse_factor[0][powers]
     residuals = accurate.residuals[0]
     in_y = residuals if weights is None else residuals / weights
@@ -205,7 +205,18 @@ def rounding_warning(name: str, x: np.ndarray, y: np.ndarray, rounding: float, r
     )
 
 
-_SINGULAR = "the design matrix is singular: some parameters cannot be told apart by the data — remove a parameter or add varied data"
+def singular_message(design: np.ndarray, names: Sequence[str] | None = None) -> str:
+    """Why a design without full column rank has no unique solution, naming the parameters
+    (``names``, one per column) that load on the directions the data do not see."""
+    from gradfit.stats import identifiable
+
+    lost = [] if names is None else [name for name, seen in zip(names, identifiable(design).tolist()) if not seen]
+    who = f"parameters {', '.join(lost)} cannot" if lost else "some parameters cannot"
+    return f"the design matrix is singular: {who} be told apart by the data — remove or fix one of them, or add varied data"
+
+
+def _free_names(problem: Problem) -> list[str]:
+    return [p.name for p, free in zip(problem.model.parameters, np.asarray(problem.free).tolist()) if free]
 
 
 #: straight lines whose column-scaled design is worse conditioned than this get the polynomial
@@ -223,8 +234,5 @@ def least_squares_qr(a: Any, b: Any) -> np.ndarray:
     """
     x, singular = batched_least_squares(np.asarray(a)[None], np.asarray(b)[None])
     if bool(singular[0]):
-        raise FitError(
-            "the design matrix is singular: some parameters cannot be told apart by the data — "
-            "remove a parameter or add varied data"
-        )
+        raise FitError(singular_message(np.asarray(a)))
     return x[0]
