@@ -59,6 +59,21 @@ def test_linear_groups_equal_polyfit(fleet):
         np.testing.assert_allclose([row[n][0] for n in ("w2", "w1", "w0")], np.polyfit(part["t"], part["y"], 2), rtol=1e-8)
 
 
+@pytest.mark.parametrize(("model", "lost"), [("w*t + b", "w, b"), ("w2*t**2 + w1*t + b", "w2, w1, b")])  # SVD and polynomial solver
+def test_a_singular_linear_group_names_the_parameters_its_data_cannot_tell_apart_as_a_single_fit_does(fleet, model, lost):
+    t = fleet["t"].to_numpy().copy()
+    t[fleet["sensor"].to_numpy() == 4] = 2.0  # one input value: w and b (and w2) are confounded
+    flat = fleet.with_columns(pl.Series("t", t))
+    table = fit_groups(model, flat, group="sensor", y="y").table
+    row = table.filter(pl.col("sensor") == 4)
+    part = flat.filter(pl.col("sensor") == 4)
+    with pytest.raises(gradfit.errors.FitError) as single:
+        gradfit.fit(model, {"t": part["t"].to_numpy()}, part["y"].to_numpy())
+    assert row["status"][0] == "singular" and row["message"][0] == str(single.value)
+    assert f"parameters {lost} cannot be told apart" in row["message"][0]
+    assert table.filter(pl.col("sensor") == 0)["status"][0] == "converged"
+
+
 def test_failing_groups_are_reported_and_leave_the_others_alone(fleet):
     broken = fleet.with_columns(
         pl.when(pl.col("sensor") == 3).then(pl.lit(float("inf"))).otherwise(pl.col("y")).alias("y"),

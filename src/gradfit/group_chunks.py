@@ -510,13 +510,29 @@ def _solve_linear(plan: ChunkPlan, chunk: _Chunk, weights: torch.Tensor, start: 
     theta[rows] = start[rows]  # not fitted: they keep their starts
     counts = (weights != 0).sum(-1).cpu().numpy()
     status = np.where(bad, "non_finite", np.where(singular, "singular", "converged")).astype(object)
-    message = np.where(singular, "the design matrix is singular: parameters cannot be told apart by this group's data",
-                       "solved exactly: one least-squares solve").astype(object)
+    message = np.full(status.shape, "solved exactly: one least-squares solve", dtype=object)
+    message[singular] = _singular_messages(a[torch.as_tensor(singular, device=a.device)].cpu().numpy(), model, free.tolist())
     for i in np.flatnonzero(bad):
         message[i] = non_finite_message(int(broken[i]), int(counts[i]))
     if inverse_normal is not None:
         inverse_normal, residuals = _where_solved(inverse_normal, residuals, singular, bad)
     return _Solved(theta, status, message, np.where(bad, 0, 1), ~singular & ~bad, inverse_normal, residuals)
+
+
+def _singular_messages(designs: np.ndarray, model: ParametricModel, free: list[bool]) -> list[str]:
+    """For each singular group's design ``(m, n, q)``, the message naming the parameters its data
+    cannot tell apart (one batched SVD; groups with the same lost parameters share a message)."""
+    from gradfit.solvers.linear import SINGULAR_DESIGN
+    from gradfit.stats import identifiable
+
+    names = [p.name for p, is_free in zip(model.parameters, free) if is_free]
+    seen = identifiable(designs) if designs.size else np.ones(designs.shape[:1] + (len(names),), dtype=bool)
+    texts: dict[tuple[bool, ...], str] = {}
+    rows = [tuple(row) for row in seen.tolist()]
+    for row in set(rows):
+        lost = ", ".join(name for name, ok in zip(names, row) if not ok)
+        texts[row] = SINGULAR_DESIGN.format(who=f"parameters {lost}" if lost else "some parameters")
+    return [texts[row] for row in rows]
 
 
 def _polynomial_groups(chunk: _Chunk, polynomial: tuple[str, list[int]], target: torch.Tensor,

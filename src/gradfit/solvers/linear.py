@@ -211,8 +211,11 @@ def singular_message(design: np.ndarray, names: Sequence[str] | None = None) -> 
     from gradfit.stats import identifiable
 
     lost = [] if names is None else [name for name, seen in zip(names, identifiable(design).tolist()) if not seen]
-    who = f"parameters {', '.join(lost)} cannot" if lost else "some parameters cannot"
-    return f"the design matrix is singular: {who} be told apart by the data — remove or fix one of them, or add varied data"
+    return SINGULAR_DESIGN.format(who=f"parameters {', '.join(lost)}" if lost else "some parameters")
+
+
+#: the message of a design without full column rank; ``who`` names the parameters
+SINGULAR_DESIGN = "the design matrix is singular: {who} cannot be told apart by the data — remove or fix one of them, or add varied data"
 
 
 def _free_names(problem: Problem) -> list[str]:
