@@ -522,16 +522,13 @@ def _solve_linear(plan: ChunkPlan, chunk: _Chunk, weights: torch.Tensor, start: 
 def _singular_messages(designs: np.ndarray, model: ParametricModel, free: list[bool]) -> list[str]:
     """For each singular group's design ``(m, n, q)``, the message naming the parameters its data
     cannot tell apart (one batched SVD; groups with the same lost parameters share a message)."""
-    from gradfit.solvers.linear import SINGULAR_DESIGN
+    from gradfit.solvers.linear import singular_text
     from gradfit.stats import identifiable
 
     names = [p.name for p, is_free in zip(model.parameters, free) if is_free]
     seen = identifiable(designs) if designs.size else np.ones(designs.shape[:1] + (len(names),), dtype=bool)
-    texts: dict[tuple[bool, ...], str] = {}
     rows = [tuple(row) for row in seen.tolist()]
-    for row in set(rows):
-        lost = ", ".join(name for name, ok in zip(names, row) if not ok)
-        texts[row] = SINGULAR_DESIGN.format(who=f"parameters {lost}" if lost else "some parameters")
+    texts = {row: singular_text(names, row) for row in set(rows)}
     return [texts[row] for row in rows]
 
 

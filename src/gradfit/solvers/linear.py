@@ -210,12 +210,14 @@ def singular_message(design: np.ndarray, names: Sequence[str] | None = None) -> 
     (``names``, one per column) that load on the directions the data do not see."""
     from gradfit.stats import identifiable
 
-    lost = [] if names is None else [name for name, seen in zip(names, identifiable(design).tolist()) if not seen]
-    return SINGULAR_DESIGN.format(who=f"parameters {', '.join(lost)}" if lost else "some parameters")
+    return singular_text(names or [], identifiable(design).tolist() if names else [])
 
 
-#: the message of a design without full column rank; ``who`` names the parameters
-SINGULAR_DESIGN = "the design matrix is singular: {who} cannot be told apart by the data — remove or fix one of them, or add varied data"
+def singular_text(names: Sequence[str], seen: Sequence[bool]) -> str:
+    """The message of a singular design whose parameters ``names`` the data see or not (``seen``)."""
+    lost = ", ".join(name for name, ok in zip(names, seen) if not ok)
+    who = f"parameters {lost}" if lost else "some parameters"
+    return f"the design matrix is singular: {who} cannot be told apart by the data — remove or fix one of them, or add varied data"
 
 
 def _free_names(problem: Problem) -> list[str]:
