@@ -86,9 +86,10 @@ def render(recorder: Recorder, wall: float, modules: dict[str, Any]) -> str:
         "",
         "_Written by `python benchmarks/reliability_counts.py` from the counters of the tests it "
         "runs; every number below is what ran on "
-        f"{datetime.date.today().isoformat()} ({_versions()})._ Hypothesis draws new examples on "
-        "every run (the counts are the same each run, the cases are not); a failure is shrunk and "
-        "printed as a reproducible example.",
+        f"{datetime.date.today().isoformat()} ({_versions()})._ The suite is a gate, so hypothesis "
+        "draws the same examples on every run of it (`derandomize`, in `tests/conftest.py`); "
+        "`make fuzz` runs these files drawing new examples each time, and a failure it finds is "
+        "shrunk, printed as a reproducible example and added to the suite with `@example`.",
         "",
         "| test file | tests passed | time |",
         "|---|---|---|",
@@ -195,6 +196,13 @@ Formula compiler:
   derivative of a balanced product of n names became a chain of depth n: quadratic size, and a
   `RecursionError` in `compile_torch` from about 300 parameters. It now re-associates only when `a`
   is a number or a name (derivatives stay as shallow as the formula).
+- `symbolic.mul` folded a product of two constants whose float product underflows to 0
+  (`c*(-c)` for `c = 8e-201` in the derivative of `pow(-x*c, c)`), and `x*0 -> 0` then dropped the
+  term: a derivative of 0 where it is `c/x`. Constants that underflow (a subnormal result, or a zero
+  product, quotient, power or `exp` of non-zero operands) now stay symbolic. Found in CI, where the
+  examples were then drawn anew on each run. Likewise `mul` regrouped `c*(u*v)` as `(c*u)*v`, which
+  underflows where autograd's `c*(u*v)` does not (`pow(-y*c, x + c)` at `x = 0`); a number now stays
+  outside the product.
 - `compile_torch` walked trees recursively; simplified derivatives can be about 3 times deeper than
   their formula (`x/(x/(x/...))` at the depth limit gives depth 295), which overflowed the stack in
   a deep call chain. The walk now uses an explicit stack.

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from scipy import special
 
@@ -431,6 +431,8 @@ def fuzz(cases: int) -> settings:
 
 @fuzz(VALID_CASES)
 @given(formulas, st.integers(0, 2**32 - 1))
+@example("pow(-x*8.343151239655746e-201,8.343151239655746e-201)  # a comment", 0)  # a folded underflow
+@example("pow(-y*8.343151239655746e-201,x+8.343151239655746e-201)  # a comment", 0)  # a regrouped one
 def test_random_valid_formulas_2000_cases(text: str, seed: int) -> None:
     """Compiled values equal the numpy reference; symbolic derivatives equal autograd."""
     assume(_ast_depth(text) <= MAX_DEPTH)

@@ -36,10 +36,14 @@ from gradfit.symbolic import (
     FOLDERS,
     ONE,
     ZERO,
+    add,
     diff,
+    div,
     gradient,
     is_linear_in,
     linear_design,
+    mul,
+    power,
     simplify,
     substitute,
     to_text,
@@ -499,3 +503,34 @@ def test_a_power_with_a_parameter_exponent_has_a_finite_derivative_where_its_bas
     expected = [torch.autograd.grad(1.5 * torch.tensor(v, dtype=torch.float64) ** p, p)[0].item() for v in x]
     np.testing.assert_allclose(values, expected, rtol=1e-14)
     assert values[0] == 0.0
+
+
+@pytest.mark.parametrize(
+    ("build", "a", "b"),
+    [(mul, 1e-200, 1e-200), (div, 1e-200, 1e200), (power, 1e-200, 2.0), (add, 1e-308, -9.9e-309)],
+)
+def test_a_constant_that_underflows_stays_symbolic(build, a: float, b: float) -> None:
+    # folded, 1e-200*1e-200 would be an exact 0 and x*0 -> 0 would drop the term it multiplies
+    assert not isinstance(build(Num(a), Num(b)), Num)
+    assert mul(Num(2.0), Num(3.0)) == Num(6.0) and mul(Num(0.0), Num(1e-200)) == ZERO
+
+
+def test_the_derivative_of_a_power_of_tiny_constants_is_not_lost_to_underflow() -> None:
+    # d/dx (-c*x)**c = c*(-c*x)**(c - 1)*(-c): folding c*(-c) gave 0 (found by the formula fuzz test)
+    c = 8.343151239655746e-201
+    (derivative,) = gradient(parse(f"pow(-x*{c!r}, {c!r})").tree, ["x"])
+    x = np.array([-3.0, -0.5, -1e-3])
+    closed_form = c * (-c * x) ** (c - 1.0) * -c
+    np.testing.assert_allclose(evaluate_numpy(derivative, {"x": x}), closed_form, rtol=1e-14)
+    assert np.all(closed_form != 0.0)
+
+
+def test_a_number_times_a_product_is_not_regrouped_into_an_underflow() -> None:
+    # d/dy (-y*c)**(x + c) = -c*((x + c)*(-y*c)**(x + c - 1)); regrouped as (-c*(x + c))*... the
+    # first product underflows to 0 at x = 0, where the derivative is -2c (found by the fuzz test)
+    c = 8.343151239655746e-201
+    derivative = diff(parse(f"pow(-y*{c!r}, x + {c!r})").tree, "y")
+    value = evaluate_numpy(derivative, {"x": np.array([0.0]), "y": np.array([-0.5])})
+    np.testing.assert_allclose(value, [-2.0 * c], rtol=1e-14)
+    assert to_text(mul(Num(2.0), mul(Var("x"), Var("y")))) == "2*(x*y)"
+    assert to_text(mul(Var("z"), mul(Var("x"), Var("y")))) == "z*x*y"

@@ -12,6 +12,7 @@ Standard library only (no numpy, no torch).
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Collection, Mapping, Sequence
 
 from gradfit.errors import ModelError
@@ -103,14 +104,33 @@ _BINARY_FOLDERS: dict[str, Callable[[float, float], float]] = {
 }
 
 
-def _fold(function: Callable[..., float], *values: float) -> Num | None:
+#: Folders whose result is zero only when an argument is: a zero from non-zero arguments underflowed.
+_ZERO_ONLY_FROM_ZERO = frozenset({"*", "/", "**", "exp"})
+
+
+def _fold(function: Callable[..., float], *values: float, kind: str = "") -> Num | None:
+    """The constant ``function(*values)``, or None where folding would lose it.
+
+    A result that is not finite, or that underflowed (subnormal, or a zero of ``kind`` from
+    non-zero arguments such as ``1e-200 * 1e-200``), stays symbolic: a folded zero would be
+    simplified away (``x * 0 -> 0``) although the expression, evaluated as written, is not zero.
+    """
     try:
         result = function(*values)
     except (OverflowError, ValueError, ZeroDivisionError):
         return None
-    if isinstance(result, float) and math.isfinite(result):
-        return Num(result + 0.0)  # zeros made here are unsigned (-0.0 + 0.0 is 0.0): see neg
-    return None
+    if not (isinstance(result, float) and math.isfinite(result)):
+        return None
+    if 0.0 < abs(result) < sys.float_info.min:
+        return None
+    if result == 0.0 and kind in _ZERO_ONLY_FROM_ZERO and _nonzero_operands(kind, values):
+        return None
+    return Num(result + 0.0)  # zeros made here are unsigned (-0.0 + 0.0 is 0.0): see neg
+
+
+def _nonzero_operands(kind: str, values: tuple[float, ...]) -> bool:
+    """Whether a zero result of ``kind`` on ``values`` can only be an underflow."""
+    return all(values) if kind == "*" else values[0] != 0.0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -177,7 +197,7 @@ def mul(a: Expr, b: Expr) -> Expr:
     the derivative of a balanced product of n names into a chain of depth n.
     """
     if isinstance(a, Num) and isinstance(b, Num):
-        folded = _fold(_BINARY_FOLDERS["*"], a.value, b.value)
+        folded = _fold(_BINARY_FOLDERS["*"], a.value, b.value, kind="*")
         if folded is not None:
             return folded
     if _is_num(a, 0.0) or _is_num(b, 0.0):
@@ -199,19 +219,20 @@ def mul(a: Expr, b: Expr) -> Expr:
     if isinstance(b, Num) and not isinstance(a, Num):
         return mul(b, a)
     if isinstance(a, Num) and isinstance(b, Bin) and b.op == "*" and isinstance(b.left, Num):
-        folded = _fold(_BINARY_FOLDERS["*"], a.value, b.left.value)
+        folded = _fold(_BINARY_FOLDERS["*"], a.value, b.left.value, kind="*")
         if folded is not None:
             return mul(folded, b.right)
-    leaf = isinstance(a, (Num, Var))
-    if leaf and isinstance(b, Bin) and b.op == "*" and not isinstance(b.left, Num):
-        return mul(mul(a, b.left), b.right)  # a*(b*c) -> a*b*c, reads left to right
+    # x*(b*c) -> x*b*c reads left to right; a number stays outside (c1*(u*v)), as autograd's chain
+    # rule multiplies: regrouped, (1e-200*u)*v can underflow where 1e-200*(u*v) does not
+    if isinstance(a, Var) and isinstance(b, Bin) and b.op == "*" and not isinstance(b.left, Num):
+        return mul(mul(a, b.left), b.right)
     return Bin("*", a, b)
 
 
 def div(a: Expr, b: Expr) -> Expr:
     """Return ``a / b``, simplified (``x/1 -> x``, ``0/x -> 0``, constants folded)."""
     if isinstance(a, Num) and isinstance(b, Num):
-        folded = _fold(_BINARY_FOLDERS["/"], a.value, b.value)
+        folded = _fold(_BINARY_FOLDERS["/"], a.value, b.value, kind="/")
         if folded is not None:
             return folded
     if _is_num(b, 1.0):
@@ -233,7 +254,7 @@ def power(a: Expr, b: Expr) -> Expr:
     Constants are folded only when the float result is finite, so ``9**9**9`` stays symbolic.
     """
     if isinstance(a, Num) and isinstance(b, Num):
-        folded = _fold(_BINARY_FOLDERS["**"], a.value, b.value)
+        folded = _fold(_BINARY_FOLDERS["**"], a.value, b.value, kind="**")
         if folded is not None:
             return folded
     if _is_num(b, 0.0) or _is_num(a, 1.0):
@@ -246,7 +267,7 @@ def power(a: Expr, b: Expr) -> Expr:
 def call(func: str, *args: Expr) -> Expr:
     """Return ``func(*args)``, folded to a constant when every argument is one and it is finite."""
     if all(isinstance(arg, Num) for arg in args):
-        folded = _fold(FOLDERS[func], *(arg.value for arg in args))
+        folded = _fold(FOLDERS[func], *(arg.value for arg in args), kind=func)
         if folded is not None:
             return folded
     return Call(func, tuple(args))
