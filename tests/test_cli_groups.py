@@ -85,7 +85,7 @@ def test_robust_group_fit_by_gradient_descent(folder):
         (["--optimizer", "lbfgs"], "would couple the groups"),
         (["--plot", "fit.png"], "--plot does not apply to --group-by fits"),
         (["--out", "table.xlsx"], "must end in .parquet"),
-        (["--loss", "mae", "--solver", "lm"], "use solver 'gradient'"),
+        (["--loss", "mae", "--solver", "linear"], "use solver 'gradient' (or auto), or 'lm'"),
         (["--loss", "mae", "--refit-failed"], "(--refit-failed) uses more least-squares starting points"),
         (["--chunk", "0"], "chunk must be at least 1 group, got 0"),
         (["--nan", "drop"], "unknown nan_policy 'drop'"),

@@ -50,6 +50,52 @@ def test_nonlinear_groups_equal_single_fits(fleet, weighted):
         assert row["r2"][0] == pytest.approx(single.statistics["r2"], rel=1e-10)
 
 
+@pytest.fixture(scope="module")
+def outlier_fleet(fleet) -> pl.DataFrame:
+    """The fleet's readings with Cauchy noise (gross outliers), and sensor 9 fitted exactly by a line."""
+    rng = np.random.default_rng(7)
+    frame = fleet.with_columns(y=pl.col("y") + pl.Series(0.05 * rng.standard_cauchy(fleet.height)))
+    return frame.with_columns(y=pl.when(pl.col("sensor") == 9).then(2.0 * pl.col("t") - 1.0).otherwise(pl.col("y")))
+
+
+@pytest.mark.parametrize(("model", "options", "failed"), [(DECAY, {"params": START}, 2), ("w*t + b", {}, 0)])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_least_absolute_deviations_groups_equal_single_fits_with_the_lm_solver(outlier_fleet, model, options, failed, weighted):
+    names = [p for p in ("a", "k", "c", "w", "b") if re.search(rf"\b{p}\b", model)]
+    sigma = "sigma" if weighted else None
+    result = fit_groups(model, outlier_fleet, group="sensor", y="y", sigma=sigma, loss="mae", solver="lm", chunk=7, **options)
+    table = result.table
+    assert result.solver == "lm"
+    # bad data (5), too few points (7), and for the decay model a line it cannot reach (9, max_iter
+    # in the least-squares solve) and one soft_l1 solve that stalls at a scale of 1e-9 (6)
+    assert result.status_counts()["converged"] == 22 - failed
+    for key in (0, 3, 9, 11, 23):
+        single = _single(model, outlier_fleet, key, loss="mae", solver="lm", columns=("sigma",) if weighted else (), **options)
+        row = table.filter(pl.col("sensor") == key)
+        assert row["status"][0] == single.status and row["message"][0] == single.message
+        assert "least absolute deviations" in single.message or key == 9
+        np.testing.assert_allclose([row[n][0] for n in names], single.values, rtol=1e-8, atol=1e-12)
+        np.testing.assert_allclose([row[f"{n}_stderr"][0] for n in names], [single.stderr[n] for n in names], rtol=1e-8, atol=1e-12)
+
+
+def test_least_absolute_deviations_groups_are_each_groups_linear_program_solution(outlier_fleet):
+    from scipy.optimize import linprog
+
+    table = fit_groups("w*t + b", outlier_fleet, group="sensor", y="y", loss="mae", solver="lm").table
+    for key in (0, 4, 17):
+        part = outlier_fleet.filter(pl.col("sensor") == key)
+        t, y = part["t"].to_numpy(), part["y"].to_numpy()
+        n = t.size  # min Σ(u + v) with w t + b + u - v = y, u, v >= 0
+        equality = np.hstack([np.column_stack([t, np.ones(n)]), np.eye(n), -np.eye(n)])
+        cost = np.concatenate([np.zeros(2), np.ones(2 * n)])
+        optimum = linprog(cost, A_eq=equality, b_eq=y, bounds=[(None, None)] * 2 + [(0, None)] * (2 * n), method="highs").x[:2]
+        row = table.filter(pl.col("sensor") == key)
+        np.testing.assert_allclose([row["w"][0], row["b"][0]], optimum, rtol=1e-9)
+    exact = table.filter(pl.col("sensor") == 9)  # |r| = 0 already: the least-squares line, unchanged
+    assert (exact["w"][0], exact["b"][0]) == (pytest.approx(2.0, rel=1e-12), pytest.approx(-1.0, rel=1e-12))
+    assert "least absolute deviations" not in exact["message"][0]
+
+
 def test_linear_groups_equal_polyfit(fleet):
     result = fit_groups("w2*t**2 + w1*t + w0", fleet, group="sensor", y="y")
     assert result.solver == "linear"

@@ -325,3 +325,16 @@ def test_the_median_regression_variance_of_padded_fits_is_that_of_their_real_poi
     assert alone[0] == pytest.approx(((high - low) / (4 * h)) ** 2, rel=1e-6)
     assert stats.median_regression_variance(r[0, :2], 2) == np.inf
     assert stats.median_regression_variance(np.zeros(10), 2) == 0.0
+
+
+def test_robust_spreads_of_masked_rows_equal_each_rows_robust_spread():
+    from gradfit.stats import robust_spread, robust_spreads
+
+    rng = np.random.default_rng(3)
+    residuals = rng.standard_cauchy((6, 9))
+    mask = rng.random((6, 9)) < 0.7
+    mask[0], mask[1] = False, True  # a row without entries, a full row
+    spreads = robust_spreads(residuals, mask)
+    assert np.isnan(spreads[0])
+    for row in range(1, 6):
+        assert spreads[row] == robust_spread(residuals[row][mask[row]])

@@ -556,9 +556,20 @@ def _where_solved(inverse: np.ndarray, residuals: np.ndarray, singular: np.ndarr
 
 
 def _solve_nonlinear(plan: ChunkPlan, chunk: _Chunk, weights: torch.Tensor, start: torch.Tensor) -> _Solved:
+    """Least squares (a robust loss with its scale) from every start, or least absolute deviations."""
+    from gradfit.losses import SOLVER_LOSS
+
+    options = plan.options
+    if options["loss"] == "mae":
+        return _least_absolute_deviations(plan, chunk, weights, start)
+    return _least_squares(plan, chunk, weights, start, SOLVER_LOSS[options["loss"]], options["loss_scale"], options["starts"])
+
+
+def _least_squares(plan: ChunkPlan, chunk: _Chunk, weights: torch.Tensor, start: torch.Tensor, loss: str,
+                   f_scale: float, n_starts: int) -> _Solved:
+    """One batched solve of every group from ``n_starts`` points each (the best kept)."""
     import torch
 
-    from gradfit.losses import SOLVER_LOSS
     from gradfit.solvers.least_squares import solve_least_squares
     from gradfit.solvers.lsq import starting_points
 
@@ -566,7 +577,6 @@ def _solve_nonlinear(plan: ChunkPlan, chunk: _Chunk, weights: torch.Tensor, star
     lower = torch.tensor([p.lower for p in model.parameters], dtype=start.dtype)
     upper = torch.tensor([p.upper for p in model.parameters], dtype=start.dtype)
     fixed = torch.tensor([p.fixed for p in model.parameters])
-    n_starts = options["starts"]
     theta0 = start if n_starts == 1 else start.new_tensor(
         np.concatenate([starting_points(row, ~fixed.numpy(), n_starts, options["seed"]) for row in start.cpu().numpy()])
     )
@@ -582,7 +592,7 @@ def _solve_nonlinear(plan: ChunkPlan, chunk: _Chunk, weights: torch.Tensor, star
         lambda theta: (model.predict(inputs, theta) - y) * w,
         theta0,
         residual_and_jacobian_fn=residual_and_jacobian if isinstance(model, FormulaModel) else None,
-        lower=lower, upper=upper, fixed=fixed, loss=SOLVER_LOSS[options["loss"]], f_scale=options["loss_scale"], method="gn" if options["solver"] == "gn" else "lm",
+        lower=lower, upper=upper, fixed=fixed, loss=loss, f_scale=f_scale, method="gn" if options["solver"] == "gn" else "lm",
         options=_solver_options(options),
     )
     best = _best_of_starts(solution, len(start), n_starts)
@@ -591,6 +601,45 @@ def _solve_nonlinear(plan: ChunkPlan, chunk: _Chunk, weights: torch.Tensor, star
     status = np.array(["converged" if s.converged else s.name.lower() for s in statuses], dtype=object)
     message = np.array([s.value for s in statuses], dtype=object)
     return _Solved(theta, status, message, solution.n_iter[torch.as_tensor(best)].cpu().numpy(), np.array([s.converged for s in statuses]))
+
+
+def _least_absolute_deviations(plan: ChunkPlan, chunk: _Chunk, weights: torch.Tensor, start: torch.Tensor) -> _Solved:
+    """The ``mae`` loss group by group as a single fit has it (:func:`gradfit.solvers.lsq.LAD_SCALES`):
+    least squares from every start, then soft_l1 solves down the scales times each group's residual
+    spread, each from where the last ended; a group leaves the sequence when a solve of it fails.
+
+    Each group's residuals are divided by its own spread, so that one relative scale serves every
+    group: the soft_l1 objective of ``r / spread`` at scale ``c`` is that of ``r`` at ``c · spread``
+    over ``spread²``, with the same minimiser.
+    """
+    import torch
+
+    from gradfit.solvers.lsq import LAD_SCALES
+    from gradfit.stats import robust_spreads
+
+    first = _least_squares(plan, chunk, weights, start, "linear", 1.0, plan.options["starts"])
+    with torch.no_grad():
+        residuals = ((plan.model.predict(chunk.inputs, first.theta) - chunk.y) * weights).cpu().numpy()
+    spread = robust_spreads(residuals, chunk.fit_mask.cpu().numpy() > 0)
+    theta, iterations = first.theta.clone(), first.iterations.copy()
+    status, message, success = first.status.copy(), first.message.copy(), first.success.copy()
+    message[~success] = [f"{text} (least absolute deviations: in the least-squares solve they start from)" for text in message[~success]]
+    going, reached = success & (spread > 0), np.full(len(spread), np.nan)
+    for relative in LAD_SCALES:
+        rows = np.flatnonzero(going)
+        if not rows.size:
+            break
+        selected = torch.as_tensor(rows, device=theta.device)
+        scaled = weights.index_select(0, selected) / weights.new_tensor(spread[rows])[:, None]
+        stage = _least_squares(plan, _subset(chunk, selected), scaled, theta.index_select(0, selected), "soft_l1", relative, 1)
+        theta[selected] = stage.theta
+        iterations[rows] += stage.iterations
+        status[rows], message[rows], success[rows] = stage.status, stage.message, stage.success
+        reached[rows] = relative * spread[rows]
+        going[rows] = stage.success
+    staged = np.flatnonzero(np.isfinite(reached))
+    message[staged] = [f"{message[i]} (least absolute deviations: soft_l1 solves down to scale {reached[i]:.3g})" for i in staged]
+    return _Solved(theta, status, message, iterations, success)
 
 
 def _solve_by_gradient(plan: ChunkPlan, chunk: _Chunk, weights: torch.Tensor, start: torch.Tensor) -> _Solved:

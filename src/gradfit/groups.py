@@ -728,10 +728,13 @@ def _check_settings_used(plan: ChunkPlan) -> None:
 def _path(model: ParametricModel, settings: Mapping[str, Any]) -> str:
     """Which solver fits the groups: ``"linear"``, ``"batched"``, ``"reference"`` or ``"gradient"``."""
     solver, loss, starts = settings["solver"], settings["loss"], settings["starts"]
-    gradient = settings["optimizer"] is not None or loss not in LEAST_SQUARES_LOSSES
+    least_absolute = loss == "mae" and solver in ("lm", "gn")  # the continuation of solvers.lsq, group by group
+    gradient = settings["optimizer"] is not None or (loss not in LEAST_SQUARES_LOSSES and not least_absolute)
     if gradient and solver not in ("auto", "gradient"):
-        reason = "an optimizer was named" if settings["optimizer"] is not None else f"the {loss} loss is not a sum of squares"
-        raise OptionError(f"solver '{solver}' cannot fit these groups: {reason} — use solver 'gradient' (or auto)")
+        named = settings["optimizer"] is not None
+        reason = "an optimizer was named" if named else f"the {loss} loss is not a sum of squares"
+        exact = "" if named else ", or 'lm' for the exact least absolute deviations"
+        raise OptionError(f"solver '{solver}' cannot fit these groups: {reason} — use solver 'gradient' (or auto){exact}")
     if gradient or solver == "gradient":
         from gradfit.solvers.batched_gradient import check_group_optimizer
 

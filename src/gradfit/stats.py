@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from dataclasses import dataclass, field
 from statistics import NormalDist
 from typing import Any
@@ -69,6 +70,7 @@ __all__ = [
     "m_estimator_variance",
     "median_regression_variance",
     "robust_spread",
+    "robust_spreads",
     "ILL_CONDITIONED",
     "EXACT_FIT_WARNING",
 ]
@@ -376,11 +378,24 @@ def median_regression_variance(residuals: Any, n_params: int, mask: Any = None) 
         return np.where(n > n_params, 0.25 * sparsity**2, np.inf)
 
 
+#: the median absolute deviation of normal noise times this is its standard deviation
+NORMAL_MAD_FACTOR = 1.4826
+
+
 def robust_spread(residuals: Any) -> float:
     """``1.4826 · MAD`` of one fit's residuals: their standard deviation were they normal, which
     a minority of gross outliers barely moves."""
     r = as_array(residuals)
-    return 1.4826 * float(np.median(np.abs(r - np.median(r)))) if r.size else math.nan
+    return NORMAL_MAD_FACTOR * float(np.median(np.abs(r - np.median(r)))) if r.size else math.nan
+
+
+def robust_spreads(residuals: Array, mask: Array) -> Array:
+    """:func:`robust_spread` of each row's entries where ``mask`` ``(K,)`` (NaN for a row without any)."""
+    kept = np.where(mask, residuals, np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a row without entries ("All-NaN slice")
+        centre = np.nanmedian(kept, axis=-1, keepdims=True)
+        return NORMAL_MAD_FACTOR * np.nanmedian(np.abs(kept - centre), axis=-1)
 
 
 def _empirical_quantile(ordered: Array, n: Array, level: Array) -> Array:

@@ -141,8 +141,11 @@ def test_optimizers_that_couple_the_groups_are_refused(heavy_tailed, name):
 
 
 def test_least_squares_solvers_refuse_non_squared_losses(heavy_tailed):
-    with pytest.raises(OptionError, match="use solver 'gradient'"):
-        fit_groups(DECAY, heavy_tailed, group="g", y="y", loss="mae", solver="lm")
+    # lm and gn take mae by the least-absolute-deviations continuation; the fused solver does not
+    with pytest.raises(OptionError, match="use solver 'gradient' \\(or auto\\), or 'lm' for the exact least absolute deviations"):
+        fit_groups(DECAY, heavy_tailed, group="g", y="y", loss="mae", solver="batched")
+    with pytest.raises(OptionError, match="an optimizer was named — use solver 'gradient' \\(or auto\\)$"):
+        fit_groups(DECAY, heavy_tailed, group="g", y="y", loss="mae", solver="lm", optimizer="adam")
 
 
 def test_bounds_and_fixed_parameters_per_group_as_in_single_fits(heavy_tailed):
