@@ -106,6 +106,35 @@ def test_batch_equals_single_solves():
         assert int(batch.n_iter[i]) == int(single.n_iter[0])
 
 
+@pytest.mark.parametrize(("loss", "bounds"), [("linear", None), ("cauchy", None), ("linear", (0.0, 1.2))])
+def test_fits_still_running_go_on_alone_with_the_same_arithmetic(monkeypatch, loss, bounds):
+    # starts near and far: most fits finish in a few iterations, some need many, and the batch
+    # shrinks to those (several times); each fit must end exactly as in a batch that never shrinks
+    import gradfit.solvers.least_squares as lsq
+
+    rng = np.random.default_rng(4)
+    k = 40
+    truth = np.column_stack([rng.uniform(1, 3, k), rng.uniform(0.5, 1.1, k), rng.uniform(-1, 1, k)])
+    ys = np.array([decay_np(X, *t) + rng.normal(0, 0.05, X.size) for t in truth])
+    starts = np.where(np.arange(k)[:, None] % 5 == 0, truth * [30.0, 8.0, -20.0], truth * 1.05)
+    residual_fn, jacobian_fn = decay_residuals(X, ys)
+    lower, upper = (None, None) if bounds is None else ([-np.inf, bounds[0], -np.inf], [np.inf, bounds[1], np.inf])
+
+    def solve():
+        return solve_least_squares(residual_fn, torch.as_tensor(starts), jacobian_fn=jacobian_fn, loss=loss, lower=lower, upper=upper)
+
+    shrunk = []
+    rows_of = lsq._rows_of
+    monkeypatch.setattr(lsq, "_rows_of", lambda state, rows: shrunk.append(rows.size) or rows_of(state, rows))
+    shrinking = solve()
+    monkeypatch.setattr(lsq, "COMPACT_BELOW", 0.0)
+    whole = solve()
+    assert len(shrunk) >= 2 and shrunk[0] <= k // 2  # the batch did shrink, more than once
+    assert shrinking.status == whole.status and torch.equal(shrinking.n_iter, whole.n_iter)
+    for name in ("theta", "residuals", "jacobian", "cost"):
+        assert torch.equal(getattr(shrinking, name), getattr(whole, name)), name
+
+
 def test_a_nan_fit_does_not_disturb_the_others():
     rng = np.random.default_rng(3)
     ys = np.array([decay_np(X, 2.0, 1.0, 0.5) + rng.normal(0, 0.05, X.size) for _ in range(3)])

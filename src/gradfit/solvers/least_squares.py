@@ -75,6 +75,7 @@ import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from dataclasses import fields as fields_of
 from functools import cached_property
 from statistics import NormalDist
 from typing import Any, Literal
@@ -991,12 +992,90 @@ def _run(prob: _Problem, theta0: Array, active: Array | None = None) -> _State:
     state = _initial_state(prob, theta0)
     if active is not None:
         state.code = np.where(active, state.code, _FTOL)
-    for _ in range(prob.options.max_iter):
-        if not (state.code == _RUN).any():
-            break
-        _iterate(prob, state)
+    _iterate_until_done(prob, state, prob.options.max_iter)
     state.code = np.where(state.code == _RUN, _MAXIT, state.code)
     return state
+
+
+#: once at most this fraction of a batch still runs, those fits go on as a batch of their own
+COMPACT_BELOW = 0.5
+
+
+def _iterate_until_done(prob: _Problem, state: _State, budget: int) -> None:
+    """Up to ``budget`` iterations of every running fit.
+
+    A fit's arithmetic is its own (every operation acts row by row), so the fits still running can
+    go on without the finished ones: once they are at most :data:`COMPACT_BELOW` of the batch, they
+    continue as a batch of their own, and a batch costs what its slowest fit needs, not that times
+    the batch size.
+    """
+    for used in range(budget):
+        running = state.code == _RUN
+        count = int(np.count_nonzero(running))
+        if count == 0:
+            return
+        if count <= COMPACT_BELOW * running.size:
+            rows = np.flatnonzero(running)
+            part = _rows_of(state, rows)
+            _iterate_until_done(_problem_rows(prob, rows, state.theta), part, budget - used)
+            _put_rows(state, rows, part)
+            return
+        _iterate(prob, state)
+
+
+class _RowsEvaluator:
+    """Some fits of a batch: the other fits' parameters stay where they ended."""
+
+    def __init__(self, base: Any, rows: Array, theta: Array) -> None:
+        self.base, self.rows, self.theta = base, rows, theta.copy()
+
+    def residuals(self, theta: Array) -> tuple[Array, Any]:
+        full = self.theta.copy()
+        full[self.rows] = theta
+        res, handle = self.base.residuals(full)
+        return res[self.rows], handle
+
+    def jacobian(self, handle: Any, np_dtype: np.dtype[Any]) -> Array:
+        return self.base.jacobian(handle, np_dtype)[self.rows]
+
+
+def _problem_rows(prob: _Problem, rows: Array, theta: Array) -> _Problem:
+    """``prob`` for the fits ``rows`` (the others held at ``theta``)."""
+    evaluator = prob.evaluator
+    if isinstance(evaluator, _RowsEvaluator):  # rows of rows: one level, over the whole batch
+        held = evaluator.theta.copy()
+        held[evaluator.rows] = theta
+        evaluator, rows_of_base, theta = evaluator.base, evaluator.rows[rows], held
+    else:
+        rows_of_base = rows
+    return replace(
+        prob,
+        evaluator=_RowsEvaluator(evaluator, rows_of_base, theta),
+        free=prob.free[rows], lower=prob.lower[rows], upper=prob.upper[rows],
+        any_free=None if prob.any_free is None else prob.any_free[rows],
+    )
+
+
+def _rows_of(state: _State, rows: Array) -> _State:
+    """The state of the fits ``rows`` (copies)."""
+    fields = {name: value[rows] for name, value in vars(state).items() if isinstance(value, np.ndarray)}
+    dec = Decomposition(**{f.name: getattr(state.dec, f.name)[rows] for f in fields_of(Decomposition)})
+    return _State(**fields, dec=dec)
+
+
+def _put_rows(state: _State, rows: Array, part: _State) -> None:
+    """Write ``part``, the state of the fits ``rows``, back into ``state``."""
+    for name, value in vars(part).items():
+        if isinstance(value, np.ndarray):
+            merged = getattr(state, name).copy()
+            merged[rows] = value
+            setattr(state, name, merged)
+    values = {}
+    for f in fields_of(Decomposition):
+        merged = np.array(getattr(state.dec, f.name), copy=True)
+        merged[rows] = getattr(part.dec, f.name)
+        values[f.name] = merged
+    state.dec = Decomposition(**values)
 
 
 # --------------------------------------------------------------- single-fit fast path (K = 1)
