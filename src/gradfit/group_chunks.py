@@ -584,14 +584,12 @@ def _least_squares(plan: ChunkPlan, chunk: _Chunk, weights: torch.Tensor, start:
     inputs = {k: replicate(v) for k, v in chunk.inputs.items()}
     y, w = replicate(chunk.y), replicate(weights)
 
-    def residual_and_jacobian(theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        prediction, jac = model.predict_and_jacobian(inputs, theta)
-        return (prediction - y) * w, jac * w[..., None]
+    def rows_fn(rows: np.ndarray) -> dict[str, Any]:
+        index = torch.as_tensor(rows, device=y.device)
+        return _residual_functions(model, {k: v.index_select(0, index) for k, v in inputs.items()}, y[index], w[index])
 
     solution = solve_least_squares(
-        lambda theta: (model.predict(inputs, theta) - y) * w,
-        theta0,
-        residual_and_jacobian_fn=residual_and_jacobian if isinstance(model, FormulaModel) else None,
+        theta0=theta0, **_residual_functions(model, inputs, y, w), rows_fn=rows_fn,
         lower=lower, upper=upper, fixed=fixed, loss=loss, f_scale=f_scale, method="gn" if options["solver"] == "gn" else "lm",
         options=_solver_options(options),
     )
@@ -601,6 +599,19 @@ def _least_squares(plan: ChunkPlan, chunk: _Chunk, weights: torch.Tensor, start:
     status = np.array(["converged" if s.converged else s.name.lower() for s in statuses], dtype=object)
     message = np.array([s.value for s in statuses], dtype=object)
     return _Solved(theta, status, message, solution.n_iter[torch.as_tensor(best)].cpu().numpy(), np.array([s.converged for s in statuses]))
+
+
+def _residual_functions(model: ParametricModel, inputs: Mapping[str, torch.Tensor], y: torch.Tensor, w: torch.Tensor) -> dict[str, Any]:
+    """The weighted residuals of ``model`` on these groups (and, for a formula, with its Jacobian in one pass)."""
+
+    def residual_and_jacobian(theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        prediction, jac = model.predict_and_jacobian(inputs, theta)
+        return (prediction - y) * w, jac * w[..., None]
+
+    return {
+        "residual_fn": lambda theta: (model.predict(inputs, theta) - y) * w,
+        "residual_and_jacobian_fn": residual_and_jacobian if isinstance(model, FormulaModel) else None,
+    }
 
 
 def _least_absolute_deviations(plan: ChunkPlan, chunk: _Chunk, weights: torch.Tensor, start: torch.Tensor) -> _Solved:

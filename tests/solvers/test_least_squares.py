@@ -135,6 +135,36 @@ def test_fits_still_running_go_on_alone_with_the_same_arithmetic(monkeypatch, lo
         assert torch.equal(getattr(shrinking, name), getattr(whole, name)), name
 
 
+def test_a_rows_function_evaluates_only_the_fits_still_running_and_changes_no_result(monkeypatch):
+    import gradfit.solvers.least_squares as lsq
+
+    rng = np.random.default_rng(5)
+    k = 60
+    truth = np.column_stack([rng.uniform(1, 3, k), rng.uniform(0.5, 1.1, k), rng.uniform(-1, 1, k)])
+    ys = np.array([decay_np(X, *t) + rng.normal(0, 0.05, X.size) for t in truth])
+    starts = np.where(np.arange(k)[:, None] % 7 == 0, truth * [30.0, 8.0, -20.0], truth * 1.05)
+    asked = []
+
+    def functions(y):  # numpy residuals and Jacobian of the decays whose data are y (m, n)
+        def combined(theta):
+            e = np.exp(-theta[:, 1:2] * X)
+            res = theta[:, 0:1] * e + theta[:, 2:3] - y
+            return res, np.stack([e, -theta[:, 0:1] * X * e, np.ones_like(e)], -1)
+        return {"residual_and_jacobian_fn": combined}
+
+    def rows_fn(rows):
+        asked.append(rows)
+        return functions(ys[rows])
+
+    alone = solve_least_squares(None, starts, **functions(ys), rows_fn=rows_fn, loss="soft_l1", f_scale=0.05)
+    monkeypatch.setattr(lsq, "COMPACT_BELOW", 0.0)
+    whole = solve_least_squares(None, starts, **functions(ys), loss="soft_l1", f_scale=0.05)
+    assert len(asked) >= 2 and all(np.isin(later, earlier).all() for earlier, later in zip(asked, asked[1:]))
+    assert alone.status == whole.status and np.array_equal(alone.n_iter, whole.n_iter)
+    np.testing.assert_allclose(alone.theta, whole.theta, rtol=1e-12)
+    np.testing.assert_allclose(alone.jacobian, whole.jacobian, rtol=1e-12, atol=1e-300)
+
+
 def test_a_nan_fit_does_not_disturb_the_others():
     rng = np.random.default_rng(3)
     ys = np.array([decay_np(X, 2.0, 1.0, 0.5) + rng.normal(0, 0.05, X.size) for _ in range(3)])

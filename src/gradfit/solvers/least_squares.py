@@ -68,12 +68,13 @@ Method
 
 from __future__ import annotations
 
+import copy
 import enum
 import functools
 import math
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from dataclasses import fields as fields_of
 from functools import cached_property
@@ -101,6 +102,8 @@ Tensor = Any  # torch.Tensor, imported only where torch functions are given
 Array = np.ndarray
 ResidualFn = Callable[[Any], Any]
 JacobianFn = Callable[[Any], Any]
+#: ``rows -> {"residual_fn": ..., ...}``: the functions of some fits of a batch (see ``solve_least_squares``)
+RowsFn = Callable[[Any], Mapping[str, Any]]
 LOSSES = ("linear", "huber", "soft_l1", "cauchy")
 
 
@@ -700,6 +703,8 @@ class _Evaluator:
         self.combined_fn = combined_fn
         self.dtype = like.dtype
         self.device = like.device
+        self.rows_fn: RowsFn | None = None
+        self.origin: Array | None = None  # the batch's rows these functions evaluate (None: all)
 
     def residuals(self, theta: Array) -> tuple[Array, Any]:
         import torch
@@ -752,6 +757,8 @@ class _NumpyEvaluator:
         self.residual_fn = residual_fn
         self.jacobian_fn = jacobian_fn
         self.combined_fn = combined_fn
+        self.rows_fn: RowsFn | None = None
+        self.origin: Array | None = None  # the batch's rows these functions evaluate (None: all)
 
     def residuals(self, theta: Array) -> tuple[Array, Any]:
         k = theta.shape[0]
@@ -1041,19 +1048,31 @@ class _RowsEvaluator:
 
 def _problem_rows(prob: _Problem, rows: Array, theta: Array) -> _Problem:
     """``prob`` for the fits ``rows`` (the others held at ``theta``)."""
-    evaluator = prob.evaluator
-    if isinstance(evaluator, _RowsEvaluator):  # rows of rows: one level, over the whole batch
-        held = evaluator.theta.copy()
-        held[evaluator.rows] = theta
-        evaluator, rows_of_base, theta = evaluator.base, evaluator.rows[rows], held
-    else:
-        rows_of_base = rows
     return replace(
         prob,
-        evaluator=_RowsEvaluator(evaluator, rows_of_base, theta),
+        evaluator=_evaluator_of_rows(prob.evaluator, rows, theta),
         free=prob.free[rows], lower=prob.lower[rows], upper=prob.upper[rows],
         any_free=None if prob.any_free is None else prob.any_free[rows],
     )
+
+
+def _evaluator_of_rows(evaluator: Any, rows: Array, theta: Array) -> Any:
+    """An evaluator of the fits ``rows`` alone: from the caller's ``rows_fn`` where it gave one,
+    else the whole batch's, with the other fits held at ``theta``."""
+    if getattr(evaluator, "rows_fn", None) is not None:
+        origin = rows if evaluator.origin is None else evaluator.origin[rows]
+        functions = evaluator.rows_fn(origin)
+        part = copy.copy(evaluator)
+        part.residual_fn = functions.get("residual_fn")
+        part.jacobian_fn = functions.get("jacobian_fn")
+        part.combined_fn = functions.get("residual_and_jacobian_fn")
+        part.origin = origin
+        return part
+    if isinstance(evaluator, _RowsEvaluator):  # rows of rows: one level, over the whole batch
+        held = evaluator.theta.copy()
+        held[evaluator.rows] = theta
+        return _RowsEvaluator(evaluator.base, evaluator.rows[rows], held)
+    return _RowsEvaluator(evaluator, rows, theta)
 
 
 def _rows_of(state: _State, rows: Array) -> _State:
@@ -1309,6 +1328,7 @@ def solve_least_squares(
     f_scale: float = 1.0,
     method: Literal["lm", "gn"] = "lm",
     options: LeastSquaresOptions | None = None,
+    rows_fn: RowsFn | None = None,
 ) -> LeastSquaresSolution:
     """Fit K independent least-squares problems at once.
 
@@ -1343,6 +1363,10 @@ def solve_least_squares(
         ``"lm"`` (Levenberg-Marquardt, trust region) or ``"gn"`` (Gauss-Newton with step halving).
     options
         Tolerances and limits (:class:`LeastSquaresOptions`); the defaults need no tuning.
+    rows_fn
+        ``rows (m,) -> {"residual_fn": ..., "jacobian_fn": ..., "residual_and_jacobian_fn": ...}``:
+        the functions of the fits ``rows`` of the batch alone (absent keys: None). Once few fits
+        still run, only theirs are then evaluated; without it every fit is, as at the start.
 
     Returns
     -------
@@ -1366,6 +1390,7 @@ def solve_least_squares(
         if on_numpy
         else _Evaluator(residual_fn, jacobian_fn, residual_and_jacobian_fn, theta)
     )
+    evaluator.rows_fn = rows_fn
     prob = _make_problem(evaluator, theta, lower, upper, fixed, loss, f_scale, method, options)
     start = theta.copy() if on_numpy else _to_numpy(theta, prob.dtype).copy()
     if prob.bounded:
