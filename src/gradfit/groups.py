@@ -386,9 +386,14 @@ def iter_group_fits(
     plan = _plan(built, y, sigma, column_starts, settings)
     _check_settings_used(plan)
     if refit_failed and plan.path == "gradient":
+        instead = (
+            "leave out the optimizer" if settings["optimizer"] is not None
+            else "use the lm solver (exact least absolute deviations)" if settings["loss"] == "mae"
+            else "use the lm solver"
+        )
         raise OptionError(
             "refitting failed groups (--refit-failed) uses more least-squares starting points, and this fit uses the "
-            "gradient solver — raise epochs or patience instead, or use a least-squares loss"
+            f"gradient solver — raise epochs or patience instead, or {instead}"
         )
     return GroupFits(plan, source, group, chunk, refit_failed)
 
