@@ -1086,15 +1086,17 @@ def _put_rows(state: _State, rows: Array, part: _State) -> None:
     """Write ``part``, the state of the fits ``rows``, back into ``state``."""
     for name, value in vars(part).items():
         if isinstance(value, np.ndarray):
-            merged = getattr(state, name).copy()
-            merged[rows] = value
-            setattr(state, name, merged)
-    values = {}
-    for f in fields_of(Decomposition):
-        merged = np.array(getattr(state.dec, f.name), copy=True)
-        merged[rows] = getattr(part.dec, f.name)
-        values[f.name] = merged
-    state.dec = Decomposition(**values)
+            setattr(state, name, _merged(getattr(state, name), rows, value))
+    state.dec = Decomposition(**{
+        f.name: _merged(getattr(state.dec, f.name), rows, getattr(part.dec, f.name)) for f in fields_of(Decomposition)
+    })
+
+
+def _merged(whole: Array, rows: Array, part: Array) -> Array:
+    """A copy of ``whole`` with ``part`` in its ``rows``."""
+    merged = np.array(whole, copy=True)
+    merged[rows] = part
+    return merged
 
 
 # --------------------------------------------------------------- single-fit fast path (K = 1)
