@@ -669,6 +669,15 @@ def test_group_settings_are_checked_as_a_single_fits_are():
             gradfit.fit("a*exp(-k*t) + c", frame.filter(pl.col("g") == 0), "y", optimizer="adam", epochs=2, **options)
 
 
+@pytest.mark.parametrize(("k", "widths"), [(10_000, {10_000}), (20_000, {5_000}), (100_000, {25_000}), (1_000_000, {31_250})])
+def test_equal_chunks_are_as_large_as_pays_and_shared_evenly_by_the_threads(k, widths):
+    from gradfit.groups import MAX_CHUNK, _balanced_chunks
+
+    parts = _balanced_chunks(k, MAX_CHUNK)
+    assert {part.stop - part.start for part in parts} == widths and parts[-1].stop == k
+    assert len(parts) == 1 or len(parts) % 4 == 0
+
+
 def test_chunks_bound_memory_and_padding_when_a_few_groups_are_huge():
     from gradfit.groups import _chunks_by_padding, auto_chunk_size
 

@@ -46,8 +46,13 @@ if TYPE_CHECKING:
 
 __all__ = ["GroupFitResult", "GroupFits", "GroupSummary", "fit_groups", "iter_group_fits", "auto_chunk_size"]
 
-#: upper limit of groups per chunk on a CPU (larger chunks stop paying off; see MEASURED.md)
-MAX_CHUNK = 16_384
+#: upper limit of groups per chunk on a CPU: each operation's fixed cost is shared by more fits up
+#: to about this size (K = 100,000 decays, 2 threads: 0.97 M fits/s in chunks of 12,500, 1.31 M in
+#: chunks of 25,000, 1.30 M in 50,000 with more memory), and larger tensors stop paying off (MEASURED.md)
+MAX_CHUNK = 32_768
+#: one chunk of at least CHUNK_MULTIPLE times this many groups is split for the threads; smaller
+#: chunks cost more in per-operation overhead than a second thread gains
+MIN_SPLIT_CHUNK = 5_000
 #: upper limit on a GPU (every operation as large as memory allows)
 MAX_CHUNK_CUDA = 262_144
 #: solver names accepted by :func:`fit_groups`
@@ -513,11 +518,14 @@ def _chunks_by_padding(counts: np.ndarray, budget: int, cap: int) -> list[slice]
 
 
 def _balanced_chunks(n_groups: int, size: int) -> list[slice]:
-    """Consecutive slices of at most ``size`` groups, of equal sizes, their number a multiple of
-    :data:`CHUNK_MULTIPLE` (when there are that many groups), so that 1, 2 or 4 threads share them
-    evenly; the slicing never depends on the thread count, nor do the results.
+    """Consecutive slices of at most ``size`` groups, of equal sizes: one slice below
+    ``CHUNK_MULTIPLE × MIN_SPLIT_CHUNK`` groups, else a multiple of :data:`CHUNK_MULTIPLE` of them,
+    so that 1, 2 or 4 threads share them evenly; the slicing never depends on the thread count, nor
+    do the results.
     """
     count = max(1, -(-n_groups // size))
+    if count == 1 and n_groups >= CHUNK_MULTIPLE * MIN_SPLIT_CHUNK:
+        count = CHUNK_MULTIPLE
     if n_groups >= CHUNK_MULTIPLE and count > 1:
         count = -(-count // CHUNK_MULTIPLE) * CHUNK_MULTIPLE
     width = -(-n_groups // count)
