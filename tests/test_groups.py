@@ -669,13 +669,18 @@ def test_group_settings_are_checked_as_a_single_fits_are():
             gradfit.fit("a*exp(-k*t) + c", frame.filter(pl.col("g") == 0), "y", optimizer="adam", epochs=2, **options)
 
 
-@pytest.mark.parametrize(("k", "widths"), [(10_000, {10_000}), (20_000, {5_000}), (100_000, {25_000}), (1_000_000, {31_250})])
-def test_equal_chunks_are_as_large_as_pays_and_shared_evenly_by_the_threads(k, widths):
-    from gradfit.groups import MAX_CHUNK, _balanced_chunks
+@pytest.mark.parametrize(
+    ("cores", "k", "count"),
+    [(2, 19_999, 1), (2, 20_000, 2), (2, 50_000, 2), (2, 100_000, 4), (2, 1_000_000, 32),
+     (8, 40_000, 4), (8, 100_000, 8), (8, 1_000_000, 32), (1, 100_000, 4), (3, 100_000, 6)],
+)
+def test_equal_chunks_are_as_large_as_pays_and_shared_evenly_by_the_cores(cores, k, count):
+    from gradfit.groups import MAX_CHUNK, MIN_SPLIT_CHUNK, _balanced_chunks
 
-    parts = _balanced_chunks(k, MAX_CHUNK)
-    assert {part.stop - part.start for part in parts} == widths and parts[-1].stop == k
-    assert len(parts) == 1 or len(parts) % 4 == 0
+    parts = _balanced_chunks(k, MAX_CHUNK, cores)
+    widths = {part.stop - part.start for part in parts}
+    assert len(parts) == count and parts[-1].stop == k and max(widths) <= MAX_CHUNK
+    assert count == 1 or min(widths) >= MIN_SPLIT_CHUNK
 
 
 def test_chunks_bound_memory_and_padding_when_a_few_groups_are_huge():

@@ -17,6 +17,7 @@ groups) over the chunks.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -50,15 +51,14 @@ __all__ = ["GroupFitResult", "GroupFits", "GroupSummary", "fit_groups", "iter_gr
 #: to about this size (K = 100,000 decays, 2 threads: 0.97 M fits/s in chunks of 12,500, 1.31 M in
 #: chunks of 25,000, 1.30 M in 50,000 with more memory), and larger tensors stop paying off (MEASURED.md)
 MAX_CHUNK = 32_768
-#: one chunk of at least CHUNK_MULTIPLE times this many groups is split for the threads; smaller
-#: chunks cost more in per-operation overhead than a second thread gains
-MIN_SPLIT_CHUNK = 5_000
+#: fewest groups worth a chunk (and a core) of their own: smaller chunks cost more in per-operation
+#: overhead than a second thread gains (10,000 groups, 2 threads, one chunk or two: decay 0.60 or
+#: 0.50 M fits/s, line 1.7 or 1.2 M; 20,000 decays: 0.63 M in one chunk, 0.89 M in two)
+MIN_SPLIT_CHUNK = 10_000
 #: upper limit on a GPU (every operation as large as memory allows)
 MAX_CHUNK_CUDA = 262_144
 #: solver names accepted by :func:`fit_groups`
 SOLVERS = ("auto", "linear", "batched", "lm", "gn", "gradient")
-#: automatic chunking makes a multiple of this many chunks (threads then share them evenly)
-CHUNK_MULTIPLE = 4
 #: equal chunks smaller than this (a few large groups) are cut by padded size instead
 MIN_EQUAL_CHUNK = 64
 #: starting points of the refits of ``refit_failed``
@@ -517,19 +517,25 @@ def _chunks_by_padding(counts: np.ndarray, budget: int, cap: int) -> list[slice]
     return parts
 
 
-def _balanced_chunks(n_groups: int, size: int) -> list[slice]:
-    """Consecutive slices of at most ``size`` groups, of equal sizes: one slice below
-    ``CHUNK_MULTIPLE × MIN_SPLIT_CHUNK`` groups, else a multiple of :data:`CHUNK_MULTIPLE` of them,
-    so that 1, 2 or 4 threads share them evenly; the slicing never depends on the thread count, nor
-    do the results.
+def _balanced_chunks(n_groups: int, size: int, cores: int | None = None) -> list[slice]:
+    """Consecutive slices of at most ``size`` groups, of equal sizes, their number a multiple of the
+    machine's cores (fewer where a chunk would have under :data:`MIN_SPLIT_CHUNK` groups), so that
+    the threads share them evenly. The slicing depends on the machine, never on the thread count,
+    and the results on neither.
     """
-    count = max(1, -(-n_groups // size))
-    if count == 1 and n_groups >= CHUNK_MULTIPLE * MIN_SPLIT_CHUNK:
-        count = CHUNK_MULTIPLE
-    if n_groups >= CHUNK_MULTIPLE and count > 1:
-        count = -(-count // CHUNK_MULTIPLE) * CHUNK_MULTIPLE
+    parallel = min(cores or usable_cores(), max(1, n_groups // MIN_SPLIT_CHUNK))
+    count = max(-(-n_groups // size), parallel)
+    count = -(-count // parallel) * parallel
     width = -(-n_groups // count)
     return list(chunks(n_groups, width))
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def _max_chunk(plan: ChunkPlan) -> int:
