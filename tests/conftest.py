@@ -11,7 +11,7 @@ from hypothesis import settings
 
 #: The suite is a gate, so its property tests draw the same examples on every run ("suite"); a
 #: search for new failing examples is ``make fuzz`` (``GRADFIT_HYPOTHESIS=explore``).
-settings.register_profile("suite", derandomize=True, database=None)
+settings.register_profile("suite", derandomize=True, database=None, print_blob=True)
 settings.register_profile("explore", derandomize=False, print_blob=True)
 settings.load_profile(os.environ.get("GRADFIT_HYPOTHESIS", "suite"))
 
