@@ -523,14 +523,14 @@ def _balanced_chunks(n_groups: int, size: int, cores: int | None = None) -> list
     the threads share them evenly. The slicing depends on the machine, never on the thread count,
     and the results on neither.
     """
-    parallel = min(cores or usable_cores(), max(1, n_groups // MIN_SPLIT_CHUNK))
+    parallel = min(cores or _usable_cores(), max(1, n_groups // MIN_SPLIT_CHUNK))
     count = max(-(-n_groups // size), parallel)
     count = -(-count // parallel) * parallel
     width = -(-n_groups // count)
     return list(chunks(n_groups, width))
 
 
-def usable_cores() -> int:
+def _usable_cores() -> int:
     """CPU cores this process may run on."""
     try:
         return len(os.sched_getaffinity(0))
