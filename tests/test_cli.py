@@ -208,6 +208,15 @@ def _csv(folder: Path) -> None:
 
 
 @scenario(
+    "iteration limit", "fit", "data.csv", "--model", "a*exp(-k*t) + c", "--y", "y", "--init", "a=1,k=5,c=0",
+    "--max-iter", "2", "--out", "result.json", "--plot-history", "loss.png",
+)  # fmt: skip
+def _iteration_limit(folder: Path) -> None:
+    t = np.linspace(0.0, 4.0, 40)
+    write_frame(folder / "data.csv", pl.DataFrame({"t": t, "y": 2.5 * np.exp(-1.3 * t) + 0.5 + 0.01 * np.sin(7 * t)}))
+
+
+@scenario(
     "not finite at the start", "fit", "data.csv", "--model", "a*sqrt(t - k)", "--y", "y", "--init", "a=1,k=1",
     "--loss", "mae", "--out", "result.json",
 )  # fmt: skip
@@ -274,6 +283,7 @@ INPUT_ERRORS: dict[str, tuple[list[str], list[str]]] = {
     "unknown optimizer": ([*FIT, "--optimizer", "sgdd"], ["unknown optimizer 'sgdd'", "did you mean 'sgd'"]),
     "bad --opt syntax": ([*FIT, "--optimizer", "sgd", "--opt", "lr"], ["--opt", "key=value"]),
     "bad --opt value": ([*FIT, "--optimizer", "sgd", "--opt", "lr=fast-ish"], ["--opt", "not a number"]),
+    "--opt word for a number": ([*FIT, "--optimizer", "sgd", "--opt", "lr=abc"], ["--opt lr=abc: 'abc' is not a number", "lr=0.01"]),
     "unknown --opt keyword": ([*FIT, "--optimizer", "sgd", "--opt", "lr=1e-2,betas=(0.9,0.99)"], ["SGD has no option 'betas'", "momentum"]),
     "--opt without --optimizer": ([*FIT, "--opt", "lr=1e-2"], ["--opt needs --optimizer"]),
     "bad --init": ([*FIT, "--init", "w=one"], ["--init", "'one' is not a number"]),
@@ -412,7 +422,7 @@ def test_fit_parquet_with_ndjson_validation_file_and_nan_omit(outcomes: dict[str
     run = outcome.run
     line = np.polyfit(T_U[:8], T_C[:8], 1)
     assert run.returncode == 0 and run.stderr == "", run
-    assert "(3 points)" in run.stdout and "(mse, 8 points)" in run.stdout
+    assert "(3 points)" in run.stdout and "(mse, 8 points; 1 row left out (missing or non-finite values))" in run.stdout
     saved = json.loads((outcome.folder / "result.json").read_text())
     assert [p["value"] for p in saved["parameters"]] == pytest.approx(list(line), rel=1e-10)
     assert (saved["n_train"], saved["n_val"]) == (8, 3)
@@ -453,6 +463,19 @@ def test_sgd_without_scaling_diverges_says_what_to_change_and_writes_nothing(
     assert_one_line_error(outcome.run, "diverged", "--opt lr=", "--no-scale")
     assert outcome.run.stdout == ""
     assert outcome.files_after == outcome.files_before
+
+
+@uses("iteration limit")
+def test_a_fit_stopped_by_its_iteration_limit_warns_writes_its_result_and_exits_0_without_a_loss_history(
+    outcomes: dict[str, Future[Outcome]],
+) -> None:
+    outcome = outcomes["iteration limit"].result()
+    assert outcome.run.returncode == 0, outcome.run.stderr
+    assert "warning: the fit did not succeed (status max_iter)" in " ".join(outcome.run.stdout.split())
+    record = json.loads((outcome.folder / "result.json").read_text())
+    assert record["status"] == "max_iter" and record["iterations"] == 2 and not record["success"]
+    assert "written: result.json\n--plot-history loss.png not written: the lm solver has no epochs to draw" in outcome.run.stdout
+    assert outcome.files_after == outcome.files_before | {"result.json"}
 
 
 @uses("not finite at the start")

@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 
 import gradfit
-from gradfit.compare import ModelScore, _chosen, _flag_gaps, _history_rise, _verdict, compare
+from gradfit.compare import ModelScore, _chosen, _flag_gaps, _history_overfitting, _history_rise, _verdict, compare
 from gradfit.data import holdout_split, kfold_indices
 from gradfit.errors import ModelError, OptionError
 from gradfit.report_text import format_number
+from gradfit.result import History
 
 T_C = np.array([0.5, 14.0, 15.0, 28.0, 11.0, 8.0, 3.0, -4.0, 6.0, 13.0, 21.0])
 T_U = np.array([35.7, 55.9, 58.2, 81.9, 56.3, 48.9, 33.9, 21.8, 48.4, 60.4, 68.4])
@@ -129,8 +130,20 @@ def test_history_rule() -> None:
     u_shape = np.concatenate([np.linspace(1.0, 0.3, 25), np.linspace(0.3, 0.6, 25)])
     assert _history_rise(falling, u_shape) is not None
     assert _history_rise(falling, falling) is None
-    assert _history_rise(falling, np.linspace(0.2, 0.6, 50)) is None  # never improved: not a U
+    assert _history_rise(falling, np.linspace(0.2, 0.6, 50)) is not None  # worse from the first epoch on
+    assert _history_rise(falling, np.linspace(0.6, 0.2, 50)) is None
     assert _history_rise(np.linspace(0.1, 0.1, 50), u_shape) is None  # training did not fall
+
+
+def test_the_overfitting_text_says_which_fit_it_describes() -> None:
+    falling = tuple(np.linspace(1.0, 0.1, 50))
+    u_shape = tuple(np.concatenate([np.linspace(1.0, 0.3, 25), np.linspace(0.3, 0.6, 25)]))
+    rising, steady = History(falling, u_shape), History(falling, falling)
+    histories = [("on the validation split", steady, None), ("in fold 1 of 2", rising, None), ("in fold 2 of 2", rising, None)]
+    text = _history_overfitting(histories)
+    assert text is not None and text.endswith("while training loss kept falling (in fold 1 of 2)")
+    assert _history_overfitting(histories[:2]) is not None  # half of the fits
+    assert _history_overfitting([histories[0], histories[0], histories[1]]) is None  # fewer than half
 
 
 def test_a_rise_within_the_noise_of_the_validation_points_is_not_overfitting() -> None:
@@ -202,7 +215,7 @@ def test_several_inputs_nan_rows_and_figures(tmp_path: Path) -> None:
     one = compare(["linear", "poly:2", "poly:6"], {"t_u": T_U, "t_c": T_C}, "t_c", cv=3)
     assert one.plot(tmp_path / "overlay.png").read_bytes().startswith(PNG)
     assert one.plot_validation(tmp_path / "val.svg").read_text().lstrip().startswith("<?xml")
-    assert "poly:6" in str(one) and one.headers()[4] == "3-fold CV loss"
+    assert "poly:6" in str(one) and one.headers()[4] == "3-fold CV loss ± sd"
 
 
 def test_bad_calls_say_what_to_do() -> None:

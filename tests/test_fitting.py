@@ -615,3 +615,60 @@ def test_a_nonlinear_least_absolute_deviations_fit_reaches_the_optimum_gradient_
     descended = gradfit.fit("a*exp(-k*x) + c", x, y, loss="mae", params=start)
     assert descended.status == "max_epochs" and descended.train_loss > exact.train_loss
     assert any("solver='lm'" in warning for warning in descended.warnings)
+
+
+def test_max_iter_is_a_hard_limit_without_restarts() -> None:
+    rng = np.random.default_rng(1)
+    x = np.linspace(0.0, 4.0, 40)
+    y = 2.5 * np.exp(-1.3 * x) + 0.5 + rng.normal(0.0, 0.02, x.size)
+    start = {"a": 1.0, "k": 5.0, "c": 0.0}
+    free = gradfit.fit("a*exp(-k*x) + c", x, y, params=start)
+    assert free.success and free.iterations > 5
+    for cap in (2, 5):
+        capped = gradfit.fit("a*exp(-k*x) + c", x, y, params=start, max_iter=cap)
+        assert capped.status == "max_iter" and not capped.success and capped.iterations == cap
+    best_of_starts = gradfit.fit("a*exp(-k*x) + c", x, y, params=start, max_iter=3, starts=4)
+    assert best_of_starts.iterations <= 3 and "best of 4 starting points" in best_of_starts.message
+
+
+def test_a_start_where_the_model_is_not_finite_is_mended_by_a_restart_and_says_so() -> None:
+    t_u = np.array([35.7, 55.9, 58.2, 81.9, 56.3, 48.9, 33.9, 21.8, 48.4, 60.4, 68.4])
+    t_c = np.array([0.5, 14.0, 15.0, 28.0, 11.0, 8.0, 3.0, -4.0, 6.0, 13.0, 21.0])
+    inside = gradfit.fit("a*log(t_u - k)", {"t_u": t_u}, t_c, params={"a": 1.0, "k": 10.0})
+    outside = gradfit.fit("a*log(t_u - k)", {"t_u": t_u}, t_c, params={"a": 1.0, "k": 30.0})  # log of -8.2 at t_u = 21.8
+    assert inside.success and not any("not finite at the starting values" in w for w in inside.warnings)
+    assert outside.success and any("not finite at the starting values" in w for w in outside.warnings)
+    np.testing.assert_allclose(outside.values, inside.values, rtol=1e-7)
+    capped = gradfit.fit("a*log(t_u - k)", {"t_u": t_u}, t_c, params={"a": 1.0, "k": 30.0}, max_iter=100)
+    assert capped.status == "non_finite" and not capped.success  # no restarts under a user's own limit
+
+
+def test_absolute_sigma_without_sigma_warns_that_the_errors_are_taken_as_one() -> None:
+    x = np.linspace(0.0, 1.0, 12)
+    y = 2.0 * x + 1.0 + 0.05 * np.cos(9 * x)
+    unit = gradfit.fit("w*x + b", x, y, absolute_sigma=True)
+    given = gradfit.fit("w*x + b", x, y, sigma=np.full(12, 0.05), absolute_sigma=True)
+    relative = gradfit.fit("w*x + b", x, y)
+    assert any("absolute_sigma without sigma" in w for w in unit.warnings)
+    assert not any("absolute_sigma" in w for w in given.warnings + relative.warnings)
+    np.testing.assert_allclose(np.array(list(unit.stderr.values())) * 0.05, list(given.stderr.values()), rtol=1e-12)
+
+
+def test_a_start_outside_the_bounds_is_moved_inside_and_says_so() -> None:
+    x = np.linspace(0.0, 4.0, 30)
+    y = 2.0 * np.exp(-0.8 * x) + 0.1 * np.cos(5 * x)
+    moved = gradfit.fit("a*exp(-k*x)", x, y, params={"a": 1.0, "k": 20.0}, bounds={"k": (0.0, 10.0)})
+    assert any(w.startswith("the starting value of k, 20, is outside its bounds [0, 10]: the fit started from 9.99") for w in moved.warnings)
+    inside = gradfit.fit("a*exp(-k*x)", x, y, params={"a": 1.0, "k": 2.0}, bounds={"k": (0.0, 10.0)})
+    assert not any("starting value" in w for w in inside.warnings)
+    np.testing.assert_allclose(moved.values, inside.values, rtol=1e-8)
+
+
+def test_a_parameter_both_started_and_fixed_is_refused_on_the_command_line_and_fixed_from_python() -> None:
+    from gradfit.errors import ModelError
+    from gradfit.model import parameter_overrides
+
+    with pytest.raises(ModelError, match=r"parameter 'k' has a starting value \(3\) and a fixed value \(1\) — .* drop one"):
+        parameter_overrides({"a": 2.0, "k": 3.0}, None, {"k": 1.0})  # --init a=2,k=3 --fix k=1
+    fixed = gradfit.fit("a*exp(-k*x)", [0.0, 1.0, 2.0], [2.0, 0.9, 0.4], params={"a": 2.0, "k": 3.0}, fix={"k": 1.0})
+    assert fixed.params["k"] == 1.0  # one dict of starts for every fit, and fix holds k

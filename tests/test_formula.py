@@ -269,3 +269,10 @@ def test_formula_modules_do_not_import_torch() -> None:
     if out[0] == "True":
         pytest.skip("the gradfit package itself imports torch")
     assert out == ["False", "False"]
+
+
+@pytest.mark.parametrize(("text", "word"), [("a*exp(-lambda*t)", "lambda"), ("as*x + b", "as"), ("x + yield", "yield")])
+def test_a_reserved_word_as_a_name_is_named_with_a_rename(text: str, word: str) -> None:
+    with pytest.raises(FormulaError, match=f"'{word}' is a reserved word .* rename it, e.g. '{word[:3]}'") as info:
+        parse(text)
+    assert info.value.position == text.index(word)

@@ -163,3 +163,8 @@ def test_a_network_with_several_outputs_or_forward_arguments_is_a_model_error():
 
     with pytest.raises(ModelError, match=r"forward takes 2 arguments \(x, z\)"):
         gradfit.fit(TwoArguments(), {"x": x[:, 0], "z": x[:, 1]}, x.sum(1), epochs=3)
+
+
+def test_a_start_for_the_constant_e_says_that_e_is_a_constant() -> None:
+    with pytest.raises(ModelError, match=r"'e' in a formula is the constant 2.71828: call the parameter otherwise, e.g. 'e0'"):
+        gradfit.fit("a*exp(-k*x) + e", [0.0, 1.0, 2.0, 3.0], [3.0, 2.0, 1.5, 1.2], params={"e": 1.0})

@@ -44,3 +44,12 @@ def test_a_parameter_of_value_zero_gets_no_relative_error():
     assert result.params["c"] == 0.0
     line = next(line for line in result.report().splitlines() if line.strip().startswith("c "))
     assert "+/-" in line and "%)" not in line and "inf" not in line
+
+
+def test_the_report_counts_the_rows_that_nan_omit_left_out(thermometer):
+    t_u, t_c = thermometer
+    t_u[[2, 5]] = np.nan
+    dropped = gradfit.fit("w*t_u + b", {"t_u": t_u}, t_c, nan_policy="omit")
+    assert dropped.n_train == 9
+    assert "data points  = 9 training, 0 validation; 2 rows left out (missing or non-finite values)" in str(dropped)
+    assert "left out" not in str(gradfit.fit("w*t_u + b", {"t_u": t_u[:2]}, t_c[:2]))

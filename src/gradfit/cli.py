@@ -112,7 +112,7 @@ def fit(
     group_by: Annotated[Optional[str], typer.Option(help="Fit every group of rows with this key independently (batched).")] = None,
     chunk: Annotated[Optional[int], typer.Option(help="Groups per batch (default: from available memory).")] = None,
     device: Annotated[str, typer.Option(help="cpu | cuda | auto: where torch work runs (least-squares formula fits run on numpy).")] = "cpu",
-    max_iter: Annotated[Optional[int], typer.Option(help="Least squares: iteration cap.")] = None,
+    max_iter: Annotated[Optional[int], typer.Option(help="Least squares: iteration cap per start (the automatic restarts of failed fits are then off).")] = None,
     tolerance: Annotated[Optional[float], typer.Option(help="Group fits: relative tolerance (default: certified-accuracy settings).")] = None,
     refit_failed: Annotated[bool, typer.Option(help="Group fits: refit groups that did not converge with 16 starts.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")] = False,

@@ -197,12 +197,29 @@ class FitCommand:
             result = record_run(result, train, val)  # data ranges and command line, for the reports
             self._show(result)
             self._write(result, train, val)
+            if not self.quiet and result.status != "interrupted":
+                self._say_written(result)
         except KeyboardInterrupt:
             raise InterruptedFit(signals.exit_code, self._keep(result)) from None
         if result.status == "interrupted":
             written = [str(path) for path in (self.out, self.plot, self.plot_history, self.report_html) if path is not None]
             where = f"written to {', '.join(written)}" if written else "shown above (no --out: nothing was written)"
             raise InterruptedFit(signals.exit_code, f"interrupted: the best parameters so far are {where} (status 'interrupted')")
+
+    def _say_written(self, result: Any) -> None:
+        """Name the files written, and a loss-history figure not drawn for want of epochs."""
+        console = Console(soft_wrap=True)
+        no_history = self.plot_history is not None and not result.history.train
+        paths = (self.out, self.plot, None if no_history else self.plot_history, self.report_html)
+        written = [str(path) for path in paths if path is not None]
+        if written:
+            console.print(f"written: {', '.join(written)}", highlight=False, markup=False)
+        if no_history:
+            console.print(
+                f"--plot-history {self.plot_history} not written: the {result.solver} solver has no epochs to draw — "
+                "add --optimizer to train by gradient descent",
+                highlight=False, markup=False,
+            )
 
     def _show(self, result: Any) -> None:
         if self.report and not self.quiet:
@@ -268,7 +285,7 @@ class FitCommand:
 
                 if self.plot is not None:
                     plot.plot_fit(result, train, stack.enter_context(atomic_path(self.plot)), val)
-                if self.plot_history is not None:
+                if self.plot_history is not None and result.history.train:
                     plot.plot_history(result, stack.enter_context(atomic_path(self.plot_history)))
             if self.report_html is not None:
                 from gradfit.report_html import render_report
@@ -282,10 +299,12 @@ def _names(text: str) -> list[str]:
 
 
 def _check_as_parameters(names: list[str], model: Any) -> None:
+    from gradfit.formula import constant_name_note
+
     unknown = [n for n in names if n not in model.param_names]
     if unknown:
         raise OptionError(
-            f"--params: '{unknown[0]}' is not a name in the formula '{model.description}' — its "
+            f"--params: '{unknown[0]}' is not a name in the formula '{model.description}'{constant_name_note(unknown[0])} — its "
             f"parameters are {', '.join(model.param_names)}"
         )
 
@@ -375,6 +394,13 @@ def check_optimizer(name: Any, options: dict[str, Any]) -> None:
         raise OptionError(
             f"{class_name} has no option '{unknown[0]}' — it accepts {', '.join(sorted(accepted))}"
         )
+    words = [k for k, v in options.items() if isinstance(v, str) and k not in WORD_OPTIONS]
+    if words:
+        raise OptionError(f"--opt {words[0]}={options[words[0]]}: '{options[words[0]]}' is not a number — give one, e.g. {words[0]}=0.01")
+
+
+#: the only torch.optim keyword whose value is a word (LBFGS's ``line_search_fn="strong_wolfe"``)
+WORD_OPTIONS = frozenset({"line_search_fn"})
 
 
 class InterruptedFit(Exception):
@@ -477,7 +503,7 @@ def result_table(result: Any) -> Table:
 
 
 def _print_result(result: Any) -> None:
-    from gradfit.report_text import format_number, loss_label
+    from gradfit.report_text import dropped_note, format_number, loss_label
 
     from gradfit.cli_render import print_table
 
@@ -485,7 +511,7 @@ def _print_result(result: Any) -> None:
     if result.parameters:
         print_table(console, result_table(result))
     lines = [
-        ("train loss", f"{format_number(result.train_loss)} ({loss_label(result)}, {result.n_train} points)"),
+        ("train loss", f"{format_number(result.train_loss)} ({loss_label(result)}, {result.n_train} points{dropped_note(result)})"),
         ("validation loss", "-" if result.val_loss is None else f"{format_number(result.val_loss)} ({result.n_val} points)"),
         ("R²", format_number(result.statistics.get("r2"), 6)),
         ("iterations" if not result.history.train else "epochs", str(result.iterations)),
@@ -494,7 +520,10 @@ def _print_result(result: Any) -> None:
     ]
     for label, text in lines:
         console.print(f"[bold]{label:>16}[/]  {_escape(text)}", highlight=False, soft_wrap=True)
-    for warning in result.warnings:
+    unsettled = () if result.success else (
+        f"the fit did not succeed (status {result.status}): these parameters are not a converged solution — see the stop reason",
+    )
+    for warning in (*unsettled, *result.warnings):
         console.print(f"[yellow]warning[/]: {_escape(warning)}", highlight=False, soft_wrap=True)
 
 
@@ -511,7 +540,8 @@ PREDICTION_SUFFIXES = (".csv", ".parquet", ".pq", ".ndjson", ".jsonl")
 def check_suffix(path: Path, option: str, allowed: tuple[str, ...]) -> None:
     """An output's extension must name a format that is written (nothing is written in another)."""
     if path.suffix.lower() not in allowed:
-        raise OptionError(f"{option} {path}: gradfit writes {', '.join(allowed)} here — end the name in one of them")
+        choice = allowed[0] if len(allowed) == 1 else f"one of {', '.join(allowed)}"
+        raise OptionError(f"{option} {path}: gradfit writes {', '.join(allowed)} here — end the name in {choice}")
 
 
 def run_predict(result_path: Path, data: Path, out: Path | None, column: str, console: Console) -> None:

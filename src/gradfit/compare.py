@@ -175,7 +175,7 @@ class Comparison:
 
     def headers(self) -> tuple[str, ...]:
         """Column headers of :meth:`rows`."""
-        cv = (f"{self.cv}-fold CV loss",) if self.cv is not None else ()
+        cv = (f"{self.cv}-fold CV loss ± sd",) if self.cv is not None else ()
         return ("model", "params", "train loss", "val loss", *cv, "AIC", "BIC", "overfitting")
 
     @property
@@ -443,7 +443,8 @@ def _score(
         pointwise = np.empty(data.n_rows)
         for (_, val_idx), fold in zip(folds, fold_fits):
             pointwise[val_idx] = fold.pointwise
-    histories = [(f.result.history, f.pointwise) for f in [main, *fold_fits] if f.result.history.val]
+    fits = [("on the validation split", main), *((f"in fold {i + 1} of {len(fold_fits)}", f) for i, f in enumerate(fold_fits))]
+    histories = [(where, f.result.history, f.pointwise) for where, f in fits if f.result.history.val]
     return ModelScore(
         label=label,
         model=result.model,
@@ -471,9 +472,14 @@ def _criterion_value(result: FitResult, name: str) -> float | None:
     return float(value) if math.isfinite(float(value)) else None
 
 
-def _history_overfitting(histories: list[tuple[Any, np.ndarray | None]]) -> str | None:
-    """Validation loss rising while training loss falls, in at least half of the recorded histories."""
-    rises = [r for r in (_history_rise(h.train, h.val, _standard_error(points)) for h, points in histories) if r is not None]
+def _history_overfitting(histories: list[tuple[str, Any, np.ndarray | None]]) -> str | None:
+    """Validation loss rising while training loss falls, in at least half of the recorded histories
+    (``(where, history, per-point validation losses)``); the text describes the first such fit."""
+    rises = [
+        f"{rise} ({where})"
+        for where, history, points in histories
+        if (rise := _history_rise(history.train, history.val, _standard_error(points))) is not None
+    ]
     if not histories or 2 * len(rises) < len(histories):
         return None
     return rises[0]
@@ -487,13 +493,16 @@ def _standard_error(points: np.ndarray | None) -> float:
 
 
 def _history_rise(train: Sequence[float], val: Sequence[float], noise: float = 0.0) -> str | None:
+    """The words for a validation loss that ended above its lowest value by more than ``noise`` (and
+    :data:`HISTORY_RISE` relative) while the training loss fell below its value there; else None.
+    A validation loss lowest at the first epoch counts too: training made the model generalise worse
+    from the start."""
     v, t = np.asarray(val, dtype=float), np.asarray(train, dtype=float)
     if len(v) < 3 or len(t) != len(v) or not np.isfinite(v).all():
         return None
     low = int(np.argmin(v))
-    fell_first = v[low] < (1.0 - HISTORY_RISE) * v[0]
     rose = v[-1] > (1.0 + HISTORY_RISE) * v[low] and v[-1] - v[low] > max(noise, 1e-12)
-    if fell_first and low < len(v) - 1 and rose and t[-1] < t[low]:
+    if low < len(v) - 1 and rose and t[-1] < t[low]:
         return (
             f"validation loss rose from {format_number(v[low], 3)} (epoch {low + 1}) to "
             f"{format_number(v[-1], 3)} while training loss kept falling"
@@ -671,7 +680,8 @@ def _draw_parities(ax: Any, fitted: list[ModelScore], comparison: Comparison) ->
 def plot_validation(comparison: Comparison, path: str | Path) -> Path:
     """Write a bar chart of training and validation loss per model (the winner starred).
 
-    With ``cv`` the bars are the means over the folds, with the folds' standard error.
+    With ``cv`` the bars are the means over the folds, with the standard error of the mean over
+    the folds (the table's ± is their standard deviation).
 
     Parameters
     ----------
@@ -691,7 +701,8 @@ def plot_validation(comparison: Comparison, path: str | Path) -> Path:
     if comparison.cv is not None:
         errors = np.array([(s.cv_val_sd or 0.0) / math.sqrt(comparison.cv) for s in scores])
     ax.bar(positions - 0.2, train, width=0.4, color=TRAIN_COLOR, label="training loss")
-    ax.bar(positions + 0.2, value, width=0.4, yerr=errors, capsize=3, color=VAL_COLOR, label=comparison.criterion)
+    label = comparison.criterion if errors is None else f"{comparison.criterion} (± standard error over the folds)"
+    ax.bar(positions + 0.2, value, width=0.4, yerr=errors, capsize=3, color=VAL_COLOR, label=label)
     ax.set_xticks(positions, [s.label + (" ★" if s.label == comparison.best else "") for s in scores], rotation=20, ha="right")
     both = np.concatenate([train, value])
     if both.size and (both > 0).all() and both.max() / both.min() > 100:

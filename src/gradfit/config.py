@@ -48,8 +48,9 @@ class FitOptions:
     absolute_sigma, confidence
         Treat sigma as absolute (as ``curve_fit``), and the coverage of intervals and bands.
     max_iter, starts
-        Least squares: iterations per start (None: the solver's default), and starting points
-        solved as one batch (the best is kept).
+        Least squares: iterations per start (None: the solver's default, which starts a fit that
+        fails again from jittered points; given, a hard limit with no such restarts), and starting
+        points solved as one batch (the best is kept).
     checkpoint, checkpoint_every, resume
         Gradient descent: a file to save the run's state to every ``checkpoint_every`` epochs, and
         a checkpoint to continue from.

@@ -121,7 +121,7 @@ def _merge_overrides(
 ) -> dict[str, dict[str, Any]]:
     from gradfit.model import overrides_from, parameter_overrides, parse_bounds
 
-    merged = overrides_from(params) if params else {}
+    merged = overrides_from(params) if params else {}  # a start in params of a parameter fix holds: fix wins
     limits = parse_bounds(bounds) if isinstance(bounds, str) else {
         name: {"lower": float(low), "upper": float(high)} for name, (low, high) in (bounds or {}).items()
     }
@@ -229,7 +229,7 @@ def fit_dataset(
     problem = _problem(model, train_set, val_set, options)
     name, reason = choose_solver(model, options, problem.bounded)
     if not shared:
-        _check_options_used(name, reason, options)
+        check_options_used(name, reason, options)
     with _thread_policy(model, train_set, name), _placement_kept(model, options.optimizer):
         started = time.perf_counter()
         outcome = get_solver(name)(problem, options)
@@ -237,7 +237,7 @@ def fit_dataset(
         return _assemble(problem, outcome, options, name, reason, elapsed, dataset)
 
 
-def _check_options_used(name: str, reason: str, options: FitOptions) -> None:
+def check_options_used(name: str, reason: str, options: FitOptions) -> None:
     """Refuse settings solver ``name`` would ignore: an ignored option reads as one that worked."""
     unused = unused_options(name, options)
     if unused:
@@ -350,10 +350,32 @@ def _assemble(
         statistics=summary.statistics,
         history=outcome.history,
         settings={**_settings_record(options, dataset), **outcome.settings},
-        warnings=summary.warnings,
+        warnings=summary.warnings + _setting_warnings(model, options, dataset),
         elapsed=elapsed,
         predictor=summary.predictor,
     )
+
+
+#: the warning of a fit with absolute_sigma and no sigma
+UNIT_SIGMA_WARNING = (
+    "absolute_sigma without sigma takes every point's error to be 1 (in the units of y), and the standard "
+    "errors assume it — give sigma, or leave absolute_sigma off to estimate the errors from the residuals"
+)
+
+
+def _setting_warnings(model: Any, options: FitOptions, dataset: Dataset) -> tuple[str, ...]:
+    """What the settings made the fit do that its user may not expect: absolute sigma without
+    sigma, and starting values outside the bounds (moved inside them, as lmfit does)."""
+    if not isinstance(model, ParametricModel):
+        return ()
+    unit = (UNIT_SIGMA_WARNING,) if options.absolute_sigma and dataset.sigma is None else ()
+    moved = tuple(
+        f"the starting value of {p.name}, {p.init:g}, is outside its bounds [{p.lower:g}, {p.upper:g}]: "
+        f"the fit started from {p.start:g}"
+        for p in model.parameters
+        if not p.fixed and p.init is not None and not p.lower <= p.init <= p.upper
+    )
+    return unit + moved
 
 
 def _kind(model: Any) -> str:

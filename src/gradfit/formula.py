@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import keyword
 import math
 import re
 import unicodedata
@@ -630,8 +631,24 @@ def _syntax_error(text: str, source: _Source, error: SyntaxError) -> FormulaErro
         position = len(text.rstrip())
     else:
         position = source.offset(error.lineno, error.offset - 1)
+    reserved = next((m for m in re.finditer(r"[A-Za-z_]\w*", text) if keyword.iskeyword(m.group())), None)
+    if reserved is not None:  # e.g. a decay rate called lambda
+        word = reserved.group()
+        return FormulaError(
+            f"'{word}' is a reserved word (formulas follow Python's syntax), so it cannot name a parameter or "
+            f"column — rename it, e.g. '{word[:3]}' or '{word}_'",
+            text,
+            reserved.start(),
+        )
     hint = _syntax_hint(message)
     return FormulaError(f"invalid formula syntax: {message}; {hint}", text, position)
+
+
+def constant_name_note(name: str) -> str:
+    """Why ``name`` is not a parameter when it is one of :data:`CONSTANTS` (else an empty text)."""
+    if name not in CONSTANTS:
+        return ""
+    return f" ('{name}' in a formula is the constant {CONSTANTS[name]:.6g}: call the parameter otherwise, e.g. '{name}0')"
 
 
 def _parse_ast(text: str, source: _Source) -> ast.expr:

@@ -674,15 +674,9 @@ def _solve_by_gradient(plan: ChunkPlan, chunk: _Chunk, weights: torch.Tensor, st
 
 
 def _solver_options(options: Mapping[str, Any]) -> Any:
-    from gradfit.solvers.least_squares import LeastSquaresOptions
+    from gradfit.solvers.least_squares import user_options
 
-    settings: dict[str, Any] = {}
-    if options["max_iter"] is not None:
-        settings["max_iter"] = options["max_iter"]
-    if options["tolerance"] is not None:
-        tolerance = options["tolerance"]
-        settings.update(ftol=tolerance, xtol=tolerance, restarts=0)
-    return LeastSquaresOptions(**settings)
+    return user_options(options["max_iter"], options["tolerance"])
 
 
 def _best_of_starts(solution: Any, k: int, n_starts: int) -> list[int]:

@@ -198,9 +198,11 @@ class ParametricModel:
         """
         unknown = set(overrides) - set(self.param_names)
         if unknown:
+            from gradfit.formula import constant_name_note
+
             name = sorted(unknown)[0]
             raise ModelError(
-                f"'{name}' is not a parameter of the model — its parameters are "
+                f"'{name}' is not a parameter of the model{constant_name_note(name)} — its parameters are "
                 f"{', '.join(self.param_names)}"
             )
         params = tuple(
@@ -789,7 +791,21 @@ def parameter_overrides(
     bounds: Mapping[str, Mapping[str, float]] | None = None,
     fix: Mapping[str, float] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Merge starting values, bounds and fixed values into Parameter field overrides."""
+    """Merge starting values, bounds and fixed values into Parameter field overrides.
+
+    Raises
+    ------
+    ModelError
+        If a parameter is given both a starting value and a fixed value (``--init k=3 --fix k=1``:
+        one of the two would be dropped without a word).
+    """
+    both = sorted(set(init or {}) & set(fix or {}))
+    if both:
+        name = both[0]
+        raise ModelError(
+            f"parameter '{name}' has a starting value ({float(init[name]):g}) and a fixed value ({float(fix[name]):g}) — "  # type: ignore[index]
+            "a fixed parameter is not fitted: drop one of the two"
+        )
     merged: dict[str, dict[str, Any]] = {}
     for name, value in (init or {}).items():
         merged.setdefault(name, {})["init"] = float(value)

@@ -64,12 +64,20 @@ def _section(title: str, lines: list[str]) -> str:
     return "\n".join([f"[[{title}]]", *("    " + line for line in lines)])
 
 
+def dropped_note(r: FitResult) -> str:
+    """``"; 2 rows left out (missing or non-finite values)"`` after ``nan_policy="omit"``, else ``""``."""
+    dropped = int(r.settings.get("rows_dropped", 0) or 0)
+    if not dropped:
+        return ""
+    return f"; {dropped} row{'s' if dropped != 1 else ''} left out (missing or non-finite values)"
+
+
 def _fit_lines(r: FitResult) -> list[str]:
     return [
         f"model        = {r.model}",
         f"solver       = {r.solver} ({r.solver_reason})",
         f"status       = {r.message}",
-        f"data points  = {r.n_train} training, {r.n_val} validation",
+        f"data points  = {r.n_train} training, {r.n_val} validation{dropped_note(r)}",
         f"iterations   = {r.iterations}",
         f"train loss   = {format_number(r.train_loss)} ({loss_label(r)})",
     ]

@@ -139,3 +139,9 @@ def test_the_seed_makes_a_network_with_dropout_train_the_same_and_leaves_torchs_
     runs = [gradfit.fit(copy.deepcopy(net), x, y, optimizer="adam", epochs=30, seed=seed).history.train for seed in (0, 0, 1)]
     assert torch.equal(torch.get_rng_state(), before)
     assert runs[0] == runs[1] and runs[0] != runs[2]
+
+
+def test_a_word_where_an_optimizer_takes_a_number_is_named():
+    params = [torch.zeros(2, requires_grad=True)]
+    with pytest.raises(OptionError, match=r"cannot use SGD\(lr='abc'\): lr='abc' is not a number — give one, e.g. lr=0.01"):
+        make_optimizer("sgd", params, {"lr": "abc"})

@@ -73,7 +73,8 @@ def choose_solver(model: Any, options: FitOptions, bounded: bool) -> tuple[str, 
     if parametric and all(p.fixed for p in model.parameters):
         return "fixed", "every parameter is fixed: the model is evaluated at the given values, nothing is estimated"
     if options.uses_optimizer:
-        return "gradient", f"gradient descent with {optimizer_label(options.optimizer)}, as asked"
+        asked = "as asked" if options.optimizer is not None else "the default optimizer of solver='gradient'"
+        return "gradient", f"gradient descent with {optimizer_label(options.optimizer)}, {asked}"
     if options.solver != "auto":
         _check_explicit(options.solver, model, options, parametric, bounded)
         return options.solver, "as asked"

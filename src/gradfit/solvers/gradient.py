@@ -105,6 +105,11 @@ def make_optimizer(
         optimizer = cls(params, **kwargs)
         _trial_step(cls, kwargs, params)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for options it cannot use
+        words = [k for k, v in (options or {}).items() if isinstance(v, str)]
+        if isinstance(exc, TypeError) and words:  # a bare word where torch compares a number
+            raise OptionError(
+                f"cannot use {name}({shown}): {words[0]}={options[words[0]]!r} is not a number — give one, e.g. {words[0]}=0.01"
+            ) from None
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise OptionError(f"cannot use {name}({shown}): {first} — change or drop these options") from None
     return optimizer

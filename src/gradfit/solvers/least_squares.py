@@ -63,7 +63,10 @@ Method
   starting point (each value times ``exp(σ N(0,1))``, σ growing from 1 by ½ per round; at most
   200 iterations each), all fits of a round in one batch, until it converges properly. The lowest
   cost is kept (at a tie, a converged result); the status always describes the result returned:
-  one still converged where a Jacobian column vanished is no minimum and ends ``singular``.
+  one still converged where a Jacobian column vanished is no minimum and ends ``singular``. A
+  start where the cost is not finite is started again the same way (the result says so:
+  :attr:`LeastSquaresSolution.restarted`). A user's own iteration limit or tolerance turns restarts
+  off (:func:`user_options`): it is then the stopping rule, and restarts would run past it.
 """
 
 from __future__ import annotations
@@ -89,6 +92,7 @@ from gradfit.stats import as_array, column_norms, identifiable, scaled_svd
 __all__ = [
     "Status",
     "LeastSquaresOptions",
+    "user_options",
     "LeastSquaresSolution",
     "solve_least_squares",
     "autograd_jacobian",
@@ -175,7 +179,7 @@ class LeastSquaresOptions:
     gtol
         Stop when every cosine between the residual vector and a Jacobian column is at most this.
     max_iter
-        Trial steps per fit and start.
+        Trial steps per fit and start (restarts not included: see ``restarts``).
     initial_radius
         Trust region at the start, as a multiple of ``‖D θ0‖`` (MINPACK's ``factor``; 1 is more
         careful than MINPACK's 100 and solves more NIST problems from their far starting values).
@@ -226,6 +230,9 @@ class LeastSquaresSolution:
         One :class:`Status` per fit.
     at_bound
         ``(K, p)`` bool: free parameter that ended on a bound.
+    restarted
+        ``(K,)`` bool (numpy): the cost was not finite at the fit's starting values, and the
+        result is from a jittered restart (see the module notes).
     """
 
     theta: Tensor
@@ -236,6 +243,7 @@ class LeastSquaresSolution:
     n_fev: Tensor
     status: list[Status]
     at_bound: Tensor
+    restarted: Array | None = None
 
     @property
     def status_code(self) -> Any:
@@ -1291,12 +1299,14 @@ def _take(take: Array, candidate: _State, current: _State) -> None:
     current.code = np.where(take, candidate.code, current.code)
 
 
-def _solve_with_restarts(prob: _Problem, start: Array) -> _State:
+def _solve_with_restarts(prob: _Problem, start: Array) -> tuple[_State, Array]:
+    """The fits' final state, and which of them a restart mended from a start that was not finite."""
     state = _run(prob, start)
+    not_finite = state.code == _NONFIN
     start_norms = state.start_norms
     need = ~_good(prob, state, start_norms)
     if not need.any():
-        return state
+        return state, not_finite & (state.code != _NONFIN)
     for round_ in range(prob.options.restarts):
         if not need.any():
             break
@@ -1311,10 +1321,25 @@ def _solve_with_restarts(prob: _Problem, start: Array) -> _State:
     # still "converged" where a parameter stopped affecting the model: no minimum, report it singular
     spurious = need & (state.code >= _FTOL) & (state.code <= _EXACT)
     state.code = np.where(spurious, _SING, state.code)
-    return state
+    return state, not_finite & (state.code != _NONFIN)
 
 
 # ------------------------------------------------------------------------------- public entry
+
+
+def user_options(max_iter: int | None = None, tolerance: float | None = None) -> LeastSquaresOptions:
+    """The solver's options for a user's iteration limit and tolerance (each None: the default).
+
+    Either one, given, is the user's stopping rule: ``max_iter`` caps the trial steps from each
+    start and ``tolerance`` sets ``ftol`` and ``xtol``; the jittered restarts of failed fits, which
+    would run past them, are off (``--starts`` asks for more starting points explicitly).
+    """
+    settings: dict[str, Any] = {}
+    if max_iter is not None:
+        settings.update(max_iter=max_iter, restarts=0)
+    if tolerance is not None:
+        settings.update(ftol=tolerance, xtol=tolerance, restarts=0)
+    return LeastSquaresOptions(**settings)
 
 
 def solve_least_squares(
@@ -1398,8 +1423,8 @@ def solve_least_squares(
     if prob.bounded:
         start = np.clip(start, prob.lower, prob.upper)
     with np.errstate(all="ignore"):  # NaN/inf trials are expected and handled
-        state = _solve_with_restarts(prob, start)
-    return _solution(prob, state, theta)
+        state, restarted = _solve_with_restarts(prob, start)
+    return _solution(prob, state, theta, restarted)
 
 
 def _as_theta(theta0: Any) -> Any:
@@ -1481,12 +1506,12 @@ def _make_problem(
     )
 
 
-def _solution(prob: _Problem, state: _State, like: Any) -> LeastSquaresSolution:
+def _solution(prob: _Problem, state: _State, like: Any, restarted: Array) -> LeastSquaresSolution:
     status = [_MEMBERS[c] for c in state.code.tolist()]
     bound = at_bound(state.theta, prob.lower, prob.upper, prob.free)
     n_iter = state.n_iter.copy()
     if isinstance(like, np.ndarray):
-        return LeastSquaresSolution(state.theta, state.res, state.jac, state.cost, n_iter, n_iter + 1, status, bound)
+        return LeastSquaresSolution(state.theta, state.res, state.jac, state.cost, n_iter, n_iter + 1, status, bound, restarted)
     import torch
 
     def tensor(array: Array) -> Tensor:
@@ -1502,6 +1527,7 @@ def _solution(prob: _Problem, state: _State, like: Any) -> LeastSquaresSolution:
         n_fev=n_iter_t + 1,
         status=status,
         at_bound=torch.from_numpy(bound),
+        restarted=restarted,
     )
 
 

@@ -65,9 +65,9 @@ def _solve(problem: Problem, options: FitOptions, method: str) -> SolveOutcome:
 
 def _run(problem: Problem, options: FitOptions, method: str, starts: np.ndarray, loss: str, scale: float) -> Any:
     """One batched least-squares solve of ``problem`` from ``starts`` with ``loss`` at ``scale``."""
-    from gradfit.solvers.least_squares import LeastSquaresOptions, solve_least_squares
+    from gradfit.solvers.least_squares import solve_least_squares, user_options
 
-    settings = LeastSquaresOptions(max_iter=options.max_iter) if options.max_iter else None
+    settings = user_options(options.max_iter)
     functions = residual_functions(problem)
     if functions["residual_fn"] is not None:  # torch functions: torch starting values
         starts = problem.on_torch().theta0.new_tensor(starts)
@@ -98,7 +98,7 @@ def _least_absolute_deviations(problem: Problem, options: FitOptions, method: st
         return replace(outcome, message=f"{outcome.message} (least absolute deviations: in the least-squares solve they start from)")
     if not spread > 0:  # an exact fit: |r| = 0 is the LAD optimum too
         return outcome
-    iterations = outcome.iterations
+    iterations, first_warnings = outcome.iterations, outcome.warnings
     for relative in LAD_SCALES:
         solution = _run(problem, options, method, outcome.theta[None, :], "soft_l1", relative * spread)
         outcome = _outcome(solution, 1)
@@ -106,7 +106,7 @@ def _least_absolute_deviations(problem: Problem, options: FitOptions, method: st
         if not outcome.success:  # the message says at which scale it stopped
             break
     message = f"{outcome.message} (least absolute deviations: soft_l1 solves down to scale {relative * spread:.3g})"
-    return replace(outcome, message=message, iterations=iterations)
+    return replace(outcome, message=message, iterations=iterations, warnings=first_warnings + outcome.warnings)
 
 
 def _outcome(solution: Any, n_starts: int) -> SolveOutcome:
@@ -119,6 +119,7 @@ def _outcome(solution: Any, n_starts: int) -> SolveOutcome:
     # a non-finite start's residuals and Jacobian were zeroed inside the solver: the statistics
     # evaluate the model instead (NaN), rather than report an exact fit
     finite = status is not Status.NON_FINITE
+    restarted = solution.restarted is not None and bool(solution.restarted[best])
     return SolveOutcome(
         theta=as_array(solution.theta[best]),
         status="converged" if status.converged else status.name.lower(),
@@ -128,7 +129,16 @@ def _outcome(solution: Any, n_starts: int) -> SolveOutcome:
         at_bound=tuple(as_array(solution.at_bound[best]).tolist()),
         residuals=as_array(solution.residuals[best]) if finite else None,
         jacobian=as_array(solution.jacobian[best]) if finite else None,
+        warnings=(RESTARTED_WARNING,) if restarted else (),
     )
+
+
+#: the warning of a fit whose starting values gave a cost that is not finite
+RESTARTED_WARNING = (
+    "the model is not finite at the starting values (NaN or inf on some points, or residuals that overflow "
+    "when squared), so the fit started again from jittered values and this result is from one of them — "
+    "give starting values where the model is finite on every point"
+)
 
 
 def starting_points(theta0: Any, free: Any, count: int, seed: int = 0) -> np.ndarray:
