@@ -258,6 +258,7 @@ def _broken_files(folder: Path) -> None:
     (folder / "inf.csv").write_text("t_c,t_u\n1,2\n2,3\n3,inf\n4,5\n")
     (folder / "empty.csv").write_text("t_c,t_u\n")
     (folder / "one.csv").write_text("t_c,t_u\n1,2\n")
+    (folder / "other.csv").write_text("t_c,x\n1,2\n2,3\n")
     (folder / "afile").write_text("not a directory\n")
 
 
@@ -277,7 +278,7 @@ INPUT_ERRORS: dict[str, tuple[list[str], list[str]]] = {
     "no parameters": ([*FIT[:3], "t_u", *FIT[4:]], ["no parameters", "add a parameter"]),
     "no data column in formula": ([*FIT[:3], "w*t_x + b", *FIT[4:]], ["uses no data column", "t_u"]),
     "empty data": (["fit", "empty.csv", "--model", LINE, "--y", "t_c"], ["no rows", "at least one"]),
-    "fewer rows than parameters": (["fit", "one.csv", "--model", LINE, "--y", "t_c"], ["1 training rows for 2 parameters", "add data"]),
+    "fewer rows than parameters": (["fit", "one.csv", "--model", LINE, "--y", "t_c"], ["1 training row for 2 parameters", "add data"]),
     "out into missing dir": ([*FIT, "--out", "missing/result.json"], ["does not exist", "missing", "create it"]),
     "out under a file": ([*FIT, "--out", "afile/result.json"], ["afile", "not a directory"]),
     "unknown optimizer": ([*FIT, "--optimizer", "sgdd"], ["unknown optimizer 'sgdd'", "did you mean 'sgd'"]),
@@ -294,6 +295,7 @@ INPUT_ERRORS: dict[str, tuple[list[str], list[str]]] = {
     "bad --val": ([*FIT, "--val", "1.5"], ["val must be a fraction", "0.2"]),
     "--val and --val-data": ([*FIT, "--val", "0.2", "--val-data", "data.csv"], ["either --val or --val-data"]),
     "bad --val-data": ([*FIT, "--val-data", "nope.csv"], ["file not found: nope.csv"]),
+    "--val-data without the columns": ([*FIT, "--val-data", "other.csv"], ["the validation file other.csv: ", "unknown column 't_u'"]),
     "unknown solver": ([*FIT, "--solver", "magic"], ["unknown solver 'magic'", "auto"]),
     "unknown device": ([*FIT, "--device", "gpu0"], ["unknown device 'gpu0'", "cpu, cuda, auto"]),
     "missing --model": (["fit", "data.csv", "--y", "t_c"], ["Missing option '--model'", "gradfit fit --help"]),

@@ -773,8 +773,8 @@ def test_check_enough_rows() -> None:
     check_enough_rows(2, 2)
     with pytest.raises(DataError) as exc:
         check_enough_rows(1, 2)
-    assert one_line(exc).startswith("only 1 training rows for 2 parameters — ")
-    with pytest.raises(DataError, match="only 0 validation rows for 1 parameters"):
+    assert one_line(exc).startswith("only 1 training row for 2 parameters — ")
+    with pytest.raises(DataError, match="only 0 validation rows for 1 parameter "):
         check_enough_rows(0, 1, where="validation")
 
 

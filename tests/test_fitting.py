@@ -672,3 +672,19 @@ def test_a_parameter_both_started_and_fixed_is_refused_on_the_command_line_and_f
         parameter_overrides({"a": 2.0, "k": 3.0}, None, {"k": 1.0})  # --init a=2,k=3 --fix k=1
     fixed = gradfit.fit("a*exp(-k*x)", [0.0, 1.0, 2.0], [2.0, 0.9, 0.4], params={"a": 2.0, "k": 3.0}, fix={"k": 1.0})
     assert fixed.params["k"] == 1.0  # one dict of starts for every fit, and fix holds k
+
+
+def test_device_cuda_of_a_formula_least_squares_fit_is_refused_as_ignored() -> None:
+    from gradfit.errors import OptionError
+
+    with pytest.raises(OptionError, match=r"lm solver .* runs on numpy, so device 'cuda' \(--device cuda\) would be ignored"):
+        gradfit.fit("a*exp(-k*x)", [0.0, 1.0, 2.0, 3.0], [2.0, 0.9, 0.4, 0.2], device="cuda")
+
+
+def test_a_misspelt_option_is_named_with_the_likely_one() -> None:
+    from gradfit.errors import OptionError
+
+    with pytest.raises(OptionError, match=r"fit\(\) has no option 'optimiser' — did you mean 'optimizer'\?"):
+        gradfit.fit("w*x + b", [1.0, 2.0, 3.0], [2.0, 4.0, 6.1], optimiser="sgd")
+    with pytest.raises(OptionError, match=r"no option 'bound' — did you mean 'bounds'\?"):
+        gradfit.fit("w*x + b", [1.0, 2.0, 3.0], [2.0, 4.0, 6.1], bound={"w": (0, 1)})

@@ -102,3 +102,16 @@ def test_results_written_with_null_statistics_load_them_as_nan(record):
     loaded = gradfit.FitResult.from_dict(old)
     assert math.isnan(loaded.statistics["redchi"]) and math.isnan(loaded.train_loss)
     loaded.report()
+
+
+def test_save_writes_what_load_reads_and_to_json_given_a_path_says_to_save(tmp_path):
+    from gradfit.errors import OutputError
+
+    result = gradfit.fit("w*x + b", [1.0, 2.0, 3.0, 4.0], [2.1, 3.9, 6.2, 7.8])
+    written = result.save(tmp_path / "fit.json")
+    assert written == tmp_path / "fit.json" and gradfit.FitResult.load(written).to_dict() == result.to_dict()
+    assert [p.name for p in tmp_path.iterdir()] == ["fit.json"]  # no temporary file left
+    with pytest.raises(TypeError, match="to_json returns the text; to write it to 'out.json' call result.save"):
+        result.to_json("out.json")
+    with pytest.raises(OutputError, match="end the file name in .json"):
+        result.save(tmp_path / "fit.txt")

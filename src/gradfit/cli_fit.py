@@ -12,7 +12,8 @@ import ast
 import difflib
 import importlib.util
 import sys
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from gradfit.errors import DivergenceError, FitError, OptionError
+from gradfit.errors import DataError, DivergenceError, FitError, ModelError, OptionError
 
 __all__ = ["FitCommand", "run_predict", "run_explain", "result_table", "check_optimizer"]
 
@@ -260,9 +261,9 @@ class FitCommand:
         _check_as_parameters(names, model)
         explicit_val = None
         if self.val_data is not None:
-            _, explicit_val = prepare(
-                model, read_table(self.val_data), self.y, sigma=self.sigma, nan_policy=settings.nan_policy
-            )
+            table = read_table(self.val_data)
+            with naming_file("the validation file", self.val_data):
+                _, explicit_val = prepare(model, table, self.y, sigma=self.sigma, nan_policy=settings.nan_policy)
         return model, dataset, explicit_val
 
     def _divergence_message(self, result: Any) -> str:
@@ -292,6 +293,16 @@ class FitCommand:
 
                 html = render_report(result, (train, val))
                 stack.enter_context(atomic_path(self.report_html)).write_text(html, encoding="utf-8")
+
+
+@contextmanager
+def naming_file(what: str, path: Path) -> Iterator[None]:
+    """Data errors raised inside name the file they are about (``the validation file v.csv: ...``):
+    a command that reads several files would otherwise leave the user to guess which."""
+    try:
+        yield
+    except (DataError, ModelError) as exc:
+        raise type(exc)(f"{what} {path}: {exc}") from None
 
 
 def _names(text: str) -> list[str]:

@@ -180,7 +180,8 @@ def print_summary(summary: Any, fits: Any, console: Console, interrupted: bool =
     """Counts by status, distributions of R² and parameters, and the worst groups."""
     numbers = summary.result(fits.elapsed)
     done = f" (interrupted: {numbers['groups']} of {fits.n_groups} groups fitted)" if interrupted else ""
-    console.print(f"[bold]{numbers['groups']}[/] groups of {fits.model_description} — {fits.solver}, {numbers['fits_per_second']:.0f} fits/s{done}", highlight=False)
+    groups = "group" if numbers["groups"] == 1 else "groups"
+    console.print(f"[bold]{numbers['groups']}[/] {groups} of {fits.model_description} — {fits.solver}, {numbers['fits_per_second']:.0f} fits/s{done}", highlight=False)
     print_table(console, loss_table("groups by status", [(k, str(v)) for k, v in numbers["status"].items()], ("status", "groups")))
     quantiles = ("q0", "q5", "q50", "q95", "q100")
     rows = [(name, *(format_number(spread.get(q), 5) for q in quantiles)) for name, spread in (("R²", numbers["r2"]), *numbers["parameters"].items())]

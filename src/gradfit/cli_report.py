@@ -79,9 +79,12 @@ def run_report(result_path: Path, out: Path | None, data: Path | None, console: 
     result = FitResult.load(result_path)
     points: Any = None
     if data is not None:
+        from gradfit.cli_fit import naming_file
         from gradfit.data import read_table
 
-        points = resolve_data(result, read_table(data))
+        table = read_table(data)
+        with naming_file("the data file", data):
+            points = resolve_data(result, table)
     write_report(result, target, points, command=command_line())
     if not quiet:
         console.print(f"report written: {target}", highlight=False, soft_wrap=True, markup=False)

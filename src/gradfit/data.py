@@ -1058,6 +1058,6 @@ def check_enough_rows(n_rows: int, n_params: int, where: str = "training") -> No
     """
     if n_rows < n_params:
         raise DataError(
-            f"only {n_rows} {where} rows for {n_params} parameters — add data, use a smaller "
+            f"only {n_rows} {where} row{'s' if n_rows != 1 else ''} for {n_params} parameter{'s' if n_params != 1 else ''} — add data, use a smaller "
             "validation fraction, fix some parameters or use a simpler model"
         )

@@ -6,6 +6,8 @@ data -> split -> model -> solver (scaled inside) -> statistics -> FitResult
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import difflib
 import functools
 import time
 from collections.abc import Mapping, Sequence
@@ -97,7 +99,7 @@ def fit(
     >>> round(result.params["w"], 2)
     1.95
     """
-    settings = FitOptions(**options) if options else _DEFAULTS
+    settings = _fit_options(options)
     overrides = _merge_overrides(params, bounds, fix) if params or bounds or fix else {}
     built, dataset = prepare(model, x, y, sigma=sigma, inputs=inputs, params=overrides, nan_policy=settings.nan_policy)
     validation = None
@@ -105,6 +107,23 @@ def fit(
         x_val, y_val, sigma_val = _validation_parts(val_data)
         _, validation = prepare(built, x_val, y_val, sigma=sigma_val, inputs=built.input_names, nan_policy=settings.nan_policy)
     return fit_dataset(built, dataset, settings, validation)
+
+
+#: the keyword arguments of :func:`fit` that are not fields of :class:`FitOptions`
+_FIT_ARGUMENTS = ("sigma", "inputs", "params", "bounds", "fix", "val_data")
+
+
+def _fit_options(options: Mapping[str, Any]) -> FitOptions:
+    """``FitOptions(**options)``, with a misspelt name refused by name (and the likely one suggested)."""
+    if not options:
+        return _DEFAULTS
+    names = [f.name for f in dataclasses.fields(FitOptions)]
+    unknown = [name for name in options if name not in names]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], [*names, *_FIT_ARGUMENTS], n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise OptionError(f"fit() has no option '{unknown[0]}' — {hint}the options are the fields of gradfit.FitOptions")
+    return FitOptions(**options)
 
 
 def _validation_parts(val_data: Any) -> tuple[Any, Any, Any]:
@@ -230,6 +249,7 @@ def fit_dataset(
     name, reason = choose_solver(model, options, problem.bounded)
     if not shared:
         check_options_used(name, reason, options)
+        _check_device_used(name, reason, model, options)
     with _thread_policy(model, train_set, name), _placement_kept(model, options.optimizer):
         started = time.perf_counter()
         outcome = get_solver(name)(problem, options)
@@ -242,6 +262,15 @@ def check_options_used(name: str, reason: str, options: FitOptions) -> None:
     unused = unused_options(name, options)
     if unused:
         raise OptionError(unused_message(f"this fit uses the {name} solver ({reason})", unused))
+
+
+def _check_device_used(name: str, reason: str, model: Any, options: FitOptions) -> None:
+    """Refuse ``device="cuda"`` where the solve runs on numpy (a formula's least-squares fit)."""
+    if options.device == "cuda" and not needs_torch(name, model):
+        raise OptionError(
+            f"this fit uses the {name} solver ({reason}), which runs on numpy, so device 'cuda' (--device cuda) would "
+            "be ignored — drop it (it is for networks, Python-function models and gradient descent), or add --optimizer"
+        )
 
 
 @contextlib.contextmanager

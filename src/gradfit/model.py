@@ -622,7 +622,10 @@ def _formula_model(text: str, columns: tuple[str, ...]) -> FormulaModel:
             f"({', '.join(inputs) or 'none'}) — add a parameter such as 'w*x + b'"
         )
     if columns and not inputs:  # a constant model is fitted only to data that have nothing else (a typo, else)
-        raise ModelError(f"the formula '{text}' uses no data column{_typo_hint(names, columns)}{_constant_hint(columns)} — columns are {', '.join(columns)}")
+        raise ModelError(
+            f"the formula '{text}' uses no data column{_typo_hint(names, columns)}{_constant_hint(columns)} — columns are "
+            f"{', '.join(columns)} (a constant model is fitted to data with the target column alone)"
+        )
     return FormulaModel(inputs, tuple(Parameter(n) for n in names), formula)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from gradfit.errors import DataError, NotFittedError
+from gradfit.errors import DataError, NotFittedError, OutputError
 
 __all__ = ["FitResult", "History", "ParameterEstimate"]
 
@@ -173,9 +174,33 @@ class FitResult:
         record["format_version"] = FORMAT_VERSION
         return _json_safe(record)
 
-    def to_json(self, indent: int = 2) -> str:
-        """The result as JSON text."""
+    def to_json(self, indent: int | None = 2) -> str:
+        """The result as JSON text (:meth:`save` writes it to a file)."""
+        if isinstance(indent, (str, os.PathLike)):
+            raise TypeError(f"to_json returns the text; to write it to '{os.fspath(indent)}' call result.save(path)")
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the result as JSON to ``path``, atomically (what ``gradfit fit --out`` writes; read it
+        back with :meth:`load`). The file must end in ``.json``.
+
+        Returns
+        -------
+        pathlib.Path
+            The path written.
+
+        Raises
+        ------
+        OutputError
+            If the name does not end in ``.json`` or its directory cannot be written.
+        """
+        from gradfit.io import atomic_write_text, ensure_writable
+
+        target = Path(path)
+        if target.suffix.lower() != ".json":
+            raise OutputError(f"a result is saved as JSON: end the file name in .json, not '{target.name}'")
+        ensure_writable(target)
+        return atomic_write_text(target, self.to_json() + "\n")
 
     @classmethod
     def from_dict(cls, record: Mapping[str, Any]) -> FitResult:
