@@ -54,6 +54,20 @@ def test_group_fit_writes_one_row_per_group_and_prints_the_summary(folder, out):
     assert not list(folder.glob(".gradfit-parts-*"))  # the part files are gone
 
 
+def test_init_takes_each_groups_start_from_a_column(tmp_path):
+    fleet = _fleet(8).with_columns((0.5 + 0.1 * pl.col("sensor")).alias("k_guess"))
+    fleet.write_csv(tmp_path / "fleet.csv")
+    run = gradfit("fit", "fleet.csv", "--group-by", "sensor", "--model", DECAY, "--y", "y", "--init", "a=1,k=k_guess,c=0",
+                  "--out", "fits.csv", cwd=tmp_path)
+    assert run.returncode == 0 and run.stderr == "", run.stderr
+    expected = fit_groups(DECAY, fleet, group="sensor", y="y", params={"a": 1.0, "k": "k_guess", "c": 0.0}).table
+    np.testing.assert_allclose(pl.read_csv(tmp_path / "fits.csv")["k"].to_numpy(), expected["k"].to_numpy(), rtol=1e-10, equal_nan=True)
+    wrong = gradfit("fit", "fleet.csv", "--group-by", "sensor", "--model", DECAY, "--y", "y", "--init", "a=1,k=k_gues,c=0", cwd=tmp_path)
+    assert wrong.returncode == 2 and "k_gues" in wrong.stderr and len(wrong.stderr.strip().splitlines()) == 1
+    both = gradfit("fit", "fleet.csv", "--group-by", "sensor", "--model", DECAY, "--y", "y", "--init", "k=k_guess", "--fix", "k=1", cwd=tmp_path)
+    assert both.returncode == 2 and "starting value (column 'k_guess') and a fixed value (1)" in both.stderr
+
+
 def test_nan_omit_fits_a_group_from_its_finite_rows(tmp_path):
     fleet = _fleet(6).with_columns(pl.when((pl.col("sensor") == 1) & (pl.col("t") > 4)).then(None).otherwise(pl.col("y")).alias("y"))
     fleet.write_csv(tmp_path / "fleet.csv")  # a missing value in a CSV is an empty field
@@ -218,3 +232,15 @@ def test_params_names_a_formula_parameter_that_a_column_shadows(tmp_path):
     assert "k" in table.columns and "k_stderr" in table.columns  # k was fitted, not read from the column
     expected = fit_groups(DECAY, _fleet(4), group="sensor", y="y", params={"a": 1.0, "k": 1.0, "c": 0.0}).table
     np.testing.assert_allclose(table["k"].to_numpy(), expected["k"].to_numpy(), rtol=1e-8)
+
+
+def test_an_output_directory_that_takes_no_files_is_an_output_error(tmp_path, monkeypatch):
+    import gradfit.cli_groups as cli_groups
+    from gradfit.errors import OutputError
+
+    def refuse(*args, **kwargs):
+        raise FileNotFoundError(2, "No such file or directory")
+
+    monkeypatch.setattr(cli_groups.tempfile, "TemporaryDirectory", refuse)  # as in /proc, which access() passes
+    with pytest.raises(OutputError, match=r"cannot write in directory .*: No such file or directory — choose another"):
+        cli_groups.write_tables(iter([]), tmp_path / "fits.parquet", {})

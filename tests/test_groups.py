@@ -781,3 +781,11 @@ def test_a_text_value_in_a_streamed_file_is_named_by_its_row_in_the_file(tmp_pat
     pl.DataFrame({"g": np.repeat(np.arange(k), n), "t": t, "y": y}).write_parquet(path, row_group_size=500)
     with pytest.raises(DataError, match=re.escape(f"{path}: column 'y' is not numeric: row 15005 has 'x1'")):
         fit_groups("w*t + b", path, group="g", y="y", chunk=50)
+
+
+def test_a_group_left_short_by_the_validation_hold_out_is_told_so(fleet):
+    result = fit_groups(DECAY, fleet, group="sensor", y="y", params=START, val=0.8, seed=2).table
+    few = result.filter(pl.col("status") == "too_few_points")
+    short = few.filter(pl.col("n_points") >= 3)  # three parameters: enough points until the hold-out
+    assert short.height >= 1 and short["message"].cast(pl.String).str.contains("validation share").all()
+    assert not few.filter(pl.col("n_points") < 3)["message"].cast(pl.String).str.contains("validation share").any()

@@ -79,7 +79,7 @@ def fit(
     model: ModelOpt,
     y: YOpt,
     sigma: Annotated[Optional[str], typer.Option(help="Column of standard deviations of y (weighted fit).")] = None,
-    init: Annotated[str, typer.Option(help="Starting values, e.g. 'w=1,b=0'.")] = "",
+    init: Annotated[str, typer.Option(help="Starting values, e.g. 'w=1,b=0'; with --group-by also k=COLUMN (each group starts from its first value there).")] = "",
     params: Annotated[str, typer.Option("--params", help="Names to treat as parameters even if a column has that name, e.g. 'w,b'.")] = "",
     bounds: Annotated[str, typer.Option(help="Parameter bounds, e.g. 'b>=0, 0<k<10'.")] = "",
     fix: Annotated[str, typer.Option(help="Hold parameters at values, e.g. 'w=1'.")] = "",

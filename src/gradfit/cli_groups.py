@@ -17,7 +17,7 @@ from typing import Any
 from rich.console import Console
 
 from gradfit.cli_render import loss_table, print_table
-from gradfit.errors import OptionError
+from gradfit.errors import OptionError, OutputError
 from gradfit.report_text import format_number
 
 __all__ = ["run_group_fit", "write_tables", "print_summary"]
@@ -70,12 +70,17 @@ def _check_flags(command: Any) -> None:
 
 
 def _options(command: Any, settings: Any) -> dict[str, Any]:
-    from gradfit.model import parameter_overrides, parse_assignments, parse_bounds
+    from gradfit.model import check_fixed_not_started, parameter_overrides, parse_assignments, parse_bounds
 
-    overrides = parameter_overrides(parse_assignments(command.init), parse_bounds(command.bounds), parse_assignments(command.fix, "--fix"))
+    starts = parse_assignments(command.init, columns=True)  # k=k_guess: each group's start from that column
+    fix = parse_assignments(command.fix, "--fix")
+    check_fixed_not_started(starts, fix)
+    columns = {k: v for k, v in starts.items() if isinstance(v, str)}
+    numbers = {k: v for k, v in starts.items() if not isinstance(v, str)}
+    overrides = parameter_overrides(numbers, parse_bounds(command.bounds), fix)
     return dict(
         group=command.group_by, y=command.y, sigma=command.sigma,
-        params={k: v["init"] for k, v in overrides.items() if "init" in v and not v.get("fixed")},
+        params={**{k: v["init"] for k, v in overrides.items() if "init" in v and not v.get("fixed")}, **columns},
         bounds={k: (v.get("lower", float("-inf")), v.get("upper", float("inf"))) for k, v in overrides.items() if "lower" in v or "upper" in v},
         fix={k: v["init"] for k, v in overrides.items() if v.get("fixed")},
         solver=settings.solver, loss=settings.loss, loss_scale=settings.loss_scale, optimizer=settings.optimizer,
@@ -116,7 +121,11 @@ def write_tables(tables: Iterable[Any], path: Path, schema: dict[str, Any]) -> i
 
     from gradfit.io import atomic_path
 
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".gradfit-parts-") as folder:
+    try:
+        holder = tempfile.TemporaryDirectory(dir=path.parent, prefix=".gradfit-parts-")
+    except OSError as exc:  # a directory that access() passes but that takes no files (/proc, a full disk)
+        raise OutputError(f"cannot write in directory {path.parent} (for {path}): {exc.strerror or exc} — choose another output directory") from None
+    with holder as folder:
         parts, groups, interrupted = _write_parts(tables, Path(folder))
         if interrupted and not parts:
             return 0

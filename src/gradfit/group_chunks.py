@@ -175,7 +175,7 @@ def fit_chunk(plan: ChunkPlan, columns: Mapping[str, np.ndarray], index: GroupIn
     chunk = _tensors(plan, packed, bool(finite.all()), index.keys[part])
     enough = chunk.fit_mask.sum(-1).cpu().numpy() >= n_free
     ok = finite & enough
-    rows = _empty_rows(model, finite, enough)
+    rows = _empty_rows(model, finite, enough, held_out=finite & ~enough & (packed.counts >= n_free))
     if ok.all():
         _solve(plan, chunk, theta0, rows, np.arange(len(ok)))
     elif ok.any():
@@ -280,7 +280,15 @@ _NOT_FITTED = {
 }
 
 
-def _empty_rows(model: ParametricModel, finite: np.ndarray, enough: np.ndarray) -> Rows:
+_HELD_OUT_TOO_MANY = (
+    "not fitted: fewer training points than free parameters once the validation share (val, --val) is held out — "
+    "lower val, fix parameters or merge groups"
+)
+
+
+def _empty_rows(model: ParametricModel, finite: np.ndarray, enough: np.ndarray, held_out: np.ndarray | None = None) -> Rows:
+    """The result rows of a chunk before any fit: NaN numbers, and the groups that are not fitted
+    (bad data; too few points, where ``held_out`` marks those the validation hold-out left short)."""
     k = finite.size
     nan = np.full(k, np.nan)
     rows: Rows = {}
@@ -293,6 +301,8 @@ def _empty_rows(model: ParametricModel, finite: np.ndarray, enough: np.ndarray) 
     for name, unfitted in ((BAD_DATA, ~finite), (TOO_FEW, finite & ~enough)):
         rows["status"].put(unfitted, name)
         rows["message"].put(unfitted, _NOT_FITTED[name])
+    if held_out is not None and held_out.any():
+        rows["message"].put(held_out, _HELD_OUT_TOO_MANY)
     rows["success"] = np.zeros(k, dtype=bool)
     return rows
 

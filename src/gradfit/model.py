@@ -697,7 +697,7 @@ def _fields(value: Any) -> dict[str, Any]:
     return dict(value) if isinstance(value, Mapping) else {"init": float(value)}
 
 
-def parse_assignments(text: str, option: str = "--init") -> dict[str, float]:
+def parse_assignments(text: str, option: str = "--init", columns: bool = False) -> dict[str, Any]:
     """Parse ``"w=1, b=0"`` into ``{"w": 1.0, "b": 0.0}``.
 
     Parameters
@@ -706,19 +706,25 @@ def parse_assignments(text: str, option: str = "--init") -> dict[str, float]:
         Comma-separated ``name=value`` pairs.
     option
         The option the text came from, named in error messages.
+    columns
+        Keep a value that is not a number as text: the name of a column that holds each group's
+        start (``k=k_guess``, group fits).
     """
-    values: dict[str, float] = {}
+    values: dict[str, Any] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         name, sep, raw = item.partition("=")
         name = name.strip()
         if not sep or not name.isidentifier():
             raise ModelError(f"{option} expects name=value pairs such as 'w=1,b=0', got '{item}'")
+        if name in values:
+            raise ModelError(f"{option} gives '{name}' twice — keep one value")
         try:
             value = float(raw)
         except ValueError:
+            if columns and raw.strip():
+                values[name] = raw.strip()
+                continue
             raise ModelError(f"{option}: '{raw.strip()}' is not a number (in '{item}')") from None
-        if name in values:
-            raise ModelError(f"{option} gives '{name}' twice — keep one value")
         if not math.isfinite(value):
             raise ModelError(f"{option}: '{name}' must be a finite number, got '{raw.strip()}'")
         values[name] = value
@@ -802,13 +808,7 @@ def parameter_overrides(
         If a parameter is given both a starting value and a fixed value (``--init k=3 --fix k=1``:
         one of the two would be dropped without a word).
     """
-    both = sorted(set(init or {}) & set(fix or {}))
-    if both:
-        name = both[0]
-        raise ModelError(
-            f"parameter '{name}' has a starting value ({float(init[name]):g}) and a fixed value ({float(fix[name]):g}) — "  # type: ignore[index]
-            "a fixed parameter is not fitted: drop one of the two"
-        )
+    check_fixed_not_started(init or {}, fix or {})
     merged: dict[str, dict[str, Any]] = {}
     for name, value in (init or {}).items():
         merged.setdefault(name, {})["init"] = float(value)
@@ -817,3 +817,21 @@ def parameter_overrides(
     for name, value in (fix or {}).items():
         merged.setdefault(name, {}).update(init=float(value), fixed=True)
     return merged
+
+
+def check_fixed_not_started(starts: Mapping[str, Any], fix: Mapping[str, float]) -> None:
+    """Refuse a parameter given both a start (a number, or a column of starts) and a fixed value.
+
+    Raises
+    ------
+    ModelError
+        Naming the first such parameter.
+    """
+    both = sorted(set(starts) & set(fix))
+    if both:
+        name, start = both[0], starts[both[0]]
+        shown = f"column '{start}'" if isinstance(start, str) else f"{float(start):g}"
+        raise ModelError(
+            f"parameter '{name}' has a starting value ({shown}) and a fixed value ({float(fix[name]):g}) — "
+            "a fixed parameter is not fitted: drop one of the two"
+        )
