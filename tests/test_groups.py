@@ -789,3 +789,22 @@ def test_a_group_left_short_by_the_validation_hold_out_is_told_so(fleet):
     short = few.filter(pl.col("n_points") >= 3)  # three parameters: enough points until the hold-out
     assert short.height >= 1 and short["message"].cast(pl.String).str.contains("validation share").all()
     assert not few.filter(pl.col("n_points") < 3)["message"].cast(pl.String).str.contains("validation share").any()
+
+
+def test_an_interruption_abandons_running_least_squares_chunks_and_keeps_the_finished_prefix():
+    from concurrent.futures import Future
+
+    from gradfit.group_chunks import ChunkAbandoned, ChunkPlan
+    from gradfit.groups import _ChunkWorkers
+
+    plan = ChunkPlan(model=None, y="y", sigma=None, starts={}, path="batched", options={})  # type: ignore[arg-type]
+    plan.abandon_if_stopped()  # not stopped: nothing happens
+    plan.stop.set()
+    with pytest.raises(ChunkAbandoned):
+        plan.abandon_if_stopped()
+    done, abandoned, waiting = Future(), Future(), Future()
+    done.set_result("table 0")
+    abandoned.set_exception(ChunkAbandoned())
+    parts = [slice(0, 1), slice(1, 2), slice(2, 3)]
+    kept = list(_ChunkWorkers(plan)._begun(parts, [done, abandoned, waiting]))
+    assert kept == [(slice(0, 1), "table 0")] and waiting.cancelled()  # the output stays a prefix

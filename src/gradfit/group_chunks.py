@@ -119,6 +119,10 @@ class Labels:
         return pl.Series(self.texts, dtype=pl.Categorical).gather(self.codes)
 
 
+class ChunkAbandoned(Exception):
+    """A least-squares chunk stopped by an interruption (:meth:`ChunkPlan.abandon_if_stopped`)."""
+
+
 @dataclass(frozen=True)
 class ChunkPlan:
     """What every chunk of a group fit shares: the model, the columns' roles, the path, the options."""
@@ -132,6 +136,13 @@ class ChunkPlan:
     system: Any = None  # the batched solver's compiled model + Jacobian (fast paths)
     #: set to ask running gradient chunks to stop and keep their best parameters (an interruption)
     stop: threading.Event = field(default_factory=threading.Event, compare=False, repr=False)
+
+    def abandon_if_stopped(self) -> None:
+        """Raise :class:`ChunkAbandoned` once :attr:`stop` is set: the least-squares solvers call it
+        every iteration, so that an interruption drops their chunk at once (its groups are not
+        half-fitted: they are not written)."""
+        if self.stop.is_set():
+            raise ChunkAbandoned
 
     @property
     def linear(self) -> bool:
@@ -370,7 +381,7 @@ def _solve_fast(plan: ChunkPlan, chunk: _Chunk, start: torch.Tensor, rows: Rows,
         solution = solve_batched(
             plan.system, start, data, free=plan.free,
             lower=[p.lower for p in model.parameters], upper=[p.upper for p in model.parameters],
-            options=_batched_options(plan),
+            options=_batched_options(plan), on_iteration=plan.abandon_if_stopped,
         )
     code = solution.code.cpu().numpy()
     stats = _fast_statistics(plan, chunk, solution)
@@ -601,7 +612,7 @@ def _least_squares(plan: ChunkPlan, chunk: _Chunk, weights: torch.Tensor, start:
     solution = solve_least_squares(
         theta0=theta0, **_residual_functions(model, inputs, y, w), rows_fn=rows_fn,
         lower=lower, upper=upper, fixed=fixed, loss=loss, f_scale=f_scale, method="gn" if options["solver"] == "gn" else "lm",
-        options=_solver_options(options),
+        options=_solver_options(options), on_iteration=plan.abandon_if_stopped,
     )
     best = _best_of_starts(solution, len(start), n_starts)
     statuses = [solution.status[i] for i in best]

@@ -33,6 +33,7 @@ from gradfit.group_chunks import (
     FIT_STATISTICS,
     STATUS_COLUMNS,
     TOO_FEW,
+    ChunkAbandoned,
     ChunkPlan,
     fit_chunk,
     result_columns,
@@ -602,13 +603,18 @@ class _ChunkWorkers:
             self._raise_if_stopped()
 
     def _begun(self, parts: list[slice], futures: list[Any]) -> Iterator[tuple[slice, pl.DataFrame]]:
-        """The chunks already running, as they stop; the others are cancelled."""
+        """The chunks already done, and the gradient chunks running, as they stop; the others are
+        cancelled, and least-squares chunks still running are abandoned at their next iteration."""
         for future in futures:
             future.cancel()
         for part, future in zip(parts, futures):
             if future.cancelled():
                 return  # later ones have not begun either: the output stays a prefix
-            yield part, future.result()
+            try:
+                table = future.result()
+            except ChunkAbandoned:
+                return  # ...and so does the output here: later chunks are dropped too
+            yield part, table
 
     def _raise_if_stopped(self) -> None:
         if self.plan.stop.is_set():  # a chunk caught the interrupt in this thread and kept its groups

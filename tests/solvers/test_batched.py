@@ -343,3 +343,24 @@ def test_noise_free_data_converges_at_the_truth():
     sol = solve_batched(formula_system(DECAY, [True] * 3), start, decay_inputs(y), options=BatchedOptions(max_iter=100))
     assert set(sol.status_names()) == {"converged"}
     np.testing.assert_allclose(sol.theta.numpy(), truth, rtol=1e-9)
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_on_iteration_is_called_every_iteration_and_what_it_raises_abandons_the_solve():
+    _, y = decay_data(30)
+    start = torch.as_tensor(np.tile([1.0, 1.0, 0.0], (30, 1)))
+    calls: list[int] = []
+    solution = solve_batched(formula_system(DECAY, [True] * 3), start, decay_inputs(y), on_iteration=lambda: calls.append(1))
+    assert len(calls) == int(solution.n_iter.max()) + 1  # every iteration, and the last one that stops
+
+    def stop_at_the_third() -> None:
+        calls.append(1)
+        if len(calls) == 3:
+            raise _Stop
+
+    calls.clear()
+    with pytest.raises(_Stop):
+        solve_batched(formula_system(DECAY, [True] * 3), start, decay_inputs(y), on_iteration=stop_at_the_third)

@@ -624,3 +624,22 @@ def test_a_small_parameter_above_a_bound_of_zero_is_not_at_the_bound():
     np.testing.assert_allclose(result.values, optimum, rtol=1e-5)
     pinned = gradfit.fit("a*exp(-k*t) + c", {"t": t}, y - 2e-13, params=start, bounds="c>=0")
     assert [p.name for p in pinned.parameters if p.at_bound] == ["c"] and pinned.params["c"] == 0.0
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_on_iteration_runs_before_each_batch_iteration_and_can_abandon_the_solve():
+    y = np.stack([Y, 2 * Y, Y + 1])
+    residual_fn, jacobian_fn = decay_residuals(X, y)
+    start = START.repeat(3, 1)
+    calls: list[int] = []
+    solution = solve_least_squares(residual_fn, start, jacobian_fn=jacobian_fn, on_iteration=lambda: calls.append(1))
+    assert all(s.converged for s in solution.status) and len(calls) == int(solution.n_iter.max())
+
+    def stop() -> None:
+        raise _Stop
+
+    with pytest.raises(_Stop):
+        solve_least_squares(residual_fn, start, jacobian_fn=jacobian_fn, on_iteration=stop)

@@ -536,6 +536,7 @@ class _Settings:
     lower: Tensor  # (q, 1)
     upper: Tensor
     bounded: bool
+    on_iteration: Callable[[], None] | None = None
 
 
 def solve_batched(
@@ -547,6 +548,7 @@ def solve_batched(
     lower: Sequence[float] | None = None,
     upper: Sequence[float] | None = None,
     options: BatchedOptions | None = None,
+    on_iteration: Callable[[], None] | None = None,
 ) -> BatchedSolution:
     """Solve K independent least-squares problems with a fused, batched Levenberg-Marquardt.
 
@@ -568,6 +570,8 @@ def solve_batched(
         ``(p,)`` bounds shared by every fit (default none). Starting values are clamped into them.
     options
         Tolerances and limits.
+    on_iteration
+        Called before each iteration; whatever it raises abandons the solve.
 
     Returns
     -------
@@ -628,6 +632,7 @@ def solve_batched(
             lower=lo[:, None],
             upper=hi[:, None],
             bounded=bounded,
+            on_iteration=on_iteration,
         )
         work = _Work(
             index=torch.arange(k, device=device),
@@ -820,6 +825,8 @@ def _iterate(system: Callable[..., Tensor], work: _Work, s: _Settings, state: Te
     p, q = layout.p, layout.q
     cost_row = layout.cost_row
     for iteration in range(s.max_iter + 1):
+        if s.on_iteration is not None:
+            s.on_iteration()
         running = work.code == RUNNING
         last = iteration == s.max_iter
         trial, gn_ok, gain, gn_small, predicted = _steps(work, s, last)

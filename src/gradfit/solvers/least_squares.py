@@ -825,6 +825,7 @@ class _Problem:
     all_free: bool = True
     any_free: Array | None = None
     single: bool = False  # use the K = 1 fast path
+    on_iteration: Callable[[], None] | None = None  # may raise to abandon the solve
 
 
 @dataclass
@@ -1035,6 +1036,8 @@ def _iterate_until_done(prob: _Problem, state: _State, budget: int) -> None:
             _iterate_until_done(_problem_rows(prob, rows, state.theta), part, budget - used)
             _put_rows(state, rows, part)
             return
+        if prob.on_iteration is not None:
+            prob.on_iteration()
         _iterate(prob, state)
 
 
@@ -1356,6 +1359,7 @@ def solve_least_squares(
     method: Literal["lm", "gn"] = "lm",
     options: LeastSquaresOptions | None = None,
     rows_fn: RowsFn | None = None,
+    on_iteration: Callable[[], None] | None = None,
 ) -> LeastSquaresSolution:
     """Fit K independent least-squares problems at once.
 
@@ -1394,6 +1398,9 @@ def solve_least_squares(
         ``rows (m,) -> {"residual_fn": ..., "jacobian_fn": ..., "residual_and_jacobian_fn": ...}``:
         the functions of the fits ``rows`` of the batch alone (absent keys: None). Once few fits
         still run, only theirs are then evaluated; without it every fit is, as at the start.
+    on_iteration
+        Called before each iteration of the batch (not of a single fit's fast path); whatever it
+        raises abandons the solve (group fits stop a chunk at an interruption this way).
 
     Returns
     -------
@@ -1418,7 +1425,7 @@ def solve_least_squares(
         else _Evaluator(residual_fn, jacobian_fn, residual_and_jacobian_fn, theta)
     )
     evaluator.rows_fn = rows_fn
-    prob = _make_problem(evaluator, theta, lower, upper, fixed, loss, f_scale, method, options)
+    prob = replace(_make_problem(evaluator, theta, lower, upper, fixed, loss, f_scale, method, options), on_iteration=on_iteration)
     start = theta.copy() if on_numpy else _to_numpy(theta, prob.dtype).copy()
     if prob.bounded:
         start = np.clip(start, prob.lower, prob.upper)
