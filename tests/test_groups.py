@@ -808,3 +808,15 @@ def test_an_interruption_abandons_running_least_squares_chunks_and_keeps_the_fin
     parts = [slice(0, 1), slice(1, 2), slice(2, 3)]
     kept = list(_ChunkWorkers(plan)._begun(parts, [done, abandoned, waiting]))
     assert kept == [(slice(0, 1), "table 0")] and waiting.cancelled()  # the output stays a prefix
+
+
+@pytest.mark.parametrize("solver", ["auto", "lm"])
+def test_a_group_whose_data_do_not_determine_a_parameter_says_so(fleet, solver):
+    same_t = fleet.with_columns(pl.when(pl.col("sensor") == 2).then(2.0).otherwise(pl.col("t")).alias("t"))  # one t: k and a, c tied
+    table = fit_groups(DECAY, same_t, group="sensor", y="y", params=START, solver=solver).table
+    row = table.filter(pl.col("sensor") == 2)
+    if row["success"][0]:
+        assert "but the data do not determine" in row["message"][0] and "rank-deficient" in row["message"][0]
+    else:
+        assert row["status"][0] == "singular"
+    assert not table.filter(pl.col("sensor") == 0)["message"].cast(pl.String).str.contains("do not determine").any()

@@ -194,7 +194,26 @@ def fit_chunk(plan: ChunkPlan, columns: Mapping[str, np.ndarray], index: GroupIn
         _solve(plan, _subset(chunk, selected), theta0[ok], rows, np.flatnonzero(ok))
     rows["n_points"] = packed.counts.astype(np.int64)
     _flag_bounds(model, rows)
+    _flag_undetermined(model, rows)
     return _table(rows, model)
+
+
+def _flag_undetermined(model: ParametricModel, rows: Rows) -> None:
+    """A converged group whose data do not determine some free parameter (infinite standard error:
+    a rank-deficient Jacobian) says so in its message, as a single fit warns."""
+    free = [p.name for p in model.parameters if not p.fixed]
+    if not free:
+        return
+    lost = np.column_stack([np.isinf(rows[f"{name}_stderr"]) for name in free])
+    flagged = np.flatnonzero(rows["success"] & lost.any(axis=1))
+    if not flagged.size:
+        return
+    texts = rows["message"].texts
+    rows["message"].put(flagged, [
+        f"{texts[rows['message'].codes[i]]}; but the data do not determine {', '.join(n for n, gone in zip(free, lost[i]) if gone)} "
+        "(the Jacobian is rank-deficient: infinite standard errors) — fix some of them or add varied data"
+        for i in flagged
+    ])
 
 
 def _flag_bounds(model: ParametricModel, rows: Rows) -> None:
