@@ -45,6 +45,7 @@ def test_group_fit_writes_one_row_per_group_and_prints_the_summary(folder, out):
     run = gradfit("fit", "fleet.parquet", "--group-by", "sensor", "--model", DECAY, "--y", "y", "--init", INIT, "--out", out, "--chunk", "16", cwd=folder)
     assert run.returncode == 0 and run.stderr == "", run.stderr
     assert "60 groups" in run.stdout and "bad_data" in run.stdout and "worst groups" in run.stdout
+    assert run.stdout.rstrip().endswith(f"written: {out}")
     reader = {".parquet": pl.read_parquet, ".csv": pl.read_csv, ".ndjson": pl.read_ndjson}[Path(out).suffix]
     table = reader(folder / out)
     expected = fit_groups(DECAY, _fleet(60), group="sensor", y="y", params={"a": 1.0, "k": 1.0, "c": 0.0}).table
@@ -52,6 +53,11 @@ def test_group_fit_writes_one_row_per_group_and_prints_the_summary(folder, out):
     np.testing.assert_allclose(table["k"].to_numpy(), expected["k"].to_numpy(), rtol=1e-10, equal_nan=True)
     assert table.filter(pl.col("sensor") == 3)["status"][0] == "bad_data"
     assert not list(folder.glob(".gradfit-parts-*"))  # the part files are gone
+
+
+def test_a_group_fit_without_out_says_that_nothing_was_written(folder):
+    run = gradfit("fit", "fleet.parquet", "--group-by", "sensor", "--model", DECAY, "--y", "y", "--init", INIT, cwd=folder)
+    assert run.returncode == 0 and run.stdout.rstrip().endswith("no --out: the table of groups was not written (add e.g. --out fits.parquet)")
 
 
 def test_init_takes_each_groups_start_from_a_column(tmp_path):

@@ -43,3 +43,10 @@ def test_an_optimizer_with_a_least_squares_solver_is_refused_not_ignored():
         with pytest.raises(OptionError, match=f"solver '{solver}' was asked for — drop one of them"):
             FitOptions(solver=solver, optimizer="adam")
     assert FitOptions(solver="gradient", optimizer="sgd").uses_optimizer
+
+
+def test_the_reported_solver_name_batched_says_which_choice_picks_it():
+    from gradfit.config import FitOptions
+
+    with pytest.raises(OptionError, match=r"unknown solver 'batched' \('batched' is the fused .* that auto picks for group fits\) — choose one of auto"):
+        FitOptions(solver="batched")

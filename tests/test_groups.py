@@ -820,3 +820,8 @@ def test_a_group_whose_data_do_not_determine_a_parameter_says_so(fleet, solver):
     else:
         assert row["status"][0] == "singular"
     assert not table.filter(pl.col("sensor") == 0)["message"].cast(pl.String).str.contains("do not determine").any()
+
+
+def test_a_formula_whose_only_input_is_the_group_key_is_told_so(fleet):
+    with pytest.raises(ModelError, match="'t' is the group key column, so the model cannot use it"):
+        fit_groups(DECAY, fleet, group="t", y="y", params=START)

@@ -45,7 +45,11 @@ def run_group_fit(command: Any, settings: Any) -> None:
         written = write_tables(tables, command.out, fits.schema) if command.out is not None else _consume(tables)
     interrupted = written is not None
     if not command.quiet:
-        print_summary(summary, fits, Console(soft_wrap=True), interrupted)
+        console = Console(soft_wrap=True)
+        print_summary(summary, fits, console, interrupted)
+        if not interrupted:
+            kept = f"written: {command.out}" if command.out is not None else "no --out: the table of groups was not written (add e.g. --out fits.parquet)"
+            console.print(kept, highlight=False, markup=False)
     if interrupted:
         raise InterruptedFit(signals.exit_code, _interrupted_message(written, command.out))
 

@@ -152,9 +152,14 @@ def check_seed(seed: Any) -> None:
         raise OptionError(f"seed must be below 2**63, got {seed} — e.g. {seed % SEED_LIMIT}")
 
 
+#: names that results report but that are not choices, and what to choose instead
+_REPORTED_ONLY = {("solver", "batched"): " ('batched' is the fused Levenberg-Marquardt path that auto picks for group fits)"}
+
+
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        raise OptionError(f"unknown {name} '{value}' — choose one of {', '.join(allowed)}")
+        note = _REPORTED_ONLY.get((name, value), "") if isinstance(value, str) else ""
+        raise OptionError(f"unknown {name} '{value}'{note} — choose one of {', '.join(allowed)}")
 
 
 def resolve_device(device: str) -> str:

@@ -641,19 +641,39 @@ def _model(
     numeric = {k: v for k, v in (params or {}).items() if not isinstance(v, str)}
     roles = {group, y, sigma, *column_starts.values()}
     candidates = [c for c in columns if c not in roles and c not in as_parameters]
-    built = make_model(spec, candidates, _merge_overrides(numeric, bounds, fix), as_parameters)
+    named = {group: "the group key", y: "the target", sigma: "sigma", **{column: f"the starts of '{name}'" for name, column in column_starts.items()}}
+    try:
+        built = make_model(spec, candidates, _merge_overrides(numeric, bounds, fix), as_parameters)
+    except ModelError:
+        if isinstance(spec, str):  # e.g. its only input is the group key: say that, not "uses no data column"
+            _check_role_names(_formula_names(spec), named)
+        raise
     if not isinstance(built, ParametricModel):
         raise ModelError("group fits need a parametric model (a formula or a function) — not a network")
-    named = {group: "the group key", y: "the target", sigma: "sigma", **{column: f"the starts of '{name}'" for name, column in column_starts.items()}}
-    clash = next((name for name in built.param_names if name in named), None)
-    if clash is not None:
-        raise ModelError(f"'{clash}' is {named[clash]} column, so the model cannot use it — rename the column or the model's name")
+    _check_role_names(built.param_names, named)
     unknown = set(column_starts) - set(built.param_names)
     if unknown:
         raise ModelError(f"'{sorted(unknown)[0]}' is not a parameter of the model — its parameters are {', '.join(built.param_names)}")
     check_columns(columns, list(column_starts.values()))
     _check_result_names(group, built.param_names)
     return built, column_starts
+
+
+def _formula_names(text: str) -> tuple[str, ...]:
+    from gradfit.errors import FormulaError
+    from gradfit.model import parse_formula
+
+    try:
+        return tuple(parse_formula(text).names)
+    except FormulaError:
+        return ()  # a built-in model's name
+
+
+def _check_role_names(names: Sequence[str], named: Mapping[str | None, str]) -> None:
+    """A model's name may not be a column with another role (the group key, the target...)."""
+    clash = next((name for name in names if name in named), None)
+    if clash is not None:
+        raise ModelError(f"'{clash}' is {named[clash]} column, so the model cannot use it — rename the column or the model's name")
 
 
 def _check_result_names(group: str, param_names: Sequence[str]) -> None:
