@@ -9,6 +9,7 @@ answered the same way, in one line.
 from __future__ import annotations
 
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -51,8 +52,9 @@ def _guarded(action: Callable[[], Any]) -> Any:
     try:
         return action()
     except GradfitError as exc:
-        if _state["debug"]:
-            raise
+        if _state["debug"]:  # the traceback, and still the exit code of bad input
+            traceback.print_exc()
+            raise typer.Exit(EXIT_USAGE) from None
         errors.print(f"[bold red]{type(exc).__name__}[/]: {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_USAGE) from None
     except KeyboardInterrupt:
@@ -69,7 +71,7 @@ def _main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks f
 
 
 DataArg = Annotated[Path, _path_argument(help="Data file: CSV, TSV, Parquet or NDJSON.", show_default=False)]
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Formula, e.g. 'w*t_u + b'. Data columns are inputs, other names parameters.")]
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Formula, e.g. 'w*t_u + b' (data columns are inputs, other names parameters), or a named model: linear, poly:N, exp_decay(t), gaussian, mlp:H...")]
 YOpt = Annotated[str, typer.Option("--y", "-y", help="Target column.")]
 
 
@@ -237,6 +239,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         if type(exc).__name__ != "NoArgsIsHelpError":  # that one has already shown the help
             context = getattr(exc, "ctx", None)
             hint = f" — see '{context.command_path} --help'" if context is not None else ""
+            if getattr(exc, "option_name", None) == "--debug":  # an option of gradfit itself, not of the command
+                hint = " — --debug goes before the command: gradfit --debug fit ..."
             errors.print(f"[bold red]Error[/]: {escape(exc.format_message())}{escape(hint)}", highlight=False, soft_wrap=True)
     except typer.Abort:
         errors.print("Aborted!", highlight=False, soft_wrap=True)

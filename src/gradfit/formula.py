@@ -635,8 +635,8 @@ def _syntax_error(text: str, source: _Source, error: SyntaxError) -> FormulaErro
     if reserved is not None:  # e.g. a decay rate called lambda
         word = reserved.group()
         return FormulaError(
-            f"'{word}' is a reserved word (formulas follow Python's syntax), so it cannot name a parameter or "
-            f"column — rename it, e.g. '{word[:3]}' or '{word}_'",
+            f"'{word}' is a reserved word (formulas follow Python's syntax) and cannot name a parameter or "
+            f"column; rename it, e.g. '{word[:3]}' or '{word}_'",
             text,
             reserved.start(),
         )
