@@ -37,6 +37,7 @@ def test_a_grouped_parquet_file_streams_whole_groups(tmp_path, ragged):
     flat = [key for part in keys for key in part]
     assert flat == list(range(100, 60, -1))  # every group in exactly one batch, in file order
     assert pl.concat(batches).equals(ragged.select("sensor", "t", "y"))
+    assert len(keys[-1]) > 1  # the file's last group joins the last batch, not a batch of its own
 
 
 def test_streamed_fits_equal_fits_of_the_frame_in_memory(tmp_path, ragged):

@@ -212,10 +212,13 @@ def _parquet_source(path: Path, group: str) -> GroupSource | None:
 
 def _grouped_batches(path: Path | None, group: str, columns: list[str], rows: int) -> Iterator[pl.DataFrame]:
     """Batches of about ``rows`` rows holding whole groups: a batch's last group, which may go on
-    in the next batch, is held back and put in front of the next one."""
+    in the next batch, is held back and put in front of the next one. Each batch is yielded once
+    the next has been read, so that the file's last group joins the last batch instead of making
+    a batch (a chunk, a fit) of its own."""
     import polars as pl
 
     held: pl.DataFrame | None = None
+    ready: pl.DataFrame | None = None
     try:
         batches = _scan(path).select(columns).collect_batches(chunk_size=rows)
         for batch in batches:
@@ -224,13 +227,16 @@ def _grouped_batches(path: Path | None, group: str, columns: list[str], rows: in
             tail_start = batch.height - _run_length_at_end(batch[group])
             held = batch.slice(tail_start)
             if tail_start:
-                yield batch.slice(0, tail_start)
+                if ready is not None:
+                    yield ready
+                ready = batch.slice(0, tail_start)
     except DataError:
         raise
     except Exception as exc:  # noqa: BLE001
         raise DataError(f"cannot read {path}: {_first_line(exc)} — check that it is a Parquet file") from None
-    if held is not None and held.height:
-        yield held
+    last = [part for part in (ready, held) if part is not None and part.height]
+    if last:
+        yield pl.concat(last)
 
 
 def _run_length_at_end(keys: pl.Series) -> int:
