@@ -53,3 +53,8 @@ def test_the_report_counts_the_rows_that_nan_omit_left_out(thermometer):
     assert dropped.n_train == 9
     assert "data points  = 9 training, 0 validation; 2 rows left out (missing or non-finite values)" in str(dropped)
     assert "left out" not in str(gradfit.fit("w*t_u + b", {"t_u": t_u[:2]}, t_c[:2]))
+
+
+def test_an_infinite_standard_error_is_shown_not_left_out():
+    result = gradfit.fit("w*x + b", [1.0, 2.0], [2.0, 4.0])  # no degrees of freedom
+    assert "w          = 2 +/- inf  95% CI [-inf, inf]" in str(result)

@@ -99,6 +99,8 @@ def _parameter_line(p: ParameterEstimate, r: FitResult) -> str:
         text += f" +/- {format_number(p.stderr, 4)}"
         if p.value:  # a relative error of a value of 0 means nothing
             text += f" ({abs(p.stderr / p.value) * 100:.2f}%)"
+    elif p.stderr is not None:  # inf (not determined) or nan, as the table of the CLI shows it
+        text += f" +/- {format_number(p.stderr, 4)}"
     if p.ci_low is not None and p.ci_high is not None:
         level = r.settings.get("confidence", 0.95)
         text += f"  {format_percent(level)} CI [{format_number(p.ci_low, 6)}, {format_number(p.ci_high, 6)}]"
