@@ -57,3 +57,13 @@ def test_a_descent_that_ends_on_a_bound_is_not_called_unfinished(thermometer):
     reference = gradfit.fit("w*t_u + b", {"t_u": t_u}, t_c, bounds="b>=-5", solver="lm")
     assert bounded.train_loss == pytest.approx(reference.train_loss, rel=1e-9)  # the bounded minimum
     assert not [w for w in bounded.warnings if "Gauss-Newton" in w]
+
+
+def test_a_networks_result_reports_r_squared_and_rms_error_of_its_training_points():
+    x = np.linspace(0.0, 1.0, 40)
+    y = np.sin(6 * x) + 0.05 * np.cos(40 * x)
+    result = gradfit.fit("mlp:6", x, y, epochs=150, seed=3)
+    residuals = result.predict(x) - y
+    assert result.statistics["r2"] == pytest.approx(1.0 - np.sum(residuals**2) / np.sum((y - y.mean()) ** 2), rel=1e-9)
+    assert result.statistics["rmse"] == pytest.approx(np.sqrt(np.mean(residuals**2)), rel=1e-9)
+    assert result.statistics["n_points"] == 40

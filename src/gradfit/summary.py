@@ -47,7 +47,8 @@ def summarize(problem: Problem, outcome: SolveOutcome, options: FitOptions) -> S
 
 
 def _module_summary(problem: Problem, outcome: SolveOutcome) -> Summary:
-    """A network's losses and predictor (no parameter statistics)."""
+    """A network's losses, R² and RMS error on the training points, and predictor (no parameter
+    statistics: a network's weights have no standard errors worth reporting)."""
     import torch
 
     tensors = problem.on_torch()
@@ -55,9 +56,23 @@ def _module_summary(problem: Problem, outcome: SolveOutcome) -> Summary:
     predict = outcome.predict
     assert predict is not None
     with torch.no_grad():
-        train_loss = float(loss_fn(tensors.train.residuals(predict(tensors.train.inputs))))
+        residuals = tensors.train.residuals(predict(tensors.train.inputs))
+        train_loss = float(loss_fn(residuals))
         val_loss = None if tensors.val is None else float(loss_fn(tensors.val.residuals(predict(tensors.val.inputs))))
-    return Summary((), None, {}, train_loss, val_loss, _loss_warnings(problem), _torch_predictor(tensors, predict))
+    statistics = _fit_quality(residuals.detach().to("cpu", torch.float64).numpy().reshape(-1), problem.train)
+    return Summary((), None, statistics, train_loss, val_loss, _loss_warnings(problem), _torch_predictor(tensors, predict))
+
+
+def _fit_quality(residuals: np.ndarray, train: Split) -> dict[str, float]:
+    """``r2`` (about the ``1/σ²``-weighted mean, as for parametric fits), ``rmse`` (of the unweighted
+    residuals) and ``n_points`` of a fit's weighted training ``residuals``."""
+    y = np.asarray(train.y, dtype=np.float64).reshape(-1)
+    weights = None if train.weights is None else np.asarray(train.weights, dtype=np.float64).reshape(-1)
+    raw = residuals if weights is None else residuals / weights
+    with np.errstate(all="ignore"):
+        r2 = float(stats.r_squared(residuals, y, weights))
+        rmse = float(np.sqrt(np.mean(raw**2)))
+    return {"r2": r2, "rmse": rmse, "n_points": float(y.size)}
 
 
 def _loss_warnings(problem: Problem) -> tuple[str, ...]:
