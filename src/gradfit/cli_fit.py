@@ -521,6 +521,8 @@ def _print_result(result: Any) -> None:
     console = Console()
     if result.parameters:
         print_table(console, result_table(result))
+    else:  # a network: its weights are no table of estimates
+        console.print(f"{_escape(result.y_name)} = {_escape(result.model)}", highlight=False, soft_wrap=True)
     lines = [
         ("train loss", f"{format_number(result.train_loss)} ({loss_label(result)}, {result.n_train} points{dropped_note(result)})"),
         ("validation loss", "-" if result.val_loss is None else f"{format_number(result.val_loss)} ({result.n_val} points)"),
