@@ -82,3 +82,16 @@ def test_an_unreadable_file_is_reported_by_gradfit(thermometer_csv, tmp_path, ar
     run = subprocess.run([*prefix, sys.executable, "-m", "gradfit.cli", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 2, run
     assert run.stderr.splitlines() == [run.stderr.strip()] and message in run.stderr, run.stderr
+
+
+def test_repeated_init_bounds_and_fix_options_add_up(tmp_path):
+    (tmp_path / "data.csv").write_text("y,x\n" + "\n".join(f"{2.0 * x + 1.0 + 0.01 * (-1) ** x},{x}" for x in range(8)) + "\n")
+    base = [sys.executable, "-m", "gradfit.cli", "fit", "data.csv", "--model", "w*x + b + c*x**2", "--y", "y", "-q", "--out"]
+    run = subprocess.run([*base, "r.json", "--init", "w=1", "--init", "b=0", "--fix", "c=0", "--bounds", "w>0", "--bounds", "b<5"],
+                         cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    record = json.loads((tmp_path / "r.json").read_text())
+    by_name = {p["name"]: p for p in record["parameters"]}
+    assert by_name["c"]["fixed"] and by_name["w"]["lower"] == 0 and by_name["b"]["upper"] == 5
+    twice = subprocess.run([*base, "s.json", "--init", "w=1", "--init", "w=2"], cwd=tmp_path, capture_output=True, text=True)
+    assert twice.returncode == 2 and "--init gives 'w' twice" in twice.stderr

@@ -81,10 +81,10 @@ def fit(
     model: ModelOpt,
     y: YOpt,
     sigma: Annotated[Optional[str], typer.Option(help="Column of standard deviations of y (weighted fit).")] = None,
-    init: Annotated[str, typer.Option(help="Starting values, e.g. 'w=1,b=0'; with --group-by also k=COLUMN (each group starts from its first value there).")] = "",
+    init: Annotated[Optional[list[str]], typer.Option(help="Starting values, e.g. 'w=1,b=0' (may be repeated); with --group-by also k=COLUMN (each group starts from its first value there).", show_default=False)] = None,
     params: Annotated[str, typer.Option("--params", help="Names to treat as parameters even if a column has that name, e.g. 'w,b'.")] = "",
-    bounds: Annotated[str, typer.Option(help="Parameter bounds, e.g. 'b>=0, 0<k<10'.")] = "",
-    fix: Annotated[str, typer.Option(help="Hold parameters at values, e.g. 'w=1'.")] = "",
+    bounds: Annotated[Optional[list[str]], typer.Option(help="Parameter bounds, e.g. 'b>=0, 0<k<10' (may be repeated).", show_default=False)] = None,
+    fix: Annotated[Optional[list[str]], typer.Option(help="Hold parameters at values, e.g. 'w=1' (may be repeated).", show_default=False)] = None,
     starts: Annotated[int, typer.Option(help="Least squares: solve from this many starting points at once, keep the best.")] = 1,
     solver: Annotated[str, typer.Option(help="auto | linear | lm | gn | gradient (lm with --loss mae: the exact least-absolute-deviations fit).")] = "auto",
     optimizer: Annotated[Optional[str], typer.Option(help="Any torch.optim optimizer: sgd, adam, adamw, rmsprop, adagrad, lbfgs, ...")] = None,
@@ -123,6 +123,8 @@ def fit(
     arguments = dict(locals())  # first statement: only the command's parameters are local yet
     from gradfit.cli_fit import FitCommand
 
+    for name in ("init", "bounds", "fix"):  # repeated options add up (a name given twice is refused)
+        arguments[name] = ",".join(arguments[name] or ())
     command = FitCommand(**arguments)
     _guarded(command.run)
 
