@@ -688,3 +688,12 @@ def test_a_misspelt_option_is_named_with_the_likely_one() -> None:
         gradfit.fit("w*x + b", [1.0, 2.0, 3.0], [2.0, 4.0, 6.1], optimiser="sgd")
     with pytest.raises(OptionError, match=r"no option 'bound' — did you mean 'bounds'\?"):
         gradfit.fit("w*x + b", [1.0, 2.0, 3.0], [2.0, 4.0, 6.1], bound={"w": (0, 1)})
+
+
+def test_bounds_take_none_for_no_bound_and_refuse_anything_but_a_pair() -> None:
+    x, y = [0.0, 1.0, 2.0, 3.0, 4.0], [1.0, 2.1, 2.9, 4.2, 5.0]
+    one_sided = gradfit.fit("a*x + c", x, y, bounds={"c": (0, None)})
+    assert one_sided.parameters[1].lower == 0 and one_sided.parameters[1].upper == np.inf
+    for bad in ({"c": 0.5}, {"c": (0.5,)}, {"c": ("x", 1)}):
+        with pytest.raises(OptionError, match=r"bounds of 'c' must be a \(lower, upper\) pair"):
+            gradfit.fit("a*x + c", x, y, bounds=bad)

@@ -168,3 +168,9 @@ def test_a_network_with_several_outputs_or_forward_arguments_is_a_model_error():
 def test_a_start_for_the_constant_e_says_that_e_is_a_constant() -> None:
     with pytest.raises(ModelError, match=r"'e' in a formula is the constant 2.71828: call the parameter otherwise, e.g. 'e0'"):
         gradfit.fit("a*exp(-k*x) + e", [0.0, 1.0, 2.0, 3.0], [3.0, 2.0, 1.5, 1.2], params={"e": 1.0})
+
+
+def test_a_parameter_bound_of_none_is_no_bound_and_a_word_is_refused() -> None:
+    assert Parameter("c", 0.0, lower=None, upper=None) == Parameter("c", 0.0)
+    with pytest.raises(ModelError, match="parameter 'c' has lower bound 'low' — give a number, or None for no bound"):
+        Parameter("c", lower="low")  # type: ignore[arg-type]

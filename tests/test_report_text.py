@@ -58,3 +58,12 @@ def test_the_report_counts_the_rows_that_nan_omit_left_out(thermometer):
 def test_an_infinite_standard_error_is_shown_not_left_out():
     result = gradfit.fit("w*x + b", [1.0, 2.0], [2.0, 4.0])  # no degrees of freedom
     assert "w          = 2 +/- inf  95% CI [-inf, inf]" in str(result)
+
+
+def test_a_huge_relative_error_is_written_in_scientific_notation():
+    from gradfit.result import ParameterEstimate
+    from gradfit.report_text import _parameter_line
+
+    result = gradfit.fit("w*x + b", [1.0, 2.0, 3.0], [2.0, 4.1, 5.9])
+    line = _parameter_line(ParameterEstimate("a", 1.0, stderr=8.364e99), result)
+    assert line.endswith("(8.36e+101%)")

@@ -9,6 +9,7 @@ import contextlib
 import dataclasses
 import difflib
 import functools
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -141,12 +142,27 @@ def _merge_overrides(
     from gradfit.model import overrides_from, parameter_overrides, parse_bounds
 
     merged = overrides_from(params) if params else {}  # a start in params of a parameter fix holds: fix wins
-    limits = parse_bounds(bounds) if isinstance(bounds, str) else {
-        name: {"lower": float(low), "upper": float(high)} for name, (low, high) in (bounds or {}).items()
-    }
+    limits = parse_bounds(bounds) if isinstance(bounds, str) else _bound_pairs(bounds or {})
     for name, fields in parameter_overrides(None, limits, fix).items():
         merged.setdefault(name, {}).update(fields)
     return merged
+
+
+def _bound_pairs(bounds: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    """``{"k": (0, 10)}`` as Parameter fields; None on either side is no bound."""
+    limits = {}
+    for name, pair in bounds.items():
+        try:
+            low, high = pair
+            limits[name] = {
+                "lower": -math.inf if low is None else float(low),
+                "upper": math.inf if high is None else float(high),
+            }
+        except (TypeError, ValueError):
+            raise OptionError(
+                f"bounds of '{name}' must be a (lower, upper) pair, got {pair!r} — use None for no bound, e.g. bounds={{'{name}': (0, None)}}"
+            ) from None
+    return limits
 
 
 def prepare(

@@ -50,7 +50,7 @@ __all__ = ["GroupFitResult", "GroupFits", "GroupSummary", "fit_groups", "iter_gr
 
 #: upper limit of groups per chunk on a CPU: each operation's fixed cost is shared by more fits up
 #: to about this size (K = 100,000 decays, 2 threads: 0.97 M fits/s in chunks of 12,500, 1.31 M in
-#: chunks of 25,000, 1.30 M in 50,000 with more memory), and larger tensors stop paying off (MEASURED.md)
+#: chunks of 25,000, 1.30 M in 50,000 with more memory), and larger tensors stop paying off (benchmarks/batched.py)
 MAX_CHUNK = 32_768
 #: fewest groups worth a chunk (and a core) of their own: smaller chunks cost more in per-operation
 #: overhead than a second thread gains (10,000 groups, 2 threads, one chunk or two: decay 0.60 or
@@ -554,7 +554,7 @@ class _ChunkWorkers:
     """Fits chunks in order; on a CPU with several torch threads, chunks run side by side.
 
     Torch's own intra-op threads are no use on these operations (each touches one chunk's small
-    arrays; on a busy machine two threads made them 10-30 times slower, see MEASURED.md), so
+    arrays; on a busy machine two threads made them 10-30 times slower), so
     every operation runs single-threaded. Instead, each of ``torch.get_num_threads()`` Python
     threads fits whole chunks (torch releases the GIL inside each operation). Chunks are
     independent and every fit's numbers are independent of its neighbours, so the results do not

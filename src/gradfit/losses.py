@@ -18,7 +18,7 @@ import numpy as np
 
 from gradfit.errors import OptionError
 
-__all__ = ["LOSSES", "LEAST_SQUARES_LOSSES", "get_loss", "pointwise_loss", "check_loss"]
+__all__ = ["LOSSES", "LEAST_SQUARES_LOSSES", "get_loss", "pointwise_loss", "check_loss", "robust_rho"]
 
 LEAST_SQUARES_LOSSES = ("mse", "soft_l1", "huber", "cauchy")
 LOSSES = (*LEAST_SQUARES_LOSSES, "mae")
@@ -53,6 +53,29 @@ def _rho(name: str, z: Any) -> Any:
     if name == "cauchy":
         return xp.log1p(z)
     return z
+
+
+def robust_rho(loss: str, z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``ρ(z)``, ``ρ'(z)``, ``ρ''(z)`` of a least-squares loss at ``z = (r / s)²``, on numpy arrays
+    (scipy's names and definitions: ``linear``, ``huber``, ``soft_l1``, ``cauchy``), for the
+    least-squares solvers' rescaled systems and robust variances; :func:`_rho` is ``ρ`` for
+    gradient descent, on tensors too."""
+    if loss == "huber":
+        inside = z <= 1.0
+        root = np.sqrt(np.where(inside, 1.0, z))
+        return (
+            np.where(inside, z, 2.0 * root - 1.0),
+            np.where(inside, 1.0, 1.0 / root),
+            np.where(inside, 0.0, -0.5 / root**3),
+        )
+    if loss == "soft_l1":
+        t = 1.0 + z
+        root = np.sqrt(t)
+        return 2.0 * (root - 1.0), 1.0 / root, -0.5 / (t * root)
+    if loss == "cauchy":
+        t = 1.0 + z
+        return np.log1p(z), 1.0 / t, -1.0 / (t * t)
+    return z, np.ones_like(z), np.zeros_like(z)
 
 
 def get_loss(name: str = "mse", scale: float = 1.0) -> Callable[[Any], Any]:

@@ -58,7 +58,7 @@ class Parameter:
     init
         Starting value; ``None`` lets gradfit choose (1.0 unless a guess is available).
     lower, upper
-        Bounds; infinite when unbounded.
+        Bounds; infinite (or None) when unbounded.
     fixed
         Keep the parameter at ``init`` instead of estimating it.
     """
@@ -70,6 +70,15 @@ class Parameter:
     fixed: bool = False
 
     def __post_init__(self) -> None:
+        for side, unbounded in (("lower", -math.inf), ("upper", math.inf)):
+            value = getattr(self, side)
+            if value is None:
+                object.__setattr__(self, side, unbounded)
+            elif not isinstance(value, (int, float)) or isinstance(value, bool):
+                try:
+                    object.__setattr__(self, side, float(value))
+                except (TypeError, ValueError):
+                    raise ModelError(f"parameter '{self.name}' has {side} bound {value!r} — give a number, or None for no bound") from None
         if not self.lower <= self.upper:
             raise ModelError(
                 f"parameter '{self.name}' has lower bound {self.lower} above upper bound "

@@ -21,7 +21,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from gradfit.report_text import format_number, format_percent, loss_label
+from gradfit.report_text import (
+    format_number,
+    format_percent,
+    loss_label,
+    relative_error,
+)
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -205,15 +210,13 @@ def parameter_table(
 
 
 def _parameter_cells(p: ParameterEstimate) -> list[Cell]:
-    relative = None
-    if p.stderr is not None and math.isfinite(p.stderr) and p.value:
-        relative = abs(p.stderr / p.value) * 100.0
+    relative = relative_error(p)
     notes = [text for flag, text in ((p.fixed, "fixed"), (p.at_bound, "at bound")) if flag]
     return [
         text_cell(p.name),
         number_cell(p.value, 10, "value"),
         number_cell(p.stderr, 4, "stderr"),
-        Cell("-" if relative is None else f"{relative:.2f}%", None, "num", "relative"),
+        Cell("-" if relative is None else relative, None, "num", "relative"),
         number_cell(p.ci_low, 6, "ci_low"),
         number_cell(p.ci_high, 6, "ci_high"),
         text_cell(", ".join(notes), "flag" if notes else "", "note"),

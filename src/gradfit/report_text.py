@@ -33,6 +33,15 @@ def format_number(value: float | None, digits: int = 7) -> str:
     return f"{value:.{digits}g}"
 
 
+def relative_error(p: ParameterEstimate) -> str | None:
+    """A parameter's standard error relative to its value, ``"2.34%"`` (``"8.36e+101%"`` when huge);
+    None without a finite standard error, or for a value of 0, where it means nothing."""
+    if p.stderr is None or not math.isfinite(p.stderr) or not p.value:
+        return None
+    percent = abs(p.stderr / p.value) * 100.0
+    return f"{percent:.2f}%" if percent < 1e4 else f"{percent:.3g}%"
+
+
 def format_percent(level: float) -> str:
     """A confidence level as a percentage with the digits it needs: ``95%``, ``99.99%``, ``68.27%``."""
     return f"{100.0 * level:.4g}%"
@@ -97,8 +106,9 @@ def _parameter_line(p: ParameterEstimate, r: FitResult) -> str:
         return text + " (fixed)"
     if p.stderr is not None and math.isfinite(p.stderr):
         text += f" +/- {format_number(p.stderr, 4)}"
-        if p.value:  # a relative error of a value of 0 means nothing
-            text += f" ({abs(p.stderr / p.value) * 100:.2f}%)"
+        relative = relative_error(p)
+        if relative is not None:
+            text += f" ({relative})"
     elif p.stderr is not None:  # inf (not determined) or nan, as the table of the CLI shows it
         text += f" +/- {format_number(p.stderr, 4)}"
     if p.ci_low is not None and p.ci_high is not None:

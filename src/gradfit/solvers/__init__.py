@@ -1,7 +1,9 @@
-"""Solvers: one protocol (:mod:`gradfit.solvers.base`), two families, and the automatic choice.
+"""Solvers: one protocol (:mod:`gradfit.solvers.base`), the registry of solver families, and the
+automatic choice.
 
 Add a solver by writing ``solve_x(problem, options) -> SolveOutcome`` and registering it in
-:data:`SOLVERS`; :func:`choose_solver` decides when ``solver="auto"`` picks it.
+:data:`SOLVER_FAMILIES` (and its name in :data:`gradfit.config.SOLVER_NAMES`);
+:func:`choose_solver` decides when ``solver="auto"`` picks it.
 """
 
 from __future__ import annotations

@@ -87,6 +87,7 @@ from typing import Any, Literal
 import numpy as np
 
 from gradfit.errors import ModelError, OptionError
+from gradfit.losses import robust_rho
 from gradfit.stats import as_array, column_norms, identifiable, scaled_svd
 
 __all__ = [
@@ -331,26 +332,6 @@ def _columns_one_by_one(g: Tensor, u: Tensor, p: int) -> Tensor:
 
 
 # ------------------------------------------------------------------------------- robust losses
-
-
-def robust_rho(loss: str, z: Array) -> tuple[Array, Array, Array]:
-    """``ρ(z)``, ``ρ'(z)``, ``ρ''(z)`` of a loss at ``z = (r / s)²`` (scipy's definitions)."""
-    if loss == "huber":
-        inside = z <= 1.0
-        root = np.sqrt(np.where(inside, 1.0, z))
-        return (
-            np.where(inside, z, 2.0 * root - 1.0),
-            np.where(inside, 1.0, 1.0 / root),
-            np.where(inside, 0.0, -0.5 / root**3),
-        )
-    if loss == "soft_l1":
-        t = 1.0 + z
-        root = np.sqrt(t)
-        return 2.0 * (root - 1.0), 1.0 / root, -0.5 / (t * root)
-    if loss == "cauchy":
-        t = 1.0 + z
-        return np.log1p(z), 1.0 / t, -1.0 / (t * t)
-    return z, np.ones_like(z), np.zeros_like(z)
 
 
 def robust_cost(loss: str, residuals: Array, f_scale: float) -> Array:
