@@ -697,3 +697,15 @@ def test_bounds_take_none_for_no_bound_and_refuse_anything_but_a_pair() -> None:
     for bad in ({"c": 0.5}, {"c": (0.5,)}, {"c": ("x", 1)}):
         with pytest.raises(OptionError, match=r"bounds of 'c' must be a \(lower, upper\) pair"):
             gradfit.fit("a*x + c", x, y, bounds=bad)
+
+
+@pytest.mark.parametrize("model", ["a*exp(-k*x)", "a*x + b"])
+def test_targets_too_small_to_square_are_refused_with_the_rescaling(model: str) -> None:
+    x = np.linspace(0.0, 10.0, 30)
+    y = 1e-200 * (3.0 * np.exp(-0.4 * x) + 0.01 * np.cos(7 * x))  # squares 1e-400: below double precision
+    with pytest.raises(DataError, match=r"target values are at most 3.01e-200 in magnitude: their squares underflow .* fit y·1e\+200"):
+        gradfit.fit(model, x, y)
+    scaled = gradfit.fit(model, x, y * 1e200)  # ...and what the message says to do works
+    assert scaled.success
+    fine = gradfit.fit(model, x, y * 1e100)  # 1e-100: squares of 1e-200 are still normal numbers
+    np.testing.assert_allclose(fine.values[0] * 1e100, scaled.values[0], rtol=1e-6)

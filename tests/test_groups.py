@@ -825,3 +825,12 @@ def test_a_group_whose_data_do_not_determine_a_parameter_says_so(fleet, solver):
 def test_a_formula_whose_only_input_is_the_group_key_is_told_so(fleet):
     with pytest.raises(ModelError, match="'t' is the group key column, so the model cannot use it"):
         fit_groups(DECAY, fleet, group="t", y="y", params=START)
+
+
+def test_a_group_whose_targets_are_too_small_to_square_is_not_fitted_and_the_others_are(fleet):
+    tiny = fleet.with_columns(pl.when(pl.col("sensor") == 4).then(pl.col("y") * 1e-200).otherwise(pl.col("y")).alias("y"))
+    table = fit_groups(DECAY, tiny, group="sensor", y="y", params=START).table
+    row = table.filter(pl.col("sensor") == 4)
+    assert row["status"][0] == "bad_data" and "squares underflow" in row["message"][0]
+    expected = fit_groups(DECAY, fleet, group="sensor", y="y", params=START).table.filter(pl.col("sensor") != 4)
+    np.testing.assert_array_equal(table.filter(pl.col("sensor") != 4)["k"].to_numpy(), expected["k"].to_numpy())

@@ -37,6 +37,7 @@ __all__ = [
     "holdout_split",
     "kfold_indices",
     "check_enough_rows",
+    "check_squares_representable",
     "numeric_column",
     "TABLE_SUFFIXES",
 ]
@@ -1060,4 +1061,31 @@ def check_enough_rows(n_rows: int, n_params: int, where: str = "training") -> No
         raise DataError(
             f"only {n_rows} {where} row{'s' if n_rows != 1 else ''} for {n_params} parameter{'s' if n_params != 1 else ''} — add data, use a smaller "
             "validation fraction, fix some parameters or use a simpler model"
+        )
+
+
+#: weighted targets below this in magnitude have squares that underflow (float64's smallest normal
+#: number is 2.2e-308): the sum of squares is 0 near any fit, and the solver could not compare two
+SQUARES_UNDERFLOW = 1e-150
+
+
+def check_squares_representable(y: np.ndarray, sigma: np.ndarray | None = None) -> None:
+    """Refuse targets (divided by ``sigma``) too small for their squares: every residual of a good
+    fit is smaller still, and a fit's sum of squares, its covariance and standard errors would
+    underflow to 0.
+
+    Raises
+    ------
+    DataError
+        If the largest weighted target is nonzero and below :data:`SQUARES_UNDERFLOW` in magnitude.
+    """
+    with np.errstate(all="ignore"):
+        weighted = np.abs(y if sigma is None else y / sigma)
+        largest = float(np.max(weighted)) if weighted.size else 0.0
+    if 0.0 < largest < SQUARES_UNDERFLOW:
+        factor = 10.0 ** -math.floor(math.log10(largest))
+        raise DataError(
+            f"the {'weighted ' if sigma is not None else ''}target values are at most {largest:.3g} in magnitude: their squares "
+            f"underflow in double precision, so least squares cannot compare fits — rescale y (e.g. fit y·{factor:.0e}) "
+            "and scale the fitted amplitudes back"
         )

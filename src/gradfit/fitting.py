@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from gradfit.config import FitOptions
-from gradfit.data import Dataset, as_dataset, check_enough_rows, holdout_split
+from gradfit.data import Dataset, as_dataset, check_enough_rows, check_squares_representable, holdout_split
 from gradfit.errors import ModelError, OptionError
 from gradfit.model import CallableModel, FormulaModel, ModuleModel, Parameter, ParametricModel, make_model
 from gradfit.objective import Split
@@ -261,6 +261,7 @@ def fit_dataset(
         model = model.with_initial_guess(train_set)
     if isinstance(model, ParametricModel):
         check_enough_rows(train_set.n_rows, sum(not p.fixed for p in model.parameters))
+        check_squares_representable(train_set.y, train_set.sigma)
     problem = _problem(model, train_set, val_set, options)
     name, reason = choose_solver(model, options, problem.bounded)
     if not shared:

@@ -181,12 +181,16 @@ def fit_chunk(plan: ChunkPlan, columns: Mapping[str, np.ndarray], index: GroupIn
     packed = pack({name: columns[name] for name in points}, index, part)  # start columns: first values only
     used = [packed.columns[n] for n in points]
     finite = finite_groups(used, packed.mask) & _positive_sigma(packed, plan.sigma)
+    tiny = finite & _tiny_targets(packed, plan)
+    finite &= ~tiny
     theta0 = _starting_values(plan, columns, index, part, packed, finite)
     n_free = sum(not p.fixed for p in model.parameters)
     chunk = _tensors(plan, packed, bool(finite.all()), index.keys[part])
     enough = chunk.fit_mask.sum(-1).cpu().numpy() >= n_free
     ok = finite & enough
     rows = _empty_rows(model, finite, enough, held_out=finite & ~enough & (packed.counts >= n_free))
+    if tiny.any():
+        rows["message"].put(tiny, _TINY_TARGETS)
     if ok.all():
         _solve(plan, chunk, theta0, rows, np.arange(len(ok)))
     elif ok.any():
@@ -230,6 +234,24 @@ def _flag_bounds(model: ParametricModel, rows: Rows) -> None:
     patterns, codes = np.unique(flags, axis=0, return_inverse=True)
     texts = [",".join(p.name for p, on in zip(params, pattern) if on) for pattern in patterns]
     rows["at_bound"].put_coded(slice(None), codes.reshape(-1), texts)
+
+
+#: the message of a group whose (weighted) targets are too small to square (:func:`gradfit.data.check_squares_representable`)
+_TINY_TARGETS = (
+    "not fitted: the group's (weighted) target values are below 1e-150 in magnitude, so their squares underflow "
+    "in double precision — rescale y"
+)
+
+
+def _tiny_targets(packed: PackedGroups, plan: ChunkPlan) -> np.ndarray:
+    """Groups whose largest weighted target is nonzero and too small to square, as a single fit refuses."""
+    from gradfit.data import SQUARES_UNDERFLOW
+
+    y = packed.columns[plan.y]
+    with np.errstate(all="ignore"):
+        weighted = np.abs(y if plan.sigma is None else y / packed.columns[plan.sigma]) * (packed.mask > 0)
+        largest = np.nan_to_num(weighted).max(axis=1)
+    return (largest > 0) & (largest < SQUARES_UNDERFLOW)
 
 
 def _usable_sigma(sigma: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -56,6 +56,7 @@ LAD_SCALES = tuple(10.0**-k for k in range(13))
 def _solve(problem: Problem, options: FitOptions, method: str) -> SolveOutcome:
     from gradfit.losses import SOLVER_LOSS
 
+
     starts = starting_points(problem.theta0, problem.free, options.starts, options.seed)
     if problem.loss == "mae":
         return _least_absolute_deviations(problem, options, method, starts)
