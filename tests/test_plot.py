@@ -27,3 +27,28 @@ def test_the_legend_searches_for_the_best_place_only_among_few_points(n, locatio
     import matplotlib.pyplot as plt
 
     plt.close(fig)
+
+
+@pytest.mark.parametrize("weighted", [True, False])
+def test_a_weighted_fit_draws_its_points_with_sigma_error_bars(weighted):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.container import ErrorbarContainer
+
+    from gradfit.plot import draw_fit, figure
+
+    x = np.linspace(0.0, 5.0, 25)
+    sigma = 0.05 + 0.05 * x
+    y = 2.0 * np.exp(-0.6 * x) + 0.3 + sigma * np.cos(9 * x)
+    result = gradfit.fit("a*exp(-k*x) + c", {"x": x}, y, sigma=sigma if weighted else None)
+    fig, (ax,) = figure()
+    draw_fit(ax, result, as_dataset({"x": x}, y, sigma=sigma if weighted else None))
+    bars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    if weighted:
+        segments = bars[0].lines[2][0].get_segments()
+        np.testing.assert_allclose([s[1, 1] - s[0, 1] for s in segments], 2 * sigma)  # ±σ about each point
+    else:
+        assert not bars
+    plt.close(fig)

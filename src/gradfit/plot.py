@@ -99,9 +99,9 @@ def _draw_curve(
     low, high = min(p.min() for p in points), max(p.max() for p in points)
     pad = 0.05 * (high - low or 1.0)
     grid = np.linspace(low - pad, high + pad, 300)
-    ax.scatter(train.inputs[name], train.y, s=22, color=TRAIN_COLOR, label="training data", zorder=3)
+    _draw_points(ax, train.inputs[name], train, "o", TRAIN_COLOR, "training data")
     if val is not None:
-        ax.scatter(val.inputs[name], val.y, s=26, marker="s", color=VAL_COLOR, label="validation data", zorder=3)
+        _draw_points(ax, val.inputs[name], val, "s", VAL_COLOR, "validation data")
     bands = prediction_bands(result, {name: grid}) if show_bands else None
     if bands is not None:
         draw_bands(ax, grid, bands, color, float(result.settings.get("confidence", 0.95)))
@@ -109,6 +109,19 @@ def _draw_curve(
     ax.set_xlabel(mathtext_safe(name))
     ax.set_ylabel(mathtext_safe(result.y_name))
     _legend(ax, sum(p.size for p in points))
+
+
+#: above this many points, a weighted fit's points get no error bars (they would hide the curve)
+ERROR_BAR_POINTS = 2_000
+
+
+def _draw_points(ax: Axes, x: np.ndarray, part: Dataset, marker: str, color: str, label: str) -> None:
+    """A part's points; with sigma (and not too many points), their ±σ error bars."""
+    if part.sigma is not None and part.n_rows <= ERROR_BAR_POINTS:
+        ax.errorbar(x, part.y, yerr=part.sigma, fmt=marker, ms=4.5, color=color, ecolor=color, elinewidth=0.8,
+                    capsize=2, alpha=0.9, label=f"{label} ± σ", zorder=3)
+    else:
+        ax.scatter(x, part.y, s=22 if marker == "o" else 26, marker=marker, color=color, label=label, zorder=3)
 
 
 def draw_bands(ax: Axes, grid: np.ndarray, bands: tuple[np.ndarray, np.ndarray, np.ndarray], color: str, level: float) -> None:
