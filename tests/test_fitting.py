@@ -709,3 +709,14 @@ def test_targets_too_small_to_square_are_refused_with_the_rescaling(model: str) 
     assert scaled.success
     fine = gradfit.fit(model, x, y * 1e100)  # 1e-100: squares of 1e-200 are still normal numbers
     np.testing.assert_allclose(fine.values[0] * 1e100, scaled.values[0], rtol=1e-6)
+
+
+def test_float32_warns_when_rounding_moves_a_column_by_a_visible_part_of_its_range() -> None:
+    t = 1.7e9 + np.linspace(0.0, 1000.0, 50)  # a timestamp: float32 keeps 7 digits
+    y = 0.5 * (t - 1.7e9) + np.cos(t)
+    rounded = gradfit.fit("w*(t - t0) + b", {"t": t}, y, fix={"t0": 1.7e9}, dtype="float32")
+    assert any(w.startswith("'t' loses digits in float32") and "t - 1700000500" in w for w in rounded.warnings)
+    exact = gradfit.fit("w*(t - t0) + b", {"t": t}, y, fix={"t0": 1.7e9})
+    assert not any("float32" in w for w in exact.warnings)
+    small = gradfit.fit("w*t + b", {"t": t - 1.7e9}, y, dtype="float32")
+    assert not any("float32" in w for w in small.warnings)

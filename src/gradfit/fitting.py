@@ -415,13 +415,35 @@ def _setting_warnings(model: Any, options: FitOptions, dataset: Dataset) -> tupl
     if not isinstance(model, ParametricModel):
         return ()
     unit = (UNIT_SIGMA_WARNING,) if options.absolute_sigma and dataset.sigma is None else ()
+    rounded = _float32_warnings(dataset) if options.dtype == "float32" else ()
     moved = tuple(
         f"the starting value of {p.name}, {p.init:g}, is outside its bounds [{p.lower:g}, {p.upper:g}]: "
         f"the fit started from {p.start:g}"
         for p in model.parameters
         if not p.fixed and p.init is not None and not p.lower <= p.init <= p.upper
     )
-    return unit + moved
+    return unit + rounded + moved
+
+
+#: float32 rounding of a column above this fraction of its range is worth a warning
+FLOAT32_ROUNDING = 1e-4
+
+
+def _float32_warnings(dataset: Dataset) -> tuple[str, ...]:
+    """Columns that float32 rounds by a visible fraction of their range (timestamps, offsets)."""
+    out = []
+    for name, values in {**dataset.inputs, dataset.y_name: dataset.y}.items():
+        column = np.asarray(values, dtype=np.float64)
+        spread = float(np.ptp(column)) if column.size else 0.0
+        with np.errstate(all="ignore"):
+            lost = float(np.max(np.abs(column - column.astype(np.float32)))) if column.size else 0.0
+        if spread > 0 and lost > FLOAT32_ROUNDING * spread:
+            centre = 0.5 * (float(column.min()) + float(column.max()))
+            out.append(
+                f"'{name}' loses digits in float32: rounding moves it by up to {lost:.3g}, {lost / spread:.2%} of its range — "
+                f"fit in float64 (the default), or subtract an offset (e.g. use {name} - {centre:.10g})"
+            )
+    return tuple(out)
 
 
 def _kind(model: Any) -> str:
