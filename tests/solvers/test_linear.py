@@ -90,3 +90,12 @@ def test_a_singular_design_names_the_parameters_the_data_cannot_tell_apart(formu
     with pytest.raises(gradfit.errors.FitError, match=f"design matrix is singular: {named} be told apart .* fix one of them"):
         gradfit.fit(formula, {"x": x}, 3.0 * x + 1.0, **options)
     assert gradfit.fit("a*x + b*x + c", {"x": x}, 3.0 * x + 1.0, fix={"b": 1.0}).values[0] == pytest.approx(2.0, rel=1e-12)
+
+
+def test_a_float32_design_made_singular_by_rounding_says_that_float64_may_mend_it():
+    from gradfit.errors import FitError
+
+    t = 1.7e9 + np.linspace(0.0, 1000.0, 50)
+    with pytest.raises(FitError, match=r"cannot be told apart .* \(in float32 the data may only look so after rounding: fit in float64"):
+        gradfit.fit("w*t + b", {"t": t}, 0.5 * (t - 1.7e9), dtype="float32")
+    assert gradfit.fit("w*t + b", {"t": t}, 0.5 * (t - 1.7e9)).success

@@ -138,6 +138,14 @@ def _solve_free(problem: Problem, a: np.ndarray, b: np.ndarray) -> _Exact:
     return replace(exact, theta=theta)
 
 
+def _singular(a: np.ndarray, problem: Problem) -> str:
+    """Why the design is singular; in float32 rounding may be the cause (a column of large offsets)."""
+    text = singular_message(a, _free_names(problem))
+    if a.dtype == np.float32:
+        text += " (in float32 the data may only look so after rounding: fit in float64, the default)"
+    return text
+
+
 def _non_finite_rows(a: np.ndarray, b: np.ndarray) -> int:
     """Rows of the design or target that are NaN or inf."""
     return int((~(np.isfinite(a).all(axis=1) & np.isfinite(b))).sum())
@@ -166,7 +174,7 @@ def _exact(problem: Problem, a: np.ndarray, b: np.ndarray) -> _Exact:
     polynomial = polynomial_powers(problem.model, problem.free.tolist())
     if polynomial is None or a.dtype != np.float64 or (max(polynomial[1]) < 2 and full_rank and solution.condition[0] < ILL_CONDITIONED):
         if not full_rank:
-            raise FitError(singular_message(a, _free_names(problem)))
+            raise FitError(_singular(a, problem))
         return _Exact(solution.theta[0], None, solution.residuals[0], solution.decomposition[0])
     name, powers = polynomial  # solved in a centred basis: the raw design may only look singular
     weights = problem.train.weights
@@ -174,7 +182,7 @@ def _exact(problem: Problem, a: np.ndarray, b: np.ndarray) -> _Exact:
     inputs = problem.train.inputs[name]
     accurate = polynomial_least_squares(inputs, target, max(powers), weights)
     if accurate.rank[0] < len(powers):
-        raise FitError(singular_message(a, _free_names(problem)))
+        raise FitError(_singular(a, problem))
     factor = accurate.inverse_factor[0][powers]
     residuals = accurate.residuals[0]
     in_y = residuals if weights is None else residuals / weights
