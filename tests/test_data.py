@@ -787,3 +787,13 @@ def test_numbers_in_a_text_column_convert_exactly_as_python_reads_them():
     values += ["4.9e-324", "1.7976931348623157e308", " 2.5 ", "+3", ".5", "5.", "-inf", "NaN", "NA", ""]
     expected = [float(v) if v.strip() not in ("NA", "") else np.nan for v in values]
     np.testing.assert_array_equal(numeric_column(pl.Series("y", values), "y"), expected)
+
+
+def test_a_csv_column_whose_type_changes_after_the_inference_rows_is_read_whole(tmp_path: Path) -> None:
+    from gradfit.data import CSV_INFER_ROWS
+
+    n = CSV_INFER_ROWS + 5
+    rows = "".join(f"{i},{i % 7}\n" for i in range(n))  # integers first...
+    (tmp_path / "late.csv").write_text("x,y\n" + rows + "1.5,2.5\n")  # ...then a float past the sample
+    table = read_table(tmp_path / "late.csv")
+    assert table.height == n + 1 and table["x"][-1] == 1.5 and table["y"][-1] == 2.5
