@@ -11,7 +11,7 @@ import pytest
 
 import gradfit.io as gio
 from gradfit.errors import OutputError
-from gradfit.io import atomic_path, atomic_write_bytes, atomic_write_text, ensure_writable
+from gradfit.io import atomic_path, atomic_write_bytes, atomic_write_text, ensure_writable, write_table
 
 posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX permissions")
 
@@ -221,3 +221,22 @@ def test_existing_file_keeps_its_permissions(tmp_path: Path) -> None:
     atomic_write_text(target, "new")
     assert stat.S_IMODE(target.stat().st_mode) == 0o751
     assert target.read_text() == "new"
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".pq", ".csv", ".ndjson", ".jsonl"])
+def test_write_table_writes_the_format_its_extension_names_from_a_frame_or_a_lazy_frame(tmp_path, suffix):
+    import polars as pl
+
+    frame = pl.DataFrame({"g": [1, 2], "k": [0.5, 1.5]})
+    readers = {".parquet": pl.read_parquet, ".pq": pl.read_parquet, ".csv": pl.read_csv, ".ndjson": pl.read_ndjson, ".jsonl": pl.read_ndjson}
+    for source, name in ((frame, "eager"), (frame.lazy(), "lazy")):
+        path = write_table(source, tmp_path / f"{name}{suffix}")
+        assert readers[suffix](path).equals(frame)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{n}{suffix}" for n in ("eager", "lazy"))  # no temporary left
+
+
+def test_write_table_refuses_an_extension_it_does_not_write(tmp_path):
+    import polars as pl
+
+    with pytest.raises(OutputError, match="gradfit writes tables as .parquet"):
+        write_table(pl.DataFrame({"a": [1]}), tmp_path / "t.xlsx")

@@ -546,8 +546,6 @@ def _escape(text: str) -> str:
     return escape(text)
 
 
-#: file types ``gradfit predict`` writes (the extension chooses)
-PREDICTION_SUFFIXES = (".csv", ".parquet", ".pq", ".ndjson", ".jsonl")
 
 
 def check_suffix(path: Path, option: str, allowed: tuple[str, ...]) -> None:
@@ -565,12 +563,17 @@ def run_predict(result_path: Path, data: Path, out: Path | None, column: str, co
     import polars as pl
 
     from gradfit.data import read_table
-    from gradfit.io import atomic_path, check_distinct, ensure_writable
+    from gradfit.io import (
+        TABLE_OUTPUT_SUFFIXES,
+        check_distinct,
+        ensure_writable,
+        write_table,
+    )
     from gradfit.result import FitResult
 
     if out is not None:
         check_distinct({"the result file": result_path, "the data file": data}, {"--out": out})
-        check_suffix(out, "--out", PREDICTION_SUFFIXES)
+        check_suffix(out, "--out", TABLE_OUTPUT_SUFFIXES)
         ensure_writable(out)
     result = FitResult.load(result_path)
     table = read_table(data)
@@ -580,14 +583,7 @@ def run_predict(result_path: Path, data: Path, out: Path | None, column: str, co
     if out is None:
         sys.stdout.write(table.write_csv())
         return
-    suffix = out.suffix.lower()
-    with atomic_path(out) as temporary:
-        if suffix in (".parquet", ".pq"):
-            table.write_parquet(temporary)
-        elif suffix in (".ndjson", ".jsonl"):
-            table.write_ndjson(temporary)
-        else:
-            table.write_csv(temporary)
+    write_table(table, out)
     console.print(f"predictions written: {out}", highlight=False, soft_wrap=True)
 
 

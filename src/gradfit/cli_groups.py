@@ -22,20 +22,18 @@ from gradfit.report_text import format_number
 
 __all__ = ["run_group_fit", "write_tables", "print_summary"]
 
-TABLE_SUFFIXES = (".parquet", ".pq", ".csv", ".ndjson", ".jsonl")
-
 
 def run_group_fit(command: Any, settings: Any) -> None:
     """Check the options, fit the groups chunk by chunk, write the table and print the summary."""
     from gradfit.cli_fit import InterruptedFit, check_optimizer, interruptible
     from gradfit.groups import GroupSummary, iter_group_fits
-    from gradfit.io import ensure_writable
+    from gradfit.io import TABLE_OUTPUT_SUFFIXES, ensure_writable
 
     _check_flags(command)
     if command.out is not None:
         ensure_writable(command.out)
-        if command.out.suffix.lower() not in TABLE_SUFFIXES:
-            raise OptionError(f"--out for group fits must end in {', '.join(TABLE_SUFFIXES)} — e.g. results.parquet")
+        if command.out.suffix.lower() not in TABLE_OUTPUT_SUFFIXES:
+            raise OptionError(f"--out for group fits must end in {', '.join(TABLE_OUTPUT_SUFFIXES)} — e.g. results.parquet")
     if settings.uses_optimizer:
         check_optimizer(settings.optimizer or "adam", settings.optimizer_options)
     fits = iter_group_fits(command.model, command.data, **_options(command, settings), refit_failed=command.refit_failed)
@@ -123,7 +121,7 @@ def write_tables(tables: Iterable[Any], path: Path, schema: dict[str, Any]) -> i
     """
     import polars as pl
 
-    from gradfit.io import atomic_path
+    from gradfit.io import write_table
 
     try:
         holder = tempfile.TemporaryDirectory(dir=path.parent, prefix=".gradfit-parts-")
@@ -133,15 +131,7 @@ def write_tables(tables: Iterable[Any], path: Path, schema: dict[str, Any]) -> i
         parts, groups, interrupted = _write_parts(tables, Path(folder))
         if interrupted and not parts:
             return 0
-        joined = pl.scan_parquet(parts) if parts else pl.LazyFrame(schema=schema)
-        suffix = path.suffix.lower()
-        with atomic_path(path) as temporary:
-            if suffix in (".parquet", ".pq"):
-                joined.sink_parquet(temporary)
-            elif suffix == ".csv":
-                joined.sink_csv(temporary)
-            else:
-                joined.sink_ndjson(temporary)
+        write_table(pl.scan_parquet(parts) if parts else pl.LazyFrame(schema=schema), path)
     return groups if interrupted else None
 
 

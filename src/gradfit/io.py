@@ -17,7 +17,10 @@ from pathlib import Path
 
 from gradfit.errors import OutputError
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "check_distinct", "ensure_writable"]
+__all__ = ["TABLE_OUTPUT_SUFFIXES", "atomic_path", "atomic_write_bytes", "atomic_write_text", "check_distinct", "ensure_writable", "write_table"]
+
+#: the table files gradfit writes (predictions, group results): the extension chooses the format
+TABLE_OUTPUT_SUFFIXES = (".parquet", ".pq", ".csv", ".ndjson", ".jsonl")
 
 
 def check_distinct(inputs: Mapping[str, Any], outputs: Mapping[str, Any]) -> None:
@@ -256,3 +259,35 @@ def _fsync_directory(directory: Path) -> None:
 def _remove_quietly(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
+
+
+def write_table(table: Any, path: str | os.PathLike[str]) -> Path:
+    """Write a polars ``DataFrame`` (or stream a ``LazyFrame``) to ``path`` atomically, in the format
+    its extension names (:data:`TABLE_OUTPUT_SUFFIXES`: Parquet, CSV, NDJSON).
+
+    Parameters
+    ----------
+    table
+        A ``polars.DataFrame`` or ``polars.LazyFrame``.
+    path
+        Destination file; its extension must be one of :data:`TABLE_OUTPUT_SUFFIXES`.
+
+    Returns
+    -------
+    pathlib.Path
+        The path written.
+
+    Raises
+    ------
+    OutputError
+        For another extension.
+    """
+    target = Path(path)
+    suffix = target.suffix.lower()
+    if suffix not in TABLE_OUTPUT_SUFFIXES:
+        raise OutputError(f"{target}: gradfit writes tables as {', '.join(TABLE_OUTPUT_SUFFIXES)} — end the name in one of them")
+    kind = "parquet" if suffix in (".parquet", ".pq") else "csv" if suffix == ".csv" else "ndjson"
+    lazy = not hasattr(table, "write_csv")
+    with atomic_path(target) as temporary:
+        getattr(table, f"{'sink' if lazy else 'write'}_{kind}")(temporary)
+    return target
