@@ -144,6 +144,7 @@ class BuiltinModuleModel(ModuleModel):
 
     @property
     def description(self) -> str:
+        """The spec the network was built from, as ``"mlp:16"``."""
         return self.label
 
     def placement_kept(self) -> contextlib.AbstractContextManager[None]:

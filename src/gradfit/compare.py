@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from gradfit.config import FitOptions
-from gradfit.data import Dataset, as_dataset, holdout_split, kfold_indices
-from gradfit.errors import GradfitError, ModelError, OptionError
+from gradfit.data import Dataset, as_dataset, kfold_indices
+from gradfit.errors import GradfitError, ModelError, OptionError, first_line
 from gradfit.report_text import format_number
 
 if TYPE_CHECKING:
@@ -154,7 +154,16 @@ class Comparison:
         return None if self.best is None else self[self.best].result
 
     def rows(self) -> list[tuple[str, ...]]:
-        """The table as text cells: model, parameters, losses, AIC, BIC, overfitting."""
+        """The table as text cells: model, parameters, losses, AIC, BIC, overfitting.
+
+        Returns
+        -------
+        list of tuple of str
+            One row per model, in the order given, with the cells of :meth:`headers`: the label
+            (starred for the best model), the number of parameters, the training and validation
+            losses, with ``cv`` the cross-validated loss ± its standard deviation over the folds,
+            AIC, BIC, and ``"yes"``, ``"no"`` or ``"not fitted"``. A missing value is ``"-"``.
+        """
         rows = []
         for s in self.scores:
             cv = "" if self.cv is None else (
@@ -174,7 +183,14 @@ class Comparison:
         return rows
 
     def headers(self) -> tuple[str, ...]:
-        """Column headers of :meth:`rows`."""
+        """Column headers of :meth:`rows`.
+
+        Returns
+        -------
+        tuple of str
+            ``("model", "params", "train loss", "val loss", "AIC", "BIC", "overfitting")``, with a
+            ``"K-fold CV loss ± sd"`` column after ``"val loss"`` when ``cv`` is set.
+        """
         cv = (f"{self.cv}-fold CV loss ± sd",) if self.cv is not None else ()
         return ("model", "params", "train loss", "val loss", *cv, "AIC", "BIC", "overfitting")
 
@@ -186,7 +202,14 @@ class Comparison:
         return f"{self.loss} loss of ({self.y_name} − model)/σ"
 
     def report(self) -> str:
-        """A plain-text table and the verdict."""
+        """A plain-text table and the verdict.
+
+        Returns
+        -------
+        str
+            :attr:`loss_title`, the aligned table of :meth:`headers` and :meth:`rows`, a blank line and
+            :attr:`verdict`; ``str(comparison)`` gives the same.
+        """
         headers, rows = self.headers(), self.rows()
         widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
 
@@ -199,11 +222,33 @@ class Comparison:
         return self.report()
 
     def plot(self, path: str | Path) -> Path:
-        """Write every fitted curve over the data to ``path`` (see :func:`plot_overlay`)."""
+        """Write every fitted curve over the data to ``path`` (see :func:`plot_overlay`).
+
+        Parameters
+        ----------
+        path
+            Image file; the format follows the extension (``.png``, ``.svg``, ``.pdf``...).
+
+        Returns
+        -------
+        pathlib.Path
+            The path written.
+        """
         return plot_overlay(self, path)
 
     def plot_validation(self, path: str | Path) -> Path:
-        """Write the bar chart of losses per model to ``path`` (see :func:`plot_validation`)."""
+        """Write the bar chart of losses per model to ``path`` (see :func:`plot_validation`).
+
+        Parameters
+        ----------
+        path
+            Image file; the format follows the extension (``.png``, ``.svg``, ``.pdf``...).
+
+        Returns
+        -------
+        pathlib.Path
+            The path written.
+        """
         return plot_validation(self, path)
 
 
@@ -282,6 +327,8 @@ def compare(
     >>> result["poly:2"].train_loss < result["linear"].train_loss
     True
     """
+    from gradfit.fitting import split_dataset
+
     entries = _labelled(models)
     if cv is None and not val > 0:
         raise OptionError("compare needs validation data: give val > 0 (e.g. 0.2) or cv=K folds")
@@ -289,7 +336,7 @@ def compare(
     if not 0.0 <= val < 1.0:
         raise OptionError(f"val must be a fraction in [0, 1), got {val} — e.g. 0.2")
     data = _dataset([spec for _, spec in entries], x, y, sigma, inputs, nan_policy, seed)
-    train, validation = _split(data, val, seed)
+    train, validation = split_dataset(data, replace(settings, val=val))
     folds = None if cv is None else kfold_indices(data.n_rows, cv, seed)
     scores = [_score(label, spec, data, train, validation, folds, settings) for label, spec in entries]
     scores = _flag_gaps(scores, _chosen([s for s in scores if s.ok]))
@@ -360,13 +407,6 @@ def _build(spec: Any, columns: Sequence[str], seed: int, data: Dataset | None = 
     return builtin_model(spec, columns, seed=seed) if is_builtin(spec) else make_model(spec, columns)
 
 
-def _split(data: Dataset, val: float, seed: int) -> tuple[Dataset, Dataset | None]:
-    if val <= 0:
-        return data, None
-    train_idx, val_idx = holdout_split(data.n_rows, val, seed)
-    return data.subset(train_idx), data.subset(val_idx)
-
-
 def _columns(data: Dataset, names: Sequence[str]) -> Dataset:
     return replace(data, inputs={n: data.inputs[n] for n in names})
 
@@ -429,7 +469,7 @@ def _score(
         main = _fit(spec, train, validation, settings)
         fold_fits = [_fit(spec, data.subset(t), data.subset(v), settings) for t, v in folds or ()]
     except (GradfitError, _Failed) as exc:
-        return ModelScore(label, _label(spec), 0, math.nan, None, error=_one_line(exc))
+        return ModelScore(label, _label(spec), 0, math.nan, None, error=first_line(exc))
     result = main.result
     cv_fields: dict[str, Any] = {}
     pointwise = main.pointwise
@@ -458,10 +498,6 @@ def _score(
         pointwise=pointwise,
         **cv_fields,
     )
-
-
-def _one_line(exc: Exception) -> str:
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def _criterion_value(result: FitResult, name: str) -> float | None:

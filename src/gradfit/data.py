@@ -26,7 +26,7 @@ from typing import Any, Literal
 import numpy as np
 import polars as pl
 
-from gradfit.errors import DataError
+from gradfit.errors import DataError, first_line
 from gradfit.limits import check_table_fits
 
 __all__ = [
@@ -259,12 +259,6 @@ def _read_bytes(p: Path, name: str) -> bytes:
         raise DataError(f"cannot read {name}: {exc.strerror or exc} — check the file") from None
 
 
-def _first_line(exc: BaseException, limit: int = 120) -> str:
-    text = str(exc).strip().splitlines()
-    line = text[0] if text else type(exc).__name__
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
 def _read_parquet(raw: bytes, name: str) -> pl.DataFrame:
     if len(raw) < 12 or not (raw.startswith(_PARQUET_MAGIC) and raw.endswith(_PARQUET_MAGIC)):
         raise DataError(
@@ -275,7 +269,7 @@ def _read_parquet(raw: bytes, name: str) -> pl.DataFrame:
         return pl.read_parquet(io.BytesIO(raw))
     except _POLARS_FAILURES as exc:  # polars raises several types for corrupt files
         raise DataError(
-            f"cannot read {name} as Parquet ({_first_line(exc)}) — re-export the file"
+            f"cannot read {name} as Parquet ({first_line(exc, 120)}) — re-export the file"
         ) from None
 
 
@@ -303,7 +297,7 @@ def _ndjson_problem(raw: bytes, name: str) -> str | None:
 
 
 def _generic_parse_message(exc: BaseException, name: str, kind: str) -> str:
-    return f"cannot read {name} as {kind} ({_first_line(exc)}) — check the file's format"
+    return f"cannot read {name} as {kind} ({first_line(exc, 120)}) — check the file's format"
 
 
 def _check_text(sample: bytes, name: str) -> str:

@@ -37,7 +37,14 @@ LINEAR, QUADRATIC = "w*t_u + b", "w2*t_u**2 + w1*t_u + b"
 
 
 def thermometer() -> Dataset:
-    """The chapter's 11 thermometer readings as a :class:`~gradfit.data.Dataset` (input ``t_u``)."""
+    """The chapter's 11 thermometer readings as a :class:`~gradfit.data.Dataset` (input ``t_u``).
+
+    Returns
+    -------
+    Dataset
+        Input ``t_u`` (readings in unknown units) and target ``t_c`` (°C), 11 rows each, without
+        ``sigma``; read from the ``thermometer.csv`` file shipped with the package.
+    """
     with resources.as_file(resources.files("gradfit.datasets") / "thermometer.csv") as path:
         return make_dataset(read_table(path), inputs=["t_u"], y="t_c")
 

@@ -17,6 +17,7 @@ __all__ = [
     "NotFittedError",
     "OutputError",
     "OptionError",
+    "first_line",
 ]
 
 
@@ -71,3 +72,11 @@ class OutputError(GradfitError, OSError):
 
 class OptionError(GradfitError, ValueError):
     """A solver, optimizer or fit option is unknown or has a bad value."""
+
+
+def first_line(exc: BaseException, limit: int | None = None) -> str:
+    """The first line of an exception's message (its type's name when it has none), cut to ``limit``
+    characters (with ``...``) when given: how gradfit quotes a library's error inside its own."""
+    lines = str(exc).strip().splitlines()
+    line = lines[0] if lines else type(exc).__name__
+    return line if limit is None or len(line) <= limit else line[: limit - 3] + "..."

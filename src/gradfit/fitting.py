@@ -176,7 +176,41 @@ def prepare(
     as_parameters: Sequence[str] = (),
     nan_policy: str = "raise",
 ) -> tuple[ParametricModel | ModuleModel, Dataset]:
-    """Build the model and the dataset it reads, taking as inputs only the columns the model uses."""
+    """Build the model and the dataset it reads, taking as inputs only the columns the model uses.
+
+    Parameters
+    ----------
+    model
+        A formula, built-in name, callable, ``torch.nn.Module`` or model, as :func:`fit` accepts it.
+    x, y, sigma
+        The data, as for :func:`fit`; ``y`` and ``sigma`` may name columns of a frame or mapping ``x``.
+    inputs
+        Columns of a frame or mapping that may be inputs (default: every column but ``y`` and
+        ``sigma``); for an array ``x``, the names of its columns.
+    params
+        Starting values, bounds and fixed flags: :class:`~gradfit.model.Parameter` objects or
+        ``{name: value or {"init": ..., "lower": ..., ...}}``, as :func:`~gradfit.model.make_model` takes.
+    as_parameters
+        Names that are parameters of a formula even where a column has that name.
+    nan_policy
+        ``"raise"`` or ``"omit"`` (drop rows with a missing value in a column the fit reads).
+
+    Returns
+    -------
+    model : ParametricModel or ModuleModel
+        The built model; a module without input names gets the dataset's.
+    dataset : Dataset
+        The target, ``sigma`` and the inputs: from a frame or mapping, ``inputs`` if given, else the
+        model's input columns (every candidate column for a model that names none); from arrays,
+        every column of ``x``.
+
+    Raises
+    ------
+    ModelError
+        If the model cannot be built, or a formula reads the target or sigma column as an input.
+    DataError
+        If the data cannot be read (length mismatches, missing or non-numeric values, bad names).
+    """
     if isinstance(y, str) or _is_table(x):
         roles = {v for v in (y, sigma) if isinstance(v, str)}
         _check_roles(model, [(y, "target"), (sigma, "sigma")])
@@ -255,6 +289,12 @@ def fit_dataset(
     OptionError
         If ``options`` set what the chosen solver would ignore (``epochs`` of an exact solve,
         ``starts`` of gradient descent), unless ``shared``.
+
+    Returns
+    -------
+    FitResult
+        Parameters with standard errors, losses, history, status and statistics, with the
+        in-memory predictor attached.
     """
     train_set, val_set = split_dataset(dataset, options, validation)
     if hasattr(model, "with_initial_guess"):  # built-in models guess their start from the training rows
@@ -318,7 +358,25 @@ def _thread_policy(model: Any, train: Dataset, solver: str) -> Any:
 def split_dataset(
     dataset: Dataset, options: FitOptions, validation: Dataset | None = None
 ) -> tuple[Dataset, Dataset | None]:
-    """Training and validation parts: ``validation`` if given, else a seeded ``options.val`` holdout."""
+    """Training and validation parts: ``validation`` if given, else a seeded ``options.val`` holdout.
+
+    Parameters
+    ----------
+    dataset
+        All the rows.
+    options
+        The fit's settings; ``val`` (fraction held out) and ``seed`` are read.
+    validation
+        An explicit validation set; ``dataset`` is then used whole for training.
+
+    Returns
+    -------
+    train : Dataset
+        The training rows (all of ``dataset`` with ``validation`` or ``options.val <= 0``).
+    validation : Dataset or None
+        ``validation`` if given, else the held-out rows of
+        :func:`~gradfit.data.holdout_split`, else ``None`` when ``options.val <= 0``.
+    """
     if validation is not None:
         return dataset, validation
     if options.val <= 0:

@@ -146,6 +146,7 @@ class ChunkPlan:
 
     @property
     def linear(self) -> bool:
+        """Whether the groups are fitted by the linear least-squares solve (``path == "linear"``)."""
         return self.path == "linear"
 
     @property
@@ -155,6 +156,7 @@ class ChunkPlan:
 
     @property
     def free(self) -> list[bool]:
+        """One flag per model parameter, in order: ``True`` where it is estimated, ``False`` where fixed."""
         return [not p.fixed for p in self.model.parameters]
 
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gradfit.errors import DataError
+from gradfit.errors import DataError, first_line
 
 if TYPE_CHECKING:
     import polars as pl
@@ -179,12 +179,7 @@ def _collect(lazy: pl.LazyFrame, path: Path | None) -> pl.DataFrame:
     try:
         return lazy.collect()
     except Exception as exc:  # noqa: BLE001 - polars raises many types (and PanicException) for bad files
-        raise DataError(f"cannot read {path}: {_first_line(exc)} — check that it is a Parquet file") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return (lines[0] if lines else type(exc).__name__)[:120]
+        raise DataError(f"cannot read {path}: {first_line(exc, 120)} — check that it is a Parquet file") from None
 
 
 def _parquet_source(path: Path, group: str) -> GroupSource | None:
@@ -233,7 +228,7 @@ def _grouped_batches(path: Path | None, group: str, columns: list[str], rows: in
     except DataError:
         raise
     except Exception as exc:  # noqa: BLE001
-        raise DataError(f"cannot read {path}: {_first_line(exc)} — check that it is a Parquet file") from None
+        raise DataError(f"cannot read {path}: {first_line(exc, 120)} — check that it is a Parquet file") from None
     last = [part for part in (ready, held) if part is not None and part.height]
     if last:
         yield pl.concat(last)

@@ -108,21 +108,54 @@ class GroupFitResult:
         return self.table.height
 
     def status_counts(self) -> dict[str, int]:
-        """Number of groups per status."""
+        """Number of groups per status.
+
+        Returns
+        -------
+        dict of str to int
+            Group counts by status name (``"converged"``, ``"max_iter"``...), sorted by name;
+            statuses no group has are left out.
+        """
         return self._summary().status_counts()
 
     def failed(self) -> pl.DataFrame:
-        """Rows of the groups that did not converge."""
+        """Rows of the groups that did not converge.
+
+        Returns
+        -------
+        polars.DataFrame
+            The rows of :attr:`table` whose ``success`` is false (groups not fitted for bad data or
+            too few points included), in table order, with all of its columns.
+        """
         import polars as pl
 
         return self.table.filter(~pl.col("success"))
 
     def worst(self, n: int = 5) -> pl.DataFrame:
-        """The ``n`` groups with the lowest R² (failed groups first)."""
+        """The ``n`` groups with the lowest R² (failed groups first).
+
+        Parameters
+        ----------
+        n
+            How many rows to return, at most.
+
+        Returns
+        -------
+        polars.DataFrame
+            Up to ``n`` rows of :attr:`table`: groups that did not succeed first, then by increasing
+            ``r2`` (a missing or NaN R² counts as the lowest).
+        """
         return worst_rows(self.table, n)
 
     def summary(self) -> dict[str, Any]:
-        """Counts by status and quantiles of R² and of each parameter over the successful groups."""
+        """Counts by status and quantiles of R² and of each parameter over the successful groups.
+
+        Returns
+        -------
+        dict
+            As :meth:`GroupSummary.result`: ``groups``, ``status``, ``summarised``, ``r2``,
+            ``parameters`` and ``fits_per_second``.
+        """
         return self._summary().result(self.elapsed)
 
     def _summary(self) -> GroupSummary:
@@ -165,7 +198,14 @@ class GroupSummary:
         self._worst: pl.DataFrame | None = None
 
     def add(self, table: pl.DataFrame) -> None:
-        """Take the rows of one chunk (or of a whole result)."""
+        """Take the rows of one chunk (or of a whole result).
+
+        Parameters
+        ----------
+        table
+            Rows in the layout of :attr:`GroupFitResult.table`; needs at least the columns
+            ``status``, ``success``, ``r2`` and one per parameter in :attr:`param_names`.
+        """
         import polars as pl
 
         self.groups += table.height
@@ -183,12 +223,34 @@ class GroupSummary:
         return dict(sorted(self._counts.items()))
 
     def worst(self) -> pl.DataFrame | None:
-        """The worst rows seen (see :func:`worst_rows`)."""
+        """The worst rows seen (see :func:`worst_rows`).
+
+        Returns
+        -------
+        polars.DataFrame or None
+            Up to ``keep_worst`` rows over every table added, groups that did not succeed first, then
+            by increasing R²; ``None`` before the first :meth:`add`.
+        """
         return self._worst
 
     def result(self, elapsed: float) -> dict[str, Any]:
         """``groups``, ``status`` counts, quantiles of ``r2`` and of each parameter over the
-        successful groups, the statuses those had (``summarised``), ``fits_per_second``."""
+        successful groups, the statuses those had (``summarised``), ``fits_per_second``.
+
+        Parameters
+        ----------
+        elapsed
+            Wall time of the fits in seconds, for ``fits_per_second``.
+
+        Returns
+        -------
+        dict
+            ``"groups"`` (int, the number of rows added), ``"status"`` (:meth:`status_counts`),
+            ``"summarised"`` (sorted list of the statuses of the successful groups), ``"r2"`` and
+            ``"parameters"`` (a dict by parameter name) with quantiles ``{"q0", "q5", "q50", "q95",
+            "q100"}`` of the finite values (an empty dict when there are none), and
+            ``"fits_per_second"`` (float; infinite when ``elapsed`` is 0 and some groups were added).
+        """
         return {
             "groups": self.groups,
             "status": self.status_counts(),

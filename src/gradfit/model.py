@@ -252,10 +252,12 @@ class FormulaModel(ParametricModel):
 
     @property
     def description(self) -> str:
+        """The formula's text, as :attr:`text`."""
         return self.text
 
     @property
     def is_linear(self) -> bool:
+        """Whether the formula is linear in its parameters, found symbolically (cached per formula)."""
         return _is_linear(self.formula.tree, self.param_names)
 
     def _env(self, inputs: Mapping[str, Any], theta: Any) -> dict[str, Any]:
@@ -264,6 +266,21 @@ class FormulaModel(ParametricModel):
         return env
 
     def predict(self, inputs: Mapping[str, Any], theta: Any) -> Any:
+        """Evaluate the formula with the compiled program of ``theta``'s kind.
+
+        Parameters
+        ----------
+        inputs
+            Input columns, each of shape ``(n,)`` or ``(K, n)``: numpy arrays when ``theta`` is a
+            numpy array, torch tensors when it is a tensor.
+        theta
+            Parameters of shape ``(p,)`` or ``(..., p)``, in the order of :attr:`param_names`.
+
+        Returns
+        -------
+        numpy.ndarray or torch.Tensor
+            Predictions broadcast from the inputs' and parameters' shapes, of ``theta``'s kind.
+        """
         trees = (self.formula.tree,)
         if isinstance(theta, np.ndarray):
             return _numpy_program(trees).stacked(self._env(inputs, theta))[..., 0]
@@ -389,10 +406,35 @@ class CallableModel(ParametricModel):
 
     @property
     def description(self) -> str:
+        """The function's name and its arguments, as ``"f(x, a, b)"``."""
         name = getattr(self.function, "__name__", "function")
         return f"{name}({', '.join(self.argument_names)})"
 
     def predict(self, inputs: Mapping[str, Any], theta: Any) -> Any:
+        """Call the function on the input columns and the parameters.
+
+        One fit (``theta`` of shape ``(p,)``, columns ``(n,)``) calls the function once with scalar
+        parameters; K fits (``theta (K, p)``) map it over the fits with ``torch.func.vmap``. numpy
+        arguments are evaluated on torch without gradients and converted back.
+
+        Parameters
+        ----------
+        inputs
+            Input columns, each of shape ``(n,)`` or ``(K, n)``.
+        theta
+            Parameters of shape ``(p,)`` or ``(K, p)``, a torch tensor or a numpy array.
+
+        Returns
+        -------
+        torch.Tensor or numpy.ndarray
+            Predictions of shape ``(n,)`` or ``(K, n)``, of ``theta``'s kind.
+
+        Raises
+        ------
+        ModelError
+            If the function raises, returns a shape that does not broadcast to the inputs,
+            computes in a lower precision than ``theta``, or ``theta`` is not ``(p,)`` or ``(K, p)``.
+        """
         if isinstance(theta, np.ndarray):  # the function is written for torch: evaluate there
             import torch
 
@@ -468,6 +510,7 @@ class ModuleModel:
 
     @property
     def description(self) -> str:
+        """The module's class name."""
         return type(self.module).__name__
 
     @property

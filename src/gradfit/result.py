@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from gradfit.errors import DataError, NotFittedError, OutputError
+from gradfit.errors import DataError, NotFittedError, OutputError, first_line
 
 __all__ = ["FitResult", "History", "ParameterEstimate"]
 
@@ -160,10 +160,20 @@ class FitResult:
 
     # -- serialisation ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dictionary. The uncertainties (covariance, standard errors, intervals), the
+        """A JSON-ready dictionary.
+
+        The uncertainties (covariance, standard errors, intervals), the
         losses and the statistics write a non-finite number as the text ``"inf"``, ``"-inf"`` or
         ``"nan"`` (an infinite variance is not a missing one, a NaN validation loss not a missing
-        validation set); elsewhere non-finite numbers become ``None``."""
+        validation set); elsewhere non-finite numbers become ``None``.
+
+        Returns
+        -------
+        dict
+            Every field but ``predictor``, as plain lists, dicts, strings and numbers (``parameters``
+            as a list of dicts, ``history`` as ``{"train": [...], "val": [...]}``), plus
+            ``"format_version"``. :meth:`from_dict` reads it back.
+        """
         record = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "predictor"}
         record["parameters"] = [{**asdict(p), **{k: _text_if_not_finite(getattr(p, k)) for k in _UNCERTAINTIES}} for p in self.parameters]
         if self.covariance is not None:
@@ -175,7 +185,23 @@ class FitResult:
         return _json_safe(record)
 
     def to_json(self, indent: int | None = 2) -> str:
-        """The result as JSON text (:meth:`save` writes it to a file)."""
+        """The result as JSON text (:meth:`save` writes it to a file).
+
+        Parameters
+        ----------
+        indent
+            Indentation of the JSON text, as in :func:`json.dumps`; ``None`` for one line.
+
+        Returns
+        -------
+        str
+            The :meth:`to_dict` record as strict JSON (no ``NaN`` or ``Infinity`` literals).
+
+        Raises
+        ------
+        TypeError
+            If ``indent`` is a path: write files with :meth:`save`.
+        """
         if isinstance(indent, (str, os.PathLike)):
             raise TypeError(f"to_json returns the text; to write it to '{os.fspath(indent)}' call result.save(path)")
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
@@ -183,6 +209,11 @@ class FitResult:
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the result as JSON to ``path``, atomically (what ``gradfit fit --out`` writes; read it
         back with :meth:`load`). The file must end in ``.json``.
+
+        Parameters
+        ----------
+        path
+            The file to write, ending in ``.json``; an existing file is replaced.
 
         Returns
         -------
@@ -205,6 +236,17 @@ class FitResult:
     @classmethod
     def from_dict(cls, record: Mapping[str, Any]) -> FitResult:
         """Rebuild a result from :meth:`to_dict` output.
+
+        Parameters
+        ----------
+        record
+            A mapping as :meth:`to_dict` returns it, or as parsed from a result file. The texts
+            ``"inf"``, ``"-inf"`` and ``"nan"`` become floats again, missing bounds infinite ones.
+
+        Returns
+        -------
+        FitResult
+            The result, without a predictor (:meth:`require_predictor` raises on it).
 
         Raises
         ------
@@ -229,11 +271,27 @@ class FitResult:
         except KeyError as exc:
             raise DataError(f"not a gradfit result file (no field {exc}) — {_WHAT_IS_A_RESULT}") from None
         except (TypeError, ValueError) as exc:
-            raise DataError(f"not a gradfit result file ({_first_line(exc)}) — {_WHAT_IS_A_RESULT}") from None
+            raise DataError(f"not a gradfit result file ({first_line(exc)}) — {_WHAT_IS_A_RESULT}") from None
 
     @classmethod
     def from_json(cls, text: str) -> FitResult:
-        """Rebuild a result from :meth:`to_json` text."""
+        """Rebuild a result from :meth:`to_json` text.
+
+        Parameters
+        ----------
+        text
+            JSON text of one result.
+
+        Returns
+        -------
+        FitResult
+            The result, without a predictor.
+
+        Raises
+        ------
+        DataError
+            If ``text`` is not valid JSON or does not describe a result.
+        """
         try:
             return cls.from_dict(json.loads(text))
         except json.JSONDecodeError as exc:
@@ -241,7 +299,24 @@ class FitResult:
 
     @classmethod
     def load(cls, path: str | Path) -> FitResult:
-        """Read a result written with ``--out`` or :meth:`to_json`."""
+        """Read a result written with ``--out`` or :meth:`to_json`.
+
+        Parameters
+        ----------
+        path
+            A JSON file, as :meth:`save` or ``gradfit fit --out`` writes it.
+
+        Returns
+        -------
+        FitResult
+            The result, without a predictor.
+
+        Raises
+        ------
+        DataError
+            If the file cannot be read (missing, no permission, not UTF-8 text) or does not hold a
+            result.
+        """
         try:
             return cls.from_json(Path(path).read_text(encoding="utf-8"))
         except UnicodeDecodeError:
@@ -252,7 +327,13 @@ class FitResult:
             raise DataError(f"cannot read result file '{path}': {exc.strerror} — check the path") from None
 
     def report(self) -> str:
-        """A text report with sections: fit, statistics, parameters, correlations, validation."""
+        """A text report with sections: fit, statistics, parameters, correlations, validation.
+
+        Returns
+        -------
+        str
+            The report, several lines of plain text; ``str(result)`` gives the same.
+        """
         from gradfit.report_text import format_report
 
         return format_report(self)
@@ -267,7 +348,18 @@ class FitResult:
         return result_html(self)
 
     def require_predictor(self) -> Callable[[Mapping[str, np.ndarray]], np.ndarray]:
-        """The in-memory predictor, or an error saying why there is none."""
+        """The in-memory predictor, or an error saying why there is none.
+
+        Returns
+        -------
+        callable
+            A function from a mapping of input columns (numpy arrays) to the predictions, a numpy array.
+
+        Raises
+        ------
+        NotFittedError
+            If the result has none, as one rebuilt by :meth:`from_dict`, :meth:`from_json` or :meth:`load`.
+        """
         if self.predictor is None:
             raise NotFittedError("this result has no model attached — refit, or load a formula result")
         return self.predictor
@@ -329,11 +421,6 @@ _WHAT_IS_A_RESULT = "give the .json that 'gradfit fit --out' wrote for a single 
 #: fields of a ParameterEstimate whose non-finite values are written as text
 _UNCERTAINTIES = ("stderr", "ci_low", "ci_high")
 _NON_FINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 def _text_if_not_finite(value: float | None) -> float | str | None:

@@ -53,17 +53,43 @@ class Objective(Protocol):
     unit: float
     baseline: float  # the loss of a constant model (the training targets' mean), in the user's units
 
-    def train_loss(self, index: torch.Tensor | None = None) -> torch.Tensor: ...
+    def train_loss(self, index: torch.Tensor | None = None) -> torch.Tensor:
+        """The training loss in internal units (times :attr:`unit` gives the user's), with a graph.
 
-    def val_loss(self) -> torch.Tensor | None: ...
+        Parameters
+        ----------
+        index
+            Row indices of a minibatch; ``None`` for all training rows.
 
-    def full_train_loss(self) -> torch.Tensor: ...
+        Returns
+        -------
+        torch.Tensor
+            A scalar that the loop calls ``backward()`` on.
+        """
 
-    def project(self) -> None: ...
+    def val_loss(self) -> torch.Tensor | None:
+        """The validation loss in internal units, without a graph; ``None`` without validation data."""
 
-    def snapshot(self) -> Any: ...
+    def full_train_loss(self) -> torch.Tensor:
+        """The loss on all training rows in internal units, without a graph.
 
-    def restore(self, state: Any) -> None: ...
+        Minibatch training monitors it when there is no validation data, and measures the start with it.
+        """
+
+    def project(self) -> None:
+        """Move the parameters back inside their bounds after an optimizer step (a no-op if unbounded)."""
+
+    def snapshot(self) -> Any:
+        """A copy of the current parameters, for :meth:`restore` and for checkpoints."""
+
+    def restore(self, state: Any) -> None:
+        """Return the parameters to a state from :meth:`snapshot`.
+
+        Parameters
+        ----------
+        state
+            A value :meth:`snapshot` returned.
+        """
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from gradfit.config import FitOptions
-from gradfit.errors import OptionError
+from gradfit.errors import OptionError, first_line
 from gradfit.model import ModuleModel
 from gradfit.objective import ModuleObjective, ParametricObjective
 from gradfit.result import History
@@ -110,8 +110,7 @@ def make_optimizer(
             raise OptionError(
                 f"cannot use {name}({shown}): {words[0]}={options[words[0]]!r} is not a number — give one, e.g. {words[0]}=0.01"
             ) from None
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise OptionError(f"cannot use {name}({shown}): {first} — change or drop these options") from None
+        raise OptionError(f"cannot use {name}({shown}): {first_line(exc)} — change or drop these options") from None
     return optimizer
 
 
