@@ -37,7 +37,14 @@ def test_a_grouped_parquet_file_streams_whole_groups(tmp_path, ragged):
     flat = [key for part in keys for key in part]
     assert flat == list(range(100, 60, -1))  # every group in exactly one batch, in file order
     assert pl.concat(batches).equals(ragged.select("sensor", "t", "y"))
-    assert len(keys[-1]) > 1  # the file's last group joins the last batch, not a batch of its own
+
+
+def test_the_last_batch_of_a_streamed_file_keeps_its_last_group(tmp_path):
+    keys = np.repeat(np.arange(40), 10)
+    pl.DataFrame({"g": keys, "y": np.arange(keys.size, dtype=float)}).write_parquet(tmp_path / "even.parquet")
+    batches = list(open_groups(tmp_path / "even.parquet", "g").batches(["y"], groups_per_batch=3))
+    assert batches[-1]["g"].n_unique() > 1  # the last group is complete there: not held back to stand alone
+    assert pl.concat(batches)["g"].to_list() == keys.tolist()
 
 
 def test_streamed_fits_equal_fits_of_the_frame_in_memory(tmp_path, ragged):

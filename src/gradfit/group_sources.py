@@ -50,6 +50,7 @@ class GroupSource:
     _path: Path | None = None
     _group: str = ""
     _rows_per_group: float = 1.0
+    _rows: int = 0
 
     @property
     def label(self) -> str | None:
@@ -68,7 +69,7 @@ class GroupSource:
         if self._frame is not None:
             yield self._frame.select(wanted)
             return
-        yield from _grouped_batches(self._path, self._group, wanted, max(1, int(groups_per_batch * self._rows_per_group)))
+        yield from _grouped_batches(self._path, self._group, wanted, max(1, int(groups_per_batch * self._rows_per_group)), self._rows)
 
     def filter(self, keys: Sequence[Any], columns: Sequence[str]) -> pl.DataFrame:
         """The rows of the groups ``keys`` (for refits), read from the frame or the file."""
@@ -202,36 +203,35 @@ def _parquet_source(path: Path, group: str) -> GroupSource | None:
     _check_keys(group, int(n_missing))
     if rows == 0 or runs is None or runs + 1 != n_groups:  # empty, or some group's rows are apart
         return None
-    return GroupSource(columns, int(n_groups), True, _path=path, _group=group, _rows_per_group=rows / n_groups)
+    return GroupSource(columns, int(n_groups), True, _path=path, _group=group, _rows_per_group=rows / n_groups, _rows=int(rows))
 
 
-def _grouped_batches(path: Path | None, group: str, columns: list[str], rows: int) -> Iterator[pl.DataFrame]:
+def _grouped_batches(path: Path | None, group: str, columns: list[str], rows: int, total: int) -> Iterator[pl.DataFrame]:
     """Batches of about ``rows`` rows holding whole groups: a batch's last group, which may go on
-    in the next batch, is held back and put in front of the next one. Each batch is yielded once
-    the next has been read, so that the file's last group joins the last batch instead of making
-    a batch (a chunk, a fit) of its own."""
+    in the next batch, is held back and put in front of the next one — but not in the batch that
+    reaches the file's ``total`` rows, whose last group is complete: it is not left to make a
+    batch (a chunk, a fit) of its own."""
     import polars as pl
 
     held: pl.DataFrame | None = None
-    ready: pl.DataFrame | None = None
+    read = 0
     try:
         batches = _scan(path).select(columns).collect_batches(chunk_size=rows)
         for batch in batches:
+            read += batch.height
             if held is not None:
                 batch = pl.concat([held, batch])
-            tail_start = batch.height - _run_length_at_end(batch[group])
+            last = read >= total
+            tail_start = batch.height if last else batch.height - _run_length_at_end(batch[group])
             held = batch.slice(tail_start)
             if tail_start:
-                if ready is not None:
-                    yield ready
-                ready = batch.slice(0, tail_start)
+                yield batch.slice(0, tail_start)
     except DataError:
         raise
     except Exception as exc:  # noqa: BLE001
         raise DataError(f"cannot read {path}: {first_line(exc, 120)} — check that it is a Parquet file") from None
-    last = [part for part in (ready, held) if part is not None and part.height]
-    if last:
-        yield pl.concat(last)
+    if held is not None and held.height:
+        yield held
 
 
 def _run_length_at_end(keys: pl.Series) -> int:
