@@ -250,9 +250,11 @@ def _tiny_targets(packed: PackedGroups, plan: ChunkPlan) -> np.ndarray:
     from gradfit.data import SQUARES_UNDERFLOW
 
     y = packed.columns[plan.y]
-    with np.errstate(all="ignore"):
-        weighted = np.abs(y if plan.sigma is None else y / packed.columns[plan.sigma]) * (packed.mask > 0)
-        largest = np.nan_to_num(weighted).max(axis=1)
+    with np.errstate(all="ignore"):  # padding repeats a real point: no mask needed for the largest value
+        weighted = np.abs(y if plan.sigma is None else y / packed.columns[plan.sigma])
+        if not ((weighted < SQUARES_UNDERFLOW) & (weighted > 0)).any():  # the usual case, in a fraction of the time
+            return np.zeros(y.shape[0], dtype=bool)
+        largest = weighted.max(axis=1)
     return (largest > 0) & (largest < SQUARES_UNDERFLOW)
 
 
