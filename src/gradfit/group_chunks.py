@@ -210,7 +210,10 @@ def _flag_undetermined(model: ParametricModel, rows: Rows) -> None:
     free = [p.name for p in model.parameters if not p.fixed]
     if not free:
         return
-    lost = np.column_stack([np.isinf(rows[f"{name}_stderr"]) for name in free])
+    columns = [np.isinf(rows[f"{name}_stderr"]) for name in free]
+    if not any(column.any() for column in columns):  # the usual case: one pass over each column
+        return
+    lost = np.column_stack(columns)
     flagged = np.flatnonzero(rows["success"] & lost.any(axis=1))
     if not flagged.size:
         return
