@@ -299,7 +299,7 @@ class FitResult:
 
     @classmethod
     def load(cls, path: str | Path) -> FitResult:
-        """Read a result written with ``--out`` or :meth:`to_json`.
+        """Read a result written with ``--out`` or :meth:`save`.
 
         Parameters
         ----------
