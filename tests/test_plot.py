@@ -52,3 +52,21 @@ def test_a_weighted_fit_draws_its_points_with_sigma_error_bars(weighted):
     else:
         assert not bars
     plt.close(fig)
+
+
+@pytest.mark.parametrize(("low", "scales"), [(1e-3, ("log", "log")), (1.0, ("linear", "linear"))])
+def test_inputs_over_decades_are_drawn_on_log_axes(low, scales):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from gradfit.plot import draw_fit, figure
+
+    x = np.geomspace(low, low * (1e6 if low < 1 else 10.0), 40)
+    y = 2.5 * x**1.7 * (1.0 + 0.01 * np.cos(9 * np.arange(40)))
+    result = gradfit.fit("a*x**b", {"x": x}, y, params={"a": 1.0, "b": 1.0})
+    fig, (ax,) = figure()
+    draw_fit(ax, result, as_dataset({"x": x}, y))
+    assert (ax.get_xscale(), ax.get_yscale()) == scales
+    plt.close(fig)

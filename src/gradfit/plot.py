@@ -97,8 +97,13 @@ def _draw_curve(
     name = result.input_names[0]
     points = [train.inputs[name]] + ([val.inputs[name]] if val is not None else [])
     low, high = min(p.min() for p in points), max(p.max() for p in points)
-    pad = 0.05 * (high - low or 1.0)
-    grid = np.linspace(low - pad, high + pad, 300)
+    logarithmic = low > 0 and high / low >= LOG_AXIS_SPAN  # a power law over decades
+    if logarithmic:
+        grid = np.geomspace(low / 1.1, high * 1.1, 300)
+        ax.set_xscale("log")
+    else:
+        pad = 0.05 * (high - low or 1.0)
+        grid = np.linspace(low - pad, high + pad, 300)
     _draw_points(ax, train.inputs[name], train, "o", TRAIN_COLOR, "training data")
     if val is not None:
         _draw_points(ax, val.inputs[name], val, "s", VAL_COLOR, "validation data")
@@ -106,10 +111,17 @@ def _draw_curve(
     if bands is not None:
         draw_bands(ax, grid, bands, color, float(result.settings.get("confidence", 0.95)))
     ax.plot(grid, result.predict({name: grid}), color=color, lw=1.8, label=mathtext_safe(label or f"fit: {result.model}"))
+    targets = np.concatenate([train.y] + ([val.y] if val is not None else []))
+    if logarithmic and targets.min() > 0 and targets.max() / targets.min() >= LOG_AXIS_SPAN:
+        ax.set_yscale("log")
     ax.set_xlabel(mathtext_safe(name))
     ax.set_ylabel(mathtext_safe(result.y_name))
     _legend(ax, sum(p.size for p in points))
 
+
+#: positive inputs spanning at least this ratio are drawn on a log axis (and positive targets
+#: spanning as much, on a log y axis too)
+LOG_AXIS_SPAN = 1e3
 
 #: above this many points, a weighted fit's points get no error bars (they would hide the curve)
 ERROR_BAR_POINTS = 2_000
