@@ -118,3 +118,35 @@ def test_text_input_columns_convert_as_the_fits_data_do():
     np.testing.assert_allclose(predicted, [result.predict(1.0)[0], np.nan, result.predict(3.0)[0]], rtol=1e-15)
     with pytest.raises(DataError, match="row 2 has 'x'"):
         result.predict({"t": pl.Series(["1", "x", "3"])})
+
+
+@pytest.mark.parametrize(("low", "high", "degree"), [(2000.0, 2020.0, 3), (1000.0, 1010.0, 6)])
+def test_a_polynomial_in_a_raw_input_far_from_zero_has_exact_predictions_and_bands(low, high, degree):
+    """In powers of x near 2010, g C gᵀ cancels (the monomial covariance gave 0 at the centre), and
+    so does the curve's evaluation; both come from the centred basis the fit was solved in.
+    Reference: the least-squares fit in mpmath at 80 digits."""
+    import mpmath
+
+    rng = np.random.default_rng(0)
+    x = np.linspace(low, high, 30)
+    u = (x - 0.5 * (low + high)) / (high - low)
+    y = 10.0 * sum(0.7**k * u**k for k in range(degree + 1)) + rng.normal(0.0, 0.05, x.size)
+    result = gradfit.fit(" + ".join(["c0", *(f"c{k}*x**{k}" for k in range(1, degree + 1))]), {"x": x}, y)
+    grid = np.array([low, low + 0.3 * (high - low), 0.5 * (low + high), high + 0.05 * (high - low)])
+    mpmath.mp.dps = 80
+    design = mpmath.matrix([[mpmath.mpf(v) ** k for k in range(degree + 1)] for v in x])
+    inverse = (design.T * design) ** -1
+    residuals = design * (inverse * (design.T * mpmath.matrix([mpmath.mpf(v) for v in y]))) - mpmath.matrix([mpmath.mpf(v) for v in y])
+    s2 = sum(r**2 for r in residuals) / (x.size - degree - 1)
+    factor = scipy_stats.t.ppf(0.975, x.size - degree - 1)
+    exact = []
+    for g in grid:
+        row = mpmath.matrix([[mpmath.mpf(g) ** k for k in range(degree + 1)]])
+        exact.append(float(mpmath.sqrt(s2 * (row * inverse * row.T)[0])) * factor)
+    coefficients = inverse * (design.T * mpmath.matrix([mpmath.mpf(v) for v in y]))
+    curve = [float(sum(coefficients[k] * mpmath.mpf(g) ** k for k in range(degree + 1))) for g in grid]
+    for fitted in (result, gradfit.FitResult.from_json(result.to_json())):  # in memory and saved
+        predicted, confidence, _ = prediction_bands(fitted, {"x": grid})
+        np.testing.assert_allclose(confidence, exact, rtol=1e-9)
+        np.testing.assert_allclose(predicted, curve, rtol=1e-9, atol=1e-9)  # the curve too: no cancellation
+        np.testing.assert_allclose(fitted.predict({"x": grid}), curve, rtol=1e-9, atol=1e-9)

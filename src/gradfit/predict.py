@@ -48,6 +48,9 @@ def predict_columns(result: FitResult, x: Any) -> np.ndarray:
     formula (never evaluated as Python).
     """
     columns = input_columns(result, x)
+    centred = _centred_curve(result, columns)
+    if centred is not None:
+        return centred
     if result.predictor is not None:
         return result.predictor(columns)
     if result.model_kind != "formula":
@@ -108,11 +111,47 @@ def prediction_bands(
     prediction, jacobian = model.predict_and_jacobian(inputs, np.asarray(result.values, dtype=np.float64))
     jacobian = np.broadcast_to(jacobian, (len(next(iter(inputs.values()))), len(result.parameters)))
     free = np.array([not p.fixed for p in result.parameters])
-    cov = np.asarray(result.covariance, dtype=float)[np.ix_(free, free)]
+    gradient, cov = _band_basis(result, inputs)
+    if gradient is None:
+        gradient, cov = jacobian[:, free], np.asarray(result.covariance, dtype=float)[np.ix_(free, free)]
     dof, level = float(result.statistics["dof"]), float(result.settings.get("confidence", 0.95))
-    confidence = stats.confidence_band(jacobian[:, free], cov, dof, level, absolute)
-    prediction_half = stats.prediction_band(jacobian[:, free], cov, dof, _new_noise(result, sigma, jacobian.shape[0]), level, absolute)
-    return np.array(prediction), confidence, prediction_half
+    confidence = stats.confidence_band(gradient, cov, dof, level, absolute)
+    prediction_half = stats.prediction_band(gradient, cov, dof, _new_noise(result, sigma, gradient.shape[0]), level, absolute)
+    centred = _centred_curve(result, inputs)
+    return np.array(prediction) if centred is None else centred, confidence, prediction_half
+
+
+def _centred_curve(result: FitResult, inputs: Mapping[str, np.ndarray]) -> np.ndarray | None:
+    """A polynomial solved in a centred basis, evaluated there (Horner in ``t``); None for other
+    fits. Its coefficients in powers of a raw ``x`` far from 0 cancel when evaluated (the fit's
+    rounding warning says by how much); the centred ones do not."""
+    from gradfit.solvers.linear import POLYNOMIAL_BASIS
+
+    basis = result.settings.get(POLYNOMIAL_BASIS)
+    if not basis or basis.get("input") not in inputs or "coefficients" not in basis:
+        return None
+    t = (np.asarray(inputs[basis["input"]], dtype=float).reshape(-1) - basis["centre"]) / basis["half_width"]
+    curve = np.zeros_like(t)
+    for coefficient in reversed(basis["coefficients"]):
+        curve = curve * t + coefficient
+    return curve
+
+
+def _band_basis(result: FitResult, inputs: Mapping[str, np.ndarray]) -> tuple[Any, Any]:
+    """For a polynomial solved in a centred basis: the curve's gradient in that basis, ``t^k`` at
+    ``t = (x - centre) / half_width``, and the covariance there, ``s² L Lᵀ``; ``(None, None)``
+    otherwise. In powers of a raw ``x`` far from 0 (years, kelvins), ``g C gᵀ`` cancels to noise
+    (a cubic over 2000..2020 keeps about two digits of its band); in the centred basis it does not."""
+    from gradfit.solvers.linear import POLYNOMIAL_BASIS
+
+    basis = result.settings.get(POLYNOMIAL_BASIS)
+    if not basis or basis.get("input") not in inputs:
+        return None, None
+    factor = np.asarray(basis["factor"], dtype=float)
+    t = (np.asarray(inputs[basis["input"]], dtype=float).reshape(-1) - basis["centre"]) / basis["half_width"]
+    gradient = t[:, None] ** np.arange(factor.shape[0])
+    s2 = 1.0 if result.settings.get("absolute_sigma") else float(result.statistics["redchi"])
+    return gradient, s2 * (factor @ factor.T)
 
 
 def _new_noise(result: FitResult, sigma: Any, n_points: int) -> Any:

@@ -141,7 +141,8 @@ class SolveOutcome:
         What the solver found that the result should warn about.
     settings
         Settings the solver chose that the fit's options leave out, for the result's record (a
-        gradient fit's optimizer options with their defaults filled in).
+        gradient fit's optimizer options with their defaults filled in; a polynomial's centred
+        basis, for its bands).
     """
 
     theta: Any

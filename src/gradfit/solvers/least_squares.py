@@ -1550,6 +1550,12 @@ class LinearSolution:
         to floating point, evaluates to, in the units of ``y`` (:func:`polynomial_least_squares`;
         None elsewhere). Far from 0 the monomial coefficients cancel, and their last bits alone move
         the curve.
+    centred_basis
+        ``(centre (K,), half_width (K,), coefficients (K, p), factor (K, p, p))`` of
+        :func:`polynomial_least_squares`: the basis ``t = (x - centre) / half_width`` it solved in,
+        the coefficients of ``1, t, t², ...`` and the factor ``L`` of ``(BᵀB)⁻¹ = L Lᵀ`` there (B
+        the weighted design in powers of ``t``), from which the curve and its bands are computed
+        without the monomials' cancellation (None elsewhere).
     """
 
     theta: Array
@@ -1559,6 +1565,7 @@ class LinearSolution:
     condition: Array
     decomposition: Any = None
     coefficient_rounding: Array | None = None
+    centred_basis: tuple[Array, Array, Array, Array] | None = None
 
     def covariance(self, absolute_sigma: bool = False) -> Array:
         """Coefficient covariance ``s² (AᵀA)⁻¹`` (``s² = Σr²/(n-p)``, or 1 with ``absolute_sigma``)."""
@@ -1667,7 +1674,10 @@ def polynomial_least_squares(
         change = np.where(w > 0, (rounded - centred) / w, 0.0)
     rounding = np.sqrt(np.mean(change**2, axis=-1))
     condition = np.full(xs.shape[0], np.nan)  # of the monomial design: not computed (see inner)
-    return LinearSolution(theta, residuals, mapping @ inner.inverse_factor, inner.rank, condition, coefficient_rounding=rounding)
+    return LinearSolution(
+        theta, residuals, mapping @ inner.inverse_factor, inner.rank, condition, coefficient_rounding=rounding,
+        centred_basis=(centre, half, inner.theta, inner.inverse_factor),
+    )
 
 
 # double-double helpers (error-free transformations; Dekker / Knuth), numpy float64

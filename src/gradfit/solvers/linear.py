@@ -9,8 +9,8 @@ with iterative refinement (:mod:`gradfit.solvers.least_squares`).
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -101,6 +101,7 @@ class _Exact:
     residuals: np.ndarray
     decomposition: Any
     warnings: tuple[str, ...] = ()
+    settings: Mapping[str, Any] = field(default_factory=dict)  # the polynomial's centred basis, for bands
 
 
 def solve_linear(problem: Problem, options: Any = None) -> SolveOutcome:
@@ -123,7 +124,7 @@ def solve_linear(problem: Problem, options: Any = None) -> SolveOutcome:
     return SolveOutcome(
         exact.theta, "converged" if ok else "non_finite", message, ok, 1,
         inverse_normal=exact.inverse_normal, residuals=exact.residuals, jacobian=a,
-        decomposition=exact.decomposition, warnings=exact.warnings,
+        decomposition=exact.decomposition, warnings=exact.warnings, settings=exact.settings,
     )
 
 
@@ -187,7 +188,22 @@ def _exact(problem: Problem, a: np.ndarray, b: np.ndarray) -> _Exact:
     residuals = accurate.residuals[0]
     in_y = residuals if weights is None else residuals / weights
     warning = rounding_warning(name, inputs, target, float(accurate.coefficient_rounding[0]), in_y)
-    return _Exact(accurate.theta[0][powers], factor @ factor.T, residuals, solution.decomposition[0], warning)
+    settings = {POLYNOMIAL_BASIS: _centred_basis(name, accurate)} if np.asarray(problem.free).all() else {}
+    return _Exact(accurate.theta[0][powers], factor @ factor.T, residuals, solution.decomposition[0], warning, settings)
+
+
+def _centred_basis(name: str, solution: Any) -> dict[str, Any]:
+    """The record of a polynomial's centred basis (:attr:`LinearSolution.centred_basis`) that its
+    predictions and bands are computed in (:mod:`gradfit.predict`), as JSON-ready numbers."""
+    centre, half, coefficients, factor = solution.centred_basis
+    return {
+        "input": name, "centre": float(centre[0]), "half_width": float(half[0]),
+        "coefficients": coefficients[0].tolist(), "factor": factor[0].tolist(),
+    }
+
+
+#: the key, in a result's settings, of a polynomial's centred basis (:func:`gradfit.predict.prediction_bands`)
+POLYNOMIAL_BASIS = "polynomial_basis"
 
 
 #: coefficient rounding above this fraction of the residuals' RMS is worth a warning
@@ -208,7 +224,8 @@ def rounding_warning(name: str, x: np.ndarray, y: np.ndarray, rounding: float, r
     return (
         f"the coefficients in powers of {name} cancel at these {name} (around {centre:.10g}): rounded to floating "
         f"point they move the curve by {rounding:.3g} (RMS over the data, against residuals of RMS {spread:.3g}), so "
-        f"predictions from them are at least that far off although the statistics describe the fit — centre {name} "
+        f"predictions computed from these coefficients are at least that far off (gradfit's own predictions, "
+        f"figures and bands use the centred basis it solved in) — to use the coefficients elsewhere, centre {name} "
         f"(fit in {name} - {centre:.10g})",
     )
 
