@@ -121,16 +121,24 @@ def prediction_bands(
     return np.array(prediction) if centred is None else centred, confidence, prediction_half
 
 
+def _centred_input(result: FitResult, inputs: Mapping[str, np.ndarray]) -> tuple[Any, Any]:
+    """A polynomial's centred basis record and its ``t = (x - centre) / half_width`` at ``inputs``;
+    ``(None, None)`` for a fit without one."""
+    from gradfit.solvers.linear import POLYNOMIAL_BASIS
+
+    basis = result.settings.get(POLYNOMIAL_BASIS)
+    if not basis or basis.get("input") not in inputs:
+        return None, None
+    return basis, (np.asarray(inputs[basis["input"]], dtype=float).reshape(-1) - basis["centre"]) / basis["half_width"]
+
+
 def _centred_curve(result: FitResult, inputs: Mapping[str, np.ndarray]) -> np.ndarray | None:
     """A polynomial solved in a centred basis, evaluated there (Horner in ``t``); None for other
     fits. Its coefficients in powers of a raw ``x`` far from 0 cancel when evaluated (the fit's
     rounding warning says by how much); the centred ones do not."""
-    from gradfit.solvers.linear import POLYNOMIAL_BASIS
-
-    basis = result.settings.get(POLYNOMIAL_BASIS)
-    if not basis or basis.get("input") not in inputs or "coefficients" not in basis:
+    basis, t = _centred_input(result, inputs)
+    if basis is None or "coefficients" not in basis:
         return None
-    t = (np.asarray(inputs[basis["input"]], dtype=float).reshape(-1) - basis["centre"]) / basis["half_width"]
     curve = np.zeros_like(t)
     for coefficient in reversed(basis["coefficients"]):
         curve = curve * t + coefficient
@@ -142,13 +150,10 @@ def _band_basis(result: FitResult, inputs: Mapping[str, np.ndarray]) -> tuple[An
     ``t = (x - centre) / half_width``, and the covariance there, ``s² L Lᵀ``; ``(None, None)``
     otherwise. In powers of a raw ``x`` far from 0 (years, kelvins), ``g C gᵀ`` cancels to noise
     (a cubic over 2000..2020 keeps about two digits of its band); in the centred basis it does not."""
-    from gradfit.solvers.linear import POLYNOMIAL_BASIS
-
-    basis = result.settings.get(POLYNOMIAL_BASIS)
-    if not basis or basis.get("input") not in inputs:
+    basis, t = _centred_input(result, inputs)
+    if basis is None:
         return None, None
     factor = np.asarray(basis["factor"], dtype=float)
-    t = (np.asarray(inputs[basis["input"]], dtype=float).reshape(-1) - basis["centre"]) / basis["half_width"]
     gradient = t[:, None] ** np.arange(factor.shape[0])
     s2 = 1.0 if result.settings.get("absolute_sigma") else float(result.statistics["redchi"])
     return gradient, s2 * (factor @ factor.T)
