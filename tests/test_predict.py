@@ -150,3 +150,18 @@ def test_a_polynomial_in_a_raw_input_far_from_zero_has_exact_predictions_and_ban
         np.testing.assert_allclose(confidence, exact, rtol=1e-9)
         np.testing.assert_allclose(predicted, curve, rtol=1e-9, atol=1e-9)  # the curve too: no cancellation
         np.testing.assert_allclose(fitted.predict({"x": grid}), curve, rtol=1e-9, atol=1e-9)
+
+
+def test_a_far_polynomials_validation_loss_and_sklearn_predictions_use_its_centred_basis():
+    from gradfit.sklearn import ParametricRegressor
+
+    rng = np.random.default_rng(3)
+    x = np.linspace(1000.0, 1010.0, 41)
+    u = x - 1005.0
+    y = 0.5 + 0.3 * u - 0.02 * u**2 + 0.001 * u**6 / 1e3 + rng.normal(0.0, 0.01, x.size)
+    far = gradfit.fit("poly:6", {"x": x}, y, val=0.3, seed=0)
+    near = gradfit.fit("poly:6", {"x": u}, y, val=0.3, seed=0)  # the same split, in a centred input
+    assert far.val_loss == pytest.approx(near.val_loss, rel=1e-6)
+    regressor = ParametricRegressor(model="poly:6").fit(x.reshape(-1, 1), y)
+    reference = np.polynomial.Polynomial.fit(x, y, 6)(x)
+    np.testing.assert_allclose(regressor.predict(x.reshape(-1, 1)), reference, rtol=0, atol=1e-9)

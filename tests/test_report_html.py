@@ -382,3 +382,21 @@ def test_the_browser_draws_the_figures(browser_page: tuple[Path, str], tmp_path:
         rgb = np.array([int(color[i : i + 2], 16) for i in (1, 3, 5)])
         assert (np.abs(pixels - rgb).sum(axis=1) < 30).sum() > 200, color
 
+
+
+def test_the_report_figure_draws_error_bars_and_log_axes_as_the_plot_does():
+    import matplotlib.pyplot as plt
+    from matplotlib.container import ErrorbarContainer
+
+    from gradfit.data import as_dataset
+    from gradfit.report_html import fit_figure, resolve_data
+
+    x = np.geomspace(1e-3, 1e3, 40)
+    sigma = 0.05 * 2.5 * x**1.7
+    y = 2.5 * x**1.7 * (1.0 + 0.05 * np.cos(7 * np.arange(40)))
+    result = gradfit.fit("a*x**b", {"x": x}, y, params={"a": 1.0, "b": 1.0}, sigma=sigma)
+    fig = fit_figure(result, resolve_data(result, (as_dataset({"x": x}, y, sigma=sigma), None)))
+    ax = fig.axes[0]
+    assert (ax.get_xscale(), ax.get_yscale()) == ("log", "log")
+    assert any(isinstance(c, ErrorbarContainer) for c in ax.containers)
+    plt.close(fig)

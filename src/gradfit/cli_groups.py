@@ -56,7 +56,8 @@ def _interrupted_message(groups: int | None, out: Path | None) -> str:
     if out is None:
         return "interrupted: the groups fitted so far are summarised above (no --out: nothing was written)"
     if not groups:
-        return f"interrupted before any group was fitted: nothing was written ({out} is unchanged)"
+        state = "is unchanged" if out.exists() else "was not created"
+        return f"interrupted before any group was fitted: nothing was written ({out} {state})"
     return f"interrupted: the {groups} groups fitted so far were written to {out}"
 
 

@@ -499,7 +499,8 @@ def _float32_warnings(dataset: Dataset) -> tuple[str, ...]:
             centre = 0.5 * (float(column.min()) + float(column.max()))
             out.append(
                 f"'{name}' loses digits in float32: rounding moves it by up to {lost:.3g}, {lost / spread:.2%} of its range — "
-                f"fit in float64 (the default), or subtract an offset (e.g. use {name} - {centre:.10g})"
+                f"fit in float64 (the default), or subtract an offset from the column before the fit (e.g. {name} - {centre:.10g}: "
+                "in the formula it comes too late, after the rounding)"
             )
     return tuple(out)
 

@@ -365,15 +365,12 @@ def draw_curve(ax: Any, result: FitResult, span: tuple[float, float], *, show_ra
     GradfitError
         If the model cannot be evaluated (a saved non-formula model, a broken formula).
     """
-    import numpy as np
-
-    from gradfit.plot import CURVE_COLOR, draw_bands
+    from gradfit.plot import CURVE_COLOR, curve_grid, draw_bands
     from gradfit.predict import prediction_bands
 
     name = result.input_names[0]
     low, high = span
-    pad = 0.05 * (high - low or 1.0)
-    grid = np.linspace(low - pad, high + pad, points)
+    grid = curve_grid(ax, low, high, points)
     curve = result.predict({name: grid})
     bands = prediction_bands(result, {name: grid})
     level = float(result.settings.get("confidence", 0.95))

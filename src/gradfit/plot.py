@@ -97,23 +97,15 @@ def _draw_curve(
     name = result.input_names[0]
     points = [train.inputs[name]] + ([val.inputs[name]] if val is not None else [])
     low, high = min(p.min() for p in points), max(p.max() for p in points)
-    logarithmic = low > 0 and high / low >= LOG_AXIS_SPAN  # a power law over decades
-    if logarithmic:
-        grid = np.geomspace(low / 1.1, high * 1.1, 300)
-        ax.set_xscale("log")
-    else:
-        pad = 0.05 * (high - low or 1.0)
-        grid = np.linspace(low - pad, high + pad, 300)
-    _draw_points(ax, train.inputs[name], train, "o", TRAIN_COLOR, "training data")
+    grid = curve_grid(ax, low, high)
+    draw_points(ax, train.inputs[name], train, "o", TRAIN_COLOR, "training data")
     if val is not None:
-        _draw_points(ax, val.inputs[name], val, "s", VAL_COLOR, "validation data")
+        draw_points(ax, val.inputs[name], val, "s", VAL_COLOR, "validation data")
     bands = prediction_bands(result, {name: grid}) if show_bands else None
     if bands is not None:
         draw_bands(ax, grid, bands, color, float(result.settings.get("confidence", 0.95)))
     ax.plot(grid, result.predict({name: grid}), color=color, lw=1.8, label=mathtext_safe(label or f"fit: {result.model}"))
-    targets = np.concatenate([train.y] + ([val.y] if val is not None else []))
-    if logarithmic and targets.min() > 0 and targets.max() / targets.min() >= LOG_AXIS_SPAN:
-        ax.set_yscale("log")
+    log_targets(ax, np.concatenate([train.y] + ([val.y] if val is not None else [])))
     ax.set_xlabel(mathtext_safe(name))
     ax.set_ylabel(mathtext_safe(result.y_name))
     _legend(ax, sum(p.size for p in points))
@@ -127,7 +119,23 @@ LOG_AXIS_SPAN = 1e3
 ERROR_BAR_POINTS = 2_000
 
 
-def _draw_points(ax: Axes, x: np.ndarray, part: Dataset, marker: str, color: str, label: str) -> None:
+def curve_grid(ax: Axes, low: float, high: float, points: int = 300) -> np.ndarray:
+    """Points to draw a curve over ``[low, high]`` at, a little beyond it; inputs that are positive
+    and span :data:`LOG_AXIS_SPAN` or more get a log axis (set on ``ax``) and a geometric grid."""
+    if low > 0 and high / low >= LOG_AXIS_SPAN:
+        ax.set_xscale("log")
+        return np.geomspace(low / 1.1, high * 1.1, points)
+    pad = 0.05 * (high - low or 1.0)
+    return np.linspace(low - pad, high + pad, points)
+
+
+def log_targets(ax: Axes, targets: np.ndarray) -> None:
+    """On a log x axis, a log y axis too when the targets are positive and span :data:`LOG_AXIS_SPAN`."""
+    if ax.get_xscale() == "log" and targets.size and targets.min() > 0 and targets.max() / targets.min() >= LOG_AXIS_SPAN:
+        ax.set_yscale("log")
+
+
+def draw_points(ax: Axes, x: np.ndarray, part: Dataset, marker: str, color: str, label: str) -> None:
     """A part's points; with sigma (and not too many points), their ±σ error bars."""
     if part.sigma is not None and part.n_rows <= ERROR_BAR_POINTS:
         ax.errorbar(x, part.y, yerr=part.sigma, fmt=marker, ms=4.5, color=color, ecolor=color, elinewidth=0.8,

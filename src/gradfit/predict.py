@@ -12,7 +12,7 @@ from gradfit.errors import DataError, ModelError
 if TYPE_CHECKING:
     from gradfit.result import FitResult
 
-__all__ = ["predict_columns", "input_columns", "prediction_bands"]
+__all__ = ["predict_columns", "input_columns", "prediction_bands", "centred_polynomial"]
 
 
 def input_columns(result: FitResult, x: Any) -> dict[str, np.ndarray]:
@@ -121,28 +121,45 @@ def prediction_bands(
     return np.array(prediction) if centred is None else centred, confidence, prediction_half
 
 
-def _centred_input(result: FitResult, inputs: Mapping[str, np.ndarray]) -> tuple[Any, Any]:
-    """A polynomial's centred basis record and its ``t = (x - centre) / half_width`` at ``inputs``;
-    ``(None, None)`` for a fit without one."""
-    from gradfit.solvers.linear import POLYNOMIAL_BASIS
-
-    basis = result.settings.get(POLYNOMIAL_BASIS)
+def _centred_input(basis: Mapping[str, Any] | None, inputs: Mapping[str, np.ndarray]) -> Any:
+    """``t = (x - centre) / half_width`` of a polynomial's centred basis record at ``inputs``; None
+    without a record (or without its input)."""
     if not basis or basis.get("input") not in inputs:
-        return None, None
-    return basis, (np.asarray(inputs[basis["input"]], dtype=float).reshape(-1) - basis["centre"]) / basis["half_width"]
+        return None
+    return (np.asarray(inputs[basis["input"]], dtype=float).reshape(-1) - basis["centre"]) / basis["half_width"]
+
+
+def centred_polynomial(basis: Mapping[str, Any] | None, inputs: Mapping[str, np.ndarray]) -> np.ndarray | None:
+    """A polynomial evaluated in the centred basis it was solved in (Horner in ``t``).
+
+    Its coefficients in powers of a raw ``x`` far from 0 cancel when evaluated (the fit's rounding
+    warning says by how much); the centred ones do not.
+
+    Parameters
+    ----------
+    basis
+        A result's ``settings["polynomial_basis"]`` (see :mod:`gradfit.solvers.linear`), or None.
+    inputs
+        Input columns by name.
+
+    Returns
+    -------
+    numpy.ndarray or None
+        The curve at the points; None without a basis record.
+    """
+    t = _centred_input(basis, inputs)
+    if t is None or "coefficients" not in basis:  # type: ignore[operator]
+        return None
+    curve = np.zeros_like(t)
+    for coefficient in reversed(basis["coefficients"]):  # type: ignore[index]
+        curve = curve * t + coefficient
+    return curve
 
 
 def _centred_curve(result: FitResult, inputs: Mapping[str, np.ndarray]) -> np.ndarray | None:
-    """A polynomial solved in a centred basis, evaluated there (Horner in ``t``); None for other
-    fits. Its coefficients in powers of a raw ``x`` far from 0 cancel when evaluated (the fit's
-    rounding warning says by how much); the centred ones do not."""
-    basis, t = _centred_input(result, inputs)
-    if basis is None or "coefficients" not in basis:
-        return None
-    curve = np.zeros_like(t)
-    for coefficient in reversed(basis["coefficients"]):
-        curve = curve * t + coefficient
-    return curve
+    from gradfit.solvers.linear import POLYNOMIAL_BASIS
+
+    return centred_polynomial(result.settings.get(POLYNOMIAL_BASIS), inputs)
 
 
 def _band_basis(result: FitResult, inputs: Mapping[str, np.ndarray]) -> tuple[Any, Any]:
@@ -150,8 +167,11 @@ def _band_basis(result: FitResult, inputs: Mapping[str, np.ndarray]) -> tuple[An
     ``t = (x - centre) / half_width``, and the covariance there, ``s² L Lᵀ``; ``(None, None)``
     otherwise. In powers of a raw ``x`` far from 0 (years, kelvins), ``g C gᵀ`` cancels to noise
     (a cubic over 2000..2020 keeps about two digits of its band); in the centred basis it does not."""
-    basis, t = _centred_input(result, inputs)
-    if basis is None:
+    from gradfit.solvers.linear import POLYNOMIAL_BASIS
+
+    basis = result.settings.get(POLYNOMIAL_BASIS)
+    t = _centred_input(basis, inputs)
+    if t is None:
         return None, None
     factor = np.asarray(basis["factor"], dtype=float)
     gradient = t[:, None] ** np.arange(factor.shape[0])

@@ -230,7 +230,9 @@ def fit_figure(result: FitResult, data: ReportData | None) -> Figure | None:
         with _closing_on_error(fig):
             draw_curve(ax, result, span, show_range=data is None)
             for label, part, color in data.parts if data is not None else ():
-                ax.scatter(part.column(result.input_names[0]), part.y, s=22, color=color, label=label, zorder=3, marker=_marker(label))
+                plot.draw_points(ax, part.column(result.input_names[0]), part, _marker(label), color, label)
+            if data is not None:
+                plot.log_targets(ax, np.concatenate([part.y for _, part, _ in data.parts]))
             ax.legend()
             ax.set_title(mathtext_safe(f"{result.y_name} = {result.model}"), fontsize="medium")
         return fig

@@ -236,10 +236,15 @@ class ParametricRegressor(RegressorMixin, BaseEstimator):
         import torch
 
         from gradfit.model import ModuleModel
+        from gradfit.predict import centred_polynomial
+        from gradfit.solvers.linear import POLYNOMIAL_BASIS
 
         with torch.no_grad():
             if isinstance(self.model_, ModuleModel):
                 return _module_predict(self.model_, self.scalers_, columns)
+            centred = centred_polynomial(self.result_.settings.get(POLYNOMIAL_BASIS), columns)
+            if centred is not None:  # a polynomial: in the centred basis it was solved in
+                return centred
             theta = torch.tensor(self.result_.values, dtype=torch.float64)
             inputs = {k: torch.as_tensor(v, dtype=torch.float64) for k, v in columns.items()}
             out = self.model_.predict(inputs, theta)

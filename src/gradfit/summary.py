@@ -122,7 +122,7 @@ def _parametric_quantities(problem: Problem, outcome: SolveOutcome, options: Fit
         jac = _weighted(jac, train)
         residuals = train.residuals(prediction) if residuals is None else residuals
     train_loss = float(loss_fn(residuals))
-    val_loss = None if problem.val is None else float(loss_fn(problem.val.residuals(model.predict(problem.val.inputs, theta))))
+    val_loss = None if problem.val is None else float(loss_fn(problem.val.residuals(_predict(model, problem.val.inputs, theta, outcome))))
     robust = _robust_variance(problem, options, residuals, free)
     report = stats.fit_report(
         jac,
@@ -231,6 +231,15 @@ def _robust_warnings(problem: Problem, options: FitOptions, residuals: np.ndarra
     if options.absolute_sigma or problem.loss not in SOLVER_LOSS:
         return ()
     return robust_scale_warning(SOLVER_LOSS[problem.loss], residuals, problem.loss_scale)
+
+
+def _predict(model: Any, inputs: Mapping[str, np.ndarray], theta: np.ndarray, outcome: SolveOutcome) -> np.ndarray:
+    """The model at ``inputs``; a polynomial in the centred basis its exact solve recorded."""
+    from gradfit.predict import centred_polynomial
+    from gradfit.solvers.linear import POLYNOMIAL_BASIS
+
+    centred = centred_polynomial(outcome.settings.get(POLYNOMIAL_BASIS), inputs)
+    return model.predict(inputs, theta) if centred is None else centred
 
 
 def _weighted(jac: np.ndarray, train: Split) -> np.ndarray:
