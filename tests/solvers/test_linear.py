@@ -102,3 +102,16 @@ def test_a_float32_design_made_singular_by_rounding_says_that_float64_may_mend_i
     with pytest.raises(FitError, match=r"cannot be told apart .* \(in float32 the data may only look so after rounding: fit in float64"):
         gradfit.fit("w*t + b", {"t": t}, 0.5 * (t - 1.7e9), dtype="float32")
     assert gradfit.fit("w*t + b", {"t": t}, 0.5 * (t - 1.7e9)).success
+
+
+def test_a_far_polynomial_with_a_fixed_coefficient_warns_that_it_is_solved_in_raw_powers():
+    rng = np.random.default_rng(4)
+    formula = "c0 + c1*x + c2*x**2 + c3*x**3 + c4*x**4"
+    u = np.linspace(-5.0, 5.0, 40)
+    y = 1.0 + 0.2 * u - 0.05 * u**2 + 0.002 * u**4 + rng.normal(0.0, 0.01, u.size)
+    far = gradfit.fit(formula, {"x": u + 1000.0}, y, fix={"c4": 0.002})
+    assert any(w.startswith("with fixed coefficients this polynomial is solved in raw powers of x") and "x - 1000" in w for w in far.warnings)
+    near = gradfit.fit(formula, {"x": u}, y, fix={"c4": 0.002})
+    assert not any("fixed coefficients" in w for w in near.warnings)
+    free = gradfit.fit(formula, {"x": u + 1000.0}, y)
+    assert not any("fixed coefficients" in w for w in free.warnings)

@@ -173,10 +173,11 @@ def _exact(problem: Problem, a: np.ndarray, b: np.ndarray) -> _Exact:
     solution = linear_least_squares(a, b)
     full_rank = solution.rank[0] == a.shape[-1]
     polynomial = polynomial_powers(problem.model, problem.free.tolist())
+    fixed_hint = _fixed_polynomial_hint(problem, float(solution.condition[0]))
     if polynomial is None or a.dtype != np.float64 or (max(polynomial[1]) < 2 and full_rank and solution.condition[0] < ILL_CONDITIONED):
         if not full_rank:
-            raise FitError(_singular(a, problem))
-        return _Exact(solution.theta[0], None, solution.residuals[0], solution.decomposition[0])
+            raise FitError(_singular(a, problem) + (f"; {fixed_hint}" if fixed_hint else ""))
+        return _Exact(solution.theta[0], None, solution.residuals[0], solution.decomposition[0], (fixed_hint,) if fixed_hint else ())
     name, powers = polynomial  # solved in a centred basis: the raw design may only look singular
     weights = problem.train.weights
     target = b if weights is None else b / weights
@@ -187,9 +188,29 @@ def _exact(problem: Problem, a: np.ndarray, b: np.ndarray) -> _Exact:
     factor = accurate.inverse_factor[0][powers]
     residuals = accurate.residuals[0]
     in_y = residuals if weights is None else residuals / weights
-    warning = rounding_warning(name, inputs, target, float(accurate.coefficient_rounding[0]), in_y)
+    warning = rounding_warning(name, inputs, target, float(accurate.coefficient_rounding[0]), in_y) + ((fixed_hint,) if fixed_hint else ())
     settings = {POLYNOMIAL_BASIS: _centred_basis(name, accurate)} if np.asarray(problem.free).all() else {}
     return _Exact(accurate.theta[0][powers], factor @ factor.T, residuals, solution.decomposition[0], warning, settings)
+
+
+def _fixed_polynomial_hint(problem: Problem, condition: float) -> str:
+    """For a polynomial of one input with some coefficients fixed, whose free columns in raw powers
+    are ill-conditioned: the fixed terms are subtracted and the rest solved in those powers (only a
+    complete polynomial is solved in a centred basis), which loses digits. Else an empty text."""
+    free = np.asarray(problem.free)
+    if free.all() or not condition > ILL_CONDITIONED:
+        return ""
+    whole = polynomial_powers(problem.model, [True] * free.size)
+    if whole is None:
+        return ""
+    name = whole[0]
+    x = np.asarray(problem.train.inputs[name])
+    centre = 0.5 * (float(x.min()) + float(x.max()))
+    return (
+        f"with fixed coefficients this polynomial is solved in raw powers of {name}, whose design is ill-conditioned "
+        f"(scaled condition number {condition:.2g}), and digits may be lost — centre {name} (fit in {name} - {centre:.10g}) "
+        "or leave the coefficients free"
+    )
 
 
 def _centred_basis(name: str, solution: Any) -> dict[str, Any]:
