@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from gradfit.data import SQUARES_UNDERFLOW
 from gradfit.model import FormulaModel, ParametricModel
 from gradfit.packing import GroupIndex, PackedGroups, finite_groups, first_in_group, held_out, pack
 
@@ -243,15 +244,13 @@ def _flag_bounds(model: ParametricModel, rows: Rows) -> None:
 
 #: the message of a group whose (weighted) targets are too small to square (:func:`gradfit.data.check_squares_representable`)
 _TINY_TARGETS = (
-    "not fitted: the group's (weighted) target values are below 1e-150 in magnitude, so their squares underflow "
-    "in double precision — rescale y"
+    f"not fitted: the group's (weighted) target values are below {SQUARES_UNDERFLOW:g} in magnitude, so their squares "
+    "underflow in double precision — rescale y"
 )
 
 
 def _tiny_targets(packed: PackedGroups, plan: ChunkPlan) -> np.ndarray:
     """Groups whose largest weighted target is nonzero and too small to square, as a single fit refuses."""
-    from gradfit.data import SQUARES_UNDERFLOW
-
     y = packed.columns[plan.y]
     with np.errstate(all="ignore"):  # padding repeats a real point: no mask needed for the largest value
         weighted = np.abs(y if plan.sigma is None else y / packed.columns[plan.sigma])
