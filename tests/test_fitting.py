@@ -720,3 +720,17 @@ def test_float32_warns_when_rounding_moves_a_column_by_a_visible_part_of_its_ran
     assert not any("float32" in w for w in exact.warnings)
     small = gradfit.fit("w*t + b", {"t": t - 1.7e9}, y, dtype="float32")
     assert not any("float32" in w for w in small.warnings)
+
+
+def test_the_settings_record_the_iteration_cap_starts_and_stopping_rules_a_rerun_needs(thermometer):
+    """A saved result says how it was made: rerunning with its recorded settings gives the same fit."""
+    t_u, t_c = thermometer
+    kwargs = {"solver": "lm", "max_iter": 7, "starts": 3, "nan_policy": "omit"}
+    result = gradfit.fit("a*exp(-k*t_u) + c", {"t_u": t_u}, t_c, params={"a": -50, "k": 0.01, "c": 10}, **kwargs)
+    loaded = gradfit.FitResult.from_json(result.to_json())
+    recorded = {name: loaded.settings[name] for name in ("solver", "max_iter", "starts", "nan_policy", "patience", "plateau", "target")}
+    assert recorded == {**kwargs, "patience": None, "plateau": None, "target": None}
+    again = gradfit.fit("a*exp(-k*t_u) + c", {"t_u": t_u}, t_c, params={"a": -50, "k": 0.01, "c": 10}, **kwargs)
+    assert again.params == result.params and again.iterations == result.iterations
+    trained = gradfit.fit("w*t_u + b", {"t_u": t_u}, t_c, optimizer="adam", epochs=5, patience=2, plateau=1, target=0.5)
+    assert (trained.settings["patience"], trained.settings["plateau"], trained.settings["target"]) == (2, 1, 0.5)
