@@ -771,9 +771,11 @@ def _warnings(dof: Any, condition_scaled: Any, ident: Array, free: Array, names:
         out.append("no degrees of freedom left (data points <= free parameters): standard errors are undefined — add data or fix parameters")
     lost = [] if ident.all() else [name for name, gone in zip(names, (free & ~ident.reshape(-1, free.size).all(0)).tolist()) if gone]
     if lost:
+        few = len(lost) == 1
         out.append(
-            f"parameters {', '.join(lost)} cannot be determined from the data (the Jacobian is rank-deficient): "
-            "their standard errors are infinite — fix some of them or reparametrise the model"
+            f"{'parameter' if few else 'parameters'} {', '.join(lost)} cannot be determined from the data (the Jacobian is "
+            f"rank-deficient): {'its standard error is' if few else 'their standard errors are'} infinite — "
+            f"{'fix it' if few else 'fix some of them'} or reparametrise the model"
         )
     elif _any(condition_scaled > ILL_CONDITIONED):
         worst = float(np.max(condition_scaled))

@@ -95,6 +95,15 @@ def test_a_singular_design_names_the_parameters_the_data_cannot_tell_apart(formu
     assert gradfit.fit("a*x + b*x + c", {"x": x}, 3.0 * x + 1.0, fix={"b": 1.0}).values[0] == pytest.approx(2.0, rel=1e-12)
 
 
+def test_a_parameter_whose_column_is_zero_is_named_as_having_no_effect():
+    x = np.linspace(0.0, 1.0, 20)
+    with pytest.raises(gradfit.errors.FitError, match="singular: parameter b has no effect on the model at these data — remove or fix it"):
+        gradfit.fit("a*x + b*z + c", {"x": x, "z": np.zeros_like(x)}, 3.0 * x + 1.0)
+    nonlinear = gradfit.fit("a*exp(k*x) + b*z", {"x": x, "z": np.zeros_like(x)}, 3.0 * x + 1.0)
+    assert nonlinear.stderr["b"] == np.inf
+    assert any(w.startswith("parameter b cannot be determined from the data") and "its standard error is infinite — fix it" in w for w in nonlinear.warnings)
+
+
 def test_a_float32_design_made_singular_by_rounding_says_that_float64_may_mend_it():
     from gradfit.errors import FitError
 

@@ -629,8 +629,9 @@ def at_bound(theta: Array, lower: Array, upper: Array, free: Array) -> Array:
 def degenerate(jac: Array, theta: Array, res: Array, start_norms: Array, free: Array, bound: Array) -> Array:
     """Fits where a free parameter stopped affecting the model (pure).
 
-    A Jacobian column shrunk to ``1e-8`` of its size at the start (or to zero) may mean the
-    parameter ran off towards infinity: a spurious stationary point. It does when a relative
+    A Jacobian column shrunk to ``1e-8`` of its size at the start may mean the parameter ran off
+    towards infinity: a spurious stationary point (a column zero from the start is a parameter the
+    data never saw: not identifiable, a warning of the fit statistics, as for collinear columns). It does when a relative
     change of the parameter moves the model by nothing (``|θ_j|·‖J_j‖`` below ``1e-8`` of the
     largest such effect and of ``‖r‖``: a rate in ``exp(-b x)``), or by nothing other parameters
     cannot undo (it loads on a null direction of the column-equilibrated Jacobian: MGH09's
@@ -639,7 +640,7 @@ def degenerate(jac: Array, theta: Array, res: Array, start_norms: Array, free: A
     still moves the model in its own way, and is no sign.
     """
     norms = column_norms(jac)
-    shrunk = (norms <= _VANISHED * start_norms) & free & ~bound
+    shrunk = (norms <= _VANISHED * start_norms) & (start_norms > 0) & free & ~bound
     if not shrunk.any():
         return np.zeros(shrunk.shape[0], dtype=bool)
     effect = np.abs(theta) * norms
@@ -877,7 +878,8 @@ def _initial_state(prob: _Problem, theta0: Array) -> _State:
         code=np.where(finite, code, _NONFIN),
         n_iter=np.zeros(theta0.shape[0], dtype=np.int64),
         noisy=noisy,
-        start_norms=np.sqrt(np.einsum("knp,knp->kp", jac, jac)),
+        # a start that is not finite has no sizes to compare with: every column that vanishes is suspect
+        start_norms=np.where(finite[:, None], np.sqrt(np.einsum("knp,knp->kp", jac, jac)), np.inf),
     )
 
 

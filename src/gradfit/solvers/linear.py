@@ -261,8 +261,10 @@ def singular_message(design: np.ndarray, names: Sequence[str] | None = None) -> 
 
 def singular_text(names: Sequence[str], seen: Sequence[bool]) -> str:
     """The message of a singular design whose parameters ``names`` the data see or not (``seen``)."""
-    lost = ", ".join(name for name, ok in zip(names, seen) if not ok)
-    who = f"parameters {lost}" if lost else "some parameters"
+    lost = [name for name, ok in zip(names, seen) if not ok]
+    if len(lost) == 1:  # alone on a direction the data do not see: its column is zero
+        return f"the design matrix is singular: parameter {lost[0]} has no effect on the model at these data — remove or fix it, or add varied data"
+    who = f"parameters {', '.join(lost)}" if lost else "some parameters"
     return f"the design matrix is singular: {who} cannot be told apart by the data — remove or fix one of them, or add varied data"
 
 
