@@ -165,3 +165,35 @@ def test_a_far_polynomials_validation_loss_and_sklearn_predictions_use_its_centr
     regressor = ParametricRegressor(model="poly:6").fit(x.reshape(-1, 1), y)
     reference = np.polynomial.Polynomial.fit(x, y, 6)(x)
     np.testing.assert_allclose(regressor.predict(x.reshape(-1, 1)), reference, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("formula", "extra"),
+    [
+        ("a + b*x + c*x**2 + x**3", lambda x, z: x**3),
+        ("a + b*x + c*x**2 + 5", lambda x, z: np.full_like(x, 5.0)),
+        ("a + b*x + c*x**2 + sin(x)", lambda x, z: np.sin(x)),
+        ("a + b*x + c*x**2 + z", lambda x, z: z),
+    ],
+)
+def test_a_polynomial_plus_a_term_without_a_parameter_predicts_with_that_term(formula, extra):
+    """The polynomial solver fits y minus the parameter-free term; the curve adds it back (its
+    predictions, saved or not, and its validation loss used to leave it out)."""
+    x = np.linspace(0.0, 4.0, 60)
+    z = np.cos(3.0 * x)
+    y = 1.0 + 2.0 * x - 0.5 * x**2 + extra(x, z)
+    data = {"x": x, "z": z} if "z" in formula else {"x": x}
+    result = gradfit.fit(formula, data, y)
+    assert result.params == pytest.approx({"a": 1.0, "b": 2.0, "c": -0.5}, rel=1e-12, abs=1e-12)
+    for fitted in (result, gradfit.FitResult.from_json(result.to_json())):
+        np.testing.assert_allclose(fitted.predict(data), y, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(prediction_bands(fitted, data)[0], y, rtol=1e-12, atol=1e-12)
+    assert gradfit.fit(formula, data, y, val=0.3, seed=1).val_loss < 1e-20
+
+
+def test_a_far_polynomial_plus_a_term_without_a_parameter_warns_that_its_own_predictions_lose_digits():
+    x = np.linspace(1000.0, 1010.0, 41)
+    u = x - 1005.0
+    y = 0.5 + 0.3 * u - 0.02 * u**2 + 0.001 * u**4 + np.sin(x) + np.random.default_rng(0).normal(0.0, 1e-6, x.size)
+    result = gradfit.fit("c0 + c1*x + c2*x**2 + c3*x**3 + c4*x**4 + sin(x)", {"x": x}, y)
+    assert any("gradfit's own predictions too: the model has terms outside the polynomial" in w for w in result.warnings)

@@ -188,9 +188,21 @@ def _exact(problem: Problem, a: np.ndarray, b: np.ndarray) -> _Exact:
     factor = accurate.inverse_factor[0][powers]
     residuals = accurate.residuals[0]
     in_y = residuals if weights is None else residuals / weights
-    warning = rounding_warning(name, inputs, target, float(accurate.coefficient_rounding[0]), in_y) + ((fixed_hint,) if fixed_hint else ())
-    settings = {POLYNOMIAL_BASIS: _centred_basis(name, accurate)} if np.asarray(problem.free).all() else {}
+    centred = _pure_polynomial(problem)
+    rounding = rounding_warning(name, inputs, target, float(accurate.coefficient_rounding[0]), in_y, centred=centred)
+    warning = rounding + ((fixed_hint,) if fixed_hint else ())
+    settings = {POLYNOMIAL_BASIS: _centred_basis(name, accurate)} if centred else {}
     return _Exact(accurate.theta[0][powers], factor @ factor.T, residuals, solution.decomposition[0], warning, settings)
+
+
+def _pure_polynomial(problem: Problem) -> bool:
+    """Whether the fitted curve is the solved polynomial itself: every coefficient free and no term
+    without a parameter (``+ x**3``, ``+ sin(x)``), which the centred basis leaves out, and which
+    predictions in it would therefore miss."""
+    from gradfit.formula import Num
+
+    offset, _ = problem.model.linear_trees()
+    return bool(np.asarray(problem.free).all()) and isinstance(offset, Num) and offset.value == 0.0
 
 
 def _fixed_polynomial_hint(problem: Problem, condition: float) -> str:
@@ -233,10 +245,13 @@ ROUNDING_FRACTION = 0.01
 ROUNDING_FLOOR = 1e-10
 
 
-def rounding_warning(name: str, x: np.ndarray, y: np.ndarray, rounding: float, residuals: np.ndarray) -> tuple[str, ...]:
+def rounding_warning(
+    name: str, x: np.ndarray, y: np.ndarray, rounding: float, residuals: np.ndarray, *, centred: bool = True
+) -> tuple[str, ...]:
     """A warning when a polynomial's coefficients, rounded, move its curve by more than
     :data:`ROUNDING_FRACTION` of the residuals and :data:`ROUNDING_FLOOR` of ``y`` (inputs far
-    from 0); else nothing. ``rounding`` and ``residuals`` are in the units of ``y``."""
+    from 0); else nothing. ``rounding`` and ``residuals`` are in the units of ``y``; ``centred``:
+    whether gradfit's own predictions use the centred basis (else they too are that far off)."""
     spread = float(np.sqrt(np.mean(residuals**2)))
     floor = ROUNDING_FLOOR * float(np.sqrt(np.mean(y**2)))
     if not (rounding > ROUNDING_FRACTION * spread and rounding > floor):
@@ -245,9 +260,13 @@ def rounding_warning(name: str, x: np.ndarray, y: np.ndarray, rounding: float, r
     return (
         f"the coefficients in powers of {name} cancel at these {name} (around {centre:.10g}): rounded to floating "
         f"point they move the curve by {rounding:.3g} (RMS over the data, against residuals of RMS {spread:.3g}), so "
-        f"predictions computed from these coefficients are at least that far off (gradfit's own predictions, "
-        f"figures and bands use the centred basis it solved in) — to use the coefficients elsewhere, centre {name} "
-        f"(fit in {name} - {centre:.10g})",
+        f"predictions computed from these coefficients are at least that far off "
+        + (
+            "(gradfit's own predictions, figures and bands use the centred basis it solved in) — to use the coefficients elsewhere"
+            if centred
+            else "(gradfit's own predictions too: the model has terms outside the polynomial) —"
+        )
+        + f" centre {name} (fit in {name} - {centre:.10g})",
     )
 
 
