@@ -58,7 +58,6 @@ x, y, w, b = Var("x"), Var("y"), Var("w"), Var("b")
         ("pow(x, 3)", Bin("**", x, Num(3))),
         ("sigmoid(w*x)", Call("sigmoid", (Bin("*", w, x),))),
         ("  x", x),
-        ("x  # trailing comment", x),
         ("(x\n + y)", Bin("+", x, y)),
         ("(x\r\n + y)", Bin("+", x, y)),
     ],
@@ -271,8 +270,39 @@ def test_formula_modules_do_not_import_torch() -> None:
     assert out == ["False", "False"]
 
 
-@pytest.mark.parametrize(("text", "word"), [("a*exp(-lambda*t)", "lambda"), ("as*x + b", "as"), ("x + yield", "yield")])
-def test_a_reserved_word_as_a_name_is_named_with_a_rename(text: str, word: str) -> None:
-    with pytest.raises(FormulaError, match=f"'{word}' is a reserved word .* rename it, e.g. '{word[:3]}'") as info:
+@pytest.mark.parametrize(
+    ("text", "word", "renamed"),
+    [("a*exp(-lambda*t)", "lambda", "'lam' or 'lambda_'"), ("as*x + b", "as", "'as_'"), ("x + yield", "yield", "'yie' or 'yield_'"),
+     ("def*x", "def", "'def_'"), ("b + for*x", "for", "'for_'")],
+)
+def test_a_reserved_word_as_a_name_is_named_with_a_rename_that_is_not_reserved(text: str, word: str, renamed: str) -> None:
+    with pytest.raises(FormulaError, match=f"'{word}' is a reserved word .* rename it, e.g. {renamed} \\(at column") as info:
         parse(text)
     assert info.value.position == text.index(word)
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("a*x # + b", "'#' is not allowed in a formula \\(Python would read the rest of the line as a comment\\); remove it"),
+        ("1e-400*a*x + b", "number 1e-400 is too small for a float \\(it would be 0\\); use a larger value"),
+        ("min(a*x, b)", "unknown function 'min'; did you mean 'minimum'\\?"),
+        ("power(x, a)", "unknown function 'power'; write powers as x\\*\\*y"),
+        ("a(x + 1)", "unknown function 'a'; to multiply, write a\\*\\(...\\)"),
+        ("a*x\n+b", "invalid formula syntax: .*; a formula on several lines needs parentheses around it"),
+    ],
+)
+def test_text_python_reads_otherwise_or_a_user_writes_by_habit_is_refused_with_the_fix(text: str, reason: str) -> None:
+    """A comment used to cut the formula short and a tiny literal to become 0, both silently."""
+    with pytest.raises(FormulaError, match=reason):
+        parse(text)
+
+
+@pytest.mark.parametrize("text", ["0e5*a + x", "0.000*a + x", "0*a + x"])
+def test_a_literal_zero_is_zero(text: str) -> None:
+    assert parse(text).names == ("a", "x")
+
+
+def test_the_constants_a_formula_names_are_recorded() -> None:
+    assert parse("a*e**(-k*t) + pi*c + e").constants == ("e", "pi")
+    assert parse("a*x").constants == ()

@@ -94,9 +94,14 @@ def test_fixed_parameter_in_a_nonlinear_fit():
     assert result.stderr["c"] is None or math.isnan(result.stderr["c"])
 
 
-def test_a_column_named_like_a_constant_is_explained():
-    with pytest.raises(ModelError, match="'e' in a formula is the constant e: rename that column"):
-        make_model("w*e + b", ["e"])
+@pytest.mark.parametrize(("formula", "columns"), [("w*e + b", ["e"]), ("a*x + b*e", ["x", "e"]), ("a*x + pi*b", ["x", "pi"])])
+def test_a_column_named_like_a_constant_the_formula_uses_is_refused_not_left_out(formula, columns):
+    """The formula reads the constant: with another column in it, the fit used to leave the column
+    out silently (b fitted to 2/e)."""
+    name = "pi" if "pi" in columns else "e"
+    with pytest.raises(ModelError, match=f"'{name}' in the formula .* is the constant {name} = .* data also have a column '{name}' — rename that column"):
+        make_model(formula, columns)
+    assert make_model("a*exp(-k*x)", ["x", "e"]).input_names == ("x",)  # a column the formula does not name is no matter
 
 
 def _decay(t, a=1.0, k=1.0, c=0.0):

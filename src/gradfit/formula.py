@@ -298,6 +298,7 @@ class Formula:
     text: str
     tree: Expr
     names: tuple[str, ...]
+    constants: tuple[str, ...] = ()
 
     def parameters(self, inputs: Collection[str]) -> tuple[str, ...]:
         """Return the names that are not data inputs, in first-appearance order.
@@ -382,6 +383,12 @@ def _check_characters(text: str) -> None:
             fix = f"type '{hint}' instead" if hint else "formulas use plain ASCII only"
             raise FormulaError(
                 f"non-ASCII character {char!r} ({name}) in formula; {fix}", text, position
+            )
+        if char == "#":
+            raise FormulaError(
+                "'#' is not allowed in a formula (Python would read the rest of the line as a comment); remove it",
+                text,
+                position,
             )
         if char < " " and char not in "\t\n\r":
             raise FormulaError(
@@ -474,6 +481,7 @@ class _Converter:
 
     def __init__(self, source: _Source) -> None:
         self.source = source
+        self.constants: dict[str, None] = {}  # the constants the text names, in order
 
     def fail(self, message: str, position: int) -> FormulaError:
         return FormulaError(message, self.source.text, position)
@@ -522,12 +530,18 @@ class _Converter:
                 f"number {self.source.snippet(node)} is too large for a float; use a smaller value",
                 position,
             )
+        if number == 0.0 and re.match(r"\d*\.?\d*", self.source.snippet(node).replace("_", "")).group().strip("0.") != "":
+            raise self.fail(
+                f"number {self.source.snippet(node)} is too small for a float (it would be 0); use a larger value, or rescale the data",
+                position,
+            )
         return Num(number)
 
     def name(self, node: ast.Name) -> Expr:
         name = node.id
         position = self.source.start_of(node)
         if name in CONSTANTS:
+            self.constants[name] = None
             return Num(CONSTANTS[name])
         if name in FUNCTIONS or name in ALIASES:
             raise self.fail(
@@ -592,13 +606,20 @@ class _Converter:
         return Call(canonical, args)
 
 
+#: names users reach for that gradfit spells otherwise
+_FUNCTION_SPELLINGS = {"min": "minimum", "max": "maximum", "power": "**"}
+
+
 def _unknown_function_message(name: str) -> str:
     known = sorted(set(FUNCTIONS) | set(ALIASES))
-    close = difflib.get_close_matches(name, known, n=1)
+    spelt = _FUNCTION_SPELLINGS.get(name)
+    close = [spelt] if spelt in known else difflib.get_close_matches(name, known, n=1)
     allowed = ", ".join(sorted(FUNCTIONS))
+    if spelt == "**":
+        return f"unknown function '{name}'; write powers as x**y"
     if close:
         return f"unknown function '{name}'; did you mean '{close[0]}'? (allowed: {allowed})"
-    return f"unknown function '{name}'; use one of: {allowed}"
+    return f"unknown function '{name}'; to multiply, write {name}*(...) (the functions are: {allowed})"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -636,12 +657,20 @@ def _syntax_error(text: str, source: _Source, error: SyntaxError) -> FormulaErro
         word = reserved.group()
         return FormulaError(
             f"'{word}' is a reserved word (formulas follow Python's syntax) and cannot name a parameter or "
-            f"column; rename it, e.g. '{word[:3]}' or '{word}_'",
+            f"column; rename it, e.g. {_renamed(word)}",
             text,
             reserved.start(),
         )
     hint = _syntax_hint(message)
+    if "\n" in text.strip():
+        hint = "a formula on several lines needs parentheses around it, e.g. '(a*x\\n + b)', or write it on one line"
     return FormulaError(f"invalid formula syntax: {message}; {hint}", text, position)
+
+
+def _renamed(word: str) -> str:
+    """Suggested names for a reserved word: ``'lam' or 'lambda_'`` (only the second for short words)."""
+    short = word[:3]
+    return f"'{short}' or '{word}_'" if short != word and not keyword.iskeyword(short) else f"'{word}_'"
 
 
 def constant_name_note(name: str) -> str:
@@ -701,5 +730,6 @@ def parse(text: str) -> Formula:
     if not stripped:
         raise FormulaError("formula is empty; write an expression such as 'w * x + b'", text, 0)
     source = _Source(text, len(text) - len(stripped))
-    tree = _Converter(source).convert(_parse_ast(text, source))
-    return Formula(text=text, tree=tree, names=free_names(tree))
+    converter = _Converter(source)
+    tree = converter.convert(_parse_ast(text, source))
+    return Formula(text=text, tree=tree, names=free_names(tree), constants=tuple(converter.constants))

@@ -665,7 +665,16 @@ def _is_module(obj: Any) -> bool:
 @functools.lru_cache(maxsize=256)
 def _formula_model(text: str, columns: tuple[str, ...]) -> FormulaModel:
     """The model of a formula over the data columns (models are immutable: built once, shared)."""
+    from gradfit.formula import CONSTANTS
+
     formula = parse_formula(text)
+    shadowed = [name for name in formula.constants if name in columns]
+    if shadowed:  # the formula reads the constant, and would silently leave the column out
+        raise ModelError(
+            f"'{shadowed[0]}' in the formula '{text}' is the constant {shadowed[0]} = {CONSTANTS[shadowed[0]]:.6g}, but the "
+            f"data also have a column '{shadowed[0]}' — rename that column to use it in the formula, or leave it out of the "
+            "data to mean the constant"
+        )
     inputs = tuple(name for name in formula.names if name in columns)
     names = tuple(name for name in formula.names if name not in columns)
     if not names:
