@@ -24,6 +24,9 @@ from gradfit.errors import OptionError
         ({"val": "0.2"}, "val must be a number, got '0.2'"),
         ({"target": "low"}, "target must be a number"),
         ({"loss_scale": float("nan")}, "loss scale must be positive"),
+        ({"absolute_sigma": "false"}, "absolute_sigma must be True or False, got 'false'"),  # truthy: it was on
+        ({"scale": "no"}, "scale must be True or False, got 'no'"),
+        ({"absolute_sigma": 1}, "absolute_sigma must be True or False, got 1"),
     ],
 )
 def test_a_wrong_setting_is_an_option_error_naming_it(options, fragment):
@@ -50,3 +53,8 @@ def test_the_reported_solver_name_batched_says_which_choice_picks_it():
 
     with pytest.raises(OptionError, match=r"unknown solver 'batched' \('batched' is the fused .* that auto picks for group fits\) — choose one of auto"):
         FitOptions(solver="batched")
+
+
+def test_numpys_bools_are_flags_and_are_kept_as_python_bools():
+    options = FitOptions(absolute_sigma=np.True_, scale=np.False_)
+    assert options.absolute_sigma is True and options.scale is False

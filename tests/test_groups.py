@@ -168,6 +168,12 @@ def test_omitting_missing_values_fits_each_group_from_its_finite_rows_as_a_singl
         fit_groups(DECAY, dirty, group="sensor", y="y", nan_policy="drop")
 
 
+@pytest.mark.parametrize("flag", ["absolute_sigma", "scale"])
+def test_a_flag_given_as_text_is_refused_as_for_a_single_fit(fleet, flag):
+    with pytest.raises(OptionError, match=f"{flag} must be True or False, got 'false'"):
+        fit_groups(DECAY, fleet, group="sensor", y="y", params=START, **{flag: "false"})
+
+
 @pytest.mark.parametrize(
     ("model", "options", "named"),
     [

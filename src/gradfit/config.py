@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from numbers import Integral, Real
 from typing import Any
 
+import numpy as np
+
 from gradfit.errors import OptionError
 from gradfit.losses import check_loss
 
@@ -112,6 +114,9 @@ class FitOptions:
         for name, minimum in (("epochs", 1), ("checkpoint_every", 1), ("starts", 1)):
             check_whole(name, getattr(self, name), minimum)
         check_seed(self.seed)
+        for name in ("scale", "absolute_sigma"):
+            check_flag(name, getattr(self, name))
+            object.__setattr__(self, name, bool(getattr(self, name)))  # numpy's bools are not JSON
         for name in ("batch_size", "patience", "plateau", "max_iter"):
             if getattr(self, name) is not None:
                 check_whole(name, getattr(self, name), 1)
@@ -133,6 +138,13 @@ class FitOptions:
     def uses_optimizer(self) -> bool:
         """Whether the gradient family was asked for."""
         return self.optimizer is not None or self.solver == "gradient"
+
+
+def check_flag(name: str, value: Any) -> None:
+    """``value`` is True or False (numpy's bools too), else an :class:`OptionError`: a string such as
+    ``"false"`` is truthy, and would switch the option on."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise OptionError(f"{name} must be True or False, got {value!r}")
 
 
 def check_whole(name: str, value: Any, minimum: int) -> None:

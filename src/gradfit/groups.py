@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gradfit.config import FitOptions, check_seed, check_whole, resolve_device
+from gradfit.config import FitOptions, check_flag, check_seed, check_whole, resolve_device
 from gradfit.errors import DataError, ModelError, OptionError
 from gradfit.group_chunks import (
     BAD_DATA,
@@ -447,6 +447,7 @@ def iter_group_fits(
         dtype=_dtype(dtype), device=resolve_device(device), absolute_sigma=absolute_sigma, nan_policy=nan_policy,
     )
     _check_settings(settings)
+    settings.update(scale=bool(scale), absolute_sigma=bool(absolute_sigma))  # numpy's bools are not JSON
     if source.n_groups == 0:  # an empty table would replace the output with a header alone
         raise DataError("no rows in the data — give at least one data row")
     if chunk is not None and chunk < 1:
@@ -808,6 +809,8 @@ def _check_settings(settings: Mapping[str, Any]) -> None:
     for name, minimum in (("starts", 1), ("epochs", 1)):
         check_whole(name, settings[name], minimum)
     check_seed(settings["seed"])
+    for name in ("scale", "absolute_sigma"):
+        check_flag(name, settings[name])
     for name in ("patience", "max_iter"):
         if settings[name] is not None:
             check_whole(name, settings[name], 1)
