@@ -485,6 +485,20 @@ def _values_n_x(expr: Expr, env: dict[str, object], x: np.ndarray) -> np.ndarray
     return np.broadcast_to(evaluate_numpy(expr, env), x.shape)
 
 
+@pytest.mark.parametrize(
+    "text", ["a*x + b + 0*log(x)", "log(x)*0 + a*x + b", "a*x + b + log(x) - log(x)", "a*x + b + 0/x", "a*x + b*(1 + 0*sqrt(x))"]
+)
+def test_linear_design_is_undefined_where_the_expression_is(text: str) -> None:
+    """Simplifying 0*log(x) to 0 made the design finite where the model is NaN: fitted there."""
+    x = np.linspace(-2.0, 2.0, 9)
+    offset, columns = linear_design(tree(text), ["a", "b"])
+    env = {"x": x, "a": 1.5, "b": -0.5}
+    rebuilt = _values_n_x(offset, env, x) + sum(v * _values_n_x(c, env, x) for v, c in zip((1.5, -0.5), columns))
+    np.testing.assert_array_equal(np.isfinite(rebuilt), np.isfinite(_values_n_x(tree(text), env, x)))
+    assert not np.isfinite(rebuilt).all()
+    assert linear_design(tree("w*x + b + sin(x)"), ["w", "b"])[0] == tree("sin(x)")  # total functions need no guard
+
+
 def test_linear_design_rejects_nonlinear_models() -> None:
     with pytest.raises(ModelError, match="not linear"):
         linear_design(tree("a*exp(-k*t)"), ["a", "k"])

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable, Collection, Mapping, Sequence
 
 from gradfit.errors import ModelError
-from gradfit.formula import Bin, Call, Expr, Formula, Neg, Num, Var, free_names, walk
+from gradfit.formula import Bin, Call, Expr, Formula, Neg, Num, Var, children, free_names, walk
 
 __all__ = [
     "ZERO",
@@ -623,4 +623,37 @@ def linear_design(expr: Expr | Formula, params: Sequence[str]) -> tuple[Expr, li
         )
     columns = gradient(tree, params)
     offset = substitute(tree, {name: ZERO for name in params})
+    guard = _lost_domain(tree, [offset, *columns], set(params))
+    if guard is not None:  # 0*guard, unsimplified: NaN or inf where the model as written is undefined
+        offset = Bin("+", offset, Bin("*", ZERO, guard))
     return offset, columns
+
+
+#: functions that are finite wherever their arguments are
+_TOTAL_FUNCTIONS = frozenset({"sin", "cos", "tanh", "sigmoid", "abs", "sign", "erf", "arctan", "arctan2", "minimum", "maximum", "square"})
+
+
+def _lost_domain(tree: Expr, kept: Sequence[Expr], params: Collection[str]) -> Expr | None:
+    """The sum of the parameter-free terms of ``tree`` that can be NaN or inf (a log, a square root,
+    a division, a power, an exp) and that simplifying left out of the ``kept`` trees (``0*log(x)``,
+    ``log(x) - log(x)``), or None. Without them the design would be finite where the model is not."""
+    present = {node for root in kept for node in walk(root)}
+    lost: list[Expr] = []
+
+    def visit(node: Expr) -> None:
+        if node in present:
+            return
+        partial = (isinstance(node, Call) and node.func not in _TOTAL_FUNCTIONS) or (isinstance(node, Bin) and node.op in ("/", "**"))
+        if partial and not params & set(free_names(node)):
+            lost.append(node)  # its own sub-terms are in it
+            return
+        for child in children(node):
+            visit(child)
+
+    visit(tree)
+    if not lost:
+        return None
+    total = lost[0]
+    for term in lost[1:]:
+        total = Bin("+", total, term)
+    return total

@@ -124,3 +124,14 @@ def test_a_far_polynomial_with_a_fixed_coefficient_warns_that_it_is_solved_in_ra
     assert not any("fixed coefficients" in w for w in near.warnings)
     free = gradfit.fit(formula, {"x": u + 1000.0}, y)
     assert not any("fixed coefficients" in w for w in free.warnings)
+
+
+@pytest.mark.parametrize("formula", ["a*x + b + 0*log(x)", "a*x + b + 0/x"])
+def test_a_term_that_simplifies_away_still_makes_the_model_undefined_where_it_is(formula):
+    """As the iterative solver reports it: the model as written is NaN there (it used to fit R² = 1)."""
+    x = np.linspace(-2.0, 2.0, 11)
+    exact = gradfit.fit(formula, {"x": x}, 2.0 * x + 1.0)
+    iterative = gradfit.fit(formula, {"x": x}, 2.0 * x + 1.0, solver="lm")
+    assert exact.status == iterative.status == "non_finite" and not exact.success
+    positive = np.linspace(1.0, 2.0, 11)
+    assert gradfit.fit(formula, {"x": positive}, 2.0 * positive + 1.0).params == pytest.approx({"a": 2.0, "b": 1.0}, rel=1e-12)
