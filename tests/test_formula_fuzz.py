@@ -2,7 +2,7 @@
 
 (a) Random *valid* formulas are generated as text from the grammar (numbers in every Python
     spelling, names, ``pi``/``e``, unary and binary operators, every whitelisted function and alias,
-    redundant parentheses, whitespace, line breaks, comments). The compiled torch program is compared
+    redundant parentheses, whitespace, line breaks). The compiled torch program is compared
     with a reference written here, independently of gradfit: a numpy evaluator over Python's own
     ``ast`` of the same text. It carries forward-mode derivatives (the reference for the symbolic
     derivatives, which are also compared with torch autograd) and a running bound on how far two
@@ -348,7 +348,7 @@ numbers = st.one_of(
     st.floats(0.0, 1e6).map(repr),  # '0.5', '1e-05', '5e-324', '1000000.0'
     st.sampled_from(
         ["0", "1", "2", "3", "0.5", ".5", "5.", "1_000", "0x1F", "0o17", "0b101", "1e-3", "2.5E+2",
-         "1e308", "5e-324", "1e-400", "123456789012345678901234567890", "00", "0.0"]
+         "1e308", "5e-324", "123456789012345678901234567890", "00", "0.0"]
     ),
 )
 names = st.sampled_from(VARIABLES)
@@ -383,10 +383,7 @@ def _grow(children: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
 
 
 expressions = st.recursive(atoms, _grow, max_leaves=10)
-formulas = st.builds(
-    lambda lead, body, trail, comment: f"{lead}{body}{trail}{'  # a comment' if comment else ''}",
-    BLANK, expressions, BLANK, st.integers(0, 7).map(lambda k: k == 0),
-)
+formulas = st.builds(lambda lead, body, trail: f"{lead}{body}{trail}", BLANK, expressions, BLANK)
 
 
 def _names_in_order(text: str) -> tuple[str, ...]:
@@ -441,9 +438,9 @@ def fuzz(cases: int) -> settings:
 
 @fuzz(VALID_CASES)
 @given(formulas, st.integers(0, 2**32 - 1))
-@example("pow(-x*8.343151239655746e-201,8.343151239655746e-201)  # a comment", 0)  # a folded underflow
-@example("pow(-y*8.343151239655746e-201,x+8.343151239655746e-201)  # a comment", 0)  # a regrouped one
-@example("arctan2(5.225442706323749e-218,x**110)  # a comment", 0)  # a subnormal partial, c/(x**110)**2
+@example("pow(-x*8.343151239655746e-201,8.343151239655746e-201)", 0)  # a folded underflow
+@example("pow(-y*8.343151239655746e-201,x+8.343151239655746e-201)", 0)  # a regrouped one
+@example("arctan2(5.225442706323749e-218,x**110)", 0)  # a subnormal partial, c/(x**110)**2
 def test_random_valid_formulas_2000_cases(text: str, seed: int) -> None:
     """Compiled values equal the numpy reference; symbolic derivatives equal autograd."""
     assume(_ast_depth(text) <= MAX_DEPTH)
@@ -732,7 +729,7 @@ ADVERSARIAL: list[tuple[str, Any, bool]] = [
     ("tower on a name", "x**9**9**9", False),
     ("huge float", "1e999", True),
     ("huge exponent", "1e" + "9" * 5000, True),
-    ("tiny exponent", "1e-" + "9" * 5000, False),
+    ("tiny exponent", "1e-" + "9" * 5000, True),
     ("4299 digits", "1" * 4299, True),
     ("4301 digits", "1" * 4301, True),
     ("long hex", "0x" + "f" * 5000, True),

@@ -35,6 +35,8 @@ def render_explanation(explanation: Any, console: Console) -> None:
         console.print(f"  {escape(row.chain_rule)}", highlight=False, soft_wrap=True)
     if any("xlogy(" in row.derivative for row in explanation.rows):
         console.print("  (xlogy(u, v) = u*log(v), and 0 where u = 0)", highlight=False, soft_wrap=True)
+    if any("xmul(" in row.derivative for row in explanation.rows):
+        console.print("  (xmul(u, v) = u*v, and 0 where u = 0)", highlight=False, soft_wrap=True)
     from gradfit.explain import worst_difference
 
     table = Table(title="gradient of the loss at the starting point", title_justify="left")

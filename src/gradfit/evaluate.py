@@ -41,6 +41,14 @@ def _xlogy(x: Any, y: Any) -> Any:
         product = np.multiply(x, np.log(y))
     return np.where((np.asarray(x) == 0) & ~np.isnan(y), 0.0, product)
 
+def _xmul(x: Any, y: Any) -> Any:
+    """``x * y``, and 0 where ``x`` is 0 (unless ``y`` is NaN): the chain rule ``du * f'(u)`` where
+    ``u`` does not move (derivative trees only)."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        product = np.multiply(x, y)
+    return np.where((np.asarray(x) == 0) & ~np.isnan(y), 0.0, product)
+
+
 #: Reference implementation of every whitelisted function with numpy.
 NUMPY_FUNCTIONS: dict[str, Callable[..., Any]] = {
     "exp": np.exp,
@@ -68,6 +76,7 @@ NUMPY_FUNCTIONS: dict[str, Callable[..., Any]] = {
     "minimum": np.minimum,
     "maximum": np.maximum,
     "xlogy": _xlogy,
+    "xmul": _xmul,
 }
 
 _BINARY = {
@@ -254,6 +263,8 @@ def _torch_resolver(torch: Any) -> Resolver:
             return _BINARY[name]
         if name == "sign":
             return _sign_keeping_nan(torch)
+        if name == "xmul":
+            return _xmul_torch(torch)
         function = getattr(torch, _TORCH_NAMES[name])
         if len(constant_mask) == 2 and any(constant_mask):
             return _with_tensor_constants(function, constant_mask)
@@ -268,6 +279,17 @@ def _numpy_resolve(name: str, constant_mask: tuple[bool, ...]) -> Callable[..., 
     if name in _BINARY:
         return _BINARY[name]
     return NUMPY_FUNCTIONS[name]
+
+
+def _xmul_torch(torch: Any) -> Callable[[Any, Any], Any]:
+    """The torch twin of :func:`_xmul` (either argument may be a Python float)."""
+
+    def xmul(x: Any, y: Any) -> Any:
+        product = x * y
+        keep = ~((torch.as_tensor(x) == 0) & ~torch.isnan(torch.as_tensor(y)))
+        return torch.where(keep, product, torch.zeros_like(product))
+
+    return xmul
 
 
 def _sign_keeping_nan(torch: Any) -> Callable[[Any], Any]:

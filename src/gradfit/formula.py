@@ -78,8 +78,10 @@ FUNCTIONS: dict[str, int] = {
     "maximum": 2,
 }
 #: Functions that appear only in derivative trees, never in a formula: ``xlogy(a, b) = a·log(b)``,
-#: 0 where ``a`` is 0 (the derivative of ``b**p`` along ``p``, which is 0 at ``b = 0``).
-DERIVATIVE_FUNCTIONS: dict[str, int] = {"xlogy": 2}
+#: 0 where ``a`` is 0 (the derivative of ``b**p`` along ``p``, which is 0 at ``b = 0``), and
+#: ``xmul(a, b) = a·b``, 0 where ``a`` is 0 (the chain rule ``du·f'(u)`` where ``f'`` is infinite but
+#: ``u`` does not move: ``sqrt(a*x)`` along ``a`` at ``x = 0``).
+DERIVATIVE_FUNCTIONS: dict[str, int] = {"xlogy": 2, "xmul": 2}
 #: Arity of every function a tree may call.
 ARITIES: dict[str, int] = {**FUNCTIONS, **DERIVATIVE_FUNCTIONS}
 #: Accepted alternative spellings, mapped to the canonical name. ``pow(a, b)`` becomes ``a ** b``.

@@ -93,6 +93,7 @@ FOLDERS: dict[str, Callable[..., float]] = {
     "minimum": lambda x, y: x if math.isnan(x) or x < y else y,  # nan from either side, as numpy's
     "maximum": lambda x, y: x if math.isnan(x) or x > y else y,
     "xlogy": lambda x, y: 0.0 if x == 0 and y == y else x * math.log(y),
+    "xmul": lambda x, y: 0.0 if x == 0 and y == y else x * y,
 }
 
 _BINARY_FOLDERS: dict[str, Callable[[float, float], float]] = {
@@ -319,7 +320,20 @@ DERIVATIVES: dict[str, Callable[..., tuple[Expr, ...]]] = {
     "minimum": lambda u, v: (_step(v, u), _step(u, v)),
     "maximum": lambda u, v: (_step(u, v), _step(v, u)),
     "xlogy": lambda x, y: (call("log", y), div(x, y)),
+    "xmul": lambda x, y: (y, x),
 }
+
+#: functions whose derivative is infinite at a point where they are finite (``sqrt`` at 0)
+_STEEP_FUNCTIONS = frozenset({"sqrt", "arcsin", "arccos"})
+
+
+def _chain(inner: Expr, outer: Expr) -> Expr:
+    """``inner * outer`` of the chain rule (``du * f'(u)``), 0 where ``du`` is 0 even if ``f'(u)``
+    is infinite there: ``sqrt(a*x)`` does not move with ``a`` at ``x = 0``, so its derivative is 0,
+    not ``0 * inf``."""
+    if isinstance(inner, Num):
+        return mul(inner, outer)
+    return call("xmul", inner, outer)
 
 
 def _step(u: Expr, v: Expr) -> Expr:
@@ -342,7 +356,9 @@ def _diff_bin(node: Bin, dl: Expr, dr: Expr) -> Expr:
     if node.op == "/":
         return sub(div(dl, right), div(mul(left, dr), power(right, TWO)))
     # power: d(l**r) = r*l**(r-1)*dl + l**r*log(l)*dr, where l**r*log(l) is 0 at l = 0 (xlogy)
-    base_part = mul(mul(right, power(left, sub(right, ONE))), dl)
+    slope = mul(right, power(left, sub(right, ONE)))
+    steep = not (isinstance(right, Num) and (right.value >= 1.0 or right.value == 0.0))  # l**(r-1) may be inf at l = 0
+    base_part = _chain(dl, slope) if steep else mul(slope, dl)
     if _is_num(dr, 0.0):
         return base_part
     constant_base = isinstance(left, Num) and left.value != 0
@@ -383,8 +399,10 @@ def diff(expr: Expr | Formula, name: str) -> Expr:
         elif isinstance(node, Call):
             partials = DERIVATIVES[node.func](*node.args)
             result = ZERO
+            steep = node.func in _STEEP_FUNCTIONS
             for partial, arg in zip(partials, node.args):
-                result = add(result, mul(partial, rec(arg)))
+                inner = rec(arg)
+                result = add(result, _chain(inner, partial) if steep else mul(partial, inner))
         else:
             raise TypeError(f"not an expression node: {node!r}")
         memo[node] = result

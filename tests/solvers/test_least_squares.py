@@ -646,3 +646,17 @@ def test_on_iteration_runs_before_each_batch_iteration_and_can_abandon_the_solve
 
     with pytest.raises(_Stop):
         solve_least_squares(residual_fn, start, jacobian_fn=jacobian_fn, on_iteration=stop)
+
+
+@pytest.mark.parametrize("formula", ["sqrt(a*x)", "(a*x)**0.5"])
+def test_a_square_root_model_fits_data_that_include_x_zero(formula):
+    """d sqrt(a*x)/da at x = 0 was 0 * inf = NaN: the fit ended non_finite whatever its start."""
+    import gradfit
+
+    x = np.linspace(0.0, 4.0, 21)
+    y = np.sqrt(2.5 * x) + 0.02 * np.random.default_rng(3).normal(size=21)
+    result = gradfit.fit(formula, {"x": x}, y)
+    optimum, covariance = curve_fit(lambda x, a: np.sqrt(a * x), x, y, p0=[1.0])
+    assert result.status == "converged"
+    np.testing.assert_allclose(result.values, optimum, rtol=1e-7)
+    np.testing.assert_allclose(result.stderr["a"], np.sqrt(covariance[0, 0]), rtol=1e-5)
