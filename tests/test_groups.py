@@ -840,3 +840,22 @@ def test_a_group_whose_targets_are_too_small_to_square_is_not_fitted_and_the_oth
     assert row["status"][0] == "bad_data" and "squares underflow" in row["message"][0]
     expected = fit_groups(DECAY, fleet, group="sensor", y="y", params=START).table.filter(pl.col("sensor") != 4)
     np.testing.assert_array_equal(table.filter(pl.col("sensor") != 4)["k"].to_numpy(), expected["k"].to_numpy())
+
+
+def test_michaelis_menten_groups_from_the_default_start_reach_the_optimum_their_single_fits_do():
+    """From (1, 1) a single fit's first steps cross the pole at km = -t into a minimum worse than a
+    constant, which its restarts leave; groups reach the same optimum (a group the fused solver
+    leaves at R² < 0 goes to the reference solver: see the bounded fits above)."""
+    t = np.linspace(0.0, 5.0, 40)
+    rng = np.random.default_rng(4)
+    frame = pl.DataFrame({
+        "sensor": np.repeat(np.arange(6), t.size), "t": np.tile(t, 6),
+        "y": np.concatenate([v * t / (1.2 + t) + 0.05 * rng.normal(size=t.size) for v in (4.0, 3.0, 5.0, 4.5, 3.5, 2.5)]),
+    })
+    table = fit_groups("vmax*t/(km+t)", frame, group="sensor", y="y").table
+    for key in range(6):
+        part = frame.filter(pl.col("sensor") == key)
+        alone = gradfit.fit("vmax*t/(km+t)", {"t": part["t"].to_numpy()}, part["y"].to_numpy())
+        row = table.filter(pl.col("sensor") == key)
+        assert row["status"][0] == alone.status == "converged" and row["r2"][0] > 0.9
+        np.testing.assert_allclose([row["vmax"][0], row["km"][0]], alone.values, rtol=1e-8)

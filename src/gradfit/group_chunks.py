@@ -436,8 +436,8 @@ def _solve_fast(plan: ChunkPlan, chunk: _Chunk, start: torch.Tensor, rows: Rows,
     accurate = _condition_limit(CONDITION_ACCURATE, chunk.y.dtype)
     if plan.linear:  # the exact solve where the normal equations lose digits
         redo = (code != CONVERGED) | ~(condition <= accurate)
-    elif plan.accurate:  # the reference solver for what did not settle
-        redo = (code != CONVERGED) | solution.vanished.cpu().numpy() | ~(condition <= CONDITION_ACCURATE)
+    elif plan.accurate:  # the reference solver for what did not settle, or settled worse than a constant (R² < 0)
+        redo = (code != CONVERGED) | solution.vanished.cpu().numpy() | ~(condition <= CONDITION_ACCURATE) | (stats["r2"] < 0)
     else:
         redo = np.zeros(code.shape, dtype=bool)
     limit = accurate if plan.linear or plan.accurate else _condition_limit(CONDITION_FAST, chunk.y.dtype)
@@ -638,7 +638,7 @@ def _least_squares(plan: ChunkPlan, chunk: _Chunk, weights: torch.Tensor, start:
     """One batched solve of every group from ``n_starts`` points each (the best kept)."""
     import torch
 
-    from gradfit.solvers.least_squares import solve_least_squares
+    from gradfit.solvers.least_squares import flat_cost, solve_least_squares
     from gradfit.solvers.lsq import starting_points
 
     model, options = plan.model, plan.options
@@ -659,7 +659,7 @@ def _least_squares(plan: ChunkPlan, chunk: _Chunk, weights: torch.Tensor, start:
     solution = solve_least_squares(
         theta0=theta0, **_residual_functions(model, inputs, y, w), rows_fn=rows_fn,
         lower=lower, upper=upper, fixed=fixed, loss=loss, f_scale=f_scale, method="gn" if options["solver"] == "gn" else "lm",
-        options=_solver_options(options), on_iteration=plan.abandon_if_stopped,
+        options=_solver_options(options), on_iteration=plan.abandon_if_stopped, flat=flat_cost(y.cpu().numpy(), w.cpu().numpy()),
     )
     best = _best_of_starts(solution, len(start), n_starts)
     statuses = [solution.status[i] for i in best]

@@ -498,7 +498,7 @@ def r_squared(residuals: Any, y: Any, weights: Any = None, mask: Any = None) -> 
     res = as_array(residuals)
     target = np.broadcast_to(as_array(y).astype(res.dtype, copy=False), res.shape)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return _r2(np.vecdot(res, res), _total_sum_of_squares(target, weights, mask))
+        return _r2(np.vecdot(res, res), total_sum_of_squares(target, weights, mask))
 
 
 def _r2(chisqr: Any, sst: Any) -> Any:
@@ -506,8 +506,9 @@ def _r2(chisqr: Any, sst: Any) -> Any:
     return np.where(sst > 0, 1.0 - chisqr / sst, np.nan)
 
 
-def _total_sum_of_squares(target: Array, weights: Any, mask: Any) -> Any:
-    """``Σ w² (y - ȳ)²`` about the ``w²``-weighted mean, per fit."""
+def total_sum_of_squares(target: Array, weights: Any, mask: Any) -> Any:
+    """``Σ w² (y - ȳ)²`` about the ``w²``-weighted mean, per fit: the χ² of the best constant model
+    (``weights``: ``1/σ`` or None; ``mask``: 0 on padding or None)."""
     if weights is None and mask is None:
         centred = target - target.sum(-1, keepdims=True) / target.shape[-1]
         return np.vecdot(centred, centred)
@@ -727,7 +728,7 @@ def fit_report(
         stderr = standard_errors(cov)
         raw_ss = chisqr if weights is None else np.vecdot(raw := res / as_array(weights), raw)
         target = np.broadcast_to(as_array(y).astype(res.dtype, copy=False), res.shape)
-        sst = _total_sum_of_squares(target, weights, mask)
+        sst = total_sum_of_squares(target, weights, mask)
         statistics = _per_fit_statistics(chisqr, sst, raw_ss, n_points + np.zeros_like(chisqr), s_raw, s_scaled, n_params)
     half = stderr * np.asarray(interval_factor(confidence, dof, absolute_sigma))[..., None]
     names = list(param_names) if param_names is not None else [f"p{i}" for i in range(p)]

@@ -161,6 +161,7 @@ def _parametric_quantities(problem: Problem, outcome: SolveOutcome, options: Fit
     warnings = (
         outcome.warnings + tuple(report.warnings) + bound + _loss_warnings(problem)
         + _robust_warnings(problem, options, residuals) + _unfinished_descent(outcome, problem.loss, jac, residuals, moving)
+        + _worse_than_constant(problem, outcome, statistics)
     )
     return Summary(
         estimates,
@@ -170,6 +171,18 @@ def _parametric_quantities(problem: Problem, outcome: SolveOutcome, options: Fit
         val_loss,
         warnings,
         _parametric_predictor(model, theta),
+    )
+
+
+def _worse_than_constant(problem: Problem, outcome: SolveOutcome, statistics: Mapping[str, Any]) -> tuple[str, ...]:
+    """An iterative fit that ended worse than a flat line through the mean (R² < 0): for a model
+    that can be flat, a local minimum (the solver's restarts did not leave it)."""
+    r2 = statistics.get("r2")
+    if not outcome.success or problem.model.is_linear or r2 is None or not float(r2) < 0:
+        return ()
+    return (
+        f"the fit is worse than a constant (R² = {float(r2):.3g}): if the model can follow the data's mean, this is a "
+        "local minimum — give other starting values (params=..., --init) or more of them (starts=8, --starts 8)",
     )
 
 

@@ -660,3 +660,43 @@ def test_a_square_root_model_fits_data_that_include_x_zero(formula):
     assert result.status == "converged"
     np.testing.assert_allclose(result.values, optimum, rtol=1e-7)
     np.testing.assert_allclose(result.stderr["a"], np.sqrt(covariance[0, 0]), rtol=1e-5)
+
+
+def _michaelis_menten(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    t = np.linspace(0.0, 5.0, 40)
+    return t, 4.0 * t / (1.2 + t) + 0.05 * np.random.default_rng(seed).normal(size=40)
+
+
+@pytest.mark.parametrize("seed", [0, 11, 23])
+def test_a_fit_that_converges_worse_than_a_constant_is_restarted_and_reaches_the_optimum(seed):
+    """vmax*t/(km + t) from (1, 1): the second trial crosses the pole at km = -t and converges
+    there, at R² = -2.3 ("converged", no warning), for every noise seed; curve_fit reaches the optimum."""
+    import gradfit
+
+    t, y = _michaelis_menten(seed)
+    result = gradfit.fit("vmax*t/(km+t)", {"t": t}, y)
+    optimum, covariance = curve_fit(lambda t, v, k: v * t / (k + t), t, y, p0=[1.0, 1.0])
+    assert result.status == "converged" and not result.warnings
+    np.testing.assert_allclose(result.values, optimum, rtol=1e-7)
+    np.testing.assert_allclose([result.stderr["vmax"], result.stderr["km"]], np.sqrt(np.diag(covariance)), rtol=1e-5)
+
+
+def test_a_fit_left_worse_than_a_constant_says_it_may_be_a_local_minimum():
+    import gradfit
+
+    t, y = _michaelis_menten(11)
+    capped = gradfit.fit("vmax*t/(km+t)", {"t": t}, y, max_iter=100)  # a cap turns the restarts off
+    assert capped.status == "converged" and capped.statistics["r2"] < 0
+    assert any(w.startswith("the fit is worse than a constant (R² = -2.29): if the model can follow") for w in capped.warnings)
+    line = gradfit.fit("a*x", {"x": np.arange(5.0)}, 10.0 - np.arange(5.0))  # exact: a global minimum, however poor
+    assert line.statistics["r2"] < 0 and not any("worse than a constant" in w for w in line.warnings)
+
+
+def test_flat_cost_is_the_best_constant_models_cost_with_weights_and_padding():
+    from gradfit.solvers.least_squares import flat_cost
+
+    y = np.array([[1.0, 2.0, 4.0, 99.0]])
+    w = np.array([[1.0, 2.0, 0.5, 0.0]])  # the last point is padding
+    mean = np.average(y[0, :3], weights=w[0, :3] ** 2)
+    np.testing.assert_allclose(flat_cost(y, w), [0.5 * np.sum(w[0, :3] ** 2 * (y[0, :3] - mean) ** 2)], rtol=1e-15)
+    np.testing.assert_allclose(flat_cost(np.array([1.0, 3.0])), [1.0], rtol=1e-15)

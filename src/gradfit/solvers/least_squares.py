@@ -88,7 +88,7 @@ import numpy as np
 
 from gradfit.errors import ModelError, OptionError
 from gradfit.losses import robust_rho
-from gradfit.stats import as_array, column_norms, identifiable, scaled_svd
+from gradfit.stats import as_array, column_norms, identifiable, scaled_svd, total_sum_of_squares
 
 __all__ = [
     "Status",
@@ -96,6 +96,7 @@ __all__ = [
     "user_options",
     "LeastSquaresSolution",
     "solve_least_squares",
+    "flat_cost",
     "autograd_jacobian",
     "LOSSES",
     "LinearSolution",
@@ -808,6 +809,7 @@ class _Problem:
     any_free: Array | None = None
     single: bool = False  # use the K = 1 fast path
     on_iteration: Callable[[], None] | None = None  # may raise to abandon the solve
+    flat: Array | None = None  # (K,) the cost of the best constant model (see flat_cost)
 
 
 @dataclass
@@ -1261,9 +1263,44 @@ def _run_single(prob: _Problem, theta0: Array) -> _State:
 
 
 def _good(prob: _Problem, state: _State, start_norms: Array) -> Array:
+    """Fits that converged to a point worth keeping: not a runaway parameter's spurious stationary
+    point, nor a local minimum worse than a constant model (a step across a pole of ``x/(k + x)``)."""
     converged = (state.code >= _FTOL) & (state.code <= _EXACT)
+    return converged & ~_spurious(prob, state, start_norms) & ~_worse_than_flat(prob, state)
+
+
+def _spurious(prob: _Problem, state: _State, start_norms: Array) -> Array:
     bound = at_bound(state.theta, prob.lower, prob.upper, prob.free)
-    return converged & ~degenerate(state.jac, state.theta, state.res, start_norms, prob.free, bound)
+    return degenerate(state.jac, state.theta, state.res, start_norms, prob.free, bound)
+
+
+#: a converged cost above the constant model's by more than this fraction is worse than a constant
+_FLAT_SLACK = 1e-9
+
+
+def _worse_than_flat(prob: _Problem, state: _State) -> Array:
+    if prob.flat is None or prob.loss != "linear":
+        return np.zeros(state.cost.shape, dtype=bool)
+    return state.cost > prob.flat * (1.0 + _FLAT_SLACK)
+
+
+def flat_cost(y: Array, weights: Array | None = None) -> Array:
+    """The cost (half the sum of squares) of the best constant model of each fit's data, ``(K,)``.
+
+    A least-squares fit that converges above it is worse than a flat line through the weighted
+    mean (R² < 0): for a model that can be flat, a local minimum, which the jittered restarts of
+    :func:`solve_least_squares` then try to leave. Points of weight 0 (padding) do not count.
+
+    Parameters
+    ----------
+    y
+        Targets, ``(n,)`` or ``(K, n)``.
+    weights
+        ``1/σ`` of each point, the shape of ``y``; None: all 1.
+    """
+    y = np.atleast_2d(np.asarray(y, dtype=np.float64))
+    with np.errstate(all="ignore"):
+        return 0.5 * total_sum_of_squares(y, None if weights is None else np.asarray(weights, dtype=np.float64), None)
 
 
 def _better(candidate: _State, current: _State) -> Array:
@@ -1305,7 +1342,8 @@ def _solve_with_restarts(prob: _Problem, start: Array) -> tuple[_State, Array]:
         _take(need & _better(candidate, state), candidate, state)
         need &= ~_good(prob, state, start_norms)
     # still "converged" where a parameter stopped affecting the model: no minimum, report it singular
-    spurious = need & (state.code >= _FTOL) & (state.code <= _EXACT)
+    # (one worse than a constant is a minimum, if a poor one: it stays converged, and the fit says so)
+    spurious = need & (state.code >= _FTOL) & (state.code <= _EXACT) & _spurious(prob, state, start_norms)
     state.code = np.where(spurious, _SING, state.code)
     return state, not_finite & (state.code != _NONFIN)
 
@@ -1343,6 +1381,7 @@ def solve_least_squares(
     options: LeastSquaresOptions | None = None,
     rows_fn: RowsFn | None = None,
     on_iteration: Callable[[], None] | None = None,
+    flat: Any = None,
 ) -> LeastSquaresSolution:
     """Fit K independent least-squares problems at once.
 
@@ -1384,6 +1423,9 @@ def solve_least_squares(
     on_iteration
         Called before each iteration of the batch (not of a single fit's fast path); whatever it
         raises abandons the solve (group fits stop a chunk at an interruption this way).
+    flat
+        ``(K,)`` each fit's constant-model cost (:func:`flat_cost`), or None. With ``loss="linear"``
+        and restarts on, a fit that converges above it is restarted as a failed one is.
 
     Returns
     -------
@@ -1408,7 +1450,10 @@ def solve_least_squares(
         else _Evaluator(residual_fn, jacobian_fn, residual_and_jacobian_fn, theta)
     )
     evaluator.rows_fn = rows_fn
-    prob = replace(_make_problem(evaluator, theta, lower, upper, fixed, loss, f_scale, method, options), on_iteration=on_iteration)
+    prob = replace(
+        _make_problem(evaluator, theta, lower, upper, fixed, loss, f_scale, method, options),
+        on_iteration=on_iteration, flat=None if flat is None else np.broadcast_to(np.asarray(flat, dtype=np.float64), (theta.shape[0],)),
+    )
     start = theta.copy() if on_numpy else _to_numpy(theta, prob.dtype).copy()
     if prob.bounded:
         start = np.clip(start, prob.lower, prob.upper)

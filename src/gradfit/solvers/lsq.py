@@ -66,9 +66,10 @@ def _solve(problem: Problem, options: FitOptions, method: str) -> SolveOutcome:
 
 def _run(problem: Problem, options: FitOptions, method: str, starts: np.ndarray, loss: str, scale: float) -> Any:
     """One batched least-squares solve of ``problem`` from ``starts`` with ``loss`` at ``scale``."""
-    from gradfit.solvers.least_squares import solve_least_squares, user_options
+    from gradfit.solvers.least_squares import flat_cost, solve_least_squares, user_options
 
     settings = user_options(options.max_iter)
+    flat = flat_cost(problem.train.y, problem.train.weights)
     functions = residual_functions(problem)
     if functions["residual_fn"] is not None:  # torch functions: torch starting values
         starts = problem.on_torch().theta0.new_tensor(starts)
@@ -83,6 +84,7 @@ def _run(problem: Problem, options: FitOptions, method: str, starts: np.ndarray,
         f_scale=scale,
         method=method,  # type: ignore[arg-type]
         options=settings,
+        flat=np.repeat(flat, len(starts)),
     )
 
 
