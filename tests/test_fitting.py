@@ -734,3 +734,36 @@ def test_the_settings_record_the_iteration_cap_starts_and_stopping_rules_a_rerun
     assert again.params == result.params and again.iterations == result.iterations
     trained = gradfit.fit("w*t_u + b", {"t_u": t_u}, t_c, optimizer="adam", epochs=5, patience=2, plateau=1, target=0.5)
     assert (trained.settings["patience"], trained.settings["plateau"], trained.settings["target"]) == (2, 1, 0.5)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error", "named"),
+    [
+        ({"params": [1.0, 1.0]}, ModelError, "params must give the starting values by name, e.g. params=.* got list \\[1.0, 1.0\\] — a list would depend on the order"),
+        ({"params": np.array([1.0, 1.0])}, ModelError, "params must give the starting values by name.* got ndarray"),
+        ({"bounds": ([0, 0], [10, 10])}, ModelError, "bounds must give each parameter's bounds by name, e.g. bounds=.* got tuple"),
+        ({"p0": [1.0, 1.0]}, OptionError, "no option 'p0' — for scipy's p0, give starting values by name: params="),
+        ({"maxfev": 100}, OptionError, "no option 'maxfev' — for scipy's maxfev, cap the iterations with max_iter"),
+        ({"jac": "3-point"}, OptionError, "for scipy's jac, none is needed"),
+    ],
+)
+def test_curve_fits_ways_of_passing_starts_bounds_and_options_get_gradfits_way_by_name(arguments, error, named):
+    """A p0 list used to crash (AttributeError, or numpy's ambiguous truth value)."""
+    t = np.linspace(0.0, 5.0, 30)
+    with pytest.raises(error, match=named):
+        gradfit.fit("a*exp(-k*t)", {"t": t}, 3.0 * np.exp(-1.3 * t), **arguments)
+
+
+def test_curve_fits_layouts_of_inputs_targets_and_functions_are_explained():
+    t = np.linspace(0.0, 5.0, 40)
+    with pytest.raises(DataError, match="x has shape \\(2, 40\\) for 40 targets: .* shape \\(40, 2\\): pass x.T"):
+        gradfit.fit("a*x0 + b*x1", np.vstack([t, t**2]), t + 2 * t**2)
+    with pytest.raises(DataError, match="no targets given — pass y: .* \\(the data have a column 'y': y='y'\\)"):
+        gradfit.fit("a*x + b", pl.DataFrame({"x": t, "y": 2 * t}))
+    with pytest.raises(ModelError, match="takes its parameters as \\*args \\(as curve_fit's f\\(x, \\*p\\)\\) — name each one"):
+        gradfit.fit(lambda x, *p: p[0] * x, t, 2 * t)
+    columns = np.column_stack([t, t**2])
+    with pytest.raises(ModelError, match="no argument of <lambda>\\(X, a, b\\) names a data column — the columns are x0, x1"):
+        gradfit.fit(lambda X, a, b: a * X[:, 0] + b * X[:, 1], columns, t + 2 * t**2)
+    with pytest.raises(ModelError, match="calls numpy on the torch tensors it is given .* use torch's functions \\(torch.exp for np.exp\\)"):
+        gradfit.fit(lambda t, a, k: a * np.exp(-k * t), t, np.exp(-t))

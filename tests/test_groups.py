@@ -859,3 +859,10 @@ def test_michaelis_menten_groups_from_the_default_start_reach_the_optimum_their_
         row = table.filter(pl.col("sensor") == key)
         assert row["status"][0] == alone.status == "converged" and row["r2"][0] > 0.9
         np.testing.assert_allclose([row["vmax"][0], row["km"][0]], alone.values, rtol=1e-8)
+
+
+def test_group_starts_in_a_list_are_refused_with_the_mapping_to_use(fleet):
+    with pytest.raises(ModelError, match="params must give the starting values by name"):
+        fit_groups(DECAY, fleet, group="sensor", y="y", params=[1.0, 1.0, 0.0])
+    with pytest.raises(ModelError, match="group fits take params as a mapping of names to starts"):
+        fit_groups(DECAY, fleet, group="sensor", y="y", params=[gradfit.Parameter("a", 1.0)])

@@ -111,7 +111,7 @@ def _decay(t, a=1.0, k=1.0, c=0.0):
 @pytest.mark.parametrize(
     ("function", "fragment"),
     [
-        (lambda t, a=1.0: torch.as_tensor(np.asarray(a * t)), "must compute with torch operations"),
+        (lambda t, a=1.0: torch.as_tensor(np.asarray(a * t)), "calls numpy on the torch tensors it is given"),
         (lambda t, a=1.0: (a * t)[:5], "returned shape (5,) for inputs of shape (30,) — return one value per point"),
         (lambda t, a=1.0, k=1.0, c=0.0: _decay(t, a, k, c).float(), "returns float32 values in a float64 fit"),
     ],

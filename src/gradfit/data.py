@@ -609,8 +609,11 @@ def as_dataset(
     if _is_frame(x) or isinstance(x, Mapping):
         table = _as_table(x)
     else:
-        table = _array_table(x, input_names)
+        table = _array_table(x, input_names, y)
         input_names = table.names
+    if y is None:
+        column = " (the data have a column 'y': y='y')" if "y" in table.names else ""
+        raise DataError(f"no targets given — pass y: an array of the targets, or the name of their column{column}")
     extra: dict[str, object] = {}
     y_name = _role_name(y, table, extra, "y")
     sigma_name = None if sigma is None else _role_name(sigma, table, extra, "sigma")
@@ -632,8 +635,9 @@ def _role_name(value: Any, table: _Table, extra: dict[str, object], default: str
     return name
 
 
-def _array_table(x: Any, input_names: Sequence[str] | None) -> _Table:
+def _array_table(x: Any, input_names: Sequence[str] | None, y: Any = None) -> _Table:
     array = _to_numpy(x, "x")
+    _check_not_transposed(array, y)
     if array.ndim == 1:
         array = array[:, None]
         default = ["x"]
@@ -649,6 +653,16 @@ def _array_table(x: Any, input_names: Sequence[str] | None) -> _Table:
         )
     columns = {n: array[:, j] for j, n in enumerate(names)}
     return _Table(names, columns.__getitem__)
+
+
+def _check_not_transposed(array: np.ndarray, y: Any) -> None:
+    """Refuse x of shape ``(d, n)`` for ``n`` targets (curve_fit's layout of several inputs)."""
+    n = np.shape(y)[0] if isinstance(y, (np.ndarray, list, tuple)) and np.ndim(y) == 1 else None
+    if n is not None and array.ndim == 2 and array.shape[0] != n and array.shape[1] == n:
+        raise DataError(
+            f"x has shape {array.shape} for {n} targets: one row per input, as curve_fit takes them — gradfit takes "
+            f"one row per point, shape ({n}, {array.shape[0]}): pass x.T"
+        )
 
 
 def _as_names(names: Sequence[str] | str) -> list[str]:

@@ -101,7 +101,7 @@ def fit(
     1.95
     """
     settings = _fit_options(options)
-    overrides = _merge_overrides(params, bounds, fix) if params or bounds or fix else {}
+    overrides = _merge_overrides(params, bounds, fix) if any(v is not None for v in (params, bounds, fix)) else {}
     built, dataset = prepare(model, x, y, sigma=sigma, inputs=inputs, params=overrides, nan_policy=settings.nan_policy)
     validation = None
     if val_data is not None:
@@ -110,6 +110,19 @@ def fit(
     return fit_dataset(built, dataset, settings, validation)
 
 
+#: curve_fit's and least_squares' keywords, and what to do instead
+_TOLERANCES = "the tolerances need no tuning (max_iter caps the iterations)"
+_SCIPY_NAMES = {
+    "p0": "give starting values by name: params={'a': 1.0, 'k': 0.5}",
+    "maxfev": "cap the iterations with max_iter",
+    "max_nfev": "cap the iterations with max_iter",
+    "method": "choose the solver with solver='lm' (or 'gn', 'linear', 'gradient', 'auto')",
+    "f_scale": "give the robust loss's scale as loss_scale",
+    "ftol": _TOLERANCES,
+    "xtol": _TOLERANCES,
+    "gtol": _TOLERANCES,
+    "jac": "none is needed: the Jacobian comes from the formula's derivatives or from autograd",
+}
 #: the keyword arguments of :func:`fit` that are not fields of :class:`FitOptions`
 _FIT_ARGUMENTS = ("sigma", "inputs", "params", "bounds", "fix", "val_data")
 
@@ -123,6 +136,8 @@ def _fit_options(options: Mapping[str, Any]) -> FitOptions:
     if unknown:
         close = difflib.get_close_matches(unknown[0], [*names, *_FIT_ARGUMENTS], n=1)
         hint = f"did you mean '{close[0]}'? " if close else ""
+        if unknown[0] in _SCIPY_NAMES:
+            hint = f"for scipy's {unknown[0]}, {_SCIPY_NAMES[unknown[0]]}; "
         raise OptionError(f"fit() has no option '{unknown[0]}' — {hint}the options are the fields of gradfit.FitOptions")
     return FitOptions(**options)
 
@@ -139,9 +154,10 @@ def _merge_overrides(
     bounds: Mapping[str, tuple[float, float]] | str | None,
     fix: Mapping[str, float] | None,
 ) -> dict[str, dict[str, Any]]:
-    from gradfit.model import overrides_from, parameter_overrides, parse_bounds
+    from gradfit.model import check_bounds_by_name, overrides_from, parameter_overrides, parse_bounds
 
-    merged = overrides_from(params) if params else {}  # a start in params of a parameter fix holds: fix wins
+    check_bounds_by_name(bounds)
+    merged = overrides_from(params) if params is not None else {}  # a start in params of a parameter fix holds: fix wins
     limits = parse_bounds(bounds) if isinstance(bounds, str) else _bound_pairs(bounds or {})
     for name, fields in parameter_overrides(None, limits, fix).items():
         merged.setdefault(name, {}).update(fields)

@@ -699,7 +699,11 @@ def _model(
     params: Mapping[str, Any] | None, bounds: Any, fix: Mapping[str, float] | None, as_parameters: Sequence[str] = (),
 ) -> tuple[ParametricModel, dict[str, str]]:
     from gradfit.fitting import _merge_overrides
+    from gradfit.model import check_params_by_name
 
+    check_params_by_name(params)
+    if params is not None and not isinstance(params, Mapping):
+        raise ModelError("group fits take params as a mapping of names to starts (numbers or columns) — e.g. params={'a': 1.0, 'k': 'k_guess'}")
     column_starts = {k: v for k, v in (params or {}).items() if isinstance(v, str)}
     numeric = {k: v for k, v in (params or {}).items() if not isinstance(v, str)}
     roles = {group, y, sigma, *column_starts.values()}

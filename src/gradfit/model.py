@@ -44,6 +44,8 @@ __all__ = [
     "parse_bounds",
     "parameter_overrides",
     "overrides_from",
+    "check_params_by_name",
+    "check_bounds_by_name",
 ]
 
 
@@ -472,6 +474,12 @@ class CallableModel(ParametricModel):
             out = self.function(**{name: values[name] for name in self.argument_names})
         except Exception as error:  # the user's code: say where it failed, keep the cause chained
             first_line = (str(error).strip().splitlines() or [""])[0]
+            if "numpy" in first_line:  # np.exp(tensor): torch's own advice (detach) would cut the gradient
+                raise ModelError(
+                    f"the model function {self.description} calls numpy on the torch tensors it is given "
+                    f"({type(error).__name__}) — use torch's functions (torch.exp for np.exp), or pass the model as a "
+                    "formula such as 'a*exp(-k*t)'"
+                ) from error
             raise ModelError(
                 f"the model function {self.description} raised {type(error).__name__}: {first_line} — it is called "
                 "with torch tensors and must compute with torch operations"
@@ -727,8 +735,17 @@ def _callable_model(function: Callable[..., Any], columns: tuple[str, ...]) -> C
         for a in signature.parameters.values()
         if a.kind in (a.POSITIONAL_ONLY, a.POSITIONAL_OR_KEYWORD, a.KEYWORD_ONLY)
     ]
+    label = getattr(function, "__name__", "the function")
+    if any(a.kind == a.VAR_POSITIONAL for a in signature.parameters.values()) and len(arguments) <= 1:
+        raise ModelError(f"{label} takes its parameters as *args (as curve_fit's f(x, *p)) — name each one, e.g. f(x, a, k)")
     names = tuple(a.name for a in arguments)
-    inputs = tuple(n for n in names if n in columns) or names[:1]
+    inputs = tuple(n for n in names if n in columns)
+    if not inputs and len(columns) > 1:  # one column feeds the first argument whatever its name; several cannot
+        raise ModelError(
+            f"no argument of {label}({', '.join(names)}) names a data column — the columns are {', '.join(columns)}: "
+            f"name its inputs after them, e.g. f({', '.join(columns[:2])}, ...)"
+        )
+    inputs = inputs or names[:1]
     feeding = inputs if set(inputs) <= set(columns) or len(columns) != 1 else columns
     params = tuple(
         Parameter(a.name, a.default if isinstance(a.default, (int, float)) else None)
@@ -736,15 +753,45 @@ def _callable_model(function: Callable[..., Any], columns: tuple[str, ...]) -> C
         if a.name not in inputs
     )
     if not params:
-        raise ModelError(
-            f"{getattr(function, '__name__', 'the function')} has no parameters besides its inputs "
-            "— add arguments for the parameters, e.g. f(x, w, b)"
-        )
+        raise ModelError(f"{label} has no parameters besides its inputs — add arguments for the parameters, e.g. f(x, w, b)")
     return CallableModel(feeding, params, function, names, inputs)
+
+
+#: why starts and bounds go by name, not in a list as curve_fit's p0 and (lower, upper)
+_BY_NAME = "a list would depend on the order of the parameters, which a formula sets by first appearance"
+
+
+def check_params_by_name(params: Any) -> None:
+    """Refuse ``params`` that are neither a mapping nor Parameter objects (a list of numbers, as
+    curve_fit's ``p0``), with the form to use."""
+    if params is None or isinstance(params, Mapping):
+        return
+    if isinstance(params, (list, tuple)) and all(isinstance(p, Parameter) for p in params):
+        return
+    raise ModelError(
+        f"params must give the starting values by name, e.g. params={{'a': 1.0, 'k': 0.5}} (or Parameter objects), "
+        f"got {type(params).__name__} {_short(params)} — {_BY_NAME}"
+    )
+
+
+def check_bounds_by_name(bounds: Any) -> None:
+    """Refuse ``bounds`` that are neither a mapping nor a string (curve_fit's ``(lower, upper)``)."""
+    if bounds is None or isinstance(bounds, (Mapping, str)):
+        return
+    raise ModelError(
+        f"bounds must give each parameter's bounds by name, e.g. bounds={{'k': (0, 10), 'c': (0, None)}} or "
+        f"bounds='k>=0, 0<c<10', got {type(bounds).__name__} {_short(bounds)} — {_BY_NAME}"
+    )
+
+
+def _short(value: Any) -> str:
+    text = repr(value).replace("\n", " ")
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def overrides_from(params: Sequence[Parameter] | Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """Parameter field overrides from Parameter objects or a mapping of names to values or fields."""
+    check_params_by_name(params)
     if isinstance(params, Mapping):
         return {name: _fields(value) for name, value in params.items()}
     return {
