@@ -797,3 +797,21 @@ def test_a_csv_column_whose_type_changes_after_the_inference_rows_is_read_whole(
     (tmp_path / "late.csv").write_text("x,y\n" + rows + "1.5,2.5\n")  # ...then a float past the sample
     table = read_table(tmp_path / "late.csv")
     assert table.height == n + 1 and table["x"][-1] == 1.5 and table["y"][-1] == 2.5
+
+
+@pytest.mark.parametrize("kind", ["array", "polars", "csv"])
+def test_integers_float64_would_round_by_a_visible_part_of_their_range_are_refused(kind, tmp_path):
+    """Epoch nanoseconds at 1 µs steps: float64 rounds 1.7e18 to multiples of 256, and the fit's
+    slope came out 0.4 % off with R² = 0.9998 and no word."""
+    ns = np.int64(1_700_000_000_000_000_000) + np.arange(20, dtype=np.int64) * 1000
+    y = 3e-3 * np.arange(20) * 1000 + 5
+    if kind == "csv":
+        path = tmp_path / "clock.csv"
+        path.write_text("ns,y\n" + "".join(f"{a},{b}\n" for a, b in zip(ns.tolist(), y)))
+        data, target = gradfit.data.read_table(path), "y"
+    else:
+        data, target = ({"ns": ns} if kind == "array" else pl.DataFrame({"ns": ns})), y
+    with pytest.raises(DataError, match="column 'ns' holds integers up to 1.7e\\+18, which float64 rounds by up to 128 \\(0.67% of their range\\)"):
+        gradfit.fit("a*(ns - 1.7e18) + b", data, target)
+    big = np.arange(20, dtype=np.int64) * 10**17  # large but exact enough for their spread
+    assert gradfit.fit("a*ns + b", {"ns": big}, y).params["a"] == pytest.approx(3e-17, rel=1e-9)

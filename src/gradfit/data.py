@@ -888,6 +888,8 @@ def numeric_column(values: Any, name: str, label: str | None = None, first_row: 
     table = _Table([], lambda _: None, label)
     if isinstance(values, pl.Series):
         if values.dtype.is_numeric() or values.dtype == pl.Boolean:  # no copy of a float column (may be read-only)
+            if values.dtype.is_integer():
+                _check_integers_exact(values.drop_nulls().to_numpy(), name, table)
             return values.cast(pl.Float64).to_numpy()
         if values.dtype == pl.String:
             fast = values.str.strip_chars().cast(pl.Float64, strict=False)  # numbers in text, at polars' speed
@@ -898,6 +900,8 @@ def numeric_column(values: Any, name: str, label: str | None = None, first_row: 
 
 def _series_to_float(series: pl.Series, name: str, table: _Table, first_row: int = 1) -> np.ndarray:
     dtype = series.dtype
+    if dtype.is_integer():
+        _check_integers_exact(series.drop_nulls().to_numpy(), name, table)
     if dtype.is_numeric() or dtype == pl.Boolean or dtype == pl.Null:
         return np.array(series.cast(pl.Float64).to_numpy(), dtype=np.float64)  # own, writable copy
     if dtype in (pl.String, pl.Categorical) or isinstance(dtype, pl.Enum):
@@ -907,12 +911,41 @@ def _series_to_float(series: pl.Series, name: str, table: _Table, first_row: int
 
 def _array_to_float(array: np.ndarray, name: str, table: _Table, first_row: int = 1) -> np.ndarray:
     kind = array.dtype.kind
+    if kind in "iu":
+        _check_integers_exact(array, name, table)
     if kind in "biuf":
         return array.astype(np.float64)  # a copy: the dataset owns its columns
     if kind in "OUS":
         return _parse_values(array.tolist(), name, table, first_row)
     type_name = {"c": "complex", "M": "datetime", "m": "timedelta"}.get(kind, str(array.dtype))
     raise table.error(_type_message(name, type_name))
+
+
+#: integers above this magnitude are not all exact in float64
+EXACT_INTEGERS = 2**53
+#: rounding an integer column by more than this fraction of its range is refused
+INTEGER_ROUNDING = 1e-6
+
+
+def _check_integers_exact(values: np.ndarray, name: str, table: _Table) -> None:
+    """Refuse integers that float64 rounds by a visible part of their range (epoch nanoseconds:
+    1.7e18 rounds to multiples of 256, a microsecond step's digits lost without a word)."""
+    if values.size == 0:
+        return
+    low, high = int(values.min()), int(values.max())
+    if max(abs(low), abs(high)) <= EXACT_INTEGERS:
+        return
+    back = values.astype(np.float64).astype(values.dtype)
+    lost = int(np.max(np.where(values >= back, values - back, back - values)))
+    spread = high - low
+    if lost > INTEGER_ROUNDING * spread:
+        raise table.error(
+            f"column {name!r} holds integers up to {max(abs(low), abs(high)):.3g}, which float64 rounds by up to {lost}"
+            f" ({lost / spread:.2%} of their range) — subtract an offset from the column before the fit (e.g. {name} - {low}: in "
+            "the formula it comes too late, after the rounding)"
+            if spread
+            else f"column {name!r} holds one integer, {low}, which float64 rounds by {lost} — subtract an offset from the column before the fit"
+        )
 
 
 def _type_message(name: str, type_name: str) -> str:
