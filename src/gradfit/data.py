@@ -889,7 +889,7 @@ def numeric_column(values: Any, name: str, label: str | None = None, first_row: 
     if isinstance(values, pl.Series):
         if values.dtype.is_numeric() or values.dtype == pl.Boolean:  # no copy of a float column (may be read-only)
             if values.dtype.is_integer():
-                _check_integers_exact(values.drop_nulls().to_numpy(), name, table)
+                _check_integers_exact(values, name, table)
             return values.cast(pl.Float64).to_numpy()
         if values.dtype == pl.String:
             fast = values.str.strip_chars().cast(pl.Float64, strict=False)  # numbers in text, at polars' speed
@@ -901,7 +901,7 @@ def numeric_column(values: Any, name: str, label: str | None = None, first_row: 
 def _series_to_float(series: pl.Series, name: str, table: _Table, first_row: int = 1) -> np.ndarray:
     dtype = series.dtype
     if dtype.is_integer():
-        _check_integers_exact(series.drop_nulls().to_numpy(), name, table)
+        _check_integers_exact(series, name, table)
     if dtype.is_numeric() or dtype == pl.Boolean or dtype == pl.Null:
         return np.array(series.cast(pl.Float64).to_numpy(), dtype=np.float64)  # own, writable copy
     if dtype in (pl.String, pl.Categorical) or isinstance(dtype, pl.Enum):
@@ -927,24 +927,24 @@ EXACT_INTEGERS = 2**53
 INTEGER_ROUNDING = 1e-6
 
 
-def _check_integers_exact(values: np.ndarray, name: str, table: _Table) -> None:
+def _check_integers_exact(values: pl.Series | np.ndarray, name: str, table: _Table) -> None:
     """Refuse integers that float64 rounds by a visible part of their range (epoch nanoseconds:
     1.7e18 rounds to multiples of 256, a microsecond step's digits lost without a word)."""
-    if values.size == 0:
+    series = (values if isinstance(values, pl.Series) else pl.Series(values)).drop_nulls()
+    if series.len() == 0:
         return
-    low, high = int(values.min()), int(values.max())
+    low, high = int(series.min()), int(series.max())  # type: ignore[arg-type]
     if max(abs(low), abs(high)) <= EXACT_INTEGERS:
         return
-    back = values.astype(np.float64).astype(values.dtype)
-    lost = int(np.max(np.where(values >= back, values - back, back - values)))
-    spread = high - low
-    if lost > INTEGER_ROUNDING * spread:
+    wide = series.cast(pl.Int128)
+    back = series.cast(pl.Float64).cast(pl.Int128, strict=False)  # 2**127 and above: no Int128 (and null)
+    lost = int((wide - back).abs().max() or 0)  # type: ignore[arg-type]
+    spread = high - low  # a constant column keeps its digits to 1e-16 of its value: no matter
+    if spread and lost > INTEGER_ROUNDING * spread:
         raise table.error(
             f"column {name!r} holds integers up to {max(abs(low), abs(high)):.3g}, which float64 rounds by up to {lost}"
             f" ({lost / spread:.2%} of their range) — subtract an offset from the column before the fit (e.g. {name} - {low}: in "
             "the formula it comes too late, after the rounding)"
-            if spread
-            else f"column {name!r} holds one integer, {low}, which float64 rounds by {lost} — subtract an offset from the column before the fit"
         )
 
 
