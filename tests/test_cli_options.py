@@ -95,3 +95,14 @@ def test_repeated_init_bounds_and_fix_options_add_up(tmp_path):
     assert by_name["c"]["fixed"] and by_name["w"]["lower"] == 0 and by_name["b"]["upper"] == 5
     twice = subprocess.run([*base, "s.json", "--init", "w=1", "--init", "w=2"], cwd=tmp_path, capture_output=True, text=True)
     assert twice.returncode == 2 and "--init gives 'w' twice" in twice.stderr
+
+
+def test_confidence_sets_the_intervals_as_from_python_and_is_refused_for_group_fits(thermometer_csv, tmp_path):
+    out = tmp_path / "r.json"
+    run = _fit(str(thermometer_csv), "--confidence", "0.99", "--out", str(out))
+    assert run.exit_code == 0, run.output
+    expected = gradfit.fit(LINE, {"t_u": T_U}, T_C, confidence=0.99)
+    saved = json.loads(out.read_text())["parameters"]
+    assert [p[k] for p in saved for k in ("ci_low", "ci_high")] == pytest.approx([v for p in expected.parameters for v in (p.ci_low, p.ci_high)], rel=1e-12)
+    grouped = _fit(str(thermometer_csv), "--confidence", "0.99", "--group-by", "t_u")
+    assert grouped.exit_code == 2 and "--confidence sets a single fit's intervals" in grouped.output

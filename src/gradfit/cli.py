@@ -103,6 +103,7 @@ def fit(
     dtype: Annotated[str, typer.Option(help="float64 | float32.")] = "float64",
     nan: Annotated[str, typer.Option("--nan", help="raise | omit rows with missing or non-finite values.")] = "raise",
     absolute_sigma: Annotated[bool, typer.Option(help="Treat sigma as absolute (as curve_fit's absolute_sigma).")] = False,
+    confidence: Annotated[Optional[float], typer.Option(help="Coverage of the confidence intervals and bands, e.g. 0.99 (default 0.95).", show_default=False)] = None,
     out: Annotated[Optional[Path], _path_option("--out", "-o", help="Write the result: JSON (.json); with --group-by a table of every group's fit (.parquet, .pq, .csv, .ndjson or .jsonl).")] = None,
     plot: Annotated[Optional[Path], _path_option(help="Write data and fitted curve to this image.")] = None,
     plot_history: Annotated[Optional[Path], _path_option(help="Write train/validation loss per epoch to this image.")] = None,

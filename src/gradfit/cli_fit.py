@@ -79,6 +79,7 @@ class FitCommand:
     tolerance: float | None = None
     refit_failed: bool = False
     report_html: Path | None = None
+    confidence: float | None = None
 
     def settings(self) -> Any:
         """The validated :class:`~gradfit.config.FitOptions` of this command."""
@@ -112,6 +113,7 @@ class FitCommand:
             device=self.device,
             absolute_sigma=self.absolute_sigma,
             nan_policy=self.nan,
+            **({} if self.confidence is None else {"confidence": self.confidence}),
         )
 
     def run(self) -> None:
@@ -148,6 +150,8 @@ class FitCommand:
             for field, flag in _GROUP_ONLY:
                 if getattr(self, field) is not None and getattr(self, field) is not False:
                     raise OptionError(f"{flag} is for group fits (--group-by) — drop it, or add --group-by KEY")
+        if self.group_by is not None and self.confidence is not None:
+            raise OptionError("--confidence sets a single fit's intervals and bands; a group fit's table has standard errors, not intervals — drop it")
         if self.checkpoint_every is not None and self.checkpoint is None:
             if self.group_by is not None:
                 raise OptionError("--checkpoint-every does not apply to --group-by fits — drop it")
