@@ -179,3 +179,13 @@ def test_a_parameter_bound_of_none_is_no_bound_and_a_word_is_refused() -> None:
     assert Parameter("c", 0.0, lower=None, upper=None) == Parameter("c", 0.0)
     with pytest.raises(ModelError, match="parameter 'c' has lower bound 'low' — give a number, or None for no bound"):
         Parameter("c", lower="low")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("formula", "column", "suggestion"),
+    [("a*t.u + b", "t.u", "t_u"), ("a*température + b", "température", "temperature"), ("a*temp (°C) + b", "temp (°C)", "temp_C")],
+)
+def test_a_formula_naming_a_column_it_cannot_read_says_to_rename_the_column(formula, column, suggestion):
+    """'t.u' read as attribute access, and a non-ASCII name as a stray character, named no column."""
+    with pytest.raises(ModelError, match=f"column '{re.escape(column)}' cannot be used as a name in a formula — .* e.g. '{suggestion}'"):
+        make_model(formula, [column, "other"])

@@ -299,10 +299,21 @@ def usable_name(name: str) -> bool:
 
 def _check_usable(name: str) -> None:
     if not usable_name(name):
-        raise ModelError(
-            f"column '{name}' cannot be used as a name in a formula — rename it to letters, "
-            "digits and _ (not a function or constant name)"
-        )
+        raise ModelError(unusable_column_message(name))
+
+
+def unusable_column_message(name: str) -> str:
+    """Why column ``name`` cannot appear in a formula, with a name it could have."""
+    import unicodedata
+
+    plain = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
+    suggestion = re.sub(r"\W+", "_", plain).strip("_") or "x"
+    if not usable_name(suggestion):
+        suggestion = f"{suggestion}_" if suggestion.isidentifier() else f"c_{suggestion}"
+    return (
+        f"column '{name}' cannot be used as a name in a formula — rename it to letters, digits and _ "
+        f"(not a function or constant name), e.g. '{suggestion}'"
+    )
 
 
 # -- templates --------------------------------------------------------------------------------------

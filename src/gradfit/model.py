@@ -673,9 +673,18 @@ def _is_module(obj: Any) -> bool:
 @functools.lru_cache(maxsize=256)
 def _formula_model(text: str, columns: tuple[str, ...]) -> FormulaModel:
     """The model of a formula over the data columns (models are immutable: built once, shared)."""
+    from gradfit.errors import FormulaError
     from gradfit.formula import CONSTANTS
 
-    formula = parse_formula(text)
+    try:
+        formula = parse_formula(text)
+    except FormulaError as error:  # 't.u' reads as attribute access: say the column needs a name
+        from gradfit.builtin_models import unusable_column_message
+
+        named = [c for c in columns if c in text and not (c.isascii() and c.isidentifier())]
+        if named:
+            raise ModelError(unusable_column_message(max(named, key=len))) from error
+        raise
     shadowed = [name for name in formula.constants if name in columns]
     if shadowed:  # the formula reads the constant, and would silently leave the column out
         raise ModelError(
