@@ -246,9 +246,10 @@ def verify_claim(
                            dtype=np.float64)
         assert not np.isfinite(numbers).all(axis=0).any(), message
         return "no rows left (checked)"
-    if "empty header" in message:
-        position = int(re.search(r"column (\d+) has an empty header", message)[1])
+    if "empty header" in message or "has no name" in message:
+        position = int(re.search(r"column (\d+) has (?:an empty header|no name)", message)[1])
         assert header[position - 1] == "", message
+        assert ("has no name" in message) == (position == len(header) > 1), message  # the last one: a trailing delimiter
         return "empty header (position checked)"
     if "duplicate column name" in message:
         first, second = map(int, re.search(r"\(columns (\d+) and (\d+)\)", message).groups())
@@ -357,12 +358,12 @@ NAMED: list[Named] = [
     Named("NUL late in the file", ".csv", _csv("x,y\n" + "1,2\n" * 20000 + "\0,3\n"),
           fails_with=("column 'x' is not numeric: row 20001",)),
     Named("comment line", ".csv", _csv("# made by hand\nx,y\n1,2\n"),
-          fails_with=("row 1 has 2 fields but the header has 1",)),
+          fails_with=("the first line, '# made by hand', is a comment", "remove the comment lines")),
     # headers
     Named("empty header", ".csv", _csv("x,,y\n1,2,3\n"), fails_with=("column 2 has an empty header",)),
     Named("blank header", ".csv", _csv("x,  ,y\n1,2,3\n"), fails_with=("column 2 has an empty header",)),
     Named("missing last header", ".csv", _csv("x,y,\n1,2,3\n"),
-          fails_with=("column 3 has an empty header",)),
+          fails_with=("the header ends with a delimiter, so column 3 has no name",)),
     Named("duplicate headers", ".csv", _csv("x,y,x\n1,2,3\n"),
           fails_with=("duplicate column name 'x' (columns 1 and 3)", "rename")),
     Named("duplicate after stripping", ".csv", _csv("x, y,y \n1,2,3\n"),
@@ -375,7 +376,8 @@ NAMED: list[Named] = [
     Named("unknown column", ".csv", _csv("x,yy\n1,2\n"), fails_with=("unknown column 'y'", "'yy'")),
     Named("unknown column among names with line breaks", ".ndjson", _csv('{"\\n": 1, "a\\rb": 2}'),
           delimiter=None, fails_with=("unknown column 'x'", "(columns: '\\n', 'a\\rb')")),
-    Named("sep= line (Excel)", ".csv", _csv("sep=;\nx;y\n1;2\n"), fails_with=("header",)),
+    Named("sep= line (Excel)", ".csv", _csv("sep=;\nx;y\n1;2\n"), fails_with=("Excel's separator hint", "remove that line")),
+    Named("no header line", ".csv", _csv("1,2\n2,4\n"), fails_with=("the first line, '1,2', holds numbers, not column names",)),
     # special values
     Named("huge numbers", ".csv", _csv("x,y\n1e308,1.7976931348623157e308\n-1e308,2\n")),
     Named("overflow to inf", ".csv", _csv("x,y\n1,1e309\n2,3\n"),

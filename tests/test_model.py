@@ -189,3 +189,9 @@ def test_a_formula_naming_a_column_it_cannot_read_says_to_rename_the_column(form
     """'t.u' read as attribute access, and a non-ASCII name as a stray character, named no column."""
     with pytest.raises(ModelError, match=f"column '{re.escape(column)}' cannot be used as a name in a formula — .* e.g. '{suggestion}'"):
         make_model(formula, [column, "other"])
+
+
+def test_one_column_with_spaces_in_its_name_says_to_separate_the_files_columns():
+    """'t y' is a whitespace-separated file read as one column: the formula named none of it."""
+    with pytest.raises(ModelError, match="the data have one column, 't y': separate the columns of the file with commas"):
+        make_model("a*t + b", ["t y"])

@@ -323,6 +323,7 @@ def _read_csv(raw: bytes, name: str, suffix: str, text_columns: Sequence[str] = 
     sample = _check_text(raw[:_SNIFF_BYTES], name)
     rows = _sample_rows(sample, truncated)
     delimiter = _sniff_delimiter(rows, default="\t" if suffix == ".tsv" else ",")
+    _check_first_line(sample, name)
     header = _header_row(sample, delimiter, name)
     names = _clean_header(header, name)
     as_text = {raw_name: pl.String for raw_name, clean in zip(header, names) if clean in text_columns}
@@ -392,6 +393,19 @@ def _polars_csv(raw: bytes, delimiter: str, as_text: Mapping[str, Any] | None = 
 
 #: rows of a CSV file whose values decide the column types at first
 CSV_INFER_ROWS = 10_000
+
+
+def _check_first_line(sample: str, name: str) -> None:
+    """Refuse a first line that is not the column names: a comment, or Excel's ``sep=`` hint."""
+    first = sample.lstrip("\ufeff").split("\n", 1)[0].rstrip("\r")
+    shown = first if len(first) <= 40 else first[:37] + "..."
+    if first.startswith("#"):
+        raise DataError(
+            f"{name}: the first line, {shown!r}, is a comment, and the first line must hold the column names — "
+            "remove the comment lines (np.savetxt writes its header as one: pass comments='')"
+        )
+    if re.fullmatch(r"sep=.", first.strip()):
+        raise DataError(f"{name}: the first line, {shown!r}, is Excel's separator hint, not the column names — remove that line")
 
 
 def _header_row(sample: str, delimiter: str, name: str) -> list[str]:
@@ -478,7 +492,16 @@ def _sniff_delimiter(rows: dict[str, tuple[list[list[str]], bool]], default: str
 
 def _clean_header(header: list[str], name: str) -> list[str]:
     names = [h.strip() for h in header]
+    shown = ",".join(names) if len(",".join(names)) <= 40 else ",".join(names)[:37] + "..."
+    if names and all(_is_finite_number(h) for h in names):
+        raise DataError(f"{name}: the first line, {shown!r}, holds numbers, not column names — add a header line, e.g. 'x,y'")
+
     for position, column in enumerate(names, start=1):
+        if not column and position == len(names) > 1:
+            raise DataError(
+                f"{name}: the header ends with a delimiter, so column {position} has no name — remove the delimiter at the "
+                "end of each line, or name that column"
+            )
         if not column:
             raise DataError(
                 f"{name}: column {position} has an empty header — give every column a name"
@@ -963,6 +986,11 @@ def _parse_values(values: list[object], name: str, table: _Table, first_row: int
             raise table.error(_not_numeric_message(name, row + first_row, value))
         out[row] = number
     return out
+
+
+def _is_finite_number(text: str) -> bool:
+    number = _parse_value(text) if text else None
+    return number is not None and math.isfinite(number)
 
 
 def _parse_value(value: object) -> float | None:

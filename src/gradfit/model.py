@@ -725,6 +725,8 @@ def _typo_hint(names: Sequence[str], columns: Sequence[str]) -> str:
         if close:
             return f"; did you mean '{close[0]}' instead of '{name}'?"
     unusable = [c for c in columns if not c.isidentifier()]
+    if len(columns) == 1 and len(columns[0].split()) > 1:  # 't y': a file separated by spaces, read as one column
+        return f"; the data have one column, '{columns[0]}': separate the columns of the file with commas, semicolons or tabs"
     return f"; columns such as '{unusable[0]}' are not names a formula can use: rename them" if unusable else ""
 
 
