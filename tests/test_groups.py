@@ -866,3 +866,19 @@ def test_group_starts_in_a_list_are_refused_with_the_mapping_to_use(fleet):
         fit_groups(DECAY, fleet, group="sensor", y="y", params=[1.0, 1.0, 0.0])
     with pytest.raises(ModelError, match="group fits take params as a mapping of names to starts"):
         fit_groups(DECAY, fleet, group="sensor", y="y", params=[gradfit.Parameter("a", 1.0)])
+
+
+def test_groups_not_fitted_for_a_missing_start_or_no_finite_row_say_which(fleet):
+    """A NaN in a start column ended the group 'non_finite' with advice about the data's scale, and
+    an all-NaN group under nan_policy='omit' was told to use nan_policy='omit'."""
+    frame = fleet.with_columns(
+        k_guess=pl.when(pl.col("sensor") == 1).then(float("nan")).otherwise(0.8),
+        y=pl.when(pl.col("sensor") == 3).then(float("nan")).otherwise(pl.col("y")),
+    )
+    table = fit_groups(DECAY, frame, group="sensor", y="y", params={"a": 1.0, "k": "k_guess", "c": 0.0}, nan_policy="omit").table
+    row = {key: table.filter(pl.col("sensor") == key).to_dicts()[0] for key in (0, 1, 3)}
+    assert row[1]["status"] == "bad_data" and "start of 'k' (the first value of column 'k_guess') is missing" in row[1]["message"]
+    assert row[3]["status"] == "bad_data" and row[3]["message"].startswith("not fitted: none of the group's rows has finite values")
+    assert row[0]["status"] == "converged"
+    alone = _single(DECAY, frame, 0, params={"a": 1.0, "k": 0.8, "c": 0.0})
+    np.testing.assert_allclose([row[0][n] for n in "akc"], alone.values, rtol=1e-8)

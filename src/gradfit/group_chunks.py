@@ -187,6 +187,8 @@ def fit_chunk(plan: ChunkPlan, columns: Mapping[str, np.ndarray], index: GroupIn
     tiny = finite & _tiny_targets(packed, plan)
     finite &= ~tiny
     theta0 = _starting_values(plan, columns, index, part, packed, finite)
+    no_start = finite & ~np.isfinite(theta0).all(axis=1)  # a start column's first value is missing in the group
+    finite &= ~no_start
     n_free = sum(not p.fixed for p in model.parameters)
     chunk = _tensors(plan, packed, bool(finite.all()), index.keys[part])
     enough = chunk.fit_mask.sum(-1).cpu().numpy() >= n_free
@@ -194,6 +196,11 @@ def fit_chunk(plan: ChunkPlan, columns: Mapping[str, np.ndarray], index: GroupIn
     rows = _empty_rows(model, finite, enough, held_out=finite & ~enough & (packed.counts >= n_free))
     if tiny.any():
         rows["message"].put(tiny, _TINY_TARGETS)
+    if no_start.any():
+        _name_missing_starts(plan, theta0, no_start, rows)
+    empty = ~finite_groups(used, packed.mask) if plan.options["nan_policy"] == "omit" else None
+    if empty is not None and empty.any():  # the groups the omit policy left without a finite row
+        rows["message"].put(empty, _NO_FINITE_ROW)
     if ok.all():
         _solve(plan, chunk, theta0, rows, np.arange(len(ok)))
     elif ok.any():
@@ -336,6 +343,21 @@ _NOT_FITTED = {
     BAD_DATA: "not fitted: the group has missing or non-finite values (or sigma <= 0) — clean its rows (--nan omit leaves out the missing and non-finite ones)",
     TOO_FEW: "not fitted: fewer points than free parameters — fix parameters or merge groups",
 }
+
+
+_NO_FINITE_ROW = (
+    "not fitted: none of the group's rows has finite values (nan_policy 'omit', --nan omit, leaves out the others, "
+    "and here left none) — clean its rows or drop the group"
+)
+
+
+def _name_missing_starts(plan: ChunkPlan, theta0: np.ndarray, groups: np.ndarray, rows: Rows) -> None:
+    """The message of groups whose start, taken from a column, is missing or not finite."""
+    names = plan.model.param_names
+    for name, column in plan.starts.items():
+        missing = groups & ~np.isfinite(theta0[:, names.index(name)])
+        if missing.any():
+            rows["message"].put(missing, f"not fitted: the group's start of '{name}' (the first value of column '{column}') is missing or not finite — fill it")
 
 
 _HELD_OUT_TOO_MANY = (
