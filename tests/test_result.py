@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 
+import numpy as np
 import pytest
 
 import gradfit
@@ -115,3 +116,19 @@ def test_save_writes_what_load_reads_and_to_json_given_a_path_says_to_save(tmp_p
         result.to_json("out.json")
     with pytest.raises(OutputError, match="end the file name in .json"):
         result.save(tmp_path / "fit.txt")
+
+
+def test_covariance_matrix_is_curve_fits_pcov_and_bands_are_prediction_bands(thermometer):
+    from scipy.optimize import curve_fit
+
+    from gradfit.predict import prediction_bands
+
+    t_u, t_c = thermometer
+    result = gradfit.fit("w*t_u + b", {"t_u": t_u}, t_c)
+    _, pcov = curve_fit(lambda x, w, b: w * x + b, t_u, t_c)
+    np.testing.assert_allclose(result.covariance_matrix(), pcov, rtol=1e-7)
+    grid = {"t_u": np.array([20.0, 50.0, 90.0])}
+    for got, expected in zip(result.bands(grid), prediction_bands(result, grid)):
+        np.testing.assert_array_equal(got, expected)
+    network = gradfit.fit("mlp:2", {"t_u": t_u}, t_c, epochs=3)
+    assert network.bands(grid) is None

@@ -133,11 +133,36 @@ class FitResult:
         """Parameter values as an array in model order."""
         return np.array([p.value for p in self.parameters])
 
+    def covariance_matrix(self) -> np.ndarray | None:
+        """The parameters' covariance as a ``(p, p)`` array in model order (curve_fit's ``pcov``), or
+        ``None`` without one; fixed parameters have zero rows and columns."""
+        return None if self.covariance is None else np.asarray(self.covariance, dtype=float)
+
+    def bands(self, x: Any, sigma: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """The fitted curve at ``x`` and the half-widths of its confidence and prediction bands.
+
+        Parameters
+        ----------
+        x
+            New inputs, as for :meth:`predict`.
+        sigma
+            Standard deviations of new observations at ``x``, for a weighted fit's prediction band.
+
+        Returns
+        -------
+        (curve, confidence half-width, prediction half-width) or None
+            At the result's ``confidence`` level; None for networks and functions, or without a
+            covariance (see :func:`gradfit.predict.prediction_bands`).
+        """
+        from gradfit.predict import prediction_bands
+
+        return prediction_bands(self, x, sigma)
+
     def correlation(self) -> np.ndarray | None:
         """Correlation matrix of the parameters, or ``None`` without a covariance."""
         if self.covariance is None:
             return None
-        cov = np.asarray(self.covariance, dtype=float)
+        cov = self.covariance_matrix()
         sd = np.sqrt(np.clip(np.diag(cov), 0.0, None))
         with np.errstate(invalid="ignore", divide="ignore"):
             return cov / np.outer(sd, sd)
