@@ -195,3 +195,8 @@ def test_one_column_with_spaces_in_its_name_says_to_separate_the_files_columns()
     """'t y' is a whitespace-separated file read as one column: the formula named none of it."""
     with pytest.raises(ModelError, match="the data have one column, 't y': separate the columns of the file with commas"):
         make_model("a*t + b", ["t y"])
+
+
+def test_a_parameter_filed_under_another_name_is_refused():
+    with pytest.raises(ModelError, match="params\\['a'\\] is Parameter\\('b', ...\\): which parameter is meant"):
+        gradfit.fit("a*x + b", {"x": np.arange(5.0)}, np.arange(5.0), params={"a": gradfit.Parameter("b", 1.0)})

@@ -804,6 +804,10 @@ def overrides_from(params: Sequence[Parameter] | Mapping[str, Any]) -> dict[str,
     """Parameter field overrides from Parameter objects or a mapping of names to values or fields."""
     check_params_by_name(params)
     if isinstance(params, Mapping):
+        misnamed = [(name, value.name) for name, value in params.items() if isinstance(value, Parameter) and value.name != name]
+        if misnamed:
+            key, name = misnamed[0]
+            raise ModelError(f"params['{key}'] is Parameter('{name}', ...): which parameter is meant? — use the same name for both")
         return {name: _fields(value) for name, value in params.items()}
     return {
         p.name: {"init": p.init, "lower": p.lower, "upper": p.upper, "fixed": p.fixed} for p in params
