@@ -188,12 +188,6 @@ class ParametricObjective(_Objective):
         """A copy of the current state."""
         return self.leaf.detach().clone()
 
-    def unchanged(self, state: torch.Tensor) -> bool:
-        """Whether the parameters are exactly ``state``."""
-        import torch
-
-        return torch.equal(self.leaf.detach(), state)
-
     def restore(self, state: torch.Tensor) -> None:
         """Return to a state from :meth:`snapshot`."""
         import torch
@@ -261,12 +255,6 @@ class ModuleObjective(_Objective):
     def snapshot(self) -> dict[str, Any]:
         """A copy of the module's state."""
         return {k: v.detach().clone() for k, v in self.model.module.state_dict().items()}
-
-    def unchanged(self, state: dict[str, Any]) -> bool:
-        """Whether the module's state is exactly ``state``."""
-        import torch
-
-        return all(torch.equal(v.detach(), state[k]) for k, v in self.model.module.state_dict().items())
 
     def restore(self, state: dict[str, Any]) -> None:
         """Return to a state from :meth:`snapshot`."""

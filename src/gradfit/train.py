@@ -32,7 +32,6 @@ class StopReason(enum.Enum):
         "parameters — lower the learning rate (lr in the optimizer's options) or keep input scaling on"
     )
     INTERRUPTED = "interrupted; kept the best parameters found so far"
-    CONVERGED = "converged: LBFGS's own tolerances stopped it (an epoch left the parameters unchanged)"
     NON_FINITE = (
         "the loss is not finite at the starting values (the model is NaN or inf on some points there, or the "
         "residuals overflow) — give starting values where the model is finite on every point, or rescale the data"
@@ -82,9 +81,6 @@ class Objective(Protocol):
 
     def snapshot(self) -> Any:
         """A copy of the current parameters, for :meth:`restore` and for checkpoints."""
-
-    def unchanged(self, state: Any) -> bool:
-        """Whether the parameters are exactly those of a state from :meth:`snapshot`."""
 
     def restore(self, state: Any) -> None:
         """Return the parameters to a state from :meth:`snapshot`.
@@ -223,7 +219,7 @@ def run_training(
         stop = StopReason.INTERRUPTED
     if stop is StopReason.MAX_EPOCHS and ended_far_above_start(progress.train_history, objective.baseline, progress.first):
         stop = StopReason.DIVERGED
-    if stop not in (StopReason.MAX_EPOCHS, StopReason.TARGET, StopReason.CONVERGED) and progress.best.state is not None:
+    if stop is not StopReason.MAX_EPOCHS and stop is not StopReason.TARGET and progress.best.state is not None:
         objective.restore(progress.best.state)
     return TrainOutcome(progress.train_history, progress.val_history, progress.epoch, progress.best.epoch, stop)
 
@@ -272,8 +268,6 @@ def _epoch(
     if config.target is not None and monitored <= config.target:
         objective.restore(state)  # the parameters whose loss met the target: those before this epoch's step
         return StopReason.TARGET
-    if type(optimizer).__name__ == "LBFGS" and objective.unchanged(state):  # its tolerances stopped it
-        return StopReason.CONVERGED
     if config.patience is not None and progress.epoch - progress.best.epoch >= config.patience:
         return StopReason.EARLY_STOPPED
     return None
