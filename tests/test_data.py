@@ -821,3 +821,12 @@ def test_integers_float64_would_round_by_a_visible_part_of_their_range_are_refus
         gradfit.fit("a*(ns - 1.7e18) + b", data, target)
     big = np.arange(20, dtype=np.int64) * 10**17  # large but exact enough for their spread
     assert gradfit.fit("a*ns + b", {"ns": big}, y).params["a"] == pytest.approx(3e-17, rel=1e-9)
+
+
+def test_a_header_whose_first_name_starts_with_a_hash_is_a_header(tmp_path: Path) -> None:
+    """'#id,x,y' (or VCF's '#CHROM') names columns; '# t,y' (np.savetxt) and '# made by...' are comments."""
+    path = write(tmp_path, "data.csv", "#id,x,y\n1,0,1\n2,1,3\n")
+    assert read_table(path).columns == ["#id", "x", "y"]
+    saved = write(tmp_path, "saved.csv", "# x,y\n0,1\n1,3\n")
+    with pytest.raises(DataError, match="the first line, '# x,y', is a comment"):
+        read_table(saved)

@@ -290,6 +290,7 @@ def test_a_reserved_word_as_a_name_is_named_with_a_rename_that_is_not_reserved(t
         ("power(x, a)", "unknown function 'power'; write powers as x\\*\\*y"),
         ("a(x + 1)", "unknown function 'a'; to multiply, write a\\*\\(...\\)"),
         ("a*x\n+b", "invalid formula syntax: .*; a formula on several lines needs parentheses around it"),
+        ("(a*x +\n b", "invalid formula syntax: .*; balance the parentheses"),
     ],
 )
 def test_text_python_reads_otherwise_or_a_user_writes_by_habit_is_refused_with_the_fix(text: str, reason: str) -> None:

@@ -882,3 +882,20 @@ def test_groups_not_fitted_for_a_missing_start_or_no_finite_row_say_which(fleet)
     assert row[0]["status"] == "converged"
     alone = _single(DECAY, frame, 0, params={"a": 1.0, "k": 0.8, "c": 0.0})
     np.testing.assert_allclose([row[0][n] for n in "akc"], alone.values, rtol=1e-8)
+
+
+def test_groups_whose_model_cannot_follow_a_constant_equal_their_single_fits():
+    """a*sin(k*x) on data offset by 5: the optimum itself is worse than a constant (R² < 0), so one
+    round of restarts (not every round) looks for better, in groups as alone."""
+    rng = np.random.default_rng(3)
+    x = np.linspace(0.0, 10.0, 50)
+    frame = pl.DataFrame({"g": np.repeat(np.arange(3), x.size), "x": np.tile(x, 3),
+                          "y": np.concatenate([5 + 0.5 * np.sin(1.3 * x) + rng.normal(0, 0.05, x.size) for _ in range(3)])})
+    table = fit_groups("a*sin(k*x)", frame, group="g", y="y").table
+    for key in range(3):
+        part = frame.filter(pl.col("g") == key)
+        alone = gradfit.fit("a*sin(k*x)", {"x": part["x"].to_numpy()}, part["y"].to_numpy())
+        row = table.filter(pl.col("g") == key)
+        assert row["status"][0] == alone.status == "converged" and row["r2"][0] < 0
+        np.testing.assert_allclose([row["a"][0], row["k"][0]], alone.values, rtol=1e-8)
+        assert any(w.startswith("the fit is worse than a constant") for w in alone.warnings)

@@ -323,7 +323,7 @@ def _read_csv(raw: bytes, name: str, suffix: str, text_columns: Sequence[str] = 
     sample = _check_text(raw[:_SNIFF_BYTES], name)
     rows = _sample_rows(sample, truncated)
     delimiter = _sniff_delimiter(rows, default="\t" if suffix == ".tsv" else ",")
-    _check_first_line(sample, name)
+    _check_first_line(sample, delimiter, name)
     header = _header_row(sample, delimiter, name)
     names = _clean_header(header, name)
     as_text = {raw_name: pl.String for raw_name, clean in zip(header, names) if clean in text_columns}
@@ -395,11 +395,14 @@ def _polars_csv(raw: bytes, delimiter: str, as_text: Mapping[str, Any] | None = 
 CSV_INFER_ROWS = 10_000
 
 
-def _check_first_line(sample: str, name: str) -> None:
-    """Refuse a first line that is not the column names: a comment, or Excel's ``sep=`` hint."""
-    first = sample.lstrip("\ufeff").split("\n", 1)[0].rstrip("\r")
+def _check_first_line(sample: str, delimiter: str, name: str) -> None:
+    """Refuse a first line that is not the column names: a comment (``# ...``, or ``#...`` with
+    another number of fields than the next line: ``#id,x,y`` is a header), or Excel's ``sep=`` hint."""
+    lines = sample.lstrip("\ufeff").split("\n", 2)
+    first = lines[0].rstrip("\r")
     shown = first if len(first) <= 40 else first[:37] + "..."
-    if first.startswith("#"):
+    following = lines[1].rstrip("\r") if len(lines) > 1 else ""
+    if first.startswith("# ") or (first.startswith("#") and first.count(delimiter) != following.count(delimiter)):
         raise DataError(
             f"{name}: the first line, {shown!r}, is a comment, and the first line must hold the column names — "
             "remove the comment lines (np.savetxt writes its header as one: pass comments='')"
@@ -966,8 +969,8 @@ def _check_integers_exact(values: pl.Series | np.ndarray, name: str, table: _Tab
     if spread and lost > INTEGER_ROUNDING * spread:
         raise table.error(
             f"column {name!r} holds integers up to {max(abs(low), abs(high)):.3g}, which float64 rounds by up to {lost}"
-            f" ({lost / spread:.2%} of their range) — subtract an offset from the column before the fit (e.g. {name} - {low}: in "
-            "the formula it comes too late, after the rounding)"
+            f" ({100 * lost / spread:.2g}% of their range) — subtract an offset from the column before the fit (e.g. "
+            f"{name} {'-' if low >= 0 else '+'} {abs(low)}: in the formula it comes too late, after the rounding)"
         )
 
 

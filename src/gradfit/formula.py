@@ -664,7 +664,7 @@ def _syntax_error(text: str, source: _Source, error: SyntaxError) -> FormulaErro
             reserved.start(),
         )
     hint = _syntax_hint(message)
-    if "\n" in text.strip():
+    if "\n" in text.strip() and text.count("(") == text.count(")"):
         hint = "a formula on several lines needs parentheses around it, e.g. '(a*x\\n + b)', or write it on one line"
     return FormulaError(f"invalid formula syntax: {message}; {hint}", text, position)
 

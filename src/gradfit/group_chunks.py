@@ -227,10 +227,17 @@ def _flag_undetermined(model: ParametricModel, rows: Rows) -> None:
         return
     texts = rows["message"].texts
     rows["message"].put(flagged, [
-        f"{texts[rows['message'].codes[i]]}; but the data do not determine {', '.join(n for n, gone in zip(free, lost[i]) if gone)} "
-        "(the Jacobian is rank-deficient: infinite standard errors) — fix some of them or add varied data"
-        for i in flagged
+        f"{texts[rows['message'].codes[i]]}; {_undetermined([n for n, gone in zip(free, lost[i]) if gone])}" for i in flagged
     ])
+
+
+def _undetermined(names: list[str]) -> str:
+    """The note of a converged group whose data do not determine ``names``."""
+    one = len(names) == 1
+    return (
+        f"but the data do not determine {', '.join(names)} (the Jacobian is rank-deficient: "
+        f"{'an infinite standard error' if one else 'infinite standard errors'}) — {'fix it' if one else 'fix some of them'} or add varied data"
+    )
 
 
 def _flag_bounds(model: ParametricModel, rows: Rows) -> None:
@@ -681,7 +688,8 @@ def _least_squares(plan: ChunkPlan, chunk: _Chunk, weights: torch.Tensor, start:
     solution = solve_least_squares(
         theta0=theta0, **_residual_functions(model, inputs, y, w), rows_fn=rows_fn,
         lower=lower, upper=upper, fixed=fixed, loss=loss, f_scale=f_scale, method="gn" if options["solver"] == "gn" else "lm",
-        options=_solver_options(options), on_iteration=plan.abandon_if_stopped, flat=flat_cost(y.cpu().numpy(), w.cpu().numpy()),
+        options=_solver_options(options), on_iteration=plan.abandon_if_stopped,
+        flat=flat_cost(y.cpu().numpy(), w.cpu().numpy()) if n_starts == 1 else None,  # several starts explore already
     )
     best = _best_of_starts(solution, len(start), n_starts)
     statuses = [solution.status[i] for i in best]

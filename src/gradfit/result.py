@@ -135,7 +135,7 @@ class FitResult:
 
     def covariance_matrix(self) -> np.ndarray | None:
         """The parameters' covariance as a ``(p, p)`` array in model order (curve_fit's ``pcov``), or
-        ``None`` without one; fixed parameters have zero rows and columns."""
+        ``None`` without one; a fixed parameter's row and column are NaN (it has no variance)."""
         return None if self.covariance is None else np.asarray(self.covariance, dtype=float)
 
     def bands(self, x: Any, sigma: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:

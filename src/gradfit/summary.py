@@ -178,7 +178,7 @@ def _worse_than_constant(problem: Problem, outcome: SolveOutcome, statistics: Ma
     """An iterative fit that ended worse than a flat line through the mean (R² < 0): for a model
     that can be flat, a local minimum (the solver's restarts did not leave it)."""
     r2 = statistics.get("r2")
-    if not outcome.success or problem.model.is_linear or r2 is None or not float(r2) < 0:
+    if problem.loss != "mse" or not outcome.success or problem.model.is_linear or r2 is None or not float(r2) < 0:
         return ()
     return (
         f"the fit is worse than a constant (R² = {float(r2):.3g}): if the model can follow the data's mean, this is a "

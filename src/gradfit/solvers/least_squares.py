@@ -1288,8 +1288,8 @@ def flat_cost(y: Array, weights: Array | None = None) -> Array:
     """The cost (half the sum of squares) of the best constant model of each fit's data, ``(K,)``.
 
     A least-squares fit that converges above it is worse than a flat line through the weighted
-    mean (R² < 0): for a model that can be flat, a local minimum, which the jittered restarts of
-    :func:`solve_least_squares` then try to leave. Points of weight 0 (padding) do not count.
+    mean (R² < 0): for a model that can be flat, a local minimum, which one round of the jittered
+    restarts of :func:`solve_least_squares` then tries to leave. Points of weight 0 (padding) do not count.
 
     Parameters
     ----------
@@ -1340,6 +1340,8 @@ def _solve_with_restarts(prob: _Problem, start: Array) -> tuple[_State, Array]:
         candidate = _run(replace(prob, options=replace(prob.options, max_iter=min(prob.options.max_iter, _RESTART_ITER))), points, active=need)
         state.n_iter += np.where(need, candidate.n_iter + 1, 0)
         _take(need & _better(candidate, state), candidate, state)
+        # one round to beat a constant: a model that cannot (a*sin(k*x) on offset data) is not sent on
+        prob = replace(prob, flat=None)
         need &= ~_good(prob, state, start_norms)
     # still "converged" where a parameter stopped affecting the model: no minimum, report it singular
     # (one worse than a constant is a minimum, if a poor one: it stays converged, and the fit says so)
@@ -1425,7 +1427,8 @@ def solve_least_squares(
         raises abandons the solve (group fits stop a chunk at an interruption this way).
     flat
         ``(K,)`` each fit's constant-model cost (:func:`flat_cost`), or None. With ``loss="linear"``
-        and restarts on, a fit that converges above it is restarted as a failed one is.
+        and restarts on, a fit that converges above it gets one round of the restarts a failed
+        fit gets (a model that cannot be flat may have its optimum there).
 
     Returns
     -------

@@ -84,7 +84,7 @@ def _run(problem: Problem, options: FitOptions, method: str, starts: np.ndarray,
         f_scale=scale,
         method=method,  # type: ignore[arg-type]
         options=settings,
-        flat=np.repeat(flat, len(starts)),
+        flat=flat if len(starts) == 1 else None,  # several starts explore already
     )
 
 
