@@ -521,3 +521,15 @@ def test_demo_prints_the_books_numbers_and_writes_the_figure(outcomes: dict[str,
     assert match.group(1) == "5.3671" and match.group(2) == "-17.3012"
     assert float(match.group(3)) == pytest.approx(2.927648, abs=1.5e-6)  # the book prints 6 decimals
     assert_png(outcome.folder / "figures" / "thermometer.png")
+
+
+def test_a_reader_that_closes_the_pipe_early_loses_no_output(thermometer_csv, tmp_path):
+    """`gradfit fit ... --out r.json | head -1` wrote no r.json: the report was printed first, and the
+    closed pipe ended the run before the outputs."""
+    out = tmp_path / "r.json"
+    command = [sys.executable, "-m", "gradfit.cli", "fit", str(thermometer_csv), "--model", "w*t_u + b", "--y", "t_c", "--out", str(out)]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=tmp_path) as process:
+        assert process.stdout is not None
+        process.stdout.close()  # as head does once it has its lines: every later print fails
+        process.wait(timeout=120)
+    assert json.loads(out.read_text())["parameters"][0]["name"] == "w"

@@ -200,8 +200,8 @@ class FitCommand:
             raise FitError(f"{result.message}; nothing was written")
         try:
             result = record_run(result, train, val)  # data ranges and command line, for the reports
+            self._write(result, train, val)  # first: a reader that closes the pipe (| head) loses nothing
             self._show(result)
-            self._write(result, train, val)
             if not self.quiet and result.status != "interrupted":
                 self._say_written(result)
         except KeyboardInterrupt:
