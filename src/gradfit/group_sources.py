@@ -116,7 +116,10 @@ def _check_key_type(group: str, dtype: Any) -> None:
 def _check_keys(group: str, missing: int) -> None:
     """Every row must name its group."""
     if missing:
-        raise DataError(f"the group column '{group}' has {missing} missing keys (null or NaN) — fill them or drop those rows")
+        raise DataError(
+            f"the group column '{group}' has {missing} missing keys (null or NaN) — fill them or drop those rows "
+            "(nan_policy 'omit' does not: a row without a key belongs to no group)"
+        )
 
 
 def check_columns(columns: Sequence[str], names: Sequence[str]) -> None:
