@@ -60,6 +60,18 @@ def test_a_group_fit_without_out_says_that_nothing_was_written(folder):
     assert run.returncode == 0 and run.stdout.rstrip().endswith("no --out: the table of groups was not written (add e.g. --out fits.parquet)")
 
 
+def test_a_group_fit_where_no_group_could_be_fitted_exits_2_and_keeps_the_table(tmp_path):
+    fleet = _fleet(4).with_columns((2.0 * pl.col("sensor")).alias("shift"))
+    fleet.write_csv(tmp_path / "fleet.csv")
+    run = gradfit("fit", "fleet.csv", "--group-by", "sensor", "--model", "a*log(t - 10)", "--y", "y", "--out", "fits.csv", cwd=tmp_path)
+    assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1, run.stderr
+    assert "no group could be fitted (bad_data 1, non_finite 3); the first: " in run.stderr
+    assert "every group's status and message are in fits.csv" in run.stderr and "groups by status" in run.stdout
+    assert pl.read_csv(tmp_path / "fits.csv")["status"].to_list() == ["non_finite", "non_finite", "non_finite", "bad_data"]
+    some = gradfit("fit", "fleet.csv", "--group-by", "sensor", "--model", "a*log(t + 1 - shift)", "--y", "y", "-q", cwd=tmp_path)
+    assert some.returncode == 0 and some.stderr == "", some.stderr  # one group fitted (sensor 0): the run succeeds
+
+
 def test_init_takes_each_groups_start_from_a_column(tmp_path):
     fleet = _fleet(8).with_columns((0.5 + 0.1 * pl.col("sensor")).alias("k_guess"))
     fleet.write_csv(tmp_path / "fleet.csv")

@@ -514,6 +514,7 @@ def test_the_summary_accumulated_chunk_by_chunk_equals_the_tables(fleet):
     assert numbers["r2"]["q50"] == pytest.approx(float(ok["r2"].quantile(0.5)), rel=1e-12)
     assert numbers["parameters"]["k"]["q5"] == pytest.approx(float(ok["k"].quantile(0.05)), rel=1e-12)
     assert summary.worst()["sensor"].to_list()[:2] == [5, 7]  # not fitted first
+    assert summary.fitted == 22  # bad_data and too_few_points end without parameters
 
 
 def test_refit_failed_groups_with_more_starts(fleet):

@@ -17,7 +17,7 @@ from typing import Any
 from rich.console import Console
 
 from gradfit.cli_render import loss_table, print_table
-from gradfit.errors import OptionError, OutputError
+from gradfit.errors import FitError, OptionError, OutputError
 from gradfit.report_text import format_number
 
 __all__ = ["run_group_fit", "write_tables", "print_summary"]
@@ -50,6 +50,17 @@ def run_group_fit(command: Any, settings: Any) -> None:
             console.print(kept, highlight=False, markup=False)
     if interrupted:
         raise InterruptedFit(signals.exit_code, _interrupted_message(written, command.out))
+    if summary.groups and not summary.fitted:
+        raise FitError(_nothing_fitted_message(summary, command.out))
+
+
+def _nothing_fitted_message(summary: Any, out: Path | None) -> str:
+    """Every group failed: the statuses, and where each group's message is."""
+    counts = ", ".join(f"{status} {count}" for status, count in summary.status_counts().items())
+    worst = summary.worst()
+    first = f"; the first: {worst['message'][0]}" if worst is not None and "message" in worst.columns and worst["message"][0] else ""
+    where = f"every group's status and message are in {out}" if out is not None else "add --out fits.csv for every group's message"
+    return f"no group could be fitted ({counts}){first} — {where}"
 
 
 def _interrupted_message(groups: int | None, out: Path | None) -> str:

@@ -66,6 +66,8 @@ MIN_EQUAL_CHUNK = 64
 REFIT_STARTS = 16
 #: statuses of groups that were not fitted (a refit cannot help them)
 NOT_FITTED = (BAD_DATA, TOO_FEW)
+#: statuses of groups that end without parameters (those a single fit refuses with an error)
+NO_RESULT = (*NOT_FITTED, "non_finite", "diverged")
 
 
 @dataclass(frozen=True)
@@ -221,6 +223,11 @@ class GroupSummary:
     def status_counts(self) -> dict[str, int]:
         """Number of groups per status, by status name."""
         return dict(sorted(self._counts.items()))
+
+    @property
+    def fitted(self) -> int:
+        """Number of groups added that ended with parameters: any status but those of :data:`NO_RESULT`."""
+        return self.groups - sum(self._counts.get(status, 0) for status in NO_RESULT)
 
     def worst(self) -> pl.DataFrame | None:
         """The worst rows seen (see :func:`worst_rows`).
