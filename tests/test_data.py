@@ -314,6 +314,15 @@ def test_unknown_column_suggests() -> None:
     assert one_line(exc) == "unknown column 't_x'; did you mean 't_u'? (columns: t_c, t_u)"
 
 
+def test_a_list_of_columns_where_one_is_asked_for_is_named_so() -> None:
+    with pytest.raises(DataError) as exc:
+        make_dataset({"t_c": [1.0], "t_u": [2.0], "t_v": [3.0]}, inputs=["t_u"], y="t_c, t_v")
+    assert one_line(exc).startswith("unknown column 't_c, t_v': a list of columns where one is asked for — name one")
+    with pytest.raises(DataError) as exc:  # a list that is not all columns is an ordinary unknown column
+        make_dataset({"t_c": [1.0], "t_u": [2.0]}, inputs=["t_u"], y="t_c,zz")
+    assert "a list of columns" not in one_line(exc) and "(columns: t_c, t_u)" in one_line(exc)
+
+
 def test_unknown_column_without_suggestion_names_file(tmp_path: Path) -> None:
     path = write(tmp_path, "data.csv", "a,b\n1,2\n")
     with pytest.raises(DataError) as exc:

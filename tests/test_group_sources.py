@@ -77,6 +77,8 @@ def test_unknown_columns_and_broken_files_are_data_errors(tmp_path, ragged):
     ragged.write_parquet(path)
     with pytest.raises(DataError, match="unknown column 'sensr'; did you mean 'sensor'"):
         open_groups(path, "sensr")
+    with pytest.raises(DataError, match="a list of columns where one is asked for .*a group key is one column"):
+        open_groups(path, "sensor,t")
     with pytest.raises(DataError, match="unknown column 'z'"):
         fit_groups(DECAY, path, group="sensor", y="z")
     broken = tmp_path / "broken.parquet"

@@ -141,7 +141,7 @@ class Dataset:
         """
         columns = self.to_columns()
         if name not in columns:
-            raise DataError(_unknown_column_message(name, list(columns)))
+            raise DataError(unknown_column_message(name, list(columns)))
         return columns[name]
 
     def to_columns(self) -> dict[str, np.ndarray]:
@@ -652,7 +652,7 @@ def _role_name(value: Any, table: _Table, extra: dict[str, object], default: str
     """Name of the y/sigma column: a given column name, or a fresh name for an array."""
     if isinstance(value, str):
         if value not in table.names:
-            raise table.error(_unknown_column_message(value, table.names))
+            raise table.error(unknown_column_message(value, table.names))
         return value
     name = default
     while name in table.names or name in extra:
@@ -748,7 +748,7 @@ def _assemble(
     columns: dict[str, np.ndarray] = {}
     for name in used:
         if name not in extra and name not in table.names:
-            raise table.error(_unknown_column_message(name, table.names))
+            raise table.error(unknown_column_message(name, table.names))
     for name in used:
         raw = extra[name] if name in extra else table.getter(name)
         columns[name] = _column_to_float(raw, name, table)
@@ -780,7 +780,25 @@ def _check_roles(table: _Table, inputs: list[str], y: str, sigma: str | None) ->
         seen[name] = role
 
 
-def _unknown_column_message(name: str, columns: Sequence[str]) -> str:
+def unknown_column_message(name: str, columns: Sequence[str]) -> str:
+    """The one-line message for a column ``name`` that is not among ``columns``, with a hint.
+
+    Parameters
+    ----------
+    name
+        The column asked for.
+    columns
+        The table's columns.
+
+    Returns
+    -------
+    str
+        ``unknown column 'name'``, a close match or another hint, and the columns.
+    """
+    listed = [part.strip() for part in name.split(",")]
+    if len(listed) > 1 and all(part in columns for part in listed):
+        return (f"unknown column {name!r}: a list of columns where one is asked for — name one "
+                "(a group key is one column: combine several into one first)")
     shown = ", ".join(c if c.isprintable() else repr(c) for c in columns[:_MAX_SHOWN_COLUMNS])
     if len(columns) > _MAX_SHOWN_COLUMNS:
         shown += f", ... ({len(columns)} in all)"

@@ -128,13 +128,11 @@ def check_columns(columns: Sequence[str], names: Sequence[str]) -> None:
 
 
 def _check_columns(columns: Sequence[str], names: Sequence[str]) -> None:
-    import difflib
+    from gradfit.data import unknown_column_message
 
     for name in names:
         if name not in columns:
-            close = difflib.get_close_matches(name, list(columns), n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise DataError(f"unknown column '{name}'{hint} (columns: {', '.join(columns)})")
+            raise DataError(unknown_column_message(name, list(columns)))
 
 
 def _frame(data: Any, group: str) -> pl.DataFrame:
