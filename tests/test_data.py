@@ -384,6 +384,28 @@ def test_non_numeric_dtype_column() -> None:
         make_dataset(frame, inputs=["d"], y="y")
 
 
+@pytest.mark.parametrize("column", [
+    pl.Series([datetime.datetime(2026, 1, 1, 8), datetime.datetime(2026, 1, 1, 9)]),
+    pl.Series([datetime.timedelta(hours=1), datetime.timedelta(hours=2)]),
+    np.array(["2026-01-01T08:00", "2026-01-01T09:00"], dtype="datetime64[m]"),
+    ["2026-01-01T08:00:00", "2026-01-01T09:00:00"],
+    ["31/01/2026 12:00", "01/02/2026 12:00"],
+    ["12:30", "12:45:05.5"],
+], ids=["datetime", "duration", "numpy datetime64", "iso text", "day-first text", "time of day"])
+def test_dates_and_times_are_refused_with_the_elapsed_time_fix(column: object) -> None:
+    with pytest.raises(DataError) as exc:
+        make_dataset({"t": column, "y": [1.0, 2.0]}, inputs=["t"], y="y")
+    assert "column 't' is not numeric" in one_line(exc)
+    assert one_line(exc).endswith("dates and times are not converted (the unit is yours to choose): give elapsed time, e.g. hours since the first reading")
+
+
+@pytest.mark.parametrize("value", ["2/3", "1-2", "12:3"])
+def test_text_like_a_date_only_in_part_gets_the_plain_message(value: str) -> None:
+    with pytest.raises(DataError) as exc:
+        make_dataset({"t": ["1", value], "y": [1.0, 2.0]}, inputs=["t"], y="y")
+    assert one_line(exc).endswith("clean the data or choose another column")
+
+
 def test_booleans_and_ints_are_numeric() -> None:
     frame = pl.DataFrame({"flag": [True, False, True], "n": [1, 2, 3], "y": [0.5, 1.5, 2.5]})
     ds = make_dataset(frame, inputs=["flag", "n"], y="y")

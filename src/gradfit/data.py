@@ -950,7 +950,7 @@ def _series_to_float(series: pl.Series, name: str, table: _Table, first_row: int
         return np.array(series.cast(pl.Float64).to_numpy(), dtype=np.float64)  # own, writable copy
     if dtype in (pl.String, pl.Categorical) or isinstance(dtype, pl.Enum):
         return _parse_values(series.cast(pl.String).to_list(), name, table, first_row)
-    raise table.error(_type_message(name, str(dtype)))
+    raise table.error(_type_message(name, str(dtype), temporal=dtype.is_temporal()))
 
 
 def _array_to_float(array: np.ndarray, name: str, table: _Table, first_row: int = 1) -> np.ndarray:
@@ -962,7 +962,7 @@ def _array_to_float(array: np.ndarray, name: str, table: _Table, first_row: int 
     if kind in "OUS":
         return _parse_values(array.tolist(), name, table, first_row)
     type_name = {"c": "complex", "M": "datetime", "m": "timedelta"}.get(kind, str(array.dtype))
-    raise table.error(_type_message(name, type_name))
+    raise table.error(_type_message(name, type_name, temporal=kind in "Mm"))
 
 
 #: integers above this magnitude are not all exact in float64
@@ -992,11 +992,17 @@ def _check_integers_exact(values: pl.Series | np.ndarray, name: str, table: _Tab
         )
 
 
-def _type_message(name: str, type_name: str) -> str:
-    return (
-        f"column {name!r} is not numeric (type {type_name}) — convert it to numbers or choose "
-        "another column"
-    )
+#: text that reads as a date or a time of day (ISO 8601 and the like: 2026-01-31, 31/01/2026 12:00, 12:30:05)
+_DATE_OR_TIME = re.compile(r"\d{1,4}[-/.]\d{1,2}[-/.]\d{1,4}([ T]\d{1,2}:\d{2}.*)?|\d{1,2}:\d{2}(:\d{2}([.,]\d+)?)?")
+
+
+def _type_message(name: str, type_name: str, temporal: bool = False) -> str:
+    fix = _ELAPSED_TIME if temporal else "convert it to numbers or choose another column"
+    return f"column {name!r} is not numeric (type {type_name}) — {fix}"
+
+
+#: the fix for a column of dates or times: the unit and the origin are the user's choice
+_ELAPSED_TIME = "dates and times are not converted (the unit is yours to choose): give elapsed time, e.g. hours since the first reading"
 
 
 def _parse_values(values: list[object], name: str, table: _Table, first_row: int = 1) -> np.ndarray:
@@ -1048,6 +1054,8 @@ def _not_numeric_message(name: str, row: int, value: object) -> str:
     plain = value.strip().replace(",", "") if isinstance(value, str) else ""
     if isinstance(value, str) and "," in value and _NUMBER.fullmatch(plain):
         hint = " (commas are not read as thousands separators or decimal points)"
+    if isinstance(value, str) and _DATE_OR_TIME.fullmatch(value.strip()):
+        return f"column {name!r} is not numeric: row {row} has {shown}, a date or time — {_ELAPSED_TIME}"
     return (
         f"column {name!r} is not numeric: row {row} has {shown}{hint} — clean the data or "
         "choose another column"
